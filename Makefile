@@ -1,0 +1,68 @@
+# The two commands a new user runs are `make demo` and `make test`; every
+# target installs what it needs first (virtualenv, packages, server binaries).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PACKAGES := enrichment_actors middleware
+APT_PACKAGES := redis-server postgresql prometheus
+
+.PHONY: install servers demo test unit features promtool-test check-fmt fmt lint bench chaos clean
+
+install: $(STAMP) servers
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[test,dev]'
+	@touch $(STAMP)
+
+# Server binaries the tests start themselves; installed with apt-get when
+# missing and we are root (CI is), otherwise a clear message says what to do.
+servers:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    for s in redis-server postgresql prometheus; do \
+	      (systemctl disable --now $$s >/dev/null 2>&1 || true); done; \
+	  else \
+	    echo "Missing server binaries:$$missing. Install them (sudo apt-get install$$missing) and rerun."; exit 1; \
+	  fi; \
+	fi
+
+demo: install
+	$(BIN)/enrichment demo
+
+test: install
+	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory promtool-test
+
+promtool-test: servers
+	promtool test rules docs/prometheus/alerts_test.yml
+
+check-fmt: install
+	$(BIN)/ruff format --check .
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: install
+	$(PY) -m tests.bench
+
+chaos: install
+	$(BIN)/pytest -q -m chaos -p no:randomly tests/chaos
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

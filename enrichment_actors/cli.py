@@ -1,0 +1,135 @@
+"""The ``enrichment`` console script: enqueue, status, demo, stub-overpass."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="enrichment", description="Overpass POI enrichment on Dramatiq.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    enqueue = commands.add_parser("enqueue", help="send one enrich job")
+    enqueue.add_argument(
+        "--bbox", required=True, metavar="S,W,N,E", help="south,west,north,east in degrees (Overpass order)"
+    )
+    enqueue.add_argument(
+        "--tag",
+        action="append",
+        dest="tags",
+        metavar="KEY[=VALUE]",
+        help="tag filter; repeat; default set if none",
+    )
+
+    commands.add_parser("status", help="live quota, breaker and permit state from the shared backend")
+    commands.add_parser("demo", help="run the main job end to end on embedded defaults")
+
+    stub = commands.add_parser("stub-overpass", help="run the stand-in Overpass server")
+    stub.add_argument("--port", type=int, default=8089)
+    stub.add_argument("--host", default="127.0.0.1")
+    stub.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
+    stub.add_argument(
+        "--slots", type=int, default=2, help="rate limit reported by /api/status (0 = unlimited)"
+    )
+
+    args = parser.parse_args(argv)
+    if args.command == "enqueue":
+        return _enqueue(args.bbox, args.tags)
+    if args.command == "status":
+        return _status()
+    if args.command == "demo":
+        return _demo()
+    from .stub_overpass import serve_forever
+
+    serve_forever(args.port, host=args.host, latency_s=args.latency, slots=args.slots)
+    return 0
+
+
+def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
+    from . import enrich, runtime
+    from .jobs import InvalidJob, validate_job
+
+    try:
+        south, west, north, east = (float(part) for part in bbox_text.split(","))
+    except ValueError:
+        print(f"--bbox {bbox_text!r}: expected four numbers south,west,north,east", file=sys.stderr)
+        return 2
+    bbox = {"south": south, "west": west, "north": north, "east": east}
+    try:
+        validate_job(bbox, tags, limits=runtime.job_limits)
+    except InvalidJob as exc:
+        print(f"Not enqueued: {exc}", file=sys.stderr)
+        return 2
+    message = enrich.send(bbox=bbox, tags=tags)
+    print(f"Enqueued enrich job {message.message_id} on queue {message.queue_name!r}.")
+    return 0
+
+
+def _status() -> int:
+    from . import runtime
+    from .runtime import OVERPASS
+
+    usage = runtime.quota.policies[OVERPASS].usage()
+    breaker = runtime.breaker.policies[OVERPASS].state()
+    semaphore = runtime.semaphore.policies[OVERPASS]
+    parked = runtime.retries.parking.count() if runtime.retries.parking else 0
+
+    def when(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def left(limit: int, used: int) -> str:
+        return "unlimited" if limit < 0 else f"{max(0, limit - used)} left of {limit}"
+
+    print(f"quota {OVERPASS!r}  window {when(usage.window_start)} .. {when(usage.window_end)}")
+    print(f"  requests  {usage.requests_used} used, {left(usage.requests_limit, usage.requests_used)}")
+    print(f"  bytes     {usage.bytes_used} used, {left(usage.bytes_limit, usage.bytes_used)}")
+    probe = ""
+    if breaker.status.value == "open":
+        probe = f", next probe after {when(breaker.open_until)}"
+    print(f"breaker {OVERPASS!r}  {breaker.status.value} ({breaker.failures} consecutive failures{probe})")
+    print(f"semaphore {OVERPASS!r}  {semaphore.in_use()} of {semaphore.effective_permits()} permits in use")
+    print(f"parked jobs  {parked}")
+    return 0
+
+
+def _demo() -> int:
+    """Re-run as ``python -m enrichment_actors.demo`` with embedded defaults for what the user did not set.
+
+    The broker is built when the package is imported, so the defaults must be
+    in the environment of a fresh interpreter.
+    """
+    env = dict(os.environ)
+    if "REDIS_URL" not in env:
+        env.setdefault("BROKER", "stub")
+        env.setdefault("STATE_BACKEND", "memory")
+    env.setdefault("DATABASE_URL", "sqlite:///" + os.path.abspath("var/demo.sqlite3"))
+    if "OVERPASS_URL" not in env:
+        env["ENRICHMENT_DEMO_STUB_PORT"] = str(_free_port())
+        env["OVERPASS_URL"] = f"http://127.0.0.1:{env['ENRICHMENT_DEMO_STUB_PORT']}/api/interpreter"
+        env.setdefault("OVERPASS_CONTACT", "demo@localhost")
+    # Short backoffs so the demo shows a retry without a long wait.
+    env.setdefault("RETRY_MIN_BACKOFF_S", "0.5")
+    env.setdefault("RETRY_MAX_BACKOFF_S", "5")
+    os.makedirs("var", exist_ok=True)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "enrichment_actors.demo"], env)
+    return 0  # pragma: no cover - execve does not return
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+if __name__ == "__main__":
+    sys.exit(main())

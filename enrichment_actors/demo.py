@@ -1,0 +1,121 @@
+"""The demo: the main job end to end, on embedded defaults.
+
+Run by ``enrichment demo`` (which fills in the defaults the user did not set):
+starts the stand-in Overpass server unless ``OVERPASS_URL`` is set, runs a
+worker in this process, enqueues jobs for a handful of real-world boxes
+(one of them invalid, one crossing the antimeridian), waits for them and
+prints what happened.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.brokers.stub import StubBroker
+
+from . import enrich, runtime
+from .metrics import Outcome, is_final, outcome_of, take_noted_outcome
+from .runtime import OVERPASS
+
+BOXES: tuple[tuple[str, dict[str, float], list[str] | None], ...] = (
+    (
+        "Paris, Le Marais",
+        {"south": 48.853, "west": 2.350, "north": 48.866, "east": 2.370},
+        ["amenity", "shop=bakery"],
+    ),
+    ("Berlin, Mitte", {"south": 52.515, "west": 13.380, "north": 52.530, "east": 13.410}, None),
+    (
+        "Tokyo, Shibuya",
+        {"south": 35.655, "west": 139.695, "north": 35.665, "east": 139.710},
+        ["amenity", "shop"],
+    ),
+    ("New York, Midtown", {"south": 40.750, "west": -73.995, "north": 40.765, "east": -73.975}, None),
+    ("Nairobi, CBD", {"south": -1.290, "west": 36.810, "north": -1.280, "east": 36.830}, ["amenity=bank"]),
+    (
+        "Taveuni, Fiji (across the antimeridian)",
+        {"south": -16.90, "west": 179.90, "north": -16.70, "east": -179.95},
+        None,
+    ),
+    ("An invalid box (south above north)", {"south": 10.0, "west": 0.0, "north": 9.0, "east": 1.0}, None),
+)
+
+
+class OutcomeTally(dramatiq.Middleware):
+    """Counts outcomes as the metrics do, for the summary."""
+
+    def __init__(self) -> None:
+        self.final: collections.Counter[str] = collections.Counter()
+        self.transient: collections.Counter[str] = collections.Counter()
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        outcome = outcome_of(message.actor_name, exception, failed=message.failed, noted=take_noted_outcome())
+        if outcome is not None:
+            tally = self.final if is_final(outcome, failed=message.failed) else self.transient
+            tally[outcome.value] += 1
+
+
+def main() -> int:
+    settings = runtime.settings
+    stub = None
+    stub_port = os.environ.get("ENRICHMENT_DEMO_STUB_PORT")
+    if stub_port:
+        from .stub_overpass import StubOverpass
+
+        stub = StubOverpass(port=int(stub_port), latency_s=0.05, slots=settings.semaphore_permits).start()
+        # Show the resilience paths too: one busy server (retried) and one
+        # query too large for its timeout (split into four tiles).
+        stub.script("504", "timeout-remark")
+    quota = runtime.quota.policies[OVERPASS]
+    calls_before = quota.usage().requests_used
+
+    tally = OutcomeTally()
+    runtime.broker.middleware.insert(0, tally)
+    worker = dramatiq.Worker(runtime.broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    started = time.monotonic()
+    try:
+        for name, bbox, tags in BOXES:
+            print(f"enqueue  {name:<42} tags={tags or 'default'}")
+            enrich.send(bbox=bbox, tags=tags)
+        if isinstance(runtime.broker, StubBroker):
+            runtime.broker.join(settings.queue, fail_fast=False, timeout=120_000)
+        else:
+            runtime.broker.join(settings.queue, timeout=120_000)
+        worker.join()
+    finally:
+        worker.stop()
+        if stub is not None:
+            stub.stop()
+    elapsed = time.monotonic() - started
+
+    calls = stub.stats().calls if stub is not None else quota.usage().requests_used - calls_before
+    stored = runtime.store().count()
+    print()
+    print(f"Summary ({elapsed:.1f}s)")
+    print(f"  jobs by final outcome : {_counts(tally.final)}")
+    print(f"  retries and deferrals : {_counts(tally.transient) or 'none'}")
+    print(f"  Overpass calls made   : {calls} ({'stand-in server' if stub else settings.overpass_url})")
+    print(f"  POIs stored           : {stored}")
+    print(f"  data                  : {settings.database_url} (table pois)")
+    return 0 if tally.final.get(Outcome.SUCCESS.value) and stored else 1
+
+
+def _counts(counter: collections.Counter[str]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counter.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Talk HTTP to one Overpass API instance: run a query, read the slot status, free our slots.
+
+Every failure leaves this module as an :class:`OverpassError` subclass (see
+:mod:`enrichment_actors.overpass_responses`), so callers decide on retries and
+the circuit breaker from ``exc.retryable`` and ``exc.trips_breaker`` alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from .overpass_responses import (
+    BadResponse,
+    ClientTimeout,
+    ConnectionFailed,
+    OverpassError,
+    ParsedResponse,
+    read_response,
+)
+from .overpass_status import SlotStatus, StatusUnavailable, parse_status
+
+__all__ = ["FetchResult", "OverpassClient"]
+
+logger = logging.getLogger(__name__)
+
+#: Connections kept open per host: enough for every worker thread of a process.
+POOL_SIZE = 32
+#: Upper bound on the connect timeout: a server that cannot accept a TCP
+#: connection in this time is not going to answer the query either.
+MAX_CONNECT_TIMEOUT_S = 10.0
+#: Upper bound on the read timeout of the small status and kill pages.
+MAX_STATUS_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """One successful query.
+
+    Parameters:
+      parsed: The POIs, skipped count and informational remark.
+      response_bytes: Size of the body, for the download quota.
+      duration_s: From sending the request to the last byte of the body.
+      status: The HTTP status (always 200 for a success).
+    """
+
+    parsed: ParsedResponse
+    response_bytes: int
+    duration_s: float
+    status: int
+
+
+class OverpassClient:
+    """An HTTP client for one Overpass API instance.
+
+    One ``requests.Session`` per client keeps connections open between
+    queries; share one client between the threads of a process.
+
+    Examples:
+      >>> client = OverpassClient(
+      ...     "https://overpass-api.de/api/interpreter",
+      ...     user_agent="overpass-enrichment/0.1 (ops@example.org)",
+      ...     http_timeout_s=200,
+      ... )
+      >>> client.status_url
+      'https://overpass-api.de/api/status'
+      >>> query = "[out:json][timeout:180];nwr[amenity=cafe](48.85,2.29,48.86,2.30);out center tags;"
+      >>> result = client.fetch(query)  # doctest: +SKIP
+      >>> result.parsed.pois[0]  # doctest: +SKIP
+      Poi(element_type='node', osm_id=..., lat=48.85..., lon=2.29..., tags={'amenity': 'cafe', ...})
+
+    Parameters:
+      interpreter_url: The ``.../api/interpreter`` URL; the status and
+        kill URLs are derived from it (``.../api/status``,
+        ``.../api/kill_my_queries``).
+      user_agent: Sent with every request. Overpass rejects missing or
+        generic ones (HTTP 406): name the product, its version and a contact.
+      http_timeout_s: Read timeout of a query: set it a little above the
+        query's own ``[timeout:N]``, so the server reports its own timeout
+        first. The connect timeout is ``min(10, http_timeout_s)``.
+      session: A session to use instead of a new pooled one (its adapters
+        are left as they are).
+    """
+
+    def __init__(
+        self,
+        interpreter_url: str,
+        *,
+        user_agent: str,
+        http_timeout_s: float,
+        session: requests.Session | None = None,
+    ) -> None:
+        base, found, _ = interpreter_url.rstrip("/").rpartition("/interpreter")
+        scheme = urlsplit(interpreter_url).scheme
+        if not found or scheme not in ("http", "https"):
+            raise ValueError(
+                f"interpreter_url must be an http(s) URL ending in /interpreter, like "
+                f"'https://overpass-api.de/api/interpreter'; got {interpreter_url!r}."
+            )
+        if not user_agent.strip():
+            raise ValueError(
+                "user_agent is empty: Overpass rejects requests without one (HTTP 406). "
+                "Name the product, its version and a contact, e.g. 'overpass-enrichment/0.1 (ops@example.org)'."
+            )
+        if http_timeout_s <= 0:
+            raise ValueError(f"http_timeout_s must be above 0 seconds; got {http_timeout_s!r}.")
+        self.interpreter_url = base + "/interpreter"
+        self.status_url = base + "/status"
+        self.kill_url = base + "/kill_my_queries"
+        self.user_agent = user_agent
+        self.http_timeout_s = http_timeout_s
+        connect_s = min(MAX_CONNECT_TIMEOUT_S, http_timeout_s)
+        self._query_timeout = (connect_s, http_timeout_s)
+        self._status_timeout = (connect_s, min(MAX_STATUS_TIMEOUT_S, http_timeout_s))
+        self._headers = {"User-Agent": user_agent}
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_maxsize=POOL_SIZE)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self._session = session
+
+    def fetch(self, query: str) -> FetchResult:
+        """POST ``query`` as form field ``data`` and read the POIs of the answer.
+
+        Raises the :class:`OverpassError` subclass that classifies the failure;
+        after a :class:`ClientTimeout` the query may still hold a slot on the
+        server (see :meth:`kill_my_queries`).
+        """
+        started = time.monotonic()
+        try:
+            response = self._session.post(
+                self.interpreter_url, data={"data": query}, headers=self._headers, timeout=self._query_timeout
+            )
+            # post() has read the whole body already (stream=False): errors in it surface here.
+            body = response.content
+        except requests.RequestException as exc:
+            raise self._transport_error(exc, started) from exc
+        duration_s = time.monotonic() - started
+        parsed = read_response(response.status_code, body)
+        return FetchResult(
+            parsed=parsed, response_bytes=len(body), duration_s=duration_s, status=response.status_code
+        )
+
+    def status(self) -> SlotStatus:
+        """GET ``/api/status`` and parse it; raises :class:`StatusUnavailable` when that fails."""
+        try:
+            response = self._session.get(self.status_url, headers=self._headers, timeout=self._status_timeout)
+            text = response.content.decode("utf-8", "replace")
+        except requests.RequestException as exc:
+            raise StatusUnavailable(
+                f"Could not read {self.status_url} ({type(exc).__name__}: {exc}). Treat the server as "
+                "unavailable and retry later."
+            ) from exc
+        if response.status_code != 200:
+            try:
+                parse_status(text)
+            except StatusUnavailable as exc:
+                raise StatusUnavailable(
+                    f"HTTP {response.status_code} from {self.status_url}: {exc}"
+                ) from None
+            raise StatusUnavailable(
+                f"HTTP {response.status_code} from {self.status_url}. Treat the server as unavailable "
+                "and retry later."
+            )
+        return parse_status(text)
+
+    def kill_my_queries(self) -> None:
+        """Ask the server to end this IP's running queries, freeing their slots.
+
+        Best effort, for after a client-side timeout (the server goes on
+        running the query otherwise): failures are logged, never raised.
+        """
+        try:
+            response = self._session.get(self.kill_url, headers=self._headers, timeout=self._status_timeout)
+        except Exception as exc:
+            # Cleanup on an error path: raising here would hide the error being handled.
+            logger.warning(
+                "Could not ask %s to end our queries: %s: %s", self.kill_url, type(exc).__name__, exc
+            )
+            return
+        if response.status_code != 200:
+            logger.warning(
+                "%s answered HTTP %s; our queries may still hold slots.", self.kill_url, response.status_code
+            )
+
+    def _transport_error(self, exc: requests.RequestException, started: float) -> OverpassError:
+        waited = f"after {time.monotonic() - started:.1f} s"
+        # A stalled body surfaces as a ConnectionError around urllib3's ReadTimeoutError.
+        read_timed_out = isinstance(exc, requests.ReadTimeout) or (
+            isinstance(exc, requests.ConnectionError)
+            and bool(exc.args)
+            and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError)
+        )
+        if read_timed_out:
+            return ClientTimeout(
+                f"No complete answer from {self.interpreter_url} {waited} (read timeout "
+                f"{self.http_timeout_s} s). The query may still be running and holding a slot: call "
+                "kill_my_queries(), then retry; set the timeout a little above the query's [timeout:N].",
+                detail=str(exc),
+            )
+        if isinstance(
+            exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError
+        ):
+            return BadResponse(
+                f"The answer from {self.interpreter_url} broke off mid-body {waited} ({exc}). "
+                "The server may have died mid-response: retry the query later.",
+                detail=str(exc),
+            )
+        # Includes ConnectTimeout: nothing reached the server, so no slot is held.
+        return ConnectionFailed(
+            f"Could not reach {self.interpreter_url} {waited} ({type(exc).__name__}: {exc}). "
+            "Check the URL and the network; the request is safe to retry.",
+            detail=str(exc),
+        )

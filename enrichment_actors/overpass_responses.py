@@ -1,0 +1,460 @@
+"""Read one Overpass ``/api/interpreter`` response: the POIs it carries, or the error it means.
+
+Overpass sends HTTP 200 before a query runs, so a 200 is not a success: a
+runtime-error remark after ``elements`` (possibly after partial output) or a
+body cut off when the server process died are failures too. This module
+classifies a ``(status, body)`` pair into exactly one outcome, the label the
+shared fixture manifest uses, and parses the POIs of a success. It is pure:
+no HTTP, no I/O, so the worker, the stand-in server and the tests share it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+__all__ = [
+    "BadResponse",
+    "ClientTimeout",
+    "ConnectionFailed",
+    "OverpassError",
+    "ParsedResponse",
+    "Poi",
+    "QueryFailed",
+    "QueryOutOfMemory",
+    "QueryRejected",
+    "QueryTimedOut",
+    "QueryTooLarge",
+    "RateLimited",
+    "ServerBusy",
+    "ServerDown",
+    "UnexpectedStatus",
+    "UserAgentRejected",
+    "classify",
+    "read_response",
+]
+
+
+class Poi(NamedTuple):
+    """One point of interest: a node's position or a way's/relation's ``center``.
+
+    The key is ``(element_type, osm_id)``: a node and a way may share an id.
+    """
+
+    element_type: str
+    osm_id: int
+    lat: float
+    lon: float
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """A successful response.
+
+    Parameters:
+      pois: The elements that have a position, in server order.
+      skipped: Elements without a position (no lat/lon, no or empty
+        ``center``) and elements that are not POIs (e.g. ``area``).
+      remark: An informational remark the server added, if any.
+    """
+
+    pois: list[Poi]
+    skipped: int
+    remark: str | None
+
+
+class OverpassError(Exception):
+    """Base of every way an Overpass request can fail.
+
+    ``str(exc)`` says what happened and what to do next. Each subclass sets
+    the class attributes ``label`` (the classification, as in the fixture
+    manifest and metrics), ``retryable`` (transient: sending the same request
+    again may succeed) and ``trips_breaker`` (counts as a circuit-breaker
+    failure, i.e. says something about the server's health).
+
+    Examples:
+      >>> try:
+      ...     read_response(429, b"<p>rate_limited</p>")
+      ... except OverpassError as exc:
+      ...     (exc.label, exc.retryable, exc.trips_breaker, exc.status)
+      ('rate_limited', True, False, 429)
+
+    Parameters:
+      message: The human message: what happened, what to do next.
+      status: The HTTP status, or None when no response arrived.
+      detail: The server's own words: error lines, a remark, or a reason.
+    """
+
+    label: ClassVar[str] = "overpass_error"
+    retryable: ClassVar[bool] = False
+    trips_breaker: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class QueryTooLarge(OverpassError):
+    """The query hit its own time or memory limit: the remedy is a smaller box."""
+
+
+class QueryTimedOut(QueryTooLarge):
+    """HTTP 200 with ``runtime error: Query timed out ...``."""
+
+    label = "query_timeout"
+
+
+class QueryOutOfMemory(QueryTooLarge):
+    """HTTP 200 with ``runtime error: Query ran out of memory ...``."""
+
+    label = "query_out_of_memory"
+
+
+class QueryFailed(OverpassError):
+    """HTTP 200 with any other ``runtime error:`` remark."""
+
+    label = "query_error"
+
+
+class BadResponse(OverpassError):
+    """HTTP 200 whose body is not a complete JSON document with an ``elements`` list."""
+
+    label = "bad_response"
+    retryable = True
+    trips_breaker = True
+
+
+class QueryRejected(OverpassError):
+    """HTTP 400: the query text is invalid. ``messages`` holds each error line, unescaped."""
+
+    label = "bad_query"
+
+    def __init__(self, message: str, *, messages: list[str], status: int = 400) -> None:
+        super().__init__(message, status=status, detail="\n".join(messages))
+        self.messages = messages
+
+
+class UserAgentRejected(OverpassError):
+    """HTTP 406: the server refuses a missing or generic User-Agent."""
+
+    label = "user_agent_rejected"
+
+
+class RateLimited(OverpassError):
+    """HTTP 429: no free query slot for this IP right now."""
+
+    label = "rate_limited"
+    retryable = True
+
+
+class ServerBusy(OverpassError):
+    """HTTP 504: the server is shedding load."""
+
+    label = "server_busy"
+    retryable = True
+    trips_breaker = True
+
+
+class ServerDown(OverpassError):
+    """HTTP 504 whose page says the dispatcher (the database) is down."""
+
+    label = "server_down"
+    retryable = True
+    trips_breaker = True
+
+
+class UnexpectedStatus(OverpassError):
+    """Any other status: a 5xx is transient and trips the breaker, a 4xx is neither."""
+
+    label = "unexpected_status"
+
+    def __init__(self, message: str, *, status: int, detail: str = "") -> None:
+        super().__init__(message, status=status, detail=detail)
+
+    # Decided by the status, so per instance: the base declares class attributes.
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.status is not None and self.status >= 500
+
+    @property
+    def trips_breaker(self) -> bool:  # type: ignore[override]
+        return self.status is not None and self.status >= 500
+
+
+class ConnectionFailed(OverpassError):
+    """No response: the connection could not be made or broke before a response arrived."""
+
+    label = "connection_error"
+    retryable = True
+    trips_breaker = True
+
+
+class ClientTimeout(OverpassError):
+    """Our HTTP read timeout ran out; the query may still be running and holding a slot."""
+
+    label = "client_timeout"
+    retryable = True
+    trips_breaker = True
+
+
+# The paragraphs Overpass prints on its HTML error pages:
+# <p><strong style="color:#FF0000">Error</strong>: line 2: parse error: ... </p>
+_ERROR_PARAGRAPH = re.compile(rb"<strong[^>]*>\s*Error\s*</strong>\s*:?(.*?)</p>", re.DOTALL | re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>")
+_MARKUP_START = re.compile(rb"\s*<")
+_XML_REMARK = re.compile(rb"<remark>(.*?)</remark>", re.DOTALL)
+# How a 504 page says the dispatcher (the database) is down rather than busy.
+_DISPATCHER_DOWN = (b"Dispatcher_Client::1", b"open64: 2 No such file", b"is turned off", b"server is down")
+
+# Large bodies are parsed a piece of about this size at a time (see _read_in_pieces).
+_PIECE_BYTES = 1 << 20
+_ELEMENTS_START = re.compile(rb'"elements"\s*:\s*\[')
+# Where one element ends and the next begins: "}" "," then an object whose first
+# keys are "type" and "id", as Overpass prints every element, in any layout.
+# Relation members ("type", "ref") and geometry points ("lat") never match.
+_ELEMENT_END = re.compile(rb'(\})\s*,\s*(?=\{\s*"type"\s*:\s*"\w+"\s*,\s*"id")')
+# Boundaries guessed wrongly in a row before parsing the body whole instead.
+_MAX_MISSES = 8
+_DECODER = json.JSONDecoder()
+
+
+def read_response(status: int, body: bytes) -> ParsedResponse:
+    """Classify one ``/api/interpreter`` response and parse it.
+
+    Returns the POIs of a success (label ``ok`` or ``ok_with_remark``);
+    raises the matching :class:`OverpassError` subclass otherwise. A 200 is
+    a success only when its JSON is complete and carries no runtime-error
+    remark: elements printed before an error remark are not a success.
+    """
+    if status != 200:
+        raise _error_for_status(status, body)
+    pois: list[Poi] = []
+    read = _read_in_pieces(body, pois) if len(body) > 4 * _PIECE_BYTES else None
+    if read is None:
+        pois.clear()
+        read = _read_whole(body, pois)
+    document, skipped = read
+    remark = document.get("remark")
+    if remark is not None:
+        remark = str(remark).strip()
+        if _is_runtime_error(remark):
+            raise _runtime_error(remark)
+    return ParsedResponse(pois=pois, skipped=skipped, remark=remark or None)
+
+
+def classify(status: int, body: bytes) -> str:
+    """The label alone: ``ok``, ``ok_with_remark``, or the raised error's label."""
+    try:
+        parsed = read_response(status, body)
+    except OverpassError as exc:
+        return exc.label
+    return "ok" if parsed.remark is None else "ok_with_remark"
+
+
+def _read_whole(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], int]:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        # UnicodeDecodeError is a ValueError too.
+        raise _error_for_non_json(body) from None
+    if not isinstance(document, dict):
+        raise _bad_response(f"the JSON is a {type(document).__name__}, not an object", body)
+    elements = document.get("elements")
+    if not isinstance(elements, list):
+        raise _bad_response('the JSON has no "elements" list', body)
+    remark = document.get("remark")
+    if remark is not None and _is_runtime_error(str(remark).strip()):
+        # No POIs to build: the caller raises for the remark.
+        return document, 0
+    return document, _add_pois(elements, pois, body)
+
+
+def _read_in_pieces(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], int] | None:
+    """Parse a large body a piece of the ``elements`` array at a time.
+
+    ``json.loads`` of a whole body holds its decoded text (up to 4 bytes a
+    character) and every element dict at once: more than five times the body
+    for real output. Piece by piece, only the POIs outlive a piece. Returns
+    None when its elements cannot be told apart this way or the body is not
+    valid JSON; the caller then parses it whole, which classifies it exactly.
+    """
+    start = _ELEMENTS_START.search(body)
+    if start is None:
+        return None
+    view = memoryview(body)
+    position = start.end()
+    target = position + _PIECE_BYTES
+    skipped = misses = 0
+    try:
+        while (boundary := _ELEMENT_END.search(body, target)) is not None:
+            # A piece must parse as an array on its own, so a boundary found
+            # inside an element fails here instead of producing wrong elements.
+            try:
+                piece = json.loads(b"".join((b"[", view[position : boundary.end(1)], b"]")))
+            except ValueError:
+                misses += 1
+                if misses > _MAX_MISSES:
+                    return None
+                target = boundary.end()
+                continue
+            misses = 0
+            skipped += _add_pois(piece, pois, body)
+            position = boundary.end()
+            target = position + _PIECE_BYTES
+        rest = "[" + str(view[position:], "utf-8")
+        piece, stop = _DECODER.raw_decode(rest)
+        skipped += _add_pois(piece, pois, body)
+        # What surrounds the array must complete it to one JSON object.
+        document = json.loads(str(view[: start.end() - 1], "utf-8") + "[]" + rest[stop:])
+    except (ValueError, RecursionError, BadResponse):
+        return None
+    if not isinstance(document, dict) or document.get("elements") != []:
+        return None
+    return document, skipped
+
+
+def _add_pois(elements: list[Any], pois: list[Poi], body: bytes) -> int:
+    """Append the POIs among ``elements`` to ``pois``; return how many elements were skipped."""
+    # The hot loop of a 50 MB response: locals only, tags dicts kept as parsed.
+    append = pois.append
+    # tuple.__new__ skips the Python-level Poi.__new__: a third of the loop's time.
+    new = tuple.__new__
+    skipped = 0
+    try:
+        for element in elements:
+            kind = element.get("type")
+            if kind == "node":
+                lat = element.get("lat")
+                lon = element.get("lon")
+            elif kind in {"way", "relation"}:
+                center = element.get("center")
+                if not center:
+                    skipped += 1
+                    continue
+                lat = center.get("lat")
+                lon = center.get("lon")
+            else:
+                skipped += 1
+                continue
+            if lat is None or lon is None:
+                skipped += 1
+                continue
+            append(new(Poi, (kind, element["id"], lat, lon, element.get("tags") or {})))
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise _bad_response(f"an element is malformed ({type(exc).__name__}: {exc})", body) from None
+    return skipped
+
+
+def _is_runtime_error(remark: str) -> bool:
+    return remark[:13].lower() == "runtime error"
+
+
+def _runtime_error(remark: str) -> OverpassError:
+    lowered = remark.lower()
+    if "timed out" in lowered:
+        return QueryTimedOut(
+            f"Overpass stopped the query when its time limit ran out ({remark!r}). Retrying the same "
+            "query fails the same way: split the bounding box into smaller boxes, or raise [timeout:N].",
+            status=200,
+            detail=remark,
+        )
+    # Current servers say "ran out of memory", older ones "run out of memory".
+    if "out of memory" in lowered:
+        return QueryOutOfMemory(
+            f"Overpass stopped the query when its memory limit ran out ({remark!r}). Retrying the same "
+            "query fails the same way: split the bounding box into smaller boxes, or raise [maxsize:N].",
+            status=200,
+            detail=remark,
+        )
+    return QueryFailed(
+        f"Overpass could not finish the query ({remark!r}). Retrying the same query fails the same "
+        "way: check the query text and what it asks for.",
+        status=200,
+        detail=remark,
+    )
+
+
+def _error_for_non_json(body: bytes) -> OverpassError:
+    if _MARKUP_START.match(body) is None:
+        return _bad_response("the JSON is cut off or malformed", body)
+    # [out:xml] output prints its remark as <remark> runtime error: ... </remark>.
+    match = _XML_REMARK.search(body)
+    if match is not None:
+        remark = html.unescape(match.group(1).decode("utf-8", "replace")).strip()
+        if _is_runtime_error(remark):
+            return _runtime_error(remark)
+    return _bad_response("the body is XML or HTML, not JSON: the query must ask for [out:json]", body)
+
+
+def _bad_response(reason: str, body: bytes) -> BadResponse:
+    return BadResponse(
+        f"Overpass answered HTTP 200 but {reason} ({len(body)} bytes, starting {body[:60]!r}). "
+        "The server may have died mid-response: retry the query later.",
+        status=200,
+        detail=reason,
+    )
+
+
+def _error_lines(body: bytes) -> list[str]:
+    lines = []
+    for match in _ERROR_PARAGRAPH.finditer(body):
+        text = _TAG.sub("", match.group(1).decode("utf-8", "replace"))
+        lines.append(" ".join(html.unescape(text).split()))
+    return lines
+
+
+def _error_for_status(status: int, body: bytes) -> OverpassError:
+    lines = _error_lines(body)
+    detail = "\n".join(lines)
+    said = f": {lines[0].rstrip('.')}" if lines else ""
+    if status == 400:
+        more = f" (and {len(lines) - 1} more errors)" if len(lines) > 1 else ""
+        return QueryRejected(
+            f"Overpass rejected the query as invalid (HTTP 400){said}{more}. "
+            "Retrying cannot help: fix the query text.",
+            messages=lines,
+        )
+    if status == 406:
+        return UserAgentRejected(
+            "Overpass refused the request because of its User-Agent (HTTP 406). Send a User-Agent that "
+            "names the product, its version and a contact, e.g. 'overpass-enrichment/0.1 (ops@example.org)'.",
+            status=status,
+            detail=detail,
+        )
+    if status == 429:
+        return RateLimited(
+            f"Overpass has no free query slot for this IP (HTTP 429){said}. Wait at least 30 s, "
+            "or until /api/status shows a free slot, before sending the next query.",
+            status=status,
+            detail=detail,
+        )
+    if status == 504:
+        if any(marker in body for marker in _DISPATCHER_DOWN):
+            return ServerDown(
+                f"The Overpass server is down: its dispatcher is not running (HTTP 504){said}. "
+                "No query can run until its operators restart it: retry much later or use another instance.",
+                status=status,
+                detail=detail,
+            )
+        return ServerBusy(
+            f"The Overpass server is too busy to admit the query (HTTP 504){said}. Retry later with "
+            "backoff; honest, smaller [timeout:N] and [maxsize:N] values are admitted sooner.",
+            status=status,
+            detail=detail,
+        )
+    summary = lines[0] if lines else " ".join(_TAG.sub(" ", body[:200].decode("utf-8", "replace")).split())
+    remedy = (
+        "The server has a problem: retry later."
+        if status >= 500
+        else "Sending the same request again fails the same way: check the interpreter URL and the request."
+    )
+    return UnexpectedStatus(
+        f"Overpass answered with unexpected HTTP {status} ({summary!r}). {remedy}",
+        status=status,
+        detail=detail or summary,
+    )

@@ -1,0 +1,1 @@
+"""Reusable Dramatiq middleware: fleet-wide quota, semaphore and circuit breaker."""

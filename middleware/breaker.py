@@ -1,0 +1,118 @@
+"""Circuit breaker: stop calling an upstream that keeps failing, fleet-wide.
+
+Closed, it counts consecutive failures; at the threshold it opens and
+messages make no call, deferred until the cooldown ends (plus jitter).
+Then exactly one message in the whole fleet is admitted as a probe (a claim
+that expires, so a probe whose worker dies cannot wedge the breaker): its
+success closes the circuit, its failure reopens it for a fresh cooldown. An
+outcome of a call admitted before the latest transition does not move it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+
+from dramatiq.broker import Broker, MessageProxy
+
+from .admission import AdmissionMiddleware
+from .backends.base import Backend
+from .deferral import AdmissionDenied
+from .policy.breaker import Admission, BreakerLimits, BreakerPolicy
+from .policy.clock import Clock, SystemClock
+
+#: Deferral reason while the circuit is open (or another worker probes).
+CIRCUIT_OPEN = "circuit_open"
+
+
+class Verdict(enum.Enum):
+    """What one finished call says about the upstream."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    #: Says nothing (the call never happened, or failed for a reason of ours).
+    IGNORE = "ignore"
+
+
+def every_exception_fails(exception: BaseException | None) -> Verdict:
+    """The default verdict: any exception is a failure, a return is a success."""
+    return Verdict.SUCCESS if exception is None else Verdict.FAILURE
+
+
+class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Admission, str]]):
+    """Admit messages only while the upstream is believed healthy.
+
+    Examples:
+      >>> breaker = CircuitBreaker(backend, {"overpass": BreakerLimits(failure_threshold=3, cooldown_s=60)},
+      ...                          verdict=lambda exc: Verdict.FAILURE if isinstance(exc, IOError) else Verdict.SUCCESS)
+      >>> @dramatiq.actor(breaker="overpass")
+      ... def fetch(): ...
+
+    Parameters:
+      backend: where the breaker state lives (Redis for a fleet).
+      limits: breaker limits by policy name; actors opt in with ``breaker=NAME``.
+      verdict: maps the actor's exception (``None`` when it returned) to a
+        :class:`Verdict`. Denials by other middlewares never reach it: the
+        call did not happen.
+      clock, rng: injectable time and randomness.
+    """
+
+    option = "breaker"
+
+    def __init__(
+        self,
+        backend: Backend,
+        limits: Mapping[str, BreakerLimits],
+        *,
+        verdict: Callable[[BaseException | None], Verdict] = every_exception_fails,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        unavailable_retry_s: float = 5.0,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        policies = {
+            name: BreakerPolicy(name, limit, backend, clock=self.clock, rng=rng)
+            for name, limit in limits.items()
+        }
+        super().__init__(policies, unavailable_retry_s=unavailable_retry_s)
+        self.verdict = verdict
+        self._host = f"{socket.gethostname()}:{os.getpid()}"
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        policy = self.policy_for(broker, message)
+        if policy is None:
+            return
+        holder = f"{self._host}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        with self.failing_closed():
+            admission = policy.admit(holder)
+        if not admission.allowed:
+            retry_at = admission.retry_at if admission.retry_at is not None else self.clock.now()
+            raise AdmissionDenied(retry_at - self.clock.now(), CIRCUIT_OPEN)
+        self.hold(message, (policy, admission, holder))
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        held = self.release_held(message)
+        if held is None:
+            return
+        policy, admission, holder = held
+        verdict = Verdict.IGNORE if isinstance(exception, AdmissionDenied) else self.verdict(exception)
+        with self.logging_unavailable(f"record a {verdict.value} on breaker {policy.name!r}"):
+            if verdict is Verdict.IGNORE:
+                policy.abandon(admission, holder)
+            else:
+                policy.record(admission, success=verdict is Verdict.SUCCESS)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        self.after_process_message(broker, message, exception=AdmissionDenied(0, "skipped"))

@@ -1,0 +1,36 @@
+"""Deferral: "come back later" as an exception, distinct from failure and retry.
+
+A middleware that refuses to admit a message now (no quota, circuit open, no
+permit) raises :class:`AdmissionDenied`; an actor that learns it must wait
+(the upstream asked it to slow down) raises :class:`Defer`. The
+:class:`~middleware.retries.Retries` middleware puts the message back with
+the delay, without counting a retry and without holding it in worker memory
+when the wait is long.
+"""
+
+from __future__ import annotations
+
+from dramatiq import Retry
+from dramatiq.middleware import MiddlewareError
+
+
+class Defer(MiddlewareError, Retry):
+    """Run this message again after ``delay_s`` seconds; not a failure, not a retry.
+
+    It is a ``MiddlewareError`` so that it propagates out of a
+    ``before_process_message`` hook, and a ``Retry`` so that Dramatiq neither
+    logs it as an error nor, under its stock ``Retries``, loses the delay.
+
+    Parameters:
+      delay_s: seconds to wait (never negative).
+      reason: a short machine-readable word: why the job waits.
+    """
+
+    def __init__(self, delay_s: float, reason: str) -> None:
+        self.delay_s = max(0.0, float(delay_s))
+        self.reason = reason
+        Retry.__init__(self, f"deferred for {self.delay_s:.3f}s: {reason}", delay=int(self.delay_s * 1000))
+
+
+class AdmissionDenied(Defer):
+    """A limiting middleware refused the message before the actor ran: no call was made."""

@@ -1,0 +1,196 @@
+"""A fleet-wide quota per fixed window: so many requests and so many response bytes a day.
+
+Windows are aligned to the epoch, so a 86,400 s window is a UTC day and every
+worker agrees on when it starts.  Admission is one atomic backend call, so
+however many workers race, no more than the limit are admitted.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from middleware.backends.base import Backend
+from middleware.policy.backoff import jittered
+from middleware.policy.clock import Clock, SystemClock
+
+#: Counters outlive their window by this much, so late byte counts still land.
+_COUNTER_GRACE_S = 3600
+
+
+@dataclass(frozen=True)
+class QuotaLimits:
+    """What a quota allows per window.
+
+    Examples:
+      >>> QuotaLimits(requests=10_000, bytes=1_000_000_000)  # a public API's daily allowance
+      QuotaLimits(requests=10000, bytes=1000000000, window_s=86400, jitter_s=60.0)
+
+    Parameters:
+      requests(int): Admissions per window; below 0 means unlimited.
+      bytes(int): Response bytes per window; below 0 means unlimited.  Bytes are
+        counted after the fact, so admission is refused once used >= limit.
+      window_s(int): Window length in seconds, aligned to the epoch: 86,400 is a UTC day.
+      jitter_s(float): A denied job comes back at the next window start plus
+        uniform(0, jitter_s), so the fleet does not stampede at midnight.
+    """
+
+    requests: int
+    bytes: int = -1
+    window_s: int = 86_400
+    jitter_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0:
+            raise ValueError(
+                f"QuotaLimits.window_s must be a positive number of seconds, got {self.window_s}"
+            )
+        if self.jitter_s < 0:
+            raise ValueError(f"QuotaLimits.jitter_s must not be negative, got {self.jitter_s}")
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    """The answer to one :meth:`QuotaPolicy.admit`.
+
+    Parameters:
+      allowed(bool): Whether the job may make its request.
+      window_start(float): Start of the window the decision was made in; pass it
+        to :meth:`QuotaPolicy.record_bytes` so bytes land in that window.
+      requests_used(int): Requests admitted in the window, this one included.
+      bytes_used(int): Bytes recorded in the window so far.
+      retry_at(float | None): When denied, the epoch time to try again.
+    """
+
+    allowed: bool
+    window_start: float
+    requests_used: int
+    bytes_used: int
+    retry_at: float | None
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """How much of a quota's current window is used (for status pages and metrics).
+
+    Parameters:
+      name(str): The quota's name.
+      window_start(float): Epoch time the window started.
+      window_end(float): Epoch time the next window starts.
+      requests_used(int): Requests admitted so far.
+      requests_limit(int): The request limit; below 0 means unlimited.
+      bytes_used(int): Response bytes recorded so far.
+      bytes_limit(int): The byte limit; below 0 means unlimited.
+    """
+
+    name: str
+    window_start: float
+    window_end: float
+    requests_used: int
+    requests_limit: int
+    bytes_used: int
+    bytes_limit: int
+
+    @property
+    def requests_left(self) -> int | None:
+        """Requests still allowed in this window; None when unlimited."""
+        return None if self.requests_limit < 0 else max(0, self.requests_limit - self.requests_used)
+
+    @property
+    def bytes_left(self) -> int | None:
+        """Bytes still allowed in this window; None when unlimited."""
+        return None if self.bytes_limit < 0 else max(0, self.bytes_limit - self.bytes_used)
+
+
+def window_bounds(now: float, window_s: int) -> tuple[float, float]:
+    """The (start, end) of the epoch-aligned window that contains ``now``; start <= now < end.
+
+    Examples:
+      >>> window_bounds(1_700_000_000.0, 86_400)  # 2023-11-14T22:13:20Z
+      (1699920000.0, 1700006400.0)
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
+    # float % is exact and the difference is a whole number, so start is exact too.
+    start = now - (now % window_s)
+    return start, start + window_s
+
+
+class QuotaPolicy:
+    """Admits requests while a shared per-window quota lasts.
+
+    Examples:
+      >>> from middleware.backends.memory import MemoryBackend
+      >>> quota = QuotaPolicy("api", QuotaLimits(requests=2), MemoryBackend())
+      >>> decision = quota.admit()
+      >>> decision.allowed
+      True
+      >>> quota.record_bytes(52_000, decision.window_start)  # after the response came
+      >>> quota.admit().allowed, quota.admit().allowed
+      (True, False)
+
+    Parameters:
+      name(str): Names the quota in the backend; policies of the same name
+        share one quota, wherever they run.
+      limits(QuotaLimits): What the quota allows.
+      backend(Backend): Where the counters live.
+      clock(Clock): The time source.  Defaults to the system clock.
+      rng(random.Random): The source of jitter.  Defaults to a new Random.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limits: QuotaLimits,
+        backend: Backend,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._name = name
+        self._limits = limits
+        self._backend = backend
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def limits(self) -> QuotaLimits:
+        return self._limits
+
+    def _keys(self, window_start: float) -> list[str]:
+        prefix = f"quota:{self._name}:{int(window_start)}"
+        return [f"{prefix}:requests", f"{prefix}:bytes"]
+
+    def admit(self) -> QuotaDecision:
+        """Count one request against the current window if the window has room for it."""
+        start, end = window_bounds(self._clock.now(), self._limits.window_s)
+        allowed, (requests_used, bytes_used) = self._backend.counters_admit(
+            self._keys(start),
+            [self._limits.requests, self._limits.bytes],
+            [1, 0],
+            ttl_s=self._limits.window_s + _COUNTER_GRACE_S,
+        )
+        retry_at = None if allowed else jittered(end, jitter_s=self._limits.jitter_s, rng=self._rng)
+        return QuotaDecision(allowed, start, requests_used, bytes_used, retry_at)
+
+    def record_bytes(self, amount: int, window_start: float) -> None:
+        """Charge ``amount`` response bytes to the window the request was admitted in
+        (``decision.window_start``), even if that window has ended since."""
+        if amount < 0:
+            raise ValueError(f"record_bytes needs the number of bytes received (0 or more), got {amount}")
+        if amount:
+            self._backend.counter_add(
+                self._keys(window_start)[1], amount, ttl_s=self._limits.window_s + _COUNTER_GRACE_S
+            )
+
+    def usage(self) -> QuotaUsage:
+        """What the current window has used so far."""
+        start, end = window_bounds(self._clock.now(), self._limits.window_s)
+        requests_used, bytes_used = self._backend.counters_get(self._keys(start))
+        return QuotaUsage(
+            self._name, start, end, requests_used, self._limits.requests, bytes_used, self._limits.bytes
+        )

@@ -1,0 +1,90 @@
+"""Quota: a request and byte budget per window, shared by every worker.
+
+Requests are counted atomically at admission, so however many processes
+race, no more calls are admitted than the limit. Response bytes are charged
+after each call (see :mod:`middleware.usage`). A denied message makes no
+call and is deferred to the start of the next window plus jitter.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from dramatiq.broker import Broker, MessageProxy
+
+from .admission import AdmissionMiddleware
+from .backends.base import Backend
+from .deferral import AdmissionDenied
+from .policy.clock import Clock, SystemClock
+from .policy.quota import QuotaLimits, QuotaPolicy
+from .usage import take_charged_bytes
+
+#: Deferral reason when the window's budget is spent.
+QUOTA_EXHAUSTED = "quota_exhausted"
+
+
+class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
+    """Admit a message only while its quota window has budget left.
+
+    Examples:
+      >>> broker.add_middleware(Quota(backend, {"overpass": QuotaLimits(requests=10_000, bytes=2**30)}))
+      >>> @dramatiq.actor(quota="overpass")
+      ... def fetch(): ...
+
+    Parameters:
+      backend: where the counters live (Redis for a fleet).
+      limits: quota limits by policy name; actors opt in with ``quota=NAME``.
+      clock: time source (tests inject a manual clock).
+      rng: randomness for the deferral jitter.
+    """
+
+    option = "quota"
+
+    def __init__(
+        self,
+        backend: Backend,
+        limits: Mapping[str, QuotaLimits],
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        unavailable_retry_s: float = 5.0,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        policies = {
+            name: QuotaPolicy(name, limit, backend, clock=self.clock, rng=rng)
+            for name, limit in limits.items()
+        }
+        super().__init__(policies, unavailable_retry_s=unavailable_retry_s)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        policy = self.policy_for(broker, message)
+        if policy is None:
+            return
+        take_charged_bytes()
+        with self.failing_closed():
+            decision = policy.admit()
+        if not decision.allowed:
+            retry_at = decision.retry_at if decision.retry_at is not None else self.clock.now()
+            raise AdmissionDenied(retry_at - self.clock.now(), QUOTA_EXHAUSTED)
+        self.hold(message, (policy, decision.window_start))
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        held = self.release_held(message)
+        if held is None:
+            return
+        policy, window_start = held
+        charged = take_charged_bytes()
+        if charged:
+            with self.logging_unavailable(f"charge {charged} bytes to quota {policy.name!r}"):
+                policy.record_bytes(charged, window_start)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        self.after_process_message(broker, message)

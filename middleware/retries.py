@@ -1,0 +1,191 @@
+"""Retries and deferrals by re-enqueueing, never by sleeping in a worker thread.
+
+Replaces Dramatiq's stock ``Retries``. Transient failures are retried with
+capped exponential backoff and full jitter (the cap is never exceeded);
+after the last attempt the message is dead-lettered. A :class:`~.deferral.Defer`
+is not a failure: it does not count against ``max_retries``. Waits longer
+than ``park_after_s`` are parked in the backend instead of Dramatiq's delay
+queue, which workers prefetch and hold in memory: ten thousand jobs waiting
+for tomorrow cost a worker nothing, and come back by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import traceback
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Retries as StockRetries
+
+from .backends.base import Backend, BackendUnavailable
+from .deferral import Defer
+from .policy.backoff import exponential_backoff
+from .policy.clock import Clock, SystemClock
+from .policy.parking import ParkingLot
+
+#: Message option counting deferrals (retries are counted in ``retries``).
+DEFERRALS = "deferrals"
+
+
+class Retries(StockRetries):
+    """Retry failed messages with capped, fully jittered backoff; defer without counting.
+
+    Examples:
+      >>> broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, dramatiq.middleware.Retries)]
+      >>> broker.add_middleware(Retries(backend=backend, max_retries=5, min_backoff=5_000, max_backoff=600_000))
+
+    Parameters:
+      backend: where long waits are parked; without one every wait goes to
+        Dramatiq's delay queue.
+      max_retries: default attempts after the first (actor option ``max_retries``).
+      min_backoff, max_backoff: milliseconds, as Dramatiq's (actor options too).
+      park_after_s: waits longer than this are parked in the backend.
+      poll_interval_s: how often each worker process releases due messages.
+      clock, rng: injectable time and randomness.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | None = None,
+        max_retries: int = 20,
+        min_backoff: int = 15_000,
+        max_backoff: int = 3_600_000,
+        park_after_s: float = 30.0,
+        poll_interval_s: float = 1.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(max_retries=max_retries, min_backoff=min_backoff, max_backoff=max_backoff)
+        self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.park_after_s = park_after_s
+        self.poll_interval_s = poll_interval_s
+        self.parking = ParkingLot(backend, clock=self.clock) if backend is not None else None
+        self._stop = threading.Event()
+        self._releaser: threading.Thread | None = None
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None:
+            return
+        if isinstance(exception, Defer):
+            message.options[DEFERRALS] = message.options.get(DEFERRALS, 0) + 1
+            self.schedule(broker, message, exception.delay_s, refresh_age=True)
+            return
+        actor = broker.get_actor(message.actor_name)
+        message.options["last_error"] = f"{type(exception).__name__}: {exception}"[:2000]
+        throws = message.options.get("throws") or actor.options.get("throws")
+        if throws and isinstance(exception, throws):
+            self._dead_letter(message, "not retried", exception)
+            return
+        retries = message.options.setdefault("retries", 0)
+        max_retries = message.options.get("max_retries", actor.options.get("max_retries", self.max_retries))
+        retry_when = actor.options.get("retry_when", self.retry_when)
+        # As in Dramatiq: retry_when, when given, decides instead of max_retries.
+        give_up = not retry_when(retries, exception) if retry_when is not None else retries >= max_retries
+        if give_up:
+            self._dead_letter(message, f"retries exhausted after {retries + 1} attempts", exception)
+            return
+        message.options["retries"] = retries + 1
+        message.options["traceback"] = traceback.format_exc(limit=30)
+        if isinstance(exception, dramatiq.Retry) and exception.delay is not None:
+            delay_s = exception.delay / 1000
+        else:
+            min_backoff = message.options.get(
+                "min_backoff", actor.options.get("min_backoff", self.min_backoff)
+            )
+            max_backoff = message.options.get(
+                "max_backoff", actor.options.get("max_backoff", self.max_backoff)
+            )
+            delay_s = exponential_backoff(
+                retries, base_s=min_backoff / 1000, cap_s=max_backoff / 1000, rng=self.rng
+            )
+        self.logger.info("Retrying message %s in %.1fs: %s.", message.message_id, delay_s, exception)
+        self.schedule(broker, message, delay_s)
+
+    def _dead_letter(self, message: MessageProxy, why: str, exception: BaseException) -> None:
+        # The broker keeps the message as it was enqueued, so the log line is
+        # where the reason is recorded (and the metrics, by outcome).
+        self.logger.warning(
+            "Dead-lettering message %s (%s, %s): %s",
+            message.message_id,
+            message.actor_name,
+            why,
+            message.options["last_error"],
+        )
+        message.fail()
+
+    def schedule(
+        self,
+        broker: Broker,
+        message: MessageProxy | dramatiq.Message[Any],
+        delay_s: float,
+        *,
+        refresh_age: bool = False,
+    ) -> None:
+        """Put ``message`` back in ``delay_s`` seconds: Dramatiq's delay queue, or parked when long."""
+        plain: dramatiq.Message[Any] = message._message if isinstance(message, MessageProxy) else message
+        if refresh_age:
+            # A deferral is not the job's fault: AgeLimit counts from its return.
+            plain = plain.copy(message_timestamp=int(self.clock.now() * 1000))
+        if self.parking is not None and delay_s > self.park_after_s:
+            try:
+                self.parking.park(plain.message_id, plain.encode(), self.clock.now() + delay_s)
+                return
+            except BackendUnavailable as exc:
+                self.logger.warning(
+                    "Could not park message %s (%s); using the delay queue.", plain.message_id, exc
+                )
+        broker.enqueue(plain, delay=int(delay_s * 1000))
+
+    def release_due(self, broker: Broker, limit: int = 100) -> int:
+        """Enqueue parked messages that are due; returns how many. At least once: a
+        releaser that dies after claiming leaves them to come due again."""
+        if self.parking is None:
+            return 0
+        released = 0
+        for member, payload in self.parking.claim_due(limit):
+            message = dramatiq.Message.decode(payload)
+            broker.enqueue(message.copy(message_timestamp=int(self.clock.now() * 1000)))
+            self.parking.done(member)
+            released += 1
+        return released
+
+    def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        if self.parking is None or self._releaser is not None:
+            return
+        self._stop.clear()
+        self._releaser = threading.Thread(
+            target=self._release_loop, args=(broker,), name="parking-releaser", daemon=True
+        )
+        self._releaser.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._releaser is not None:
+            self._releaser.join(timeout=5)
+            self._releaser = None
+
+    def _release_loop(self, broker: Broker) -> None:
+        while not self._stop.wait(self.poll_interval_s * self.rng.uniform(0.5, 1.0)):
+            try:
+                while self.release_due(broker) and not self._stop.is_set():
+                    pass
+            except BackendUnavailable as exc:
+                self.logger.warning("Parked messages wait: %s", exc)
+            except Exception:
+                self.logger.exception("Releasing parked messages failed; trying again shortly.")
+                time.sleep(self.poll_interval_s)

@@ -1,0 +1,95 @@
+"""Semaphore: at most N calls in flight across the fleet, as expiring leases.
+
+A permit is held from admission until the actor returns, so give the
+limited actor only the call itself. Permits are leases: one held by a
+worker killed with ``kill -9`` comes back after the lease time even while
+other workers keep acquiring. A thread that finds no permit waits a short,
+bounded time (woken by releases, never spinning), then defers the message.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Mapping
+
+from dramatiq.broker import Broker, MessageProxy
+
+from .admission import AdmissionMiddleware
+from .backends.base import Backend
+from .deferral import AdmissionDenied
+from .policy.clock import Clock
+from .policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
+
+#: Deferral reason when no permit came free within the wait.
+NO_PERMIT = "no_permit"
+
+
+class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphorePolicy, Permit]]):
+    """Hold one of N fleet-wide permits while the actor runs.
+
+    Examples:
+      >>> broker.add_middleware(ConcurrencySemaphore(backend, {"overpass": SemaphoreLimits(permits=2)}))
+      >>> @dramatiq.actor(semaphore="overpass")
+      ... def fetch(): ...
+
+    Parameters:
+      backend: where the leases live (Redis for a fleet).
+      limits: semaphore limits by policy name; actors opt in with ``semaphore=NAME``.
+      clock, rng: injectable time and randomness.
+    """
+
+    option = "semaphore"
+
+    def __init__(
+        self,
+        backend: Backend,
+        limits: Mapping[str, SemaphoreLimits],
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        unavailable_retry_s: float = 5.0,
+    ) -> None:
+        policies = {
+            name: SemaphorePolicy(name, limit, backend, clock=clock, rng=rng)
+            for name, limit in limits.items()
+        }
+        super().__init__(policies, unavailable_retry_s=unavailable_retry_s)
+        self._host = f"{socket.gethostname()}:{os.getpid()}"
+
+    def cap(self, name: str, limit: int | None) -> None:
+        """Cap policy ``name`` fleet-wide at ``limit`` permits (say, the upstream's own rate limit)."""
+        with self.logging_unavailable(f"cap semaphore {name!r} at {limit}"):
+            self.policies[name].cap(limit)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        policy = self.policy_for(broker, message)
+        if policy is None:
+            return
+        holder = f"{self._host}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        with self.failing_closed():
+            permit = policy.acquire(holder)
+            if permit is None:
+                raise AdmissionDenied(policy.retry_delay(), NO_PERMIT)
+        self.hold(message, (policy, permit))
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        held = self.release_held(message)
+        if held is not None:
+            policy, permit = held
+            # If this fails the lease simply expires; the call is over either way.
+            with self.logging_unavailable(f"release a permit of {policy.name!r}"):
+                policy.release(permit)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        self.after_process_message(broker, message)

@@ -1,0 +1,91 @@
+"""Real servers for the test session.
+
+PostgreSQL and Redis are started by the session itself on free loopback ports
+(pytest-postgresql's ``postgresql_proc``, pytest-redis's ``redis_proc``) and
+removed afterwards; the machine's own servers on 5432 and 6379 are never
+touched. ``TEST_DATABASE_URL`` and ``TEST_REDIS_URL`` point the suite at
+servers you run yourself instead (their data is wiped between tests).
+
+The ports are chosen when this file is imported, and ``REDIS_URL`` and
+``DATABASE_URL`` are set to them at once: the product reads its settings
+when ``enrichment_actors`` is first imported, and must only ever see the
+test servers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_postgresql import factories as pg_factories
+from pytest_redis import factories as redis_factories
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "overpass"
+OWN_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "overpass"
+PG_DATABASE = "enrichment_test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+REDIS_PORT = _free_port()
+PG_PORT = _free_port()
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or f"redis://127.0.0.1:{REDIS_PORT}/0"
+DATABASE_URL = (
+    os.environ.get("TEST_DATABASE_URL") or f"postgresql://postgres@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+)
+os.environ.update(
+    REDIS_URL=REDIS_URL,
+    DATABASE_URL=DATABASE_URL,
+    BROKER="redis",
+    STATE_BACKEND="redis",
+    OVERPASS_CONTACT="tests@localhost",
+    # Nothing in the suite may reach the public server.
+    OVERPASS_URL="http://127.0.0.1:9/api/interpreter",
+)
+
+redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=REDIS_PORT)
+postgresql_proc = pg_factories.postgresql_proc(host="127.0.0.1", port=PG_PORT)
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """URL of a Redis server that belongs to this test session."""
+    if not os.environ.get("TEST_REDIS_URL"):
+        request.getfixturevalue("redis_proc")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """URL of a PostgreSQL database that belongs to this test session."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return DATABASE_URL
+    import psycopg
+
+    proc = request.getfixturevalue("postgresql_proc")
+    admin = f"host={proc.host} port={proc.port} user={proc.user} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE}")
+        conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+    return DATABASE_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[object]:
+    """A Redis client on an emptied database."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

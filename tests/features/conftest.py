@@ -1,0 +1,245 @@
+"""Steps shared by the behaviour scenarios: real workers, real Redis and PostgreSQL, the stand-in server."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import dramatiq
+import pytest
+import redis
+from pytest_bdd import given, parsers, then, when
+
+from enrichment_actors.stub_overpass import StubOverpass
+from tests.support.proxy import FlakyProxy
+from tests.support.workers import WorkerProcesses, eventually
+
+QUEUE = "enrichment"
+
+
+@dataclass
+class World:
+    """What one scenario has set up and observed."""
+
+    redis_url: str
+    database_url: str
+    stub: StubOverpass | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcesses] = field(default_factory=list)
+    db_proxy: FlakyProxy | None = None
+    last_job: dict[str, Any] = field(default_factory=dict)
+
+    def worker_env(self) -> dict[str, str]:
+        assert self.stub is not None, "start the stand-in server first"
+        database_url = self.database_url
+        if self.db_proxy is not None:
+            parts = urlsplit(database_url)
+            database_url = parts._replace(netloc=f"{parts.username}@127.0.0.1:{self.db_proxy.port}").geturl()
+        return {
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": database_url,
+            "OVERPASS_URL": self.stub.interpreter_url,
+            **self.settings,
+        }
+
+
+@pytest.fixture
+def world(redis_url: str, postgres_url: str) -> Iterator[World]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    w = World(redis_url, postgres_url)
+    yield w
+    for workers in w.workers:
+        workers.stop()
+    if w.stub is not None:
+        w.stub.stop()
+    if w.db_proxy is not None:
+        w.db_proxy.down()
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def app() -> Any:
+    """The product, as app code imports it (its settings point at the test servers)."""
+    import enrichment_actors
+
+    return enrichment_actors
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[Any]:
+    from enrichment_actors.store import PoiStore
+
+    poi_store = PoiStore(postgres_url)
+    yield poi_store
+    poi_store.close()
+
+
+def dead_letters(redis_url: str) -> list[dramatiq.Message[Any]]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [dramatiq.Message.decode(raw) for raw in client.hvals(f"dramatiq:{QUEUE}.XQ.msgs")]
+    finally:
+        client.close()
+
+
+def expected_pois(job: dict[str, Any]) -> set[tuple[str, int]]:
+    """What the stand-in server answers for ``job``: its data is deterministic, so a fresh one tells."""
+    from enrichment_actors.jobs import build_query, validate_job
+    from enrichment_actors.overpass_client import OverpassClient
+
+    query = build_query(validate_job(job["bbox"], job.get("tags")), timeout_s=5, maxsize_bytes=1 << 26)
+    with StubOverpass() as fresh:
+        client = OverpassClient(fresh.interpreter_url, user_agent="tests/expected", http_timeout_s=5)
+        return {(p.element_type, p.osm_id) for p in client.fetch(query).parsed.pois}
+
+
+# --- Given -------------------------------------------------------------------
+
+
+@given("the stand-in Overpass server is running")
+def stand_in_server(world: World) -> None:
+    world.stub = StubOverpass(slots=2).start()
+
+
+@given(parsers.parse("the stand-in server answers every call with latency {ms:d} ms"))
+def stand_in_latency(world: World, ms: int) -> None:
+    assert world.stub is not None
+    world.stub.set_latency(ms / 1000)
+
+
+@given(parsers.parse('the stand-in server will answer "{outcomes}"'))
+def stand_in_script(world: World, outcomes: str) -> None:
+    assert world.stub is not None
+    world.stub.script(*[o.strip() for o in outcomes.split(",")])
+
+
+@given(parsers.parse('the stand-in server answers "{outcome}" from now on'))
+def stand_in_default(world: World, outcome: str) -> None:
+    assert world.stub is not None
+    world.stub.set_default(outcome)
+
+
+@given(parsers.parse('the setting {name} is "{value}"'))
+def setting(world: World, name: str, value: str) -> None:
+    world.settings[name] = value
+
+
+@given("the POI table is empty")
+def empty_table(store: Any) -> None:
+    store.ensure_schema()
+    store.model.delete().execute()
+
+
+@given("the database is down")
+def database_down(world: World, postgres_url: str) -> None:
+    parts = urlsplit(postgres_url)
+    world.db_proxy = FlakyProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+
+@given("workers are running")
+@given(parsers.parse("{processes:d} worker processes with {threads:d} threads are running"))
+def workers_running(world: World, processes: int = 1, threads: int = 4) -> None:
+    world.workers.append(WorkerProcesses(world.worker_env(), processes=processes, threads=threads).start())
+
+
+# --- When --------------------------------------------------------------------
+
+
+def _send(world: World, app: Any, **kwargs: Any) -> None:
+    world.last_job = kwargs
+    app.enrich.send(**kwargs)
+
+
+@when(parsers.parse('I enqueue an enrich job for box "{box}" with tags "{tags}"'))
+def enqueue_job(world: World, app: Any, box: str, tags: str) -> None:
+    south, west, north, east = (float(v) for v in box.split(","))
+    bbox = {"south": south, "west": west, "north": north, "east": east}
+    _send(world, app, bbox=bbox, tags=[t.strip() for t in tags.split(",")])
+
+
+@when("I enqueue the same job again")
+def enqueue_again(world: World, app: Any) -> None:
+    _send(world, app, **world.last_job)
+
+
+@when(parsers.parse("I send enrich with {arguments}"))
+def send_raw(world: World, app: Any, arguments: str) -> None:
+    if match := re.fullmatch(r"tags (.+) in box (\{.*\})", arguments):
+        _send(world, app, tags=json.loads(match[1]), bbox=json.loads(match[2]))
+    elif arguments.startswith("bbox "):
+        _send(world, app, bbox=json.loads(arguments[5:]))
+    elif arguments.startswith("unexpected "):
+        _send(world, app, **json.loads(arguments[11:]))
+    else:
+        raise ValueError(f"unknown arguments form: {arguments}")
+
+
+@when("all jobs are done")
+def all_done(app: Any) -> None:
+    app.broker.join(QUEUE, timeout=30_000)
+
+
+@when("storing has failed at least twice")
+def storing_failed(world: World) -> None:
+    def failed_stores() -> int:
+        return sum(
+            "Retrying message" in line and "Could not store" in line
+            for w in world.workers
+            for line in w.lines
+        )
+
+    eventually(lambda: failed_stores() >= 2, message="two failed store attempts")
+
+
+@when("the database comes back")
+def database_back(world: World) -> None:
+    assert world.db_proxy is not None
+    world.db_proxy.up()
+
+
+# --- Then --------------------------------------------------------------------
+
+
+@then(parsers.parse("the stand-in server received {count:d} call"))
+@then(parsers.parse("the stand-in server received {count:d} calls"))
+def stub_calls(world: World, count: int) -> None:
+    assert world.stub is not None
+    assert world.stub.stats().calls == count, [r.outcome for r in world.stub.requests]
+
+
+@then("the database holds exactly the POIs the stand-in server has for that job")
+def stored_match(world: World, store: Any) -> None:
+    stored = {(row[0], row[1]) for row in store.fetch_all()}
+    expected = expected_pois(world.last_job)
+    assert expected, "the stand-in server returned no POIs: pick a box with some"
+    assert stored == expected
+
+
+@then("no job is dead-lettered")
+def no_dead_letters(world: World) -> None:
+    assert dead_letters(world.redis_url) == []
+
+
+@then(parsers.parse('{count:d} job is dead-lettered with an error mentioning "{reason}"'))
+def dead_lettered(world: World, count: int, reason: str) -> None:
+    assert len(dead_letters(world.redis_url)) == count
+    logged = [line for w in world.workers for line in w.lines if "Dead-lettering message" in line]
+    assert len(logged) == count and all(reason in line for line in logged), logged
+
+
+@then(parsers.parse("every query it received has exactly {count:d} statement, for the key {key}"))
+def query_statements(world: World, count: int, key: str) -> None:
+    from enrichment_actors.jobs import build_query, validate_job
+
+    assert world.stub is not None
+    job = validate_job(world.last_job["bbox"], world.last_job["tags"])
+    assert job.tags[0].key == key
+    for request in world.stub.requests:
+        assert request.query.count("nwr[") == count
+        assert request.query == build_query(job, timeout_s=5, maxsize_bytes=67108864)

@@ -1,0 +1,393 @@
+"""The middlewares on a real Dramatiq worker, with a throwaway actor: nothing here knows Overpass.
+
+Each test builds a StubBroker with our Retries, semaphore, breaker and quota
+on it, declares an actor that opts in through actor options, and runs it on
+a real in-process Worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit
+from dramatiq.middleware import Retries as StockRetries
+
+from middleware.backends.base import Backend
+from middleware.backends.memory import MemoryBackend
+from middleware.breaker import CircuitBreaker, Verdict
+from middleware.deferral import Defer
+from middleware.policy.breaker import BreakerLimits, BreakerStatus
+from middleware.policy.quota import QuotaLimits
+from middleware.policy.semaphore import SemaphoreLimits
+from middleware.quota import Quota
+from middleware.retries import DEFERRALS, Retries
+from middleware.semaphore import ConcurrencySemaphore
+from middleware.usage import charge_bytes
+
+
+class UpstreamDown(Exception):
+    """What the throwaway actor raises to stand for an upstream failure."""
+
+
+def verdict(exception: BaseException | None) -> Verdict:
+    if exception is None or isinstance(exception, Defer):
+        return Verdict.SUCCESS
+    return Verdict.FAILURE if isinstance(exception, UpstreamDown) else Verdict.IGNORE
+
+
+@dataclass
+class Rig:
+    broker: StubBroker
+    backend: Backend
+    quota: Quota
+    semaphore: ConcurrencySemaphore
+    breaker: CircuitBreaker
+    retries: Retries
+    calls: list[tuple[str, float]] = field(default_factory=list)
+    in_flight: int = 0
+    peak: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, threads: int = 4, timeout_s: float = 10) -> None:
+        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
+        worker.start()
+        try:
+            self.broker.join("default", fail_fast=False, timeout=int(timeout_s * 1000))
+            worker.join()
+        finally:
+            worker.stop()
+
+    def call(self, name: str, duration_s: float = 0.0) -> None:
+        with self.lock:
+            self.calls.append((name, time.time()))
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        time.sleep(duration_s)
+        with self.lock:
+            self.in_flight -= 1
+
+
+def make_rig(
+    backend: Backend,
+    *,
+    requests: int = -1,
+    bytes_: int = -1,
+    window_s: int = 3600,
+    permits: int = 10,
+    wait_s: float = 0.2,
+    threshold: int = 3,
+    cooldown_s: float = 0.3,
+    park_after_s: float = 30.0,
+) -> Rig:
+    broker = StubBroker()
+    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
+    retries = Retries(
+        backend=backend,
+        max_retries=2,
+        min_backoff=10,
+        max_backoff=50,
+        park_after_s=park_after_s,
+        poll_interval_s=0.05,
+    )
+    semaphore = ConcurrencySemaphore(
+        backend,
+        {
+            "up": SemaphoreLimits(
+                permits=permits, lease_s=5, wait_s=wait_s, retry_min_s=0.01, retry_max_s=0.05
+            )
+        },
+    )
+    breaker = CircuitBreaker(
+        backend,
+        {
+            "up": BreakerLimits(
+                failure_threshold=threshold, cooldown_s=cooldown_s, probe_ttl_s=5, jitter_s=0.01
+            )
+        },
+        verdict=verdict,
+    )
+    quota = Quota(
+        backend, {"up": QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s, jitter_s=0.05)}
+    )
+    for middleware in (retries, semaphore, breaker, quota):
+        broker.add_middleware(middleware)
+    return Rig(broker, backend, quota, semaphore, breaker, retries)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    from middleware.backends.redis import RedisBackend
+
+    request.getfixturevalue("redis_client")
+    yield RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="mwtest")
+
+
+def test_an_actor_without_options_is_not_limited(backend: Backend) -> None:
+    rig = make_rig(backend, requests=0, permits=1)
+
+    @dramatiq.actor(broker=rig.broker)
+    def free() -> None:
+        rig.call("free")
+
+    for _ in range(3):
+        free.send()
+    rig.run()
+    assert len(rig.calls) == 3
+
+
+def test_quota_admits_exactly_the_limit_then_defers_to_the_next_window(backend: Backend) -> None:
+    rig = make_rig(backend, requests=3, window_s=1)
+
+    @dramatiq.actor(broker=rig.broker, quota="up")
+    def limited(i: int) -> None:
+        rig.call(f"job{i}")
+
+    # Start early in a one-second window, so the five sends all land in it.
+    time.sleep(1 - time.time() % 1 + 0.01)
+    first_window_end = int(time.time()) + 1
+    for i in range(5):
+        limited.send(i)
+    rig.run(threads=2)
+    assert sorted(name for name, _ in rig.calls) == [f"job{i}" for i in range(5)]
+    early = [t for _, t in rig.calls if t < first_window_end]
+    assert len(early) == 3
+
+
+def test_a_deferral_is_not_a_retry(backend: Backend) -> None:
+    rig = make_rig(backend, requests=1, window_s=1)
+    seen: list[dict[str, Any]] = []
+
+    @dramatiq.actor(broker=rig.broker, quota="up", max_retries=0)
+    def limited(i: int) -> None:
+        seen.append(dict(dramatiq.middleware.CurrentMessage.get_current_message().options))
+        rig.call("x")
+
+    rig.broker.add_middleware(dramatiq.middleware.CurrentMessage())
+    limited.send(1)
+    limited.send(2)
+    rig.run(threads=1)
+    assert len(rig.calls) == 2
+    deferred = [options for options in seen if options.get(DEFERRALS)]
+    assert deferred and deferred[0].get("retries", 0) == 0
+    assert not rig.broker.dead_letters
+
+
+def test_response_bytes_are_charged_and_stop_admission(backend: Backend) -> None:
+    rig = make_rig(backend, bytes_=1000, window_s=3600)
+
+    @dramatiq.actor(broker=rig.broker, quota="up", max_retries=0)
+    def big() -> None:
+        rig.call("big")
+        charge_bytes(600)
+
+    for _ in range(3):
+        big.send()
+    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while rig.quota.policies["up"].usage().bytes_used < 1200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+    finally:
+        worker.stop()
+    # Two calls spend 1200 bytes; the third is refused (bytes used >= limit).
+    assert len(rig.calls) == 2
+    assert rig.quota.policies["up"].usage().bytes_used == 1200
+
+
+def test_semaphore_caps_calls_in_flight_and_every_job_runs(backend: Backend) -> None:
+    rig = make_rig(backend, permits=2, wait_s=0.05)
+
+    @dramatiq.actor(broker=rig.broker, semaphore="up")
+    def slow(i: int) -> None:
+        rig.call(f"job{i}", 0.05)
+
+    for i in range(12):
+        slow.send(i)
+    rig.run(threads=6)
+    assert len(rig.calls) == 12
+    assert rig.peak == 2
+    assert rig.semaphore.policies["up"].in_use() == 0
+
+
+def test_a_permit_is_released_when_the_actor_fails(backend: Backend) -> None:
+    rig = make_rig(backend, permits=1)
+
+    @dramatiq.actor(broker=rig.broker, semaphore="up", max_retries=0)
+    def broken() -> None:
+        rig.call("broken")
+        raise RuntimeError("boom")
+
+    broken.send()
+    rig.run(threads=1)
+    assert rig.semaphore.policies["up"].in_use() == 0
+    assert len(rig.broker.dead_letters) == 1
+
+
+def test_breaker_opens_then_one_probe_closes_it(backend: Backend) -> None:
+    rig = make_rig(backend, threshold=2, cooldown_s=0.3)
+    healthy = threading.Event()
+
+    @dramatiq.actor(broker=rig.broker, breaker="up", max_retries=0)
+    def flaky(i: int) -> None:
+        rig.call(f"job{i}")
+        if not healthy.is_set():
+            raise UpstreamDown("503")
+
+    flaky.send(0)
+    flaky.send(1)
+    rig.run(threads=1)
+    state = rig.breaker.policies["up"].state()
+    assert state.status is BreakerStatus.OPEN
+    healthy.set()
+    for i in range(2, 6):
+        flaky.send(i)
+    rig.run(threads=4)
+    later = [t for name, t in rig.calls if name not in {"job0", "job1"}]
+    # No call while open; the four jobs all ran after the cooldown.
+    assert len(later) == 4 and min(later) >= state.open_until
+    assert rig.breaker.policies["up"].state().status is BreakerStatus.CLOSED
+
+
+def test_a_denial_by_the_quota_gives_back_the_probe_claim(backend: Backend) -> None:
+    rig = make_rig(backend, requests=0, threshold=1, cooldown_s=0.01)
+
+    @dramatiq.actor(broker=rig.broker, breaker="up", quota="up", max_retries=0)
+    def never() -> None:
+        rig.call("never")
+
+    policy = rig.breaker.policies["up"]
+    admission = policy.admit("seed")
+    policy.record(admission, success=False)
+    time.sleep(0.02)
+    never.send()
+    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    time.sleep(0.3)
+    worker.stop()
+    assert rig.calls == []
+    state = policy.state()
+    # The quota denied after the breaker admitted a probe: the claim is free again.
+    assert state.status is BreakerStatus.HALF_OPEN and state.probe_expires == 0
+
+
+def test_transient_failures_are_retried_with_capped_backoff_then_dead_lettered(backend: Backend) -> None:
+    rig = make_rig(backend)
+
+    @dramatiq.actor(broker=rig.broker, max_retries=3, min_backoff=20, max_backoff=40)
+    def failing() -> None:
+        rig.call("failing")
+        raise UpstreamDown("always")
+
+    failing.send()
+    rig.run(threads=1)
+    assert len(rig.calls) == 4
+    gaps = [b[1] - a[1] for a, b in zip(rig.calls, rig.calls[1:], strict=False)]
+    assert all(gap < 0.04 + 0.1 for gap in gaps), gaps
+    (dead,) = rig.broker.dead_letters
+    assert dead.options["retries"] == 3
+    assert "UpstreamDown: always" in dead.options["last_error"]
+
+
+def test_throws_are_never_retried(backend: Backend) -> None:
+    rig = make_rig(backend)
+
+    @dramatiq.actor(broker=rig.broker, throws=(ValueError,))
+    def invalid() -> None:
+        rig.call("invalid")
+        raise ValueError("bad input")
+
+    invalid.send()
+    rig.run(threads=1)
+    assert len(rig.calls) == 1
+    assert len(rig.broker.dead_letters) == 1
+
+
+def test_long_waits_are_parked_in_the_backend_and_come_back(backend: Backend) -> None:
+    rig = make_rig(backend, park_after_s=0.1)
+    attempts: list[float] = []
+
+    @dramatiq.actor(broker=rig.broker)
+    def patient() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise Defer(0.4, "later")
+
+    patient.send()
+    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(attempts) < 2 and time.monotonic() < deadline:
+            if len(attempts) == 1:
+                # While it waits it is in the backend, not in Dramatiq's delay queue.
+                assert rig.retries.parking is not None
+                assert rig.retries.parking.count() <= 1
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+    assert len(attempts) == 2
+    assert 0.35 <= attempts[1] - attempts[0] <= 2.0
+    assert rig.retries.parking is not None and rig.retries.parking.count() == 0
+
+
+def test_a_deferral_refreshes_the_age_limit(backend: Backend) -> None:
+    rig = make_rig(backend)
+    rig.broker.middleware[:] = [m for m in rig.broker.middleware if not isinstance(m, AgeLimit)]
+    rig.broker.add_middleware(AgeLimit(), before=Retries)
+    runs: list[int] = []
+
+    @dramatiq.actor(broker=rig.broker, max_age=300)
+    def aging() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            time.sleep(0.35)
+            raise Defer(0.0, "again")
+
+    aging.send()
+    rig.run(threads=1)
+    assert len(runs) == 2
+
+
+def test_an_unreachable_backend_stops_calls_and_keeps_the_job() -> None:
+    import socket
+
+    from middleware.backends.redis import RedisBackend
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rig = make_rig(RedisBackend.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout_s=0.2))
+    rig.quota.unavailable_retry_s = 0.05
+
+    @dramatiq.actor(broker=rig.broker, quota="up")
+    def guarded() -> None:
+        rig.call("guarded")
+
+    guarded.send()
+    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    time.sleep(0.5)
+    worker.stop()
+    assert rig.calls == []
+    assert not rig.broker.dead_letters
+
+
+def test_an_unknown_policy_name_is_refused_when_the_actor_is_declared() -> None:
+    rig = make_rig(MemoryBackend())
+    with pytest.raises(ValueError, match="no such policy"):
+
+        @dramatiq.actor(broker=rig.broker, quota="nope")
+        def misconfigured() -> None:
+            pass

@@ -1,0 +1,461 @@
+"""The response reader against every recorded and hand-made Overpass response, and at scale."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from enrichment_actors import overpass_responses
+from enrichment_actors.overpass_responses import (
+    BadResponse,
+    ClientTimeout,
+    ConnectionFailed,
+    OverpassError,
+    ParsedResponse,
+    Poi,
+    QueryFailed,
+    QueryOutOfMemory,
+    QueryRejected,
+    QueryTimedOut,
+    QueryTooLarge,
+    RateLimited,
+    ServerBusy,
+    ServerDown,
+    UnexpectedStatus,
+    UserAgentRejected,
+    classify,
+    read_response,
+)
+from tests.fixture_manifest import OWN_ROOT, ROOTS, SHARED_ROOT, FixtureCase, case_params, load_cases
+
+# label -> (retryable, trips_breaker); unexpected_status depends on the status.
+FLAGS = {
+    "query_timeout": (False, False),
+    "query_out_of_memory": (False, False),
+    "query_error": (False, False),
+    "bad_response": (True, True),
+    "bad_query": (False, False),
+    "user_agent_rejected": (False, False),
+    "rate_limited": (True, False),
+    "server_busy": (True, True),
+    "server_down": (True, True),
+    "connection_error": (True, True),
+    "client_timeout": (True, True),
+}
+SUCCESS_LABELS = {"ok", "ok_with_remark"}
+
+needs_shared = pytest.mark.skipif(
+    not SHARED_ROOT.is_dir(), reason=f"{SHARED_ROOT} is absent: the recorded Overpass responses live outside"
+)
+
+
+def expected_flags(label: str, status: int) -> tuple[bool, bool]:
+    if label == "unexpected_status":
+        return (status >= 500, status >= 500)
+    return FLAGS[label]
+
+
+@pytest.mark.parametrize("case", case_params("interpreter"))
+def test_manifest_response_is_classified_as_expected(case: FixtureCase) -> None:
+    status, body = case.http_status, case.body()
+
+    assert classify(status, body) == case.expected, case.what
+    if case.expected in SUCCESS_LABELS:
+        parsed = read_response(status, body)
+        assert (parsed.remark is not None) == (case.expected == "ok_with_remark")
+        for poi in parsed.pois:
+            assert poi.element_type in {"node", "way", "relation"}
+            assert isinstance(poi.osm_id, int)
+            assert -90 <= poi.lat <= 90 and -180 <= poi.lon <= 180
+            assert all(isinstance(k, str) and isinstance(v, str) for k, v in poi.tags.items())
+    else:
+        with pytest.raises(OverpassError) as raised:
+            read_response(status, body)
+        error = raised.value
+        assert error.label == case.expected
+        assert (error.retryable, error.trips_breaker) == expected_flags(case.expected, status)
+        assert error.status == status
+        assert len(str(error)) > 60, "the message must say what happened and what to do next"
+
+
+@pytest.mark.parametrize("case", case_params("interpreter"))
+def test_parsing_in_pieces_gives_what_parsing_whole_gives(
+    case: FixtureCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny pieces push every fixture through the piecewise reader of large bodies.
+    status, body = case.http_status, case.body()
+    whole = _outcome(status, body)
+    monkeypatch.setattr(overpass_responses, "_PIECE_BYTES", 8)
+
+    assert _outcome(status, body) == whole
+
+
+def _outcome(status: int, body: bytes) -> object:
+    try:
+        parsed = read_response(status, body)
+    except OverpassError as exc:
+        return (type(exc), str(exc))
+    return (parsed.pois, parsed.skipped, parsed.remark)
+
+
+# file -> POIs as (type, id, lat, lon), skipped, remark
+OWN_PARSES = {
+    "success/nodes-ways-relations.json": (
+        [
+            ("node", 1001, 46.5101, 6.6302),
+            ("node", 1002, -33.8601, -151.2102),
+            ("way", 2001, 46.51205, 6.633025),
+            ("relation", 3001, 46.515, 6.64),
+        ],
+        0,
+        None,
+    ),
+    "success/way-without-center.json": ([("node", 1101, 46.5, 6.6)], 1, None),
+    "success/same-id-node-and-way.json": (
+        [("node", 4242, 46.52, 6.65), ("way", 4242, 46.521, 6.651), ("relation", 4242, 46.522, 6.652)],
+        0,
+        None,
+    ),
+    "success/empty-result.json": ([], 0, None),
+    "success/area-elements.json": ([("node", 1201, 46.53, 6.66)], 1, None),
+    "success/compact-one-line.json": (
+        [("node", 1301, 46.54, 6.67), ("relation", 3301, 46.55, 6.68), ("way", 2301, 46.56, 6.69)],
+        0,
+        None,
+    ),
+    "success/old-element-separator.json": (
+        [("node", 1401, 46.57, 6.7), ("way", 2401, 46.571, 6.701)],
+        0,
+        None,
+    ),
+    "edge/empty-center.json": ([("node", 1501, 46.58, 6.71)], 2, None),
+    "remark/informational.json": (
+        [("node", 1801, 46.61, 6.74)],
+        0,
+        "runtime remark: Timeout is 25 seconds, which is below the recommended minimum.",
+    ),
+    "remark/unknown-prefix.json": ([], 0, "Data older than usual: the replication is catching up."),
+}
+
+
+@pytest.mark.parametrize(("file", "expected"), OWN_PARSES.items(), ids=list(OWN_PARSES))
+def test_own_fixture_parses_to_exact_pois(
+    file: str, expected: tuple[list[tuple[object, ...]], int, str]
+) -> None:
+    pois, skipped, remark = expected
+
+    parsed = read_response(200, (OWN_ROOT / file).read_bytes())
+
+    assert [(p.element_type, p.osm_id, p.lat, p.lon) for p in parsed.pois] == pois
+    assert (parsed.skipped, parsed.remark) == (skipped, remark)
+
+
+def test_tags_are_kept_as_printed_and_missing_tags_are_empty() -> None:
+    parsed = read_response(200, (OWN_ROOT / "success/nodes-ways-relations.json").read_bytes())
+
+    cafe, no_tags, bakery, park = parsed.pois
+    assert cafe.tags == {"amenity": "cafe", "name": "Café du Lac"}
+    assert no_tags.tags == {}
+    assert bakery == Poi("way", 2001, 46.51205, 6.633025, {"building": "yes", "shop": "bakery"})
+    assert park.tags["name"] == 'Parc <Test> & "Jardin"'
+
+
+# Shared files whose counts pin the parse down: file -> (POIs, skipped).
+SHARED_COUNTS = {
+    "success/osm2geojson-issue-16.json": (4, 3),
+    "success/overpy-area-01.json": (0, 4),
+    "success/overpy-way-02.json": (6, 1),
+    "success/aio-way-out-geom.json": (0, 1),
+    "success/mvexel-example-mapquery.json": (409, 26),
+    "edge/overpy-way-04-empty-center.json": (0, 1),
+    "local-server/05_area_query_shops.body.json": (215, 0),
+}
+
+
+@needs_shared
+@pytest.mark.parametrize(("file", "counts"), SHARED_COUNTS.items(), ids=list(SHARED_COUNTS))
+def test_shared_fixture_counts(file: str, counts: tuple[int, int]) -> None:
+    parsed = read_response(200, (SHARED_ROOT / file).read_bytes())
+
+    assert (len(parsed.pois), parsed.skipped) == counts
+
+
+@needs_shared
+def test_same_id_as_node_and_way_gives_two_keys() -> None:
+    parsed = read_response(200, (SHARED_ROOT / "success/osm2geojson-issue-16.json").read_bytes())
+
+    keys = {(p.element_type, p.osm_id) for p in parsed.pois}
+    assert ("node", 26763057) in keys
+    assert ("way", 26763057) not in keys  # printed without center: skipped, not merged
+
+
+@needs_shared
+def test_elements_before_an_error_remark_are_not_a_success() -> None:
+    body = (SHARED_ROOT / "local-server/20_runtime_error_after_output.body.json").read_bytes()
+    assert json.loads(body)["elements"], "the fixture prints elements before its remark"
+
+    with pytest.raises(QueryTimedOut) as raised:
+        read_response(200, body)
+    assert raised.value.detail.startswith("runtime error: Query timed out")
+
+
+REJECTION_MESSAGES = [
+    (
+        "own",
+        "http/400-several-escaped-errors.html",
+        [
+            'line 1: parse error: Unknown type "nod"',
+            "line 1: parse error: <Key> expected - '&' found.",
+            'line 2: static error: For the attribute "k" of the element "has-kv" the only allowed values are '
+            "non-empty strings.",
+        ],
+    ),
+    ("own", "http/400-encoding-error.html", ["encoding error: Your input contains only whitespace."]),
+    ("shared", "http/overpy-400-bad-request.html", ["line 2: parse error: ';' expected - 'out' found."]),
+    (
+        "shared",
+        "http/quickosm-400-bad-query.html",
+        ['line 10: parse error: Invalid parameter for print: "centre"'],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "file", "messages"), REJECTION_MESSAGES, ids=[r[1] for r in REJECTION_MESSAGES]
+)
+def test_bad_query_lists_each_error_unescaped(source: str, file: str, messages: list[str]) -> None:
+    if not (ROOTS[source] / file).exists():
+        pytest.skip(f"{ROOTS[source]} is absent")
+
+    with pytest.raises(QueryRejected) as raised:
+        read_response(400, (ROOTS[source] / file).read_bytes())
+
+    assert raised.value.messages == messages
+    assert raised.value.detail == "\n".join(messages)
+    assert messages[0].rstrip(".") in str(raised.value)
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("file", "count"), [("http/aio-400-many-errors.html", 15), ("local-server/12_parse_error.body.html", 6)]
+)
+def test_bad_query_keeps_every_error(file: str, count: int) -> None:
+    with pytest.raises(QueryRejected) as raised:
+        read_response(400, (SHARED_ROOT / file).read_bytes())
+
+    assert len(raised.value.messages) == count
+    assert all(m.startswith("line 1: ") for m in raised.value.messages)
+    assert f"and {count - 1} more errors" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("error_class", "label", "retryable", "trips_breaker"),
+    [
+        (QueryTimedOut, "query_timeout", False, False),
+        (QueryOutOfMemory, "query_out_of_memory", False, False),
+        (QueryFailed, "query_error", False, False),
+        (BadResponse, "bad_response", True, True),
+        (QueryRejected, "bad_query", False, False),
+        (UserAgentRejected, "user_agent_rejected", False, False),
+        (RateLimited, "rate_limited", True, False),
+        (ServerBusy, "server_busy", True, True),
+        (ServerDown, "server_down", True, True),
+        (ConnectionFailed, "connection_error", True, True),
+        (ClientTimeout, "client_timeout", True, True),
+    ],
+)
+def test_error_classes_declare_their_classification(
+    error_class: type[OverpassError], label: str, retryable: bool, trips_breaker: bool
+) -> None:
+    assert (error_class.label, error_class.retryable, error_class.trips_breaker) == (
+        label,
+        retryable,
+        trips_breaker,
+    )
+
+
+def test_timeout_and_memory_can_be_caught_as_too_large() -> None:
+    assert issubclass(QueryTimedOut, QueryTooLarge) and issubclass(QueryOutOfMemory, QueryTooLarge)
+    assert not issubclass(QueryFailed, QueryTooLarge)
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        (500, True),
+        (502, True),
+        (503, True),
+        (599, True),
+        (403, False),
+        (404, False),
+        (418, False),
+        (301, False),
+    ],
+)
+def test_unexpected_status_is_transient_only_for_5xx(status: int, transient: bool) -> None:
+    with pytest.raises(UnexpectedStatus) as raised:
+        read_response(status, b"<html><body><h1>Something</h1></body></html>")
+
+    error = raised.value
+    assert (error.retryable, error.trips_breaker, error.status) == (transient, transient, status)
+    assert f"HTTP {status}" in str(error) and "Something" in str(error)
+
+
+def test_xml_remark_text_is_unescaped() -> None:
+    with pytest.raises(QueryTimedOut) as raised:
+        read_response(200, (OWN_ROOT / "remark/timeout.xml").read_bytes())
+
+    assert raised.value.detail == 'runtime error: Query timed out in "query" at line 2 after 31 seconds.'
+
+
+# Large bodies: the piecewise reader (its own code path above 4 pieces).
+
+
+def _element(i: int) -> str:
+    if i % 10 == 9:
+        return (
+            f'{{\n  "type": "way",\n  "id": {i},\n  "center": {{\n    "lat": 46.5,\n    "lon": 6.6\n  }},\n'
+            f'  "nodes": [\n    1,\n    2\n  ],\n  "tags": {{\n    "shop": "bäckerei"\n  }}\n}}'
+        )
+    return (
+        f'{{\n  "type": "node",\n  "id": {i},\n  "lat": 46.{i:07d},\n  "lon": 6.{i:07d},\n'
+        f'  "tags": {{\n    "amenity": "café",\n    "name": "Café n° {i}"\n  }}\n}}'
+    )
+
+
+def _large_body(count: int, *, remark: str | None = None, separator: str = ",\n") -> bytes:
+    head = (OWN_ROOT / "success/empty-result.json").read_text().split('"elements": [', 1)[0]
+    elements = separator.join(_element(i) for i in range(count))
+    tail = "\n\n  ]\n}\n" if remark is None else f'\n\n  ],\n"remark": {json.dumps(remark)}\n}}\n'
+    return (head + '"elements": [\n\n' + elements + tail).encode()
+
+
+@pytest.fixture(scope="module")
+def large_body() -> bytes:
+    body = _large_body(30_000)
+    assert len(body) > 4 * overpass_responses._PIECE_BYTES, "must take the piecewise path"
+    return body
+
+
+def test_large_body_parses_like_json_loads(large_body: bytes) -> None:
+    parsed = read_response(200, large_body)
+
+    elements = json.loads(large_body)["elements"]
+    assert len(parsed.pois) == len(elements) == 30_000
+    assert [(p.osm_id, p.tags) for p in parsed.pois] == [(e["id"], e["tags"]) for e in elements]
+    assert parsed.skipped == 0
+
+
+def test_large_body_peaks_below_four_times_its_size(large_body: bytes) -> None:
+    tracemalloc.start()
+    try:
+        parsed = read_response(200, large_body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(parsed.pois) == 30_000
+    assert peak < 4 * len(large_body), f"peak {peak / len(large_body):.2f}x the body"
+
+
+def test_large_body_is_really_read_in_pieces(large_body: bytes) -> None:
+    pois: list[Poi] = []
+
+    read = overpass_responses._read_in_pieces(large_body, pois)
+
+    assert read is not None and len(pois) == 30_000
+
+
+def test_large_body_cut_off_is_a_bad_response(large_body: bytes) -> None:
+    assert classify(200, large_body[: len(large_body) * 2 // 3]) == "bad_response"
+
+
+def test_large_body_with_error_remark_after_output_is_not_a_success() -> None:
+    body = _large_body(
+        30_000, remark='runtime error: Query timed out in "query" at line 1 after 180 seconds.'
+    )
+
+    with pytest.raises(QueryTimedOut):
+        read_response(200, body)
+
+
+def test_large_body_keeps_informational_remark() -> None:
+    body = _large_body(30_000, remark="runtime remark: informational")
+
+    parsed = read_response(200, body)
+
+    assert (len(parsed.pois), parsed.remark) == (30_000, "runtime remark: informational")
+
+
+@pytest.mark.parametrize(
+    "indent",
+    [pytest.param(None, id="compact"), pytest.param(2, id="indent-2"), pytest.param(0, id="indent-0")],
+)
+def test_large_body_in_other_layouts_is_read_in_pieces_alike(
+    large_body: bytes, indent: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = json.loads(large_body)
+    # Compact members of a relation look like element separators ("}, {").
+    document["elements"][5] = {
+        "type": "relation",
+        "id": 5,
+        "center": {"lat": 1.0, "lon": 2.0},
+        "members": [{"type": "way", "ref": r, "role": "outer"} for r in range(50_000)],
+    }
+    body = json.dumps(document, indent=indent, ensure_ascii=False).encode()
+    pois: list[Poi] = []
+
+    assert overpass_responses._read_in_pieces(body, pois) is not None
+    monkeypatch.setattr(overpass_responses, "_PIECE_BYTES", len(body))  # parse whole
+    assert pois == read_response(200, body).pois
+    assert len(pois) == 30_000
+
+
+def test_large_body_in_an_unexpected_layout_falls_back_to_one_parse() -> None:
+    # Nested objects at column 0 break the layout guess; the answer must not change.
+    body = _large_body(30_000).replace(b'"tags": {\n', b'"tags":\n{\n')
+    pois: list[Poi] = []
+
+    assert overpass_responses._read_in_pieces(body, pois) is None
+    assert len(read_response(200, body).pois) == 30_000
+
+
+# The fixture folders themselves.
+
+
+@pytest.mark.parametrize("source", ["shared", "own"])
+def test_every_fixture_file_is_in_its_manifest(source: str) -> None:
+    root = ROOTS[source]
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    cases = load_cases(source)
+    listed = {c.path for c in cases} | {p for c in cases for p in c.companions()}
+    on_disk = {p for p in root.rglob("*") if p.is_file() and p.name not in {"manifest.json", "README.md"}}
+
+    assert on_disk - listed == set()
+    assert listed - on_disk == set()
+
+
+def test_own_fixtures_cover_every_label() -> None:
+    labels = {c.expected for c in load_cases("own") if c.endpoint == "interpreter"}
+
+    # Connection errors and client timeouts have no body: the client tests cover them.
+    assert labels == SUCCESS_LABELS | set(FLAGS) - {"connection_error", "client_timeout"} | {
+        "unexpected_status"
+    }
+
+
+@needs_shared
+def test_own_fixtures_cover_every_shared_label() -> None:
+    shared = {c.expected for c in load_cases("shared") if c.endpoint == "interpreter"}
+    own = {c.expected for c in load_cases("own") if c.endpoint == "interpreter"}
+
+    assert shared <= own
+
+
+def test_fixture_roots_are_where_the_readme_says() -> None:
+    assert OWN_ROOT == Path(__file__).resolve().parents[1] / "fixtures" / "overpass"
+    assert (OWN_ROOT / "manifest.json").is_file()

@@ -1,0 +1,76 @@
+"""The POI store on PostgreSQL and on SQLite: the same tests on both."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enrichment_actors.store import PersistenceError, PoiStore
+
+POIS = [
+    ("node", 1, 48.85, 2.29, {"amenity": "cafe", "name": 'Café "Le Zinc"'}),
+    ("way", 1, 48.851, 2.291, {"shop": "bakery"}),
+    ("relation", 7, 48.852, 2.292, {}),
+]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PoiStore]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'pois.sqlite3'}"
+    poi_store = PoiStore(url)
+    poi_store.ensure_schema()
+    poi_store.model.delete().execute()
+    yield poi_store
+    poi_store.close()
+
+
+def test_upsert_stores_every_poi_keyed_by_type_and_id(store: PoiStore) -> None:
+    assert store.upsert(POIS) == 3
+    assert sorted(store.fetch_all()) == sorted(POIS)
+
+
+def test_the_same_pois_twice_leave_the_same_rows(store: PoiStore) -> None:
+    store.upsert(POIS)
+    store.upsert(POIS)
+    assert store.count() == 3
+    assert sorted(store.fetch_all()) == sorted(POIS)
+
+
+def test_a_second_fetch_updates_position_tags_and_refresh_time(store: PoiStore) -> None:
+    early = dt.datetime(2026, 1, 1)
+    store.upsert(POIS, refreshed_at=early)
+    store.upsert([("node", 1, 48.9, 2.3, {"amenity": "bar"})], refreshed_at=early + dt.timedelta(days=1))
+    rows = {(r[0], r[1]): r for r in store.fetch_all()}
+    assert rows[("node", 1)] == ("node", 1, 48.9, 2.3, {"amenity": "bar"})
+    refreshed = {(r.element_type, r.osm_id): r.refreshed_at for r in store.model.select()}
+    assert refreshed[("node", 1)] > refreshed[("way", 1)]
+
+
+def test_many_pois_go_in_batches_in_one_transaction(store: PoiStore) -> None:
+    many = [("node", i, 1.0 + i / 1e6, 2.0, {"amenity": "bench"}) for i in range(1234)]
+    assert store.upsert(many) == 1234
+    assert store.count() == 1234
+
+
+def test_a_bad_batch_stores_nothing(store: PoiStore) -> None:
+    rows = [("node", 1, 1.0, 2.0, {}), ("node", 2, None, 2.0, {})]
+    with pytest.raises(PersistenceError):
+        store.upsert(rows)
+    assert store.count() == 0
+
+
+def test_an_unreachable_database_raises_a_persistence_error() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    unreachable = PoiStore(f"postgresql://postgres@127.0.0.1:{port}/nothing")
+    with pytest.raises(PersistenceError, match="DATABASE_URL"):
+        unreachable.upsert(POIS)
