@@ -19,7 +19,15 @@ from middleware.usage import charge_bytes
 
 from .jobs import InvalidJob, Job, build_query, validate_job
 from .metrics import Outcome, note_outcome
-from .overpass_responses import ClientTimeout, OverpassError, QueryTooLarge, RateLimited
+from .overpass_responses import (
+    ClientTimeout,
+    OverpassError,
+    QueryFailed,
+    QueryRejected,
+    QueryTooLarge,
+    RateLimited,
+    UserAgentRejected,
+)
 from .overpass_status import StatusUnavailable
 from .runtime import OVERPASS, runtime
 
@@ -47,7 +55,9 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, **unexpected: Any) ->
     quota=OVERPASS,
     semaphore=OVERPASS,
     breaker=OVERPASS,
-    throws=(InvalidJob,),
+    # Permanent answers: dead-lettered at once, logged without a traceback.
+    throws=(InvalidJob, QueryRejected, UserAgentRejected, QueryFailed, QueryTooLarge),
+    max_retries=settings.retry_max,
     retry_when=retry_when,
     min_backoff=int(settings.retry_min_backoff_s * 1000),
     max_backoff=int(settings.retry_max_backoff_s * 1000),

@@ -118,6 +118,8 @@ def _demo() -> int:
     # Short backoffs so the demo shows a retry without a long wait.
     env.setdefault("RETRY_MIN_BACKOFF_S", "0.5")
     env.setdefault("RETRY_MAX_BACKOFF_S", "5")
+    # Small tiles, so that the demo's too-large query is split rather than failed.
+    env.setdefault("ENRICH_MIN_TILE_DEG", "0.001")
     os.makedirs("var", exist_ok=True)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", "enrichment_actors.demo"], env)

@@ -10,6 +10,7 @@ prints what happened.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
 import time
@@ -68,6 +69,10 @@ class OutcomeTally(dramatiq.Middleware):
 
 
 def main() -> int:
+    # The summary is the point; Dramatiq's per-message tracebacks of the
+    # failures the demo provokes on purpose are not.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dramatiq.worker").setLevel(logging.CRITICAL)
     settings = runtime.settings
     stub = None
     stub_port = os.environ.get("ENRICHMENT_DEMO_STUB_PORT")

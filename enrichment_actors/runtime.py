@@ -110,7 +110,9 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
         broker = StubBroker()
     else:
         broker = RedisBroker(  # type: ignore[no-untyped-call]
-            url=s.redis_url, heartbeat_timeout=int(s.broker_heartbeat_timeout_s * 1000)
+            url=s.redis_url,
+            heartbeat_timeout=int(s.broker_heartbeat_timeout_s * 1000),
+            maintenance_chance=s.broker_maintenance_chance,
         )
     backend = make_backend(s)
     retries = Retries(

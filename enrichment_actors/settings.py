@@ -66,6 +66,11 @@ TABLE: tuple[Setting, ...] = (
         "STATE_BACKEND", "redis", "`redis` (shared by the fleet) or `memory` (one process only: tests, demo)"
     ),
     Setting("BROKER_HEARTBEAT_TIMEOUT_S", "60", "Messages of a worker silent this long are handed to others"),
+    Setting(
+        "BROKER_MAINTENANCE_CHANCE",
+        "10000",
+        "Broker commands in a million that also hand a dead worker's messages on (Dramatiq's default is 1000)",
+    ),
     Setting("OVERPASS_URL", "https://overpass-api.de/api/interpreter", "Overpass interpreter endpoint"),
     Setting(
         "OVERPASS_CONTACT",
@@ -131,6 +136,7 @@ class Settings:
     broker: str
     state_backend: str
     broker_heartbeat_timeout_s: float
+    broker_maintenance_chance: int
     overpass_url: str
     user_agent: str
     query_timeout_s: int
@@ -213,6 +219,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         broker=read("BROKER", str.lower, lambda v: v in {"redis", "stub"}, "redis or stub"),
         state_backend=read("STATE_BACKEND", str.lower, lambda v: v in {"redis", "memory"}, "redis or memory"),
         broker_heartbeat_timeout_s=read("BROKER_HEARTBEAT_TIMEOUT_S", float, positive, "seconds > 0"),
+        broker_maintenance_chance=read(
+            "BROKER_MAINTENANCE_CHANCE",
+            int,
+            lambda v: 0 <= v <= 1_000_000,
+            "a whole number from 0 to 1000000",
+        ),
         overpass_url=read("OVERPASS_URL", str, _is_http_url, "an http(s) URL ending in /interpreter"),
         user_agent=user_agent,
         query_timeout_s=query_timeout,

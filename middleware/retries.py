@@ -97,7 +97,12 @@ class Retries(StockRetries):
         # As in Dramatiq: retry_when, when given, decides instead of max_retries.
         give_up = not retry_when(retries, exception) if retry_when is not None else retries >= max_retries
         if give_up:
-            self._dead_letter(message, f"retries exhausted after {retries + 1} attempts", exception)
+            why = (
+                f"retries exhausted after {retries + 1} attempts"
+                if retries >= max_retries
+                else "not retryable"
+            )
+            self._dead_letter(message, why, exception)
             return
         message.options["retries"] = retries + 1
         message.options["traceback"] = traceback.format_exc(limit=30)

@@ -88,7 +88,7 @@ def dead_letters(redis_url: str) -> list[dramatiq.Message[Any]]:
         client.close()
 
 
-def expected_pois(job: dict[str, Any]) -> set[tuple[str, int]]:
+def expected_pois_full(job: dict[str, Any]) -> list[tuple[str, int, float, float, dict[str, str]]]:
     """What the stand-in server answers for ``job``: its data is deterministic, so a fresh one tells."""
     from enrichment_actors.jobs import build_query, validate_job
     from enrichment_actors.overpass_client import OverpassClient
@@ -96,7 +96,11 @@ def expected_pois(job: dict[str, Any]) -> set[tuple[str, int]]:
     query = build_query(validate_job(job["bbox"], job.get("tags")), timeout_s=5, maxsize_bytes=1 << 26)
     with StubOverpass() as fresh:
         client = OverpassClient(fresh.interpreter_url, user_agent="tests/expected", http_timeout_s=5)
-        return {(p.element_type, p.osm_id) for p in client.fetch(query).parsed.pois}
+        return [tuple(p) for p in client.fetch(query).parsed.pois]  # type: ignore[misc]
+
+
+def expected_pois(job: dict[str, Any]) -> set[tuple[str, int]]:
+    return {(p[0], p[1]) for p in expected_pois_full(job)}
 
 
 # --- Given -------------------------------------------------------------------

@@ -28,6 +28,8 @@ FAST_SETTINGS = {
     "QUOTA_JITTER_S": "0.2",
     "RATE_LIMIT_PAUSE_S": "0.5",
     "BROKER_HEARTBEAT_TIMEOUT_S": "3",
+    # Hand a killed worker's messages on at once rather than eventually.
+    "BROKER_MAINTENANCE_CHANCE": "1000000",
 }
 
 

@@ -1,0 +1,144 @@
+"""The three limiting middlewares on real workers (overpass_enrichment.feature)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from middleware.policy.breaker import BreakerStatus
+from middleware.policy.quota import QuotaLimits, QuotaPolicy
+from tests.features.conftest import World, expected_pois_full
+from tests.support.workers import WorkerProcesses, eventually
+
+scenarios("overpass_enrichment.feature")
+
+
+def boxes(count: int) -> list[dict[str, float]]:
+    """``count`` small, distinct boxes in Paris, each with POIs at the stand-in."""
+    return [
+        {"south": 48.80 + i * 0.01, "west": 2.30, "north": 48.805 + i * 0.01, "east": 2.31}
+        for i in range(count)
+    ]
+
+
+@given(parsers.parse('the database holds a stale copy of the POIs of box "{box}" with tags "{tags}"'))
+def stale_copy(store: Any, box: str, tags: str) -> None:
+    south, west, north, east = (float(v) for v in box.split(","))
+    job = {"bbox": {"south": south, "west": west, "north": north, "east": east}, "tags": tags.split(",")}
+    stale = [(p[0], p[1], p[2] + 0.5, p[3] - 0.5, {"stale": "yes"}) for p in expected_pois_full(job)]
+    store.upsert(stale)
+
+
+@given(parsers.parse("the stand-in server refuses calls beyond {slots:d} slots"))
+def enforce_slots(world: World, slots: int) -> None:
+    """Like the real server: a call beyond its slots gets a 429 (so an overshoot would show)."""
+    from enrichment_actors.stub_overpass import StubOverpass
+
+    assert world.stub is not None
+    old = world.stub
+    world.stub = StubOverpass(slots=slots, enforce_slots=True, latency_s=old._latency_s).start()
+    old.stop()
+
+
+@when(parsers.parse("I wait for the start of a quota window of {seconds:d} seconds"))
+def wait_for_window(seconds: int) -> None:
+    time.sleep(seconds - time.time() % seconds + 0.05)
+
+
+@when(parsers.parse("I enqueue {count:d} enrich jobs"))
+@when(parsers.parse("I enqueue {count:d} enrich job"))
+def enqueue_many(world: World, app: Any, count: int) -> None:
+    for bbox in boxes(count):
+        world.last_job = {"bbox": bbox, "tags": ["amenity", "shop"]}
+        app.enrich.send(**world.last_job)
+
+
+@when("the stand-in server heals")
+def heals(world: World) -> None:
+    assert world.stub is not None
+    world.stub.set_default("ok")
+
+
+@when("a call is in flight at the stand-in")
+def call_in_flight(world: World) -> None:
+    assert world.stub is not None
+    stub = world.stub
+    eventually(lambda: stub.stats().in_flight >= 1, message="a call in flight")
+
+
+@when("I kill -9 the worker process making it")
+def kill_worker(world: World, app: Any) -> None:
+    workers = world.workers[-1]
+    assert app.runtime.semaphore.policies["overpass"].in_use() == 1
+    workers.kill_one_worker()
+    world.killed_at = time.monotonic()  # type: ignore[attr-defined]
+    assert workers.proc is not None
+    workers.proc.wait(timeout=20)  # the CLI shuts its other processes down, as on a dyno
+    workers.stop()
+
+
+@when("workers are started again")
+def restart_workers(world: World) -> None:
+    world.workers.append(WorkerProcesses(world.worker_env()).start())
+
+
+@then(parsers.parse("the permit is free again within {seconds:d} seconds"))
+def permit_free(world: World, app: Any, seconds: int) -> None:
+    semaphore = app.runtime.semaphore.policies["overpass"]
+    eventually(lambda: semaphore.in_use() == 0, timeout_s=seconds, message="the permit back")
+    assert time.monotonic() - world.killed_at <= seconds  # type: ignore[attr-defined]
+
+
+@then("the second call was made in a later quota window than the first")
+def later_window(world: World) -> None:
+    assert world.stub is not None
+    window = int(world.settings["QUOTA_WINDOW_S"])
+    first, second = sorted(r.started_at for r in world.stub.requests)
+    assert int(second // window) > int(first // window)
+
+
+@then(parsers.parse("the circuit breaker is {status}"))
+def breaker_status(app: Any, status: str) -> None:
+    assert app.runtime.breaker.policies["overpass"].state().status is BreakerStatus(status)
+
+
+@then("the first call after the failures ran alone")
+def probe_alone(world: World) -> None:
+    assert world.stub is not None
+    calls = sorted(world.stub.requests, key=lambda r: r.started_at)
+    probe, rest = calls[3], calls[4:]
+    assert probe.outcome == "ok"
+    assert all(r.started_at >= probe.ended_at for r in rest)
+
+
+@then(parsers.parse("the stand-in server was asked to kill my queries {count:d} times"))
+def kills(world: World, count: int) -> None:
+    assert world.stub is not None
+    assert world.stub.stats().kill_calls == count
+
+
+@then(parsers.parse("at most {count:d} calls were in flight at the stand-in at once"))
+def peak(world: World, count: int) -> None:
+    assert world.stub is not None
+    assert world.stub.stats().peak_in_flight == count
+
+
+@then("the stand-in server refused no call for lack of a slot")
+def no_refusals(world: World) -> None:
+    assert world.stub is not None
+    assert world.stub.stats().rejected_over_slots == 0
+
+
+@then("every stored POI has the position and tags the stand-in server sent")
+def positions_and_tags(world: World, store: Any) -> None:
+    assert sorted(store.fetch_all()) == sorted(expected_pois_full(world.last_job))
+
+
+@then(parsers.parse("the quota shows {count:d} requests used"))
+def quota_used(world: World, app: Any, count: int) -> None:
+    limits = QuotaLimits(
+        requests=int(world.settings["QUOTA_REQUESTS"]), window_s=int(world.settings["QUOTA_WINDOW_S"])
+    )
+    assert QuotaPolicy("overpass", limits, app.runtime.backend).usage().requests_used == count
