@@ -67,8 +67,8 @@ _SLOT_AVAILABLE_AFTER = re.compile(
     r"^Slot available after:\s*(?P<at>[^,\s]+)(?:,\s*in\s+(?P<seconds>-?\d+)\s+seconds)?", re.MULTILINE
 )
 _CURRENT_TIME = re.compile(r"^Current time:\s*(\S+)", re.MULTILINE)
-# What the page says instead when the dispatcher (the database) is not running.
-_SERVER_DOWN = ("Dispatcher_Client", "server is down", "is turned off", "File_Error")
+# What the page says instead when the dispatcher (the database) cannot be reached.
+_SERVER_DOWN = ("Dispatcher_Client", "server is down", "is turned off", "File_Error", "open64:")
 
 
 def parse_status(text: str) -> SlotStatus:

@@ -14,7 +14,6 @@ from enrichment_actors.overpass_responses import (
     ClientTimeout,
     ConnectionFailed,
     OverpassError,
-    ParsedResponse,
     Poi,
     QueryFailed,
     QueryOutOfMemory,
@@ -48,7 +47,8 @@ FLAGS = {
 SUCCESS_LABELS = {"ok", "ok_with_remark"}
 
 needs_shared = pytest.mark.skipif(
-    not SHARED_ROOT.is_dir(), reason=f"{SHARED_ROOT} is absent: the recorded Overpass responses live outside"
+    not SHARED_ROOT.is_dir(),
+    reason=f"{SHARED_ROOT} is absent: the recorded Overpass responses live outside this repository",
 )
 
 
@@ -333,22 +333,30 @@ def _large_body(count: int, *, remark: str | None = None, separator: str = ",\n"
     return (head + '"elements": [\n\n' + elements + tail).encode()
 
 
-@pytest.fixture(scope="module")
-def large_body() -> bytes:
+def test_body_above_four_pieces_is_read_in_pieces_like_json_loads() -> None:
     body = _large_body(30_000)
     assert len(body) > 4 * overpass_responses._PIECE_BYTES, "must take the piecewise path"
-    return body
 
+    parsed = read_response(200, body)
 
-def test_large_body_parses_like_json_loads(large_body: bytes) -> None:
-    parsed = read_response(200, large_body)
-
-    elements = json.loads(large_body)["elements"]
-    assert len(parsed.pois) == len(elements) == 30_000
+    elements = json.loads(body)["elements"]
     assert [(p.osm_id, p.tags) for p in parsed.pois] == [(e["id"], e["tags"]) for e in elements]
-    assert parsed.skipped == 0
+    assert (len(parsed.pois), parsed.skipped) == (30_000, 0)
+    assert overpass_responses._read_in_pieces(body, []) is not None
 
 
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces as small against a 1.7 MB body as the real ones are against a 50 MB body."""
+    monkeypatch.setattr(overpass_responses, "_PIECE_BYTES", 16 * 1024)
+
+
+@pytest.fixture(scope="module")
+def large_body() -> bytes:
+    return _large_body(10_000)
+
+
+@pytest.mark.usefixtures("small_pieces")
 def test_large_body_peaks_below_four_times_its_size(large_body: bytes) -> None:
     tracemalloc.start()
     try:
@@ -357,53 +365,49 @@ def test_large_body_peaks_below_four_times_its_size(large_body: bytes) -> None:
     finally:
         tracemalloc.stop()
 
-    assert len(parsed.pois) == 30_000
+    assert len(parsed.pois) == 10_000
     assert peak < 4 * len(large_body), f"peak {peak / len(large_body):.2f}x the body"
 
 
-def test_large_body_is_really_read_in_pieces(large_body: bytes) -> None:
-    pois: list[Poi] = []
-
-    read = overpass_responses._read_in_pieces(large_body, pois)
-
-    assert read is not None and len(pois) == 30_000
-
-
+@pytest.mark.usefixtures("small_pieces")
 def test_large_body_cut_off_is_a_bad_response(large_body: bytes) -> None:
     assert classify(200, large_body[: len(large_body) * 2 // 3]) == "bad_response"
 
 
+@pytest.mark.usefixtures("small_pieces")
 def test_large_body_with_error_remark_after_output_is_not_a_success() -> None:
     body = _large_body(
-        30_000, remark='runtime error: Query timed out in "query" at line 1 after 180 seconds.'
+        10_000, remark='runtime error: Query timed out in "query" at line 1 after 180 seconds.'
     )
 
     with pytest.raises(QueryTimedOut):
         read_response(200, body)
 
 
+@pytest.mark.usefixtures("small_pieces")
 def test_large_body_keeps_informational_remark() -> None:
-    body = _large_body(30_000, remark="runtime remark: informational")
+    body = _large_body(10_000, remark="runtime remark: informational")
 
     parsed = read_response(200, body)
 
-    assert (len(parsed.pois), parsed.remark) == (30_000, "runtime remark: informational")
+    assert (len(parsed.pois), parsed.remark) == (10_000, "runtime remark: informational")
 
 
 @pytest.mark.parametrize(
     "indent",
     [pytest.param(None, id="compact"), pytest.param(2, id="indent-2"), pytest.param(0, id="indent-0")],
 )
+@pytest.mark.usefixtures("small_pieces")
 def test_large_body_in_other_layouts_is_read_in_pieces_alike(
     large_body: bytes, indent: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     document = json.loads(large_body)
-    # Compact members of a relation look like element separators ("}, {").
+    # Relation members look like elements ("}, {"type": ...) but have no "id".
     document["elements"][5] = {
         "type": "relation",
         "id": 5,
         "center": {"lat": 1.0, "lon": 2.0},
-        "members": [{"type": "way", "ref": r, "role": "outer"} for r in range(50_000)],
+        "members": [{"type": "way", "ref": r, "role": "outer"} for r in range(5_000)],
     }
     body = json.dumps(document, indent=indent, ensure_ascii=False).encode()
     pois: list[Poi] = []
@@ -411,16 +415,35 @@ def test_large_body_in_other_layouts_is_read_in_pieces_alike(
     assert overpass_responses._read_in_pieces(body, pois) is not None
     monkeypatch.setattr(overpass_responses, "_PIECE_BYTES", len(body))  # parse whole
     assert pois == read_response(200, body).pois
-    assert len(pois) == 30_000
+    assert len(pois) == 10_000
 
 
-def test_large_body_in_an_unexpected_layout_falls_back_to_one_parse() -> None:
-    # Nested objects at column 0 break the layout guess; the answer must not change.
-    body = _large_body(30_000).replace(b'"tags": {\n', b'"tags":\n{\n')
+@pytest.mark.parametrize(("lookalikes", "in_pieces"), [(3, True), (20, False)])
+def test_objects_that_look_like_elements_cost_retries_not_correctness(
+    lookalikes: int, in_pieces: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Objects nested in an element that start like elements ("type", "id")
+    # are wrong boundaries: a few are skipped, many make it parse the body whole.
+    fakes = ", ".join(f'{{"type": "node", "id": {i}}}' for i in range(lookalikes))
+    body = _large_body(3_000).replace(
+        b'"id": 1500,', b'"id": 1500,\n  "nested": [' + fakes.encode() + b"],", 1
+    )
+    monkeypatch.setattr(overpass_responses, "_PIECE_BYTES", 1)
     pois: list[Poi] = []
 
-    assert overpass_responses._read_in_pieces(body, pois) is None
-    assert len(read_response(200, body).pois) == 30_000
+    assert (overpass_responses._read_in_pieces(body, pois) is not None) is in_pieces
+    parsed = read_response(200, body)
+    assert [p.osm_id for p in parsed.pois] == list(range(3_000))
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_an_elements_array_nested_before_the_real_one_is_not_taken_for_it() -> None:
+    decoy = _large_body(10_000).split(b'"elements": [', 1)[1].rsplit(b"]", 1)[0]
+    body = b'{"decoy": {"elements": [' + decoy + b']},\n"elements": [\n' + _element(42).encode() + b"\n]\n}"
+
+    parsed = read_response(200, body)
+
+    assert [p.osm_id for p in parsed.pois] == [42]
 
 
 # The fixture folders themselves.
@@ -457,5 +480,5 @@ def test_own_fixtures_cover_every_shared_label() -> None:
 
 
 def test_fixture_roots_are_where_the_readme_says() -> None:
-    assert OWN_ROOT == Path(__file__).resolve().parents[1] / "fixtures" / "overpass"
+    assert Path(__file__).resolve().parents[1] / "fixtures" / "overpass" == OWN_ROOT
     assert (OWN_ROOT / "manifest.json").is_file()
