@@ -142,3 +142,39 @@ def quota_used(world: World, app: Any, count: int) -> None:
         requests=int(world.settings["QUOTA_REQUESTS"]), window_s=int(world.settings["QUOTA_WINDOW_S"])
     )
     assert QuotaPolicy("overpass", limits, app.runtime.backend).usage().requests_used == count
+
+
+def counted(world: World, outcome: str) -> float:
+    """How many ``outcome`` the running workers' metrics show, over every actor."""
+    from enrichment_actors import metrics
+    from tests.support.scrape import scrape
+
+    total = 0.0
+    for workers in world.workers:
+        if workers.proc is None:
+            continue
+        for labels, value in scrape(workers.metrics_url).series(metrics.JOBS.sample_name).items():
+            if dict(labels).get(metrics.OUTCOME) == outcome:
+                total += value
+    return total
+
+
+def _reachable(world: World, outcome: str) -> float:
+    try:
+        return counted(world, outcome)
+    except OSError:
+        return -1.0
+
+
+@when(parsers.parse('the workers have counted {count:d} "{outcome}" outcomes'))
+@when(parsers.parse('the workers have counted {count:d} "{outcome}" outcome'))
+def have_counted(world: World, count: int, outcome: str) -> None:
+    eventually(lambda: _reachable(world, outcome) >= count, message=f"{count} {outcome} outcomes")
+    assert counted(world, outcome) == count
+
+
+@then(parsers.parse('the workers counted {count:d} "{outcome}" outcomes'))
+@then(parsers.parse('the workers counted {count:d} "{outcome}" outcome'))
+def workers_counted(world: World, count: int, outcome: str) -> None:
+    eventually(lambda: _reachable(world, outcome) >= 0, timeout_s=10, message="the metrics endpoint")
+    assert counted(world, outcome) == count
