@@ -1,7 +1,8 @@
 """Quota: a request and byte budget per window, shared by every worker.
 
 Requests are counted atomically at admission, so however many processes
-race, no more calls are admitted than the limit. Response bytes are charged
+race, no more calls are admitted than the limit; a request whose job a later
+middleware defers (no call made) is given back. Response bytes are charged
 after each call (see :mod:`middleware.usage`). A denied message makes no
 call and is deferred to the start of the next window plus jitter.
 """
@@ -81,10 +82,15 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         if held is None:
             return
         policy, window_start = held
+        if isinstance(exception, AdmissionDenied):
+            # A middleware after this one deferred the job: no call was made.
+            with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
+                policy.refund(window_start)
+            return
         charged = take_charged_bytes()
         if charged:
             with self.logging_unavailable(f"charge {charged} bytes to quota {policy.name!r}"):
                 policy.record_bytes(charged, window_start)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self.after_process_message(broker, message)
+        self.after_process_message(broker, message, exception=AdmissionDenied(0, "skipped"))

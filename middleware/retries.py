@@ -3,10 +3,10 @@
 Replaces Dramatiq's stock ``Retries``. Transient failures are retried with
 capped exponential backoff and full jitter (the cap is never exceeded);
 after the last attempt the message is dead-lettered. A :class:`~.deferral.Defer`
-is not a failure: it does not count against ``max_retries``. Waits longer
-than ``park_after_s`` are parked in the backend instead of Dramatiq's delay
-queue, which workers prefetch and hold in memory: ten thousand jobs waiting
-for tomorrow cost a worker nothing, and come back by themselves.
+is not a failure: it does not count against ``max_retries``. Waits are
+parked in the backend instead of Dramatiq's delay queue, which workers
+prefetch and hold in memory (and drop on a broker reconnect): ten thousand
+jobs waiting for tomorrow cost a worker nothing, and come back by themselves.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Retries as StockRetries
 
 from .backends.base import Backend, BackendUnavailable
@@ -44,8 +45,13 @@ class Retries(StockRetries):
         Dramatiq's delay queue.
       max_retries: default attempts after the first (actor option ``max_retries``).
       min_backoff, max_backoff: milliseconds, as Dramatiq's (actor options too).
-      park_after_s: waits longer than this are parked in the backend.
+      park_after_s: waits of this or longer are parked in the backend
+        (default 0: all of them, so no delayed message ever sits in a worker's
+        memory, where a broker reconnect would strand it).
       poll_interval_s: how often each worker process releases due messages.
+      transient_errors: errors of the broker or backend (say, Redis restarting)
+        on which putting a message back is tried again until it works, rather
+        than letting the message be acknowledged and lost.
       clock, rng: injectable time and randomness.
     """
 
@@ -56,8 +62,13 @@ class Retries(StockRetries):
         max_retries: int = 20,
         min_backoff: int = 15_000,
         max_backoff: int = 3_600_000,
-        park_after_s: float = 30.0,
-        poll_interval_s: float = 1.0,
+        park_after_s: float = 0.0,
+        poll_interval_s: float = 0.25,
+        transient_errors: tuple[type[BaseException], ...] = (
+            BrokerConnectionError,
+            BackendUnavailable,
+            OSError,
+        ),
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -67,6 +78,7 @@ class Retries(StockRetries):
         self.rng = rng or random.Random()
         self.park_after_s = park_after_s
         self.poll_interval_s = poll_interval_s
+        self.transient_errors = transient_errors
         self.parking = ParkingLot(backend, clock=self.clock) if backend is not None else None
         self._stop = threading.Event()
         self._releaser: threading.Thread | None = None
@@ -141,20 +153,34 @@ class Retries(StockRetries):
         *,
         refresh_age: bool = False,
     ) -> None:
-        """Put ``message`` back in ``delay_s`` seconds: Dramatiq's delay queue, or parked when long."""
+        """Put ``message`` back in ``delay_s`` seconds: parked in the backend, or Dramatiq's delay queue.
+
+        While the broker or backend is unreachable this keeps trying (as
+        Dramatiq's own acknowledgement does): giving up would let the worker
+        acknowledge a message that exists nowhere else.
+        """
         plain: dramatiq.Message[Any] = message._message if isinstance(message, MessageProxy) else message
         if refresh_age:
             # A deferral is not the job's fault: AgeLimit counts from its return.
             plain = plain.copy(message_timestamp=int(self.clock.now() * 1000))
-        if self.parking is not None and delay_s > self.park_after_s:
+        due_at = self.clock.now() + delay_s
+        pause_s = 0.1
+        while True:
             try:
-                self.parking.park(plain.message_id, plain.encode(), self.clock.now() + delay_s)
+                if self.parking is not None and delay_s >= self.park_after_s:
+                    self.parking.park(plain.message_id, plain.encode(), due_at)
+                else:
+                    broker.enqueue(plain, delay=int(delay_s * 1000))
                 return
-            except BackendUnavailable as exc:
+            except self.transient_errors as exc:
                 self.logger.warning(
-                    "Could not park message %s (%s); using the delay queue.", plain.message_id, exc
+                    "Could not put message %s back (%s); trying again in %.1fs.",
+                    plain.message_id,
+                    exc,
+                    pause_s,
                 )
-        broker.enqueue(plain, delay=int(delay_s * 1000))
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, 5.0)
 
     def release_due(self, broker: Broker, limit: int = 100) -> int:
         """Enqueue parked messages that are due; returns how many. At least once: a

@@ -187,6 +187,13 @@ class QuotaPolicy:
                 self._keys(window_start)[1], amount, ttl_s=self._limits.window_s + _COUNTER_GRACE_S
             )
 
+    def refund(self, window_start: float) -> None:
+        """Give back one request admitted in ``window_start`` whose call was never made
+        (a later check deferred the job). Only ever lowers the count: no overshoot."""
+        self._backend.counter_add(
+            self._keys(window_start)[0], -1, ttl_s=self._limits.window_s + _COUNTER_GRACE_S
+        )
+
     def usage(self) -> QuotaUsage:
         """What the current window has used so far."""
         start, end = window_bounds(self._clock.now(), self._limits.window_s)

@@ -116,7 +116,8 @@ def make_rig(
     quota = Quota(
         backend, {"up": QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s, jitter_s=0.05)}
     )
-    for middleware in (retries, semaphore, breaker, quota):
+    # The product's order: the permit is waited for last, right before the call.
+    for middleware in (retries, breaker, quota, semaphore):
         broker.add_middleware(middleware)
     return Rig(broker, backend, quota, semaphore, breaker, retries)
 
@@ -219,6 +220,33 @@ def test_semaphore_caps_calls_in_flight_and_every_job_runs(backend: Backend) -> 
     assert len(rig.calls) == 12
     assert rig.peak == 2
     assert rig.semaphore.policies["up"].in_use() == 0
+
+
+def test_a_request_is_refunded_when_no_permit_comes_free(backend: Backend) -> None:
+    rig = make_rig(backend, requests=5, permits=1, wait_s=0.0)
+    semaphore = rig.semaphore.policies["up"]
+    blocker = semaphore.try_acquire("someone else")
+
+    @dramatiq.actor(broker=rig.broker, quota="up", semaphore="up")
+    def limited() -> None:
+        rig.call("limited")
+
+    limited.send()
+    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    time.sleep(0.3)
+    # Denied for want of a permit, again and again: no call, and the requests
+    # do not pile up (one may be between its admission and its refund).
+    assert rig.calls == []
+    assert rig.quota.policies["up"].usage().requests_used <= 1
+    assert blocker is not None
+    semaphore.release(blocker)
+    deadline = time.monotonic() + 3
+    while not rig.calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.stop()
+    assert len(rig.calls) == 1
+    assert rig.quota.policies["up"].usage().requests_used == 1
 
 
 def test_a_permit_is_released_when_the_actor_fails(backend: Backend) -> None:
