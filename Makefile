@@ -21,7 +21,9 @@ $(STAMP): setup.cfg pyproject.toml
 # Server binaries the tests start themselves; installed with apt-get when
 # missing and we are root (CI is), otherwise a clear message says what to do.
 # policy-rc.d keeps the packages from starting their own services: the tests
-# start theirs on free ports, and 5432/6379 belong to whoever runs this.
+# start theirs on free ports, and 5432/6379 belong to whoever runs this (a
+# policy-rc.d that was already there, as in Docker images, is put back); the
+# units just installed are disabled too, so that they do not start at boot.
 servers:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
@@ -30,9 +32,12 @@ servers:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "Installing$$missing with apt-get"; \
-	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
+	    policy=/usr/sbin/policy-rc.d; kept=""; \
+	    if [ -e $$policy ]; then kept=$$policy.make-servers; cp -p $$policy $$kept; fi; \
+	    printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	    status=$$?; rm -f /usr/sbin/policy-rc.d; exit $$status; \
+	    status=$$?; if [ -n "$$kept" ]; then mv -f $$kept $$policy; else rm -f $$policy; fi; \
+	    for s in $$missing; do (systemctl disable $$s >/dev/null 2>&1 || true); done; exit $$status; \
 	  else \
 	    echo "Missing server binaries:$$missing. Install them (sudo apt-get install$$missing) and rerun."; exit 1; \
 	  fi; \

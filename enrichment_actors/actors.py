@@ -10,6 +10,7 @@ without a second Overpass call.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import dramatiq
@@ -18,7 +19,8 @@ from middleware.deferral import Defer
 from middleware.usage import charge_bytes
 
 from .jobs import InvalidJob, Job, build_query, validate_job
-from .metrics import Outcome, note_outcome
+from .metrics import CALL_OK, Outcome, note_outcome
+from .overpass_client import FetchResult, OverpassClient
 from .overpass_responses import (
     ClientTimeout,
     OverpassError,
@@ -68,7 +70,7 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
     query = build_query(job, timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
     client = runtime.client()
     try:
-        result = client.fetch(query)
+        result = _call_overpass(client, query)
     except ClientTimeout:
         # The query keeps running upstream and holds a slot until killed.
         client.kill_my_queries()
@@ -91,7 +93,19 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
 )
 def store_pois(job: dict[str, Any], pois: list[list[Any]]) -> None:
     """Upsert fetched POIs; retried on database errors without calling Overpass again."""
-    runtime.store().upsert(pois)
+    runtime.metrics.count_pois_upserted(runtime.store().upsert(pois))
+
+
+def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
+    """``client.fetch(query)``, recorded in the metrics by its classification."""
+    started = time.monotonic()
+    try:
+        result = client.fetch(query)
+    except OverpassError as exc:
+        runtime.metrics.observe_overpass_call(exc.label, time.monotonic() - started)
+        raise
+    runtime.metrics.observe_overpass_call(CALL_OK, result.duration_s, response_bytes=result.response_bytes)
+    return result
 
 
 def _split(job: Job) -> bool:

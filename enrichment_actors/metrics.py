@@ -1,17 +1,26 @@
 """Metrics: every metric name, label and outcome value of the product, in one place.
 
-Nothing else spells them. An outcome says why one message of a job ended:
-each job records exactly one final outcome, plus one per deferral or retry.
+Nothing else spells them: :mod:`enrichment_actors.prometheus` builds the
+metrics from the specs below, the actors record through it, and the tests
+read the names from here. An outcome says why one processed message of a
+job ended: each job records exactly one final outcome (label
+``final="true"``), plus one per deferral or retry (``final="false"``).
+
+This module does not import ``prometheus_client``: it is imported by every
+worker process before process boot, when importing that library would fix
+its (non-multiprocess) storage for good.
 """
 
 from __future__ import annotations
 
 import enum
 import threading
+from dataclasses import dataclass
 
 from middleware.admission import STATE_UNAVAILABLE
 from middleware.breaker import CIRCUIT_OPEN
 from middleware.deferral import Defer
+from middleware.policy.breaker import BreakerStatus
 from middleware.quota import QUOTA_EXHAUSTED
 from middleware.semaphore import NO_PERMIT
 
@@ -58,26 +67,331 @@ class Outcome(enum.StrEnum):
     PERSISTENCE_ERROR = "persistence_error"
     #: An unexpected error of ours (a bug, the broker unreachable); retried.
     INTERNAL_ERROR = "internal_error"
+    #: A middleware dropped the message before the actor ran (Dramatiq's AgeLimit: older than ``max_age``) (final).
+    SKIPPED = "skipped"
 
+
+# --- Labels ---------------------------------------------------------------------------------------
+
+#: Label names of our metrics.
+ACTOR = "actor"
+OUTCOME = "outcome"
+FINAL = "final"
+STATUS = "status"
+POLICY = "policy"
+STATE = "state"
+RESOURCE = "resource"
+QUEUE = "queue"
+#: Label names of Dramatiq's stock metrics (kept, so existing dashboards still work).
+QUEUE_NAME = "queue_name"
+ACTOR_NAME = "actor_name"
+
+#: Values of ``final``.
+FINAL_TRUE = "true"
+FINAL_FALSE = "false"
+
+#: ``status`` of an Overpass call that returned POIs; a failed call carries the
+#: ``label`` of its :class:`~.overpass_responses.OverpassError` class (see :func:`call_statuses`).
+CALL_OK = "ok"
+
+#: Values of ``resource`` on the quota gauges.
+REQUESTS = "requests"
+BYTES = "bytes"
+
+#: Values of ``state`` on the breaker gauge: the breaker's own statuses.
+BREAKER_STATES: tuple[str, ...] = tuple(status.value for status in BreakerStatus)
+
+
+def final_label(final: bool) -> str:
+    """The ``final`` label value for ``final``."""
+    return FINAL_TRUE if final else FINAL_FALSE
+
+
+def call_statuses() -> tuple[str, ...]:
+    """Every value the ``status`` label can take: ``ok``, then each Overpass error's label."""
+    labels: list[str] = []
+    pending: list[type[OverpassError]] = [OverpassError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.label not in labels:
+            labels.append(cls.label)
+        pending.extend(cls.__subclasses__())
+    return (CALL_OK, *sorted(labels))
+
+
+# --- Metric specs ---------------------------------------------------------------------------------
+
+
+class Kind(enum.StrEnum):
+    """The Prometheus type of a metric."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: how it is declared, and the names its samples are exported under.
+
+    Parameters:
+      name: the metric name; a counter's samples get ``_total`` appended.
+      kind: counter, gauge or histogram.
+      help: what one unit of it means, for the exposition's ``# HELP`` line.
+      labels: label names, in order.
+      buckets: histogram bucket upper bounds.
+      multiprocess_mode: for gauges written by worker processes: how the
+        exposition combines the processes (``livesum``: the sum over live ones).
+      fleet: a gauge the exposition process reads from the shared backend at
+        scrape time, the same for every process.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    multiprocess_mode: str = ""
+    fleet: bool = False
+
+    @property
+    def sample_name(self) -> str:
+        """The name of its samples (``_total`` for counters; histograms add ``_bucket``/``_sum``/``_count``)."""
+        return f"{self.name}_total" if self.kind is Kind.COUNTER else self.name
+
+
+#: Seconds: an Overpass call takes from a few milliseconds (an error page) to its [timeout:N].
+_CALL_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 180.0, 300.0)
+#: Bytes: from an empty answer to the [maxsize:N] default of 512 MiB.
+_RESPONSE_BYTES = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 5.12e8)
+#: Milliseconds: Dramatiq's own buckets.
+_MESSAGE_MS = (
+    5,
+    10,
+    25,
+    50,
+    75,
+    100,
+    250,
+    500,
+    750,
+    1000,
+    2500,
+    5000,
+    7500,
+    10000,
+    30000,
+    60000,
+    600000,
+    900000,
+)
+
+# Recorded by the worker processes (multiprocess files, summed by the exposition).
+JOBS = MetricSpec(
+    "enrichment_jobs",
+    Kind.COUNTER,
+    "Processed enrichment messages by why they ended; final=true once per job.",
+    (ACTOR, OUTCOME, FINAL),
+)
+OVERPASS_CALLS = MetricSpec(
+    "enrichment_overpass_calls", Kind.COUNTER, "Overpass interpreter calls by classification.", (STATUS,)
+)
+OVERPASS_CALL_SECONDS = MetricSpec(
+    "enrichment_overpass_call_duration_seconds",
+    Kind.HISTOGRAM,
+    "Time from sending an Overpass query to the last byte of the answer (or the failure).",
+    (STATUS,),
+    buckets=_CALL_SECONDS,
+)
+OVERPASS_RESPONSE_BYTES = MetricSpec(
+    "enrichment_overpass_response_bytes",
+    Kind.HISTOGRAM,
+    "Body size of successful Overpass answers (what the byte quota is charged).",
+    buckets=_RESPONSE_BYTES,
+)
+POIS_UPSERTED = MetricSpec("enrichment_pois_upserted", Kind.COUNTER, "POI rows inserted or updated.")
+
+# Dramatiq's stock metrics, declared again so that they stay right for our actors.
+MESSAGES = MetricSpec(
+    "dramatiq_messages", Kind.COUNTER, "The total number of messages processed.", (QUEUE_NAME, ACTOR_NAME)
+)
+MESSAGE_ERRORS = MetricSpec(
+    "dramatiq_message_errors",
+    Kind.COUNTER,
+    "Messages whose actor or middleware failed (deferrals are not errors).",
+    (QUEUE_NAME, ACTOR_NAME),
+)
+MESSAGE_RETRIES = MetricSpec(
+    "dramatiq_message_retries",
+    Kind.COUNTER,
+    "Failed messages scheduled again (once per retry; deferrals are not retries).",
+    (QUEUE_NAME, ACTOR_NAME),
+)
+MESSAGE_REJECTS = MetricSpec(
+    "dramatiq_message_rejects",
+    Kind.COUNTER,
+    "The total number of dead-lettered messages.",
+    (QUEUE_NAME, ACTOR_NAME),
+)
+MESSAGES_IN_PROGRESS = MetricSpec(
+    "dramatiq_messages_inprogress",
+    Kind.GAUGE,
+    "The number of messages in progress.",
+    (QUEUE_NAME, ACTOR_NAME),
+    multiprocess_mode="livesum",
+)
+DELAYED_MESSAGES_IN_PROGRESS = MetricSpec(
+    "dramatiq_delayed_messages_inprogress",
+    Kind.GAUGE,
+    "Delayed messages held in worker memory until due (Retries parks its own waits instead).",
+    (QUEUE_NAME, ACTOR_NAME),
+    multiprocess_mode="livesum",
+)
+MESSAGE_DURATION = MetricSpec(
+    "dramatiq_message_duration_milliseconds",
+    Kind.HISTOGRAM,
+    "The time spent processing messages.",
+    (QUEUE_NAME, ACTOR_NAME),
+    buckets=_MESSAGE_MS,
+)
+
+# Read from the shared backend at scrape time: the fleet-wide truth.
+STATE_BACKEND_UP = MetricSpec(
+    "enrichment_state_backend_up",
+    Kind.GAUGE,
+    "1 when the shared state (Redis) answered this scrape in time; 0 and no other fleet gauge otherwise.",
+    fleet=True,
+)
+BREAKER_STATE = MetricSpec(
+    "enrichment_breaker_state",
+    Kind.GAUGE,
+    "1 for the circuit breaker's current state, 0 for the others.",
+    (POLICY, STATE),
+    fleet=True,
+)
+BREAKER_FAILURES = MetricSpec(
+    "enrichment_breaker_consecutive_failures",
+    Kind.GAUGE,
+    "Consecutive upstream failures counted by the closed breaker.",
+    (POLICY,),
+    fleet=True,
+)
+PERMITS_IN_USE = MetricSpec(
+    "enrichment_semaphore_permits_in_use",
+    Kind.GAUGE,
+    "Calls in flight across the fleet.",
+    (POLICY,),
+    fleet=True,
+)
+PERMITS_LIMIT = MetricSpec(
+    "enrichment_semaphore_permits_limit",
+    Kind.GAUGE,
+    "Permits in effect: the configured ones, capped by the upstream's reported rate limit.",
+    (POLICY,),
+    fleet=True,
+)
+QUOTA_USED = MetricSpec(
+    "enrichment_quota_used",
+    Kind.GAUGE,
+    "Requests admitted or response bytes charged in the current quota window.",
+    (POLICY, RESOURCE),
+    fleet=True,
+)
+QUOTA_LIMIT = MetricSpec(
+    "enrichment_quota_limit",
+    Kind.GAUGE,
+    "The quota window's limit (absent when unlimited).",
+    (POLICY, RESOURCE),
+    fleet=True,
+)
+QUOTA_LEFT = MetricSpec(
+    "enrichment_quota_left",
+    Kind.GAUGE,
+    "What is left of the quota window's limit (absent when unlimited).",
+    (POLICY, RESOURCE),
+    fleet=True,
+)
+QUOTA_WINDOW_START = MetricSpec(
+    "enrichment_quota_window_start_seconds",
+    Kind.GAUGE,
+    "Epoch time the current quota window started.",
+    (POLICY,),
+    fleet=True,
+)
+QUOTA_WINDOW_END = MetricSpec(
+    "enrichment_quota_window_end_seconds",
+    Kind.GAUGE,
+    "Epoch time the next quota window starts.",
+    (POLICY,),
+    fleet=True,
+)
+PARKED_JOBS = MetricSpec(
+    "enrichment_parked_jobs",
+    Kind.GAUGE,
+    "Messages parked in the shared backend until their deferral or retry backoff ends.",
+    fleet=True,
+)
+QUEUE_MESSAGES = MetricSpec(
+    "enrichment_queue_messages",
+    Kind.GAUGE,
+    "Messages in the broker queue: waiting, delayed or in flight (not parked ones).",
+    (QUEUE,),
+    fleet=True,
+)
+
+#: Every metric the worker processes record, in exposition order.
+WORKER_METRICS: tuple[MetricSpec, ...] = (
+    JOBS,
+    OVERPASS_CALLS,
+    OVERPASS_CALL_SECONDS,
+    OVERPASS_RESPONSE_BYTES,
+    POIS_UPSERTED,
+    MESSAGES,
+    MESSAGE_ERRORS,
+    MESSAGE_RETRIES,
+    MESSAGE_REJECTS,
+    MESSAGES_IN_PROGRESS,
+    DELAYED_MESSAGES_IN_PROGRESS,
+    MESSAGE_DURATION,
+)
+#: Every gauge the exposition reads from the shared backend.
+FLEET_METRICS: tuple[MetricSpec, ...] = (
+    STATE_BACKEND_UP,
+    BREAKER_STATE,
+    BREAKER_FAILURES,
+    PERMITS_IN_USE,
+    PERMITS_LIMIT,
+    QUOTA_USED,
+    QUOTA_LIMIT,
+    QUOTA_LEFT,
+    QUOTA_WINDOW_START,
+    QUOTA_WINDOW_END,
+    PARKED_JOBS,
+    QUEUE_MESSAGES,
+)
+ALL_METRICS: tuple[MetricSpec, ...] = WORKER_METRICS + FLEET_METRICS
+
+
+# --- Outcomes -------------------------------------------------------------------------------------
 
 _local = threading.local()
 
 
 def note_outcome(outcome: Outcome) -> None:
-    """Tell the metrics middleware how the current message ended when no exception says it."""
+    """Tell the metrics middleware how the current message ended when no exception says it (a split)."""
     _local.outcome = outcome
 
 
 def take_noted_outcome() -> Outcome | None:
-    """The outcome noted by the current message, if any, and forget it."""
+    """The outcome noted by the current message, if any, and forget it (one reader per message)."""
     outcome: Outcome | None = getattr(_local, "outcome", None)
     _local.outcome = None
     return outcome
 
 
 def is_final(outcome: Outcome, *, failed: bool) -> bool:
-    """Whether ``outcome`` ends its job (label ``final``): dead-lettered, stored, or split into new jobs."""
-    return failed or outcome in (Outcome.SUCCESS, Outcome.SPLIT)
+    """Whether ``outcome`` ends its job (label ``final``): dead-lettered, dropped, stored, or split into new jobs."""
+    return failed or outcome in (Outcome.SUCCESS, Outcome.SPLIT, Outcome.SKIPPED)
 
 
 _DEFERRAL_OUTCOMES = {
@@ -91,6 +405,8 @@ _DEFERRAL_OUTCOMES = {
 _RETRY_OUTCOMES = {
     "client_timeout": Outcome.TIMEOUT,
     "bad_response": Outcome.BAD_RESPONSE,
+    # The actor turns a 429 into a deferral; should one escape, it is still a 429.
+    "rate_limited": Outcome.RATE_LIMITED,
 }
 
 
@@ -103,14 +419,19 @@ def outcome_of(
       actor_name: ``enrich``, ``fetch_pois`` or ``store_pois``.
       exception: what the actor (or a middleware before it) raised.
       failed: the message was dead-lettered (no retry follows).
-      noted: an outcome the actor noted without raising (a split).
+      noted: an outcome the actor noted without raising (a split); an
+        exception raised after the note wins.
     """
-    if noted is not None:
-        return noted
     if exception is None:
+        if noted is not None:
+            return noted
+        if failed:
+            # Failed by a middleware before the actor ran: nothing was stored.
+            return Outcome.SKIPPED
         return Outcome.SUCCESS if actor_name == STORE_ACTOR else None
     if isinstance(exception, Defer):
-        return _DEFERRAL_OUTCOMES.get(exception.reason, Outcome.DEFERRED_PERMIT)
+        # A reason missing here is a bug of ours, never a wait for a permit.
+        return _DEFERRAL_OUTCOMES.get(exception.reason, Outcome.INTERNAL_ERROR)
     if isinstance(exception, InvalidJob):
         return Outcome.INVALID_REQUEST
     if isinstance(exception, PersistenceError):

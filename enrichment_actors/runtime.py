@@ -31,6 +31,7 @@ from middleware.semaphore import ConcurrencySemaphore
 from .jobs import JobLimits
 from .overpass_client import OverpassClient
 from .overpass_responses import OverpassError
+from .prometheus import EnrichmentPrometheus
 from .settings import Settings, load_settings
 from .store import PoiStore
 
@@ -65,6 +66,7 @@ class Runtime:
     semaphore: ConcurrencySemaphore
     breaker: CircuitBreaker
     retries: Retries
+    metrics: EnrichmentPrometheus
     _client: OverpassClient | None = None
     _store: PoiStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,7 +102,7 @@ def make_backend(settings: Settings) -> Backend:
 
 
 def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
-    """A broker with the quota, semaphore, breaker and retry middleware, configured by ``settings``.
+    """A broker with the metrics, quota, semaphore, breaker and retry middleware, configured by ``settings``.
 
     ``policy_kwargs`` (``clock``, ``rng``) go to every middleware: tests inject a manual clock.
     """
@@ -124,17 +126,13 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
     )
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
     broker.add_middleware(retries)
-    # Order matters: a permit is waited for first (no budget is spent while
-    # waiting), then the breaker, then the quota right before the call.
-    semaphore = ConcurrencySemaphore(
-        backend,
-        {
-            OVERPASS: SemaphoreLimits(
-                permits=s.semaphore_permits, lease_s=s.semaphore_lease_s, wait_s=s.semaphore_wait_s
-            )
-        },
-        **policy_kwargs,
-    )
+    # Metrics only under the CLI (a Redis broker); the stub broker runs the
+    # demo in-process, where the hooks would record nothing anyway.
+    metrics = EnrichmentPrometheus()
+    if s.broker == "redis":
+        # Before Retries, so that its after-hook runs after Retries' and sees
+        # whether the message was retried or dead-lettered.
+        broker.add_middleware(metrics, before=Retries)
     breaker = CircuitBreaker(
         backend,
         {
@@ -159,9 +157,26 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
         },
         **policy_kwargs,
     )
-    for middleware in (semaphore, breaker, quota):
+    semaphore = ConcurrencySemaphore(
+        backend,
+        {
+            OVERPASS: SemaphoreLimits(
+                permits=s.semaphore_permits,
+                lease_s=s.semaphore_lease_s,
+                wait_s=s.semaphore_wait_s,
+                retry_min_s=s.semaphore_retry_min_s,
+                retry_max_s=s.semaphore_retry_max_s,
+            )
+        },
+        **policy_kwargs,
+    )
+    # Order matters: the breaker and the quota decide first, and the permit is
+    # waited for last, so a woken waiter calls at once and the permit, released
+    # first when the actor returns, changes hands with the least idle time. A
+    # request whose job then gets no permit is refunded (no call was made).
+    for middleware in (breaker, quota, semaphore):
         broker.add_middleware(middleware)
-    return Runtime(s, broker, backend, quota, semaphore, breaker, retries)
+    return Runtime(s, broker, backend, quota, semaphore, breaker, retries, metrics)
 
 
 runtime = build_runtime(load_settings())

@@ -113,6 +113,12 @@ TABLE: tuple[Setting, ...] = (
     Setting(
         "SEMAPHORE_WAIT_S", "1.0", "How long a worker thread waits for a permit before deferring the job"
     ),
+    Setting("SEMAPHORE_RETRY_MIN_S", "0.2", "A job that got no permit comes back after at least this"),
+    Setting(
+        "SEMAPHORE_RETRY_MAX_S",
+        "1.0",
+        "... and at most this (uniformly spread, so waiters do not return together)",
+    ),
     Setting("BREAKER_FAILURE_THRESHOLD", "3", "Consecutive upstream failures that open the circuit"),
     Setting("BREAKER_COOLDOWN_S", "60", "How long the circuit stays open before one probe"),
     Setting(
@@ -154,6 +160,8 @@ class Settings:
     semaphore_permits: int
     semaphore_lease_s: float
     semaphore_wait_s: float
+    semaphore_retry_min_s: float
+    semaphore_retry_max_s: float
     breaker_failure_threshold: int
     breaker_cooldown_s: float
     rate_limit_pause_s: float
@@ -204,6 +212,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
     contact = raw["OVERPASS_CONTACT"]
     user_agent = raw["OVERPASS_USER_AGENT"] or f"overpass-enrichment/{__version__} (+contact: {contact})"
+    retry_min = read("SEMAPHORE_RETRY_MIN_S", float, non_negative, "seconds >= 0")
     min_backoff = read("RETRY_MIN_BACKOFF_S", float, non_negative, "seconds >= 0")
     max_backoff = read(
         "RETRY_MAX_BACKOFF_S", float, lambda v: v >= min_backoff, "seconds >= RETRY_MIN_BACKOFF_S"
@@ -244,6 +253,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         semaphore_permits=read("SEMAPHORE_PERMITS", int, positive, "a whole number > 0"),
         semaphore_lease_s=lease,
         semaphore_wait_s=read("SEMAPHORE_WAIT_S", float, non_negative, "seconds >= 0"),
+        semaphore_retry_min_s=retry_min,
+        semaphore_retry_max_s=read(
+            "SEMAPHORE_RETRY_MAX_S", float, lambda v: v >= retry_min, "seconds >= SEMAPHORE_RETRY_MIN_S"
+        ),
         breaker_failure_threshold=read("BREAKER_FAILURE_THRESHOLD", int, positive, "a whole number > 0"),
         breaker_cooldown_s=read("BREAKER_COOLDOWN_S", float, positive, "seconds > 0"),
         rate_limit_pause_s=read("RATE_LIMIT_PAUSE_S", float, non_negative, "seconds >= 0"),

@@ -15,7 +15,6 @@ test servers.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,21 +22,16 @@ import pytest
 from pytest_postgresql import factories as pg_factories
 from pytest_redis import factories as redis_factories
 
+from tests.support.workers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "overpass"
 OWN_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "overpass"
 PG_DATABASE = "enrichment_test"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-REDIS_PORT = _free_port()
-PG_PORT = _free_port()
+REDIS_PORT = free_port()
+PG_PORT = free_port()
 REDIS_URL = os.environ.get("TEST_REDIS_URL") or f"redis://127.0.0.1:{REDIS_PORT}/0"
 DATABASE_URL = (
     os.environ.get("TEST_DATABASE_URL") or f"postgresql://postgres@127.0.0.1:{PG_PORT}/{PG_DATABASE}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,16 +18,9 @@ from types import TracebackType
 
 import redis
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.workers import REPO, free_port
+
 PG_CTL = REPO / "tests" / "servers" / "pg_ctl"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now, on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

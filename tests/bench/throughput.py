@@ -24,8 +24,9 @@ import psycopg
 import redis
 
 from enrichment_actors.stub_overpass import StubOverpass
+from tests.support.workers import WorkerProcesses
 
-from .fleet import Fleet, grid_boxes, send, sender, wait_until
+from .fleet import grid_boxes, send, sender, wait_until
 
 #: POIs each answer carries (the stand-in server's ``pois_per_box``).
 POIS_PER_JOB = 20
@@ -132,7 +133,9 @@ def run_fleet(
     reset(env)
     stub.reset()
     expected = jobs * POIS_PER_JOB
-    with Fleet(module, fleet_env, processes=processes, threads=threads, verbose=verbose) as fleet:
+    with WorkerProcesses(
+        fleet_env, module=module, processes=processes, threads=threads, defaults={}, verbose=verbose
+    ) as fleet:
         broker = sender(env.redis_url)
         send(
             broker,

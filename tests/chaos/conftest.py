@@ -14,8 +14,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from enrichment_actors.stub_overpass import StubOverpass
-from tests.bench.fleet import Fleet, grid_boxes, send, sender
-from tests.support.workers import FAST_SETTINGS
+from tests.bench.fleet import grid_boxes, send, sender
+from tests.support.workers import FAST_SETTINGS, WorkerProcesses
 
 QUEUE = "enrichment"
 TAGS = ["amenity"]
@@ -29,7 +29,7 @@ class Chaos:
     redis_url: str
     database_url: str
     stub: StubOverpass
-    fleets: list[Fleet] = field(default_factory=list)
+    fleets: list[WorkerProcesses] = field(default_factory=list)
 
     def env(self, **settings: Any) -> dict[str, str]:
         return {
@@ -43,8 +43,8 @@ class Chaos:
             **{name.upper(): str(value) for name, value in settings.items()},
         }
 
-    def workers(self, processes: int = 2, threads: int = 4, **settings: Any) -> Fleet:
-        fleet = Fleet("enrichment_actors", self.env(**settings), processes=processes, threads=threads)
+    def workers(self, processes: int = 2, threads: int = 4, **settings: Any) -> WorkerProcesses:
+        fleet = WorkerProcesses(self.env(**settings), processes=processes, threads=threads)
         self.fleets.append(fleet)
         return fleet.start()
 

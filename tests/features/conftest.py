@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,9 +185,24 @@ def send_raw(world: World, app: Any, arguments: str) -> None:
         raise ValueError(f"unknown arguments form: {arguments}")
 
 
+def wait_until_done(app: Any, timeout_s: float = 30.0) -> None:
+    """Until no message is queued, in flight or parked (a retried or deferred job waits there)."""
+    parking = app.runtime.retries.parking
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app.broker.join(QUEUE, timeout=max(1, int((deadline - time.monotonic()) * 1000)))
+        # A message released from the parking lot is enqueued before it is
+        # unparked: the queue is looked at again after the count.
+        if parking.count() == 0 and app.broker.do_qsize(QUEUE) == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"jobs still waiting after {timeout_s}s: {parking.count()} parked")
+        time.sleep(0.05)
+
+
 @when("all jobs are done")
 def all_done(app: Any) -> None:
-    app.broker.join(QUEUE, timeout=30_000)
+    wait_until_done(app)
 
 
 @when("storing has failed at least twice")

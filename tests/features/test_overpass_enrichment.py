@@ -72,7 +72,7 @@ def call_in_flight(world: World) -> None:
 def kill_worker(world: World, app: Any) -> None:
     workers = world.workers[-1]
     assert app.runtime.semaphore.policies["overpass"].in_use() == 1
-    workers.kill_one_worker()
+    workers.kill_worker()
     world.killed_at = time.monotonic()  # type: ignore[attr-defined]
     assert workers.proc is not None
     workers.proc.wait(timeout=20)  # the CLI shuts its other processes down, as on a dyno

@@ -1,14 +1,18 @@
-"""Real ``dramatiq`` worker processes for behaviour tests, configured through the environment."""
+"""Real ``dramatiq`` worker processes for behaviour tests, chaos runs and benchmarks."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,28 +36,71 @@ FAST_SETTINGS = {
     "BROKER_MAINTENANCE_CHANCE": "1000000",
 }
 
+_READY = "Worker process is ready for action"
+_PID = re.compile(r"\[PID (\d+)\]")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
 
 class WorkerProcesses:
-    """``dramatiq enrichment_actors`` in a subprocess, with its own settings.
+    """``dramatiq MODULE --processes P --threads T`` in a subprocess, configured by the environment.
+
+    Each instance gets its own metrics exposition (a free loopback port, see
+    :attr:`metrics_url`) and its own fresh multiprocess directory, unless
+    ``env`` names ``dramatiq_prom_port`` / ``dramatiq_prom_db`` itself.
+
+    Examples:
+      >>> with WorkerProcesses({"REDIS_URL": url, "OVERPASS_URL": stub.interpreter_url}, processes=2):  # doctest: +SKIP
+      ...     enrich.send(bbox=..., tags=["amenity"])
 
     Parameters:
-      env: environment variables on top of this process's (REDIS_URL, DATABASE_URL, OVERPASS_URL, ...).
+      env: environment variables on top of this process's and of ``defaults``.
+      module: what the CLI imports (benchmarks run other actor modules side by side).
       processes, threads: as the CLI's ``--processes`` and ``--threads``.
+      defaults: settings beneath ``env`` (default :data:`FAST_SETTINGS`; benchmarks pass their own).
+      verbose: the CLI's ``--verbose``.
     """
 
-    def __init__(self, env: Mapping[str, str], *, processes: int = 1, threads: int = 4) -> None:
-        self.env = {**os.environ, **FAST_SETTINGS, **env, "PYTHONUNBUFFERED": "1"}
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        module: str = "enrichment_actors",
+        processes: int = 1,
+        threads: int = 4,
+        defaults: Mapping[str, str] = FAST_SETTINGS,
+        verbose: bool = False,
+    ) -> None:
+        self._own_prom_db = None if "dramatiq_prom_db" in env else tempfile.mkdtemp(prefix="dramatiq-prom-")
+        metrics_env = {
+            "dramatiq_prom_host": "127.0.0.1",
+            "dramatiq_prom_port": str(free_port()),
+            **({"dramatiq_prom_db": self._own_prom_db} if self._own_prom_db else {}),
+        }
+        self.env = {**os.environ, **defaults, **metrics_env, **env, "PYTHONUNBUFFERED": "1"}
+        self.module = module
         self.processes = processes
         self.threads = threads
+        self.verbose = verbose
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
 
-    def start(self, timeout_s: float = 30.0) -> WorkerProcesses:
+    @property
+    def metrics_url(self) -> str:
+        """The workers' Prometheus exposition endpoint."""
+        return f"http://{self.env['dramatiq_prom_host']}:{self.env['dramatiq_prom_port']}/metrics"
+
+    def start(self, timeout_s: float = 60.0) -> WorkerProcesses:
         command = [
-            sys.executable, "-m", "dramatiq", "enrichment_actors",
+            sys.executable, "-m", "dramatiq", self.module,
             "--processes", str(self.processes), "--threads", str(self.threads),
-            "--worker-shutdown-timeout", "5000",
+            "--worker-shutdown-timeout", "5000", *(["--verbose"] if self.verbose else []),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -63,48 +110,59 @@ class WorkerProcesses:
         self.wait_ready(self.processes, timeout_s)
         return self
 
-    def wait_ready(self, count: int, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, count: int, timeout_s: float = 60.0) -> None:
+        """Wait until ``count`` worker processes (in all) have said they are ready."""
         deadline = time.monotonic() + timeout_s
-        while sum("ready for action" in line for line in self.lines) < count:
+        # Only worker processes: the metrics exposition (a fork) says "ready for action" too.
+        while self.count(_READY) < count:
             if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError("dramatiq exited during start:\n" + "".join(self.lines[-40:]))
+                raise RuntimeError(f"dramatiq {self.module} exited during start:\n{self.tail()}")
             if time.monotonic() > deadline:
-                raise TimeoutError("dramatiq workers not ready:\n" + "".join(self.lines[-40:]))
+                raise TimeoutError(f"dramatiq {self.module} workers not ready:\n{self.tail()}")
             time.sleep(0.05)
 
-    def children(self) -> list[int]:
-        """PIDs of the worker processes (the CLI's forks)."""
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes (not the CLI's other forks), oldest first."""
         assert self.proc is not None
-        pids = []
+        children = set()
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == self.proc.pid:
-                pids.append(int(stat.parent.name))
-        return sorted(pids)
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                children.add(int(stat.parent.name))
+        ready = [int(m.group(1)) for line in list(self.lines) if _READY in line and (m := _PID.search(line))]
+        return [pid for pid in dict.fromkeys(ready) if pid in children]
 
-    def kill_one_worker(self) -> int:
-        """``kill -9`` one worker process (the CLI starts a new one); returns its PID."""
-        pid = self.children()[0]
-        os.kill(pid, signal.SIGKILL)
-        return pid
+    def kill_worker(self, pid: int | None = None) -> int:
+        """``kill -9`` one worker process (the oldest by default); returns its PID.
+
+        The CLI then shuts its other processes down, as a dyno would stop: a
+        supervisor (a test, here) starts a new one.
+        """
+        victim = pid if pid is not None else self.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        return victim
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self._own_prom_db is not None:
+            shutil.rmtree(self._own_prom_db, ignore_errors=True)
 
-    def log(self) -> str:
-        return "".join(self.lines)
+    def count(self, text: str) -> int:
+        """Log lines (stderr of every process) containing ``text``."""
+        return sum(text in line for line in list(self.lines))
+
+    def tail(self, lines: int = 40) -> str:
+        return "".join(self.lines[-lines:])
 
     def __enter__(self) -> WorkerProcesses:
         return self.start()
@@ -113,12 +171,15 @@ class WorkerProcesses:
         self.stop()
 
     def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
+        proc = self.proc
+        assert proc is not None and proc.stderr is not None
+        for line in proc.stderr:
             self.lines.append(line)
 
 
-def eventually(predicate, *, timeout_s: float = 20.0, interval_s: float = 0.05, message: str = "") -> None:  # type: ignore[no-untyped-def]
+def eventually(
+    predicate: Callable[[], object], *, timeout_s: float = 20.0, interval_s: float = 0.05, message: str = ""
+) -> None:
     """Wait until ``predicate()`` is true; fail with ``message`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not predicate():

@@ -28,7 +28,9 @@ def test_enqueue_refuses_an_invalid_job_before_sending(
 
 
 def test_enqueue_sends_one_enrich_message(capsys: pytest.CaptureFixture[str], redis_client: Any) -> None:
-    assert main(["enqueue", "--bbox", "48.85,2.29,48.86,2.30", "--tag", "amenity", "--tag", "shop=bakery"]) == 0
+    assert (
+        main(["enqueue", "--bbox", "48.85,2.29,48.86,2.30", "--tag", "amenity", "--tag", "shop=bakery"]) == 0
+    )
     assert "Enqueued enrich job" in capsys.readouterr().out
     assert redis_client.llen("dramatiq:enrichment") == 1
 
