@@ -46,8 +46,10 @@ servers:
 demo: install
 	$(BIN)/enrichment demo
 
+# Every test: unit, behaviour (pytest-bdd), the chaos scenarios (they fit in
+# CI's time), and the promtool rule tests. Benchmarks are `make bench`.
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not bench"
 	$(MAKE) --no-print-directory promtool-test
 
 promtool-test: servers
