@@ -15,7 +15,7 @@ install: $(STAMP) servers
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[test,dev]'
+	$(PY) -m pip install --quiet -e '.[test,dev]'
 	@touch $(STAMP)
 
 # Server binaries the tests start themselves; installed with apt-get when

@@ -16,6 +16,7 @@ from typing import Any
 import dramatiq
 
 from middleware.deferral import Defer
+from middleware.semaphore import release_permit_early
 from middleware.usage import charge_bytes
 
 from .jobs import InvalidJob, Job, build_query, validate_job
@@ -81,6 +82,8 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
         if not _split(job):
             raise
         return
+    # The call is over: the next one may start while this job hands its POIs on.
+    release_permit_early()
     charge_bytes(result.response_bytes)
     store_pois.send(job=job.as_message(), pois=[list(poi) for poi in result.parsed.pois])
 

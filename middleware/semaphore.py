@@ -1,7 +1,7 @@
 """Semaphore: at most N calls in flight across the fleet, as expiring leases.
 
-A permit is held from admission until the actor returns, so give the
-limited actor only the call itself. Permits are leases: one held by a
+A permit is held from admission until the actor returns (or calls
+:func:`release_permit_early`), so give the limited actor only the call itself. Permits are leases: one held by a
 worker killed with ``kill -9`` comes back after the lease time even while
 other workers keep acquiring. A thread that finds no permit waits a short,
 bounded time (woken by releases, never spinning), then defers the message.
@@ -26,6 +26,21 @@ from .policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
 
 #: Deferral reason when no permit came free within the wait.
 NO_PERMIT = "no_permit"
+
+_current = threading.local()
+
+
+def release_permit_early() -> None:
+    """Give back the permit of the message this thread runs now, not when its actor returns.
+
+    For an actor whose limited call is over but that has more to do (hand its
+    result on, say): the next call can start meanwhile. Does nothing when the
+    message holds no permit, or gave it back already.
+    """
+    release = getattr(_current, "release", None)
+    _current.release = None
+    if release is not None:
+        release()
 
 
 class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphorePolicy, Permit]]):
@@ -75,6 +90,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
             if permit is None:
                 raise AdmissionDenied(policy.retry_delay(), NO_PERMIT)
         self.hold(message, (policy, permit))
+        _current.release = lambda: self._release(message)
 
     def after_process_message(
         self,
@@ -84,6 +100,10 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
+        _current.release = None
+        self._release(message)
+
+    def _release(self, message: MessageProxy) -> None:
         held = self.release_held(message)
         if held is not None:
             policy, permit = held

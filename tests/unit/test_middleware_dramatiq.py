@@ -28,7 +28,7 @@ from middleware.policy.quota import QuotaLimits
 from middleware.policy.semaphore import SemaphoreLimits
 from middleware.quota import Quota
 from middleware.retries import DEFERRALS, Retries
-from middleware.semaphore import ConcurrencySemaphore
+from middleware.semaphore import ConcurrencySemaphore, release_permit_early
 from middleware.usage import charge_bytes
 
 
@@ -247,6 +247,23 @@ def test_a_request_is_refunded_when_no_permit_comes_free(backend: Backend) -> No
     worker.stop()
     assert len(rig.calls) == 1
     assert rig.quota.policies["up"].usage().requests_used == 1
+
+
+def test_an_actor_can_give_its_permit_back_before_it_returns(backend: Backend) -> None:
+    rig = make_rig(backend, permits=1)
+    in_use_after: list[int] = []
+
+    @dramatiq.actor(broker=rig.broker, semaphore="up")
+    def early() -> None:
+        rig.call("early")
+        release_permit_early()
+        in_use_after.append(rig.semaphore.policies["up"].in_use())
+        release_permit_early()  # twice is harmless
+
+    early.send()
+    rig.run(threads=1)
+    assert in_use_after == [0]
+    assert rig.semaphore.policies["up"].in_use() == 0
 
 
 def test_a_permit_is_released_when_the_actor_fails(backend: Backend) -> None:
