@@ -108,3 +108,18 @@ Feature: Overpass enrichment under a fleet-wide quota, semaphore and circuit bre
     And the workers have counted 7 "quota_denied" outcomes
     Then the stand-in server received 5 calls
     And the quota shows 5 requests used
+
+  Scenario: A 429 pauses the job and caps the permits at the server's rate limit
+    Given the stand-in server reports a rate limit of 1 slot
+    And the stand-in server will answer "429"
+    And the setting SEMAPHORE_PERMITS is "2"
+    And the setting RATE_LIMIT_PAUSE_S is "1"
+    And workers are running
+    When I enqueue 1 enrich job
+    And all jobs are done
+    Then the stand-in server received 2 calls
+    And the stand-in server was asked for its status once
+    And the second call came at least 1 second after the first
+    And the fleet's permits in effect are 1
+    And the workers counted 1 "rate_limited" outcome
+    And the workers counted 1 "success" outcome

@@ -15,6 +15,12 @@ from tests.support.workers import WorkerProcesses, eventually
 scenarios("overpass_enrichment.feature")
 
 
+def interpreter_calls(world: World) -> list[Any]:
+    """The stand-in's /api/interpreter requests (not status or kill), in the order they started."""
+    assert world.stub is not None
+    return sorted((r for r in world.stub.requests if r.path == "/api/interpreter"), key=lambda r: r.started_at)
+
+
 def boxes(count: int) -> list[dict[str, float]]:
     """``count`` small, distinct boxes in Paris, each with POIs at the stand-in."""
     return [
@@ -40,6 +46,15 @@ def enforce_slots(world: World, slots: int) -> None:
     old = world.stub
     world.stub = StubOverpass(slots=slots, enforce_slots=True, latency_s=old._latency_s).start()
     old.stop()
+
+
+@given(parsers.parse("the stand-in server reports a rate limit of {slots:d} slot"))
+def reported_rate_limit(world: World, slots: int) -> None:
+    from enrichment_actors.stub_overpass import StubOverpass
+
+    assert world.stub is not None
+    world.stub.stop()
+    world.stub = StubOverpass(slots=slots).start()
 
 
 @when(parsers.parse("I wait for the start of a quota window of {seconds:d} seconds"))
@@ -93,10 +108,27 @@ def permit_free(world: World, app: Any, seconds: int) -> None:
 
 @then("the second call was made in a later quota window than the first")
 def later_window(world: World) -> None:
-    assert world.stub is not None
     window = int(world.settings["QUOTA_WINDOW_S"])
-    first, second = sorted(r.started_at for r in world.stub.requests)
+    first, second = (r.started_at for r in interpreter_calls(world))
     assert int(second // window) > int(first // window)
+
+
+@then("the stand-in server was asked for its status once")
+def status_asked(world: World) -> None:
+    assert world.stub is not None
+    assert world.stub.stats().status_calls == 1
+
+
+@then(parsers.parse("the second call came at least {seconds:d} second after the first"))
+def second_call_later(world: World, seconds: int) -> None:
+    first, second = interpreter_calls(world)
+    assert first.outcome == "429"
+    assert second.started_at - first.ended_at >= seconds
+
+
+@then(parsers.parse("the fleet's permits in effect are {count:d}"))
+def permits_in_effect(app: Any, count: int) -> None:
+    assert app.runtime.semaphore.policies["overpass"].effective_permits() == count
 
 
 @then(parsers.parse("the circuit breaker is {status}"))
@@ -106,8 +138,7 @@ def breaker_status(app: Any, status: str) -> None:
 
 @then("the first call after the failures ran alone")
 def probe_alone(world: World) -> None:
-    assert world.stub is not None
-    calls = sorted(world.stub.requests, key=lambda r: r.started_at)
+    calls = interpreter_calls(world)
     probe, rest = calls[3], calls[4:]
     assert probe.outcome == "ok"
     assert all(r.started_at >= probe.ended_at for r in rest)
