@@ -6,7 +6,11 @@ shared state cannot be reached.
 from __future__ import annotations
 
 import logging
+import os
+import random
+import socket
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
@@ -15,10 +19,12 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import MiddlewareError
 
-from .backends.base import BackendUnavailable
+from .backends.base import Backend, BackendUnavailable
 from .deferral import AdmissionDenied
+from .policy.base import Policy
+from .policy.clock import Clock, SystemClock
 
-PolicyT = TypeVar("PolicyT")
+PolicyT = TypeVar("PolicyT", bound=Policy[Any])
 HeldT = TypeVar("HeldT")
 
 #: Reason given when the shared state is unreachable: calls stop rather than
@@ -34,20 +40,45 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
     """Base of the quota, semaphore and circuit-breaker middlewares.
 
     Parameters:
-      option: the actor option that names the policy, e.g. ``"quota"``.
-      policies: the policies by name.
+      backend: where the policies' state lives (Redis for a fleet).
+      limits: the limits of each policy, by name; actors opt in with
+        ``OPTION=NAME`` (the subclass's :attr:`option`).
+      clock, rng: injectable time and randomness (tests).
       unavailable_retry_s: delay before a message comes back when the
         backend cannot be reached.
     """
 
     option: str = ""
+    policy_class: type[PolicyT]
 
-    def __init__(self, policies: Mapping[str, PolicyT], *, unavailable_retry_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        limits: Mapping[str, Any],
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        unavailable_retry_s: float = 5.0,
+    ) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
-        self.policies = dict(policies)
+        self.clock = clock or SystemClock()
+        self.policies = {
+            name: self.policy_class(name, limit, backend, clock=self.clock, rng=rng)
+            for name, limit in limits.items()
+        }
         self.unavailable_retry_s = unavailable_retry_s
         self._held: dict[str, HeldT] = {}
         self._lock = threading.Lock()
+        self._host = f"{socket.gethostname()}:{os.getpid()}"
+
+    def denial(self, retry_at: float | None, reason: str) -> AdmissionDenied:
+        """The deferral of a message that may come back at ``retry_at`` (epoch seconds; None: now)."""
+        now = self.clock.now()
+        return AdmissionDenied((now if retry_at is None else retry_at) - now, reason)
+
+    def new_holder(self) -> str:
+        """A name for one admission, unique across the fleet (host, process, thread, nonce)."""
+        return f"{self._host}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
 
     @property
     def actor_options(self) -> set[str]:

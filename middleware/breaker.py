@@ -11,11 +11,7 @@ outcome of a call admitted before the latest transition does not move it.
 from __future__ import annotations
 
 import enum
-import os
 import random
-import socket
-import threading
-import uuid
 from collections.abc import Callable, Mapping
 
 from dramatiq.broker import Broker, MessageProxy
@@ -24,7 +20,7 @@ from .admission import AdmissionMiddleware
 from .backends.base import Backend
 from .deferral import AdmissionDenied
 from .policy.breaker import Admission, BreakerLimits, BreakerPolicy
-from .policy.clock import Clock, SystemClock
+from .policy.clock import Clock
 
 #: Deferral reason while the circuit is open (or another worker probes).
 CIRCUIT_OPEN = "circuit_open"
@@ -63,6 +59,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
     """
 
     option = "breaker"
+    policy_class = BreakerPolicy
 
     def __init__(
         self,
@@ -74,25 +71,18 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         rng: random.Random | None = None,
         unavailable_retry_s: float = 5.0,
     ) -> None:
-        self.clock = clock or SystemClock()
-        policies = {
-            name: BreakerPolicy(name, limit, backend, clock=self.clock, rng=rng)
-            for name, limit in limits.items()
-        }
-        super().__init__(policies, unavailable_retry_s=unavailable_retry_s)
+        super().__init__(backend, limits, clock=clock, rng=rng, unavailable_retry_s=unavailable_retry_s)
         self.verdict = verdict
-        self._host = f"{socket.gethostname()}:{os.getpid()}"
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
         if policy is None:
             return
-        holder = f"{self._host}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        holder = self.new_holder()
         with self.failing_closed():
             admission = policy.admit(holder)
         if not admission.allowed:
-            retry_at = admission.retry_at if admission.retry_at is not None else self.clock.now()
-            raise AdmissionDenied(retry_at - self.clock.now(), CIRCUIT_OPEN)
+            raise self.denial(admission.retry_at, CIRCUIT_OPEN)
         self.hold(message, (policy, admission, holder))
 
     def after_process_message(

@@ -9,16 +9,11 @@ call and is deferred to the start of the next window plus jitter.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping
-
 from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware
-from .backends.base import Backend
 from .deferral import AdmissionDenied
-from .policy.clock import Clock, SystemClock
-from .policy.quota import QuotaLimits, QuotaPolicy
+from .policy.quota import QuotaPolicy
 from .usage import take_charged_bytes
 
 #: Deferral reason when the window's budget is spent.
@@ -41,22 +36,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
     """
 
     option = "quota"
-
-    def __init__(
-        self,
-        backend: Backend,
-        limits: Mapping[str, QuotaLimits],
-        *,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
-        unavailable_retry_s: float = 5.0,
-    ) -> None:
-        self.clock = clock or SystemClock()
-        policies = {
-            name: QuotaPolicy(name, limit, backend, clock=self.clock, rng=rng)
-            for name, limit in limits.items()
-        }
-        super().__init__(policies, unavailable_retry_s=unavailable_retry_s)
+    policy_class = QuotaPolicy
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
@@ -66,8 +46,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         with self.failing_closed():
             decision = policy.admit()
         if not decision.allowed:
-            retry_at = decision.retry_at if decision.retry_at is not None else self.clock.now()
-            raise AdmissionDenied(retry_at - self.clock.now(), QUOTA_EXHAUSTED)
+            raise self.denial(decision.retry_at, QUOTA_EXHAUSTED)
         self.hold(message, (policy, decision.window_start))
 
     def after_process_message(

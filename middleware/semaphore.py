@@ -9,20 +9,13 @@ bounded time (woken by releases, never spinning), then defers the message.
 
 from __future__ import annotations
 
-import os
-import random
-import socket
 import threading
-import uuid
-from collections.abc import Mapping
 
 from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware
-from .backends.base import Backend
 from .deferral import AdmissionDenied
-from .policy.clock import Clock
-from .policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
+from .policy.semaphore import Permit, SemaphorePolicy
 
 #: Deferral reason when no permit came free within the wait.
 NO_PERMIT = "no_permit"
@@ -58,22 +51,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
     """
 
     option = "semaphore"
-
-    def __init__(
-        self,
-        backend: Backend,
-        limits: Mapping[str, SemaphoreLimits],
-        *,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
-        unavailable_retry_s: float = 5.0,
-    ) -> None:
-        policies = {
-            name: SemaphorePolicy(name, limit, backend, clock=clock, rng=rng)
-            for name, limit in limits.items()
-        }
-        super().__init__(policies, unavailable_retry_s=unavailable_retry_s)
-        self._host = f"{socket.gethostname()}:{os.getpid()}"
+    policy_class = SemaphorePolicy
 
     def cap(self, name: str, limit: int | None) -> None:
         """Cap policy ``name`` fleet-wide at ``limit`` permits (say, the upstream's own rate limit)."""
@@ -84,7 +62,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
         policy = self.policy_for(broker, message)
         if policy is None:
             return
-        holder = f"{self._host}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        holder = self.new_holder()
         with self.failing_closed():
             permit = policy.acquire(holder)
             if permit is None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from middleware.backends.base import Backend
 from middleware.policy.backoff import jittered
-from middleware.policy.clock import Clock, SystemClock
+from middleware.policy.base import Policy
+from middleware.policy.clock import Clock
 
 #: Compare-and-set conflicts tolerated before giving up; each conflict means
 #: another worker moved the breaker, so this is only reached under a storm.
@@ -206,7 +207,7 @@ def abandon(state: BreakerState, *, generation: int, holder: str) -> BreakerStat
     return state
 
 
-class BreakerPolicy:
+class BreakerPolicy(Policy[BreakerLimits]):
     """A circuit breaker whose state the whole fleet shares.
 
     Examples:
@@ -237,20 +238,8 @@ class BreakerPolicy:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._name = name
-        self._limits = limits
-        self._backend = backend
-        self._clock: Clock = clock or SystemClock()
-        self._rng = rng or random.Random()
+        super().__init__(name, limits, backend, clock=clock, rng=rng)
         self._key = f"breaker:{name}"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def limits(self) -> BreakerLimits:
-        return self._limits
 
     def _read(self) -> tuple[int, BreakerState]:
         version, value = self._backend.state_get(self._key)

@@ -7,12 +7,10 @@ however many workers race, no more than the limit are admitted.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
-from middleware.backends.base import Backend
 from middleware.policy.backoff import jittered
-from middleware.policy.clock import Clock, SystemClock
+from middleware.policy.base import Policy
 
 #: Counters outlive their window by this much, so late byte counts still land.
 _COUNTER_GRACE_S = 3600
@@ -116,7 +114,7 @@ def window_bounds(now: float, window_s: int) -> tuple[float, float]:
     return start, start + window_s
 
 
-class QuotaPolicy:
+class QuotaPolicy(Policy[QuotaLimits]):
     """Admits requests while a shared per-window quota lasts.
 
     Examples:
@@ -137,29 +135,6 @@ class QuotaPolicy:
       clock(Clock): The time source.  Defaults to the system clock.
       rng(random.Random): The source of jitter.  Defaults to a new Random.
     """
-
-    def __init__(
-        self,
-        name: str,
-        limits: QuotaLimits,
-        backend: Backend,
-        *,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._name = name
-        self._limits = limits
-        self._backend = backend
-        self._clock: Clock = clock or SystemClock()
-        self._rng = rng or random.Random()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def limits(self) -> QuotaLimits:
-        return self._limits
 
     def _keys(self, window_start: float) -> list[str]:
         prefix = f"quota:{self._name}:{int(window_start)}"

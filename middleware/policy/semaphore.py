@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 
 from middleware.backends.base import Backend
-from middleware.policy.clock import Clock, SystemClock
+from middleware.policy.base import Policy
+from middleware.policy.clock import Clock
 
 #: Longest sleep between two attempts while waiting for a permit; a release
 #: wakes a waiter sooner, this only bounds how late a missed wake-up is noticed.
@@ -80,7 +81,7 @@ class Permit:
     acquired_at: float
 
 
-class SemaphorePolicy:
+class SemaphorePolicy(Policy[SemaphoreLimits]):
     """Limits how many calls the whole fleet makes at once.
 
     Examples:
@@ -110,20 +111,8 @@ class SemaphorePolicy:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._name = name
-        self._limits = limits
-        self._backend = backend
-        self._clock: Clock = clock or SystemClock()
-        self._rng = rng or random.Random()
+        super().__init__(name, limits, backend, clock=clock, rng=rng)
         self._key = f"semaphore:{name}"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def limits(self) -> SemaphoreLimits:
-        return self._limits
 
     def try_acquire(self, holder: str) -> Permit | None:
         """Take a permit if one is free right now; never waits."""

@@ -1,0 +1,47 @@
+"""What every policy has: a name shared by the fleet, its limits, a backend, a clock and randomness."""
+
+from __future__ import annotations
+
+import random
+from typing import Generic, TypeVar
+
+from middleware.backends.base import Backend
+from middleware.policy.clock import Clock, SystemClock
+
+LimitsT = TypeVar("LimitsT")
+
+
+class Policy(Generic[LimitsT]):
+    """Base of the quota, semaphore and breaker policies.
+
+    Parameters:
+      name(str): Names the policy's state in the backend; policies of the same
+        name share it, wherever they run.
+      limits: What the policy allows.
+      backend(Backend): Where the state lives.
+      clock(Clock): The time source.  Defaults to the system clock.
+      rng(random.Random): The source of jitter.  Defaults to a new Random.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limits: LimitsT,
+        backend: Backend,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._name = name
+        self._limits = limits
+        self._backend = backend
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def limits(self) -> LimitsT:
+        return self._limits
