@@ -170,11 +170,11 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
         },
         **policy_kwargs,
     )
-    # Order matters: the breaker and the quota decide first, and the permit is
-    # waited for last, so a woken waiter calls at once and the permit, released
-    # first when the actor returns, changes hands with the least idle time. A
-    # request whose job then gets no permit is refunded (no call was made).
-    for middleware in (breaker, quota, semaphore):
+    # Order matters. The quota first: a request it admits is given back if a
+    # later middleware defers the job. Then the permit, waited for with no
+    # budget at stake. The breaker last, right before the call, so that no
+    # job admitted before the circuit opened calls while it is open.
+    for middleware in (quota, semaphore, breaker):
         broker.add_middleware(middleware)
     return Runtime(s, broker, backend, quota, semaphore, breaker, retries, metrics)
 

@@ -18,7 +18,9 @@ scenarios("overpass_enrichment.feature")
 def interpreter_calls(world: World) -> list[Any]:
     """The stand-in's /api/interpreter requests (not status or kill), in the order they started."""
     assert world.stub is not None
-    return sorted((r for r in world.stub.requests if r.path == "/api/interpreter"), key=lambda r: r.started_at)
+    return sorted(
+        (r for r in world.stub.requests if r.path == "/api/interpreter"), key=lambda r: r.started_at
+    )
 
 
 def boxes(count: int) -> list[dict[str, float]]:

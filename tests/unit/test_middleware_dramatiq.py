@@ -85,6 +85,7 @@ def make_rig(
     threshold: int = 3,
     cooldown_s: float = 0.3,
     park_after_s: float = 30.0,
+    breaker_first: bool = False,
 ) -> Rig:
     broker = StubBroker()
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
@@ -116,8 +117,10 @@ def make_rig(
     quota = Quota(
         backend, {"up": QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s, jitter_s=0.05)}
     )
-    # The product's order: the permit is waited for last, right before the call.
-    for middleware in (retries, breaker, quota, semaphore):
+    # The product's order: quota, permit, then the breaker right before the call
+    # (another app may put the breaker first: the middlewares allow any order).
+    order = (breaker, quota, semaphore) if breaker_first else (quota, semaphore, breaker)
+    for middleware in (retries, *order):
         broker.add_middleware(middleware)
     return Rig(broker, backend, quota, semaphore, breaker, retries)
 
@@ -305,8 +308,28 @@ def test_breaker_opens_then_one_probe_closes_it(backend: Backend) -> None:
     assert rig.breaker.policies["up"].state().status is BreakerStatus.CLOSED
 
 
-def test_a_denial_by_the_quota_gives_back_the_probe_claim(backend: Backend) -> None:
+def test_a_job_the_quota_denies_never_claims_the_probe(backend: Backend) -> None:
     rig = make_rig(backend, requests=0, threshold=1, cooldown_s=0.01)
+
+    @dramatiq.actor(broker=rig.broker, breaker="up", quota="up", max_retries=0)
+    def never() -> None:
+        rig.call("never")
+
+    policy = rig.breaker.policies["up"]
+    policy.record(policy.admit("seed"), success=False)
+    time.sleep(0.02)
+    never.send()
+    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    time.sleep(0.3)
+    worker.stop()
+    assert rig.calls == []
+    state = policy.state()
+    assert state.status is BreakerStatus.OPEN and state.probe_holder is None
+
+
+def test_a_denial_after_the_breaker_gives_back_the_probe_claim(backend: Backend) -> None:
+    rig = make_rig(backend, requests=0, threshold=1, cooldown_s=0.01, breaker_first=True)
 
     @dramatiq.actor(broker=rig.broker, breaker="up", quota="up", max_retries=0)
     def never() -> None:
