@@ -299,6 +299,30 @@ CPUs, so absolute speeds drift between runs and machines; the ratios much less.
   500 per transaction as one job stores them, into the same emptied table.
 - **Parse rate**: best of 3; memory in a fresh process per parser.
 
+## What limits slot utilisation
+
+Over several runs on this 2-CPU machine ours measured 0.943-0.950 at N=2 and
+0.889-0.924 at N=8 (the tuned `ConcurrentRateLimiter` 0.79-0.82, the default
+one 0.20-0.23). The stand-in server's own timeline ("slots busy") shows the
+slots busy 0.958-0.965 (N=2) and 0.939-0.948 (N=8) of the time; the rest of
+the gap is the run's ends (the first calls ramp up, the last stores land
+after the last call).
+
+Between one call ending and the next starting on its slot there are about
+8-12 ms: the permit is released (one Redis round trip, right after the HTTP
+response: `release_permit_early`), a waiter wakes from `BLPOP`, takes the
+lease (one round trip), reads the breaker (one round trip), and opens its
+HTTP request. A py-spy profile of both worker processes during an N=8 run
+(`py-spy record --rate 200 --format raw`, 8 s) puts 45 % of worker samples
+in Redis round trips (socket reads, BLPOP waits included), 31 % in the
+Overpass call, 17 % waiting for a permit; CPU is shared by two worker
+processes of eight threads, Redis, PostgreSQL, the stand-in server and this
+driver, so each round trip costs more at N=8 than at N=2 (GIL hand-offs
+between eight threads per process). What would close the gap: handing a
+released permit straight to a waiting thread in the same process (no Redis
+round trip), or more processes with fewer threads each on a machine with
+more cores.
+
 ## Details
 
 {sections}
