@@ -24,8 +24,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class InvalidJob(ValueError):
     """The job cannot be run as asked. The message says what to change."""
 
-    outcome = "invalid_request"
-
 
 @dataclass(frozen=True)
 class BBox:

@@ -46,8 +46,6 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 class PersistenceError(Exception):
     """The database did not take the POIs. Transient: the store step is retried, Overpass is not called again."""
 
-    outcome = "persistence_error"
-
 
 #: Maps driver exceptions to peewee's (peewee's own context manager, not exported).
 _PEEWEE_ERRORS: Any = vars(peewee)["__exception_wrapper__"]
