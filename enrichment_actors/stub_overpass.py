@@ -931,7 +931,7 @@ class StubOverpass:
             down = self._default.name == "504-down" and not self._script
             running = [c for c in self._in_flight if c.holds_slot]
         if down:
-            handler.reply(504, "text/plain; charset=utf-8", _STATUS_SERVER_DOWN.encode())
+            status, body = 504, _STATUS_SERVER_DOWN
         else:
             host = handler.client_address[0]
             lines = [
@@ -949,8 +949,11 @@ class StubOverpass:
                 )
             lines.append("Currently running queries (pid, space limit, time limit, start time):")
             lines.extend(_running_line(c) for c in running)
-            handler.reply(200, "text/plain; charset=utf-8", ("\n".join(lines) + "\n").encode())
+            status, body = 200, "\n".join(lines) + "\n"
+        # Recorded before the answer goes out, like interpreter calls: a client
+        # holding the answer finds the request in ``requests`` already.
         self._record(handler, "status", now)
+        handler.reply(status, "text/plain; charset=utf-8", body.encode())
 
     def _kill(self, handler: _Handler) -> None:
         now = time.time()
@@ -959,8 +962,8 @@ class StubOverpass:
             killed = [c for c in self._in_flight if c.holds_slot and not c.cancel.is_set()]
             for call in killed:
                 call.cancel.set()
-        handler.reply(200, "text/plain; charset=utf-8", f"Killed {len(killed)} queries.\n".encode())
         self._record(handler, "kill", now)
+        handler.reply(200, "text/plain; charset=utf-8", f"Killed {len(killed)} queries.\n".encode())
 
     def _record(self, handler: _Handler, outcome: str, started_at: float) -> None:
         path = urlsplit(handler.path).path
