@@ -95,10 +95,7 @@ def main() -> int:
         for name, bbox, tags in BOXES:
             print(f"enqueue  {name:<42} tags={tags or 'default'}")
             enrich.send(bbox=bbox, tags=tags)
-        if isinstance(runtime.broker, StubBroker):
-            runtime.broker.join(settings.queue, fail_fast=False, timeout=120_000)
-        else:
-            runtime.broker.join(settings.queue, timeout=120_000)
+        _wait_until_done(settings.queue)
         worker.join()
     finally:
         worker.stop()
@@ -116,6 +113,27 @@ def main() -> int:
     print(f"  POIs stored           : {stored}")
     print(f"  data                  : {settings.database_url} (table pois)")
     return 0 if tally.final.get(Outcome.SUCCESS.value) and stored else 1
+
+
+def _wait_until_done(queue: str, timeout_s: float = 120.0) -> None:
+    """Until nothing is queued or parked: retried and deferred jobs wait in the parking lot, not the queue."""
+    parking = runtime.retries.parking
+    deadline = time.monotonic() + timeout_s
+
+    def join() -> None:
+        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        if isinstance(runtime.broker, StubBroker):
+            runtime.broker.join(queue, fail_fast=False, timeout=remaining_ms)
+        else:
+            runtime.broker.join(queue, timeout=remaining_ms)
+
+    while time.monotonic() < deadline:
+        join()
+        if parking is None or parking.count() == 0:
+            # A released message is enqueued before it leaves the parking lot.
+            join()
+            return
+        time.sleep(0.1)
 
 
 def _counts(counter: collections.Counter[str]) -> str:
