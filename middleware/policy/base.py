@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from middleware.backends.base import Backend
 from middleware.policy.clock import Clock, SystemClock
@@ -12,7 +12,7 @@ LimitsT = TypeVar("LimitsT")
 
 
 class Policy(Generic[LimitsT]):
-    """Base of the quota, semaphore and breaker policies.
+    """Base of the quota, semaphore and breaker policies: their state lives under ``KIND:NAME``.
 
     Parameters:
       name(str): Names the policy's state in the backend; policies of the same
@@ -22,6 +22,9 @@ class Policy(Generic[LimitsT]):
       clock(Clock): The time source.  Defaults to the system clock.
       rng(random.Random): The source of jitter.  Defaults to a new Random.
     """
+
+    #: The kind of state, first part of the backend key (``quota``, ``semaphore``, ``breaker``).
+    kind: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class Policy(Generic[LimitsT]):
         self._backend = backend
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
+        self._key = f"{self.kind}:{name}"
 
     @property
     def name(self) -> str:

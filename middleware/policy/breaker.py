@@ -13,15 +13,12 @@ call admitted before the circuit opened cannot close it again.
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from middleware.backends.base import Backend
 from middleware.policy.backoff import jittered
 from middleware.policy.base import Policy
-from middleware.policy.clock import Clock
 
 #: Compare-and-set conflicts tolerated before giving up; each conflict means
 #: another worker moved the breaker, so this is only reached under a storm.
@@ -229,17 +226,7 @@ class BreakerPolicy(Policy[BreakerLimits]):
       rng(random.Random): The source of jitter.  Defaults to a new Random.
     """
 
-    def __init__(
-        self,
-        name: str,
-        limits: BreakerLimits,
-        backend: Backend,
-        *,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(name, limits, backend, clock=clock, rng=rng)
-        self._key = f"breaker:{name}"
+    kind = "breaker"
 
     def _read(self) -> tuple[int, BreakerState]:
         version, value = self._backend.state_get(self._key)

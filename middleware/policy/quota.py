@@ -136,8 +136,10 @@ class QuotaPolicy(Policy[QuotaLimits]):
       rng(random.Random): The source of jitter.  Defaults to a new Random.
     """
 
+    kind = "quota"
+
     def _keys(self, window_start: float) -> list[str]:
-        prefix = f"quota:{self._name}:{int(window_start)}"
+        prefix = f"{self._key}:{int(window_start)}"
         return [f"{prefix}:requests", f"{prefix}:bytes"]
 
     def admit(self) -> QuotaDecision:

@@ -8,13 +8,10 @@ under it.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
-from middleware.backends.base import Backend
 from middleware.policy.base import Policy
-from middleware.policy.clock import Clock
 
 #: Longest sleep between two attempts while waiting for a permit; a release
 #: wakes a waiter sooner, this only bounds how late a missed wake-up is noticed.
@@ -102,17 +99,7 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
       rng(random.Random): The source of :meth:`retry_delay`.  Defaults to a new Random.
     """
 
-    def __init__(
-        self,
-        name: str,
-        limits: SemaphoreLimits,
-        backend: Backend,
-        *,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(name, limits, backend, clock=clock, rng=rng)
-        self._key = f"semaphore:{name}"
+    kind = "semaphore"
 
     def try_acquire(self, holder: str) -> Permit | None:
         """Take a permit if one is free right now; never waits."""
