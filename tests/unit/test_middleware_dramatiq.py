@@ -64,6 +64,13 @@ class Rig:
         finally:
             worker.stop()
 
+    def run_for(self, seconds: float, threads: int = 1) -> None:
+        """Run a worker for ``seconds``, for jobs that are meant not to finish (deferred again and again)."""
+        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
+        worker.start()
+        time.sleep(seconds)
+        worker.stop()
+
     def call(self, name: str, duration_s: float = 0.0) -> None:
         with self.lock:
             self.calls.append((name, time.time()))
@@ -319,10 +326,7 @@ def test_a_job_the_quota_denies_never_claims_the_probe(backend: Backend) -> None
     policy.record(policy.admit("seed"), success=False)
     time.sleep(0.02)
     never.send()
-    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    time.sleep(0.3)
-    worker.stop()
+    rig.run_for(0.3)
     assert rig.calls == []
     state = policy.state()
     assert state.status is BreakerStatus.OPEN and state.probe_holder is None
@@ -340,10 +344,7 @@ def test_a_denial_after_the_breaker_gives_back_the_probe_claim(backend: Backend)
     policy.record(admission, success=False)
     time.sleep(0.02)
     never.send()
-    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    time.sleep(0.3)
-    worker.stop()
+    rig.run_for(0.3)
     assert rig.calls == []
     state = policy.state()
     # The quota denied after the breaker admitted a probe: the claim is free again.
@@ -444,10 +445,7 @@ def test_an_unreachable_backend_stops_calls_and_keeps_the_job() -> None:
         rig.call("guarded")
 
     guarded.send()
-    worker = dramatiq.Worker(rig.broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    time.sleep(0.5)
-    worker.stop()
+    rig.run_for(0.5)
     assert rig.calls == []
     assert not rig.broker.dead_letters
 
