@@ -159,16 +159,11 @@ class EnrichmentPrometheus(Prometheus):
         r = self._recorders
         if r is None:
             return
-        labels = _labels(message)
+        labels, started = self._finish(r, message)
         noted = None
-        # Only what this middleware started is finished: a message stopped by
-        # an earlier middleware was never counted in progress.
-        started = self.message_start_times.pop(message.message_id, None)
         if started is not None:
             r.duration.labels(*labels).observe(current_millis() - started)
-            r.in_progress.labels(*labels).dec()
             noted = take_noted_outcome()
-        r.messages.labels(*labels).inc()
         if exception is not None and not isinstance(exception, Defer):
             r.errors.labels(*labels).inc()
             if not message.failed:
@@ -182,17 +177,25 @@ class EnrichmentPrometheus(Prometheus):
         broker: dramatiq.Broker,
         message: dramatiq.MessageProxy,
         *,
+        # The stock middleware's hook is its after_process_message, keyword arguments and all.
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
         r = self._recorders
         if r is None:
             return
+        self._finish(r, message)
+        self._count_outcome(message, Outcome.SKIPPED)
+
+    def _finish(self, r: _Recorders, message: dramatiq.MessageProxy) -> tuple[tuple[str, str], int | None]:
+        """Count the message processed; end its in-progress gauge if this middleware started it
+        (a message stopped by an earlier middleware never was). Returns its labels and start time."""
         labels = _labels(message)
-        if self.message_start_times.pop(message.message_id, None) is not None:
+        started = self.message_start_times.pop(message.message_id, None)
+        if started is not None:
             r.in_progress.labels(*labels).dec()
         r.messages.labels(*labels).inc()
-        self._count_outcome(message, Outcome.SKIPPED)
+        return labels, started
 
     def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if self._recorders is not None:

@@ -812,6 +812,11 @@ class StubOverpass:
         with self._lock:
             self._default = parsed
 
+    @property
+    def latency_s(self) -> float:
+        """Seconds every interpreter call waits before its outcome."""
+        return self._latency_s
+
     def set_latency(self, seconds: float) -> None:
         if not seconds >= 0:
             raise ValueError(f"latency must be 0 seconds or more, not {seconds!r}")

@@ -6,8 +6,7 @@ Dramatiq's ``ConcurrentRateLimiter`` alternative). The fleet itself is
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import dramatiq
@@ -51,13 +50,3 @@ def grid_boxes(
             }
         )
     return boxes
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.02) -> bool:
-    """Poll ``predicate`` until true (True) or until ``timeout_s`` passed (False)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval_s)
-    return True

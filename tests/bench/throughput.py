@@ -24,9 +24,9 @@ import psycopg
 import redis
 
 from enrichment_actors.stub_overpass import StubOverpass
-from tests.support.workers import WorkerProcesses
+from tests.support.workers import WorkerProcesses, eventually
 
-from .fleet import grid_boxes, send, sender, wait_until
+from .fleet import grid_boxes, send, sender
 
 #: POIs each answer carries (the stand-in server's ``pois_per_box``).
 POIS_PER_JOB = 20
@@ -149,8 +149,11 @@ def run_fleet(
                 row = conn.execute("SELECT count(*) FROM pois").fetchone()
                 return int(row[0]) if row else 0
 
-            if not wait_until(lambda: _first_call(stub) is not None, timeout_s=30):
-                raise RuntimeError(f"{name}: no call reached the stand-in server:\n{fleet.tail()}")
+            eventually(
+                lambda: _first_call(stub) is not None,
+                timeout_s=30,
+                message=f"{name}: a call at the stand-in server\n{fleet.tail()}",
+            )
             deadline = (_first_call(stub) or 0.0) + cap_s
             done_rows = 0
             while time.time() < deadline:

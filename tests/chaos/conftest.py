@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +10,6 @@ import dramatiq
 import psycopg
 import pytest
 import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.bench.fleet import grid_boxes, send, sender
@@ -42,6 +40,12 @@ class Chaos:
             "dramatiq_worker_timeout": "100",
             **{name.upper(): str(value) for name, value in settings.items()},
         }
+
+    def replace_stub(self, **options: Any) -> StubOverpass:
+        """A new stand-in server with ``options`` (before the workers start: they read its URL)."""
+        self.stub.stop()
+        self.stub = StubOverpass(pois_per_box=POIS_PER_JOB, **options).start()
+        return self.stub
 
     def workers(self, processes: int = 2, threads: int = 4, **settings: Any) -> WorkerProcesses:
         fleet = WorkerProcesses(self.env(**settings), processes=processes, threads=threads)
@@ -83,45 +87,8 @@ def reset_servers(redis_url: str, database_url: str) -> None:
 @pytest.fixture
 def chaos(redis_url: str, postgres_url: str) -> Iterator[Chaos]:
     reset_servers(redis_url, postgres_url)
-    with StubOverpass(pois_per_box=POIS_PER_JOB) as stub:
-        world = Chaos(redis_url, postgres_url, stub)
-        yield world
-        for fleet in world.fleets:
-            fleet.stop()
-
-
-class Sweeper:
-    """Stands in for fleet traffic: runs Dramatiq's queue maintenance on every command.
-
-    Dramatiq's Redis broker hands a dead worker's unacknowledged messages to
-    others during "maintenance", which a command triggers with probability
-    ``maintenance_chance`` / 1,000,000 (0.1 % by default); a quiet fleet may
-    take minutes to get there. This client makes it happen every 100 ms.
-    """
-
-    def __init__(self, redis_url: str, heartbeat_timeout_s: float) -> None:
-        self.broker = RedisBroker(  # type: ignore[no-untyped-call]
-            url=redis_url,
-            middleware=[],
-            maintenance_chance=1_000_000,
-            heartbeat_timeout=int(heartbeat_timeout_s * 1000),
-        )
-
-    def sweep(self) -> None:
-        for queue in (QUEUE, f"{QUEUE}.DQ"):
-            self.broker.do_qsize(queue)
-
-    def close(self) -> None:
-        self.broker.close()
-
-
-def wait_for(predicate: Any, *, timeout_s: float, sweeper: Sweeper | None = None, message: str = "") -> float:
-    """Poll until ``predicate()``; returns the seconds it took. Fails the test after ``timeout_s``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {message or predicate}")
-        if sweeper is not None:
-            sweeper.sweep()
-        time.sleep(0.1)
-    return time.monotonic() - started
+    world = Chaos(redis_url, postgres_url, StubOverpass(pois_per_box=POIS_PER_JOB).start())
+    yield world
+    for fleet in world.fleets:
+        fleet.stop()
+    world.stub.stop()

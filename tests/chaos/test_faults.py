@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from enrichment_actors.jobs import build_query, validate_job
-from tests.chaos.conftest import POIS_PER_JOB, Chaos, Sweeper, wait_for
+from tests.chaos.conftest import POIS_PER_JOB, Chaos
+from tests.support.workers import eventually
 
 pytestmark = pytest.mark.chaos
 
@@ -38,7 +39,7 @@ def test_the_quota_admits_exactly_its_limit_across_four_processes(chaos: Chaos) 
     )
     jobs = chaos.send_jobs(2000)
     client = redis.Redis.from_url(chaos.redis_url)
-    took = wait_for(
+    took = eventually(
         lambda: client.zcard(PARKED) >= 1500 and chaos.stored() >= 500 * POIS_PER_JOB,
         timeout_s=240,
         message="500 jobs stored and 1500 parked",
@@ -64,14 +65,12 @@ def test_the_quota_admits_exactly_its_limit_across_four_processes(chaos: Chaos) 
 
 
 def test_the_semaphore_never_lets_more_than_n_calls_in_flight(chaos: Chaos) -> None:
-    chaos.stub.set_latency(0.1)
-    stub = chaos.stub
     permits = 3
     # The stand-in server answers 429 to any call over its slots: an overshoot cannot hide.
-    stub._slots, stub._enforce_slots = permits, True
+    stub = chaos.replace_stub(latency_s=0.1, slots=permits, enforce_slots=True)
     chaos.workers(processes=2, threads=8, semaphore_permits=permits, semaphore_wait_s=5)
     chaos.send_jobs(150)
-    took = wait_for(lambda: chaos.stored() >= 150 * POIS_PER_JOB, timeout_s=60, message="150 jobs stored")
+    took = eventually(lambda: chaos.stored() >= 150 * POIS_PER_JOB, timeout_s=60, message="150 jobs stored")
     stats = stub.stats()
     print(
         f"\nsemaphore: N={permits}, peak {stats.peak_in_flight} in flight, {stats.calls} calls, "
@@ -93,27 +92,22 @@ def test_workers_killed_mid_call_lose_no_job_and_give_their_permits_back(chaos: 
     fleets = [chaos.workers(processes=1, threads=4, **settings) for _ in range(3)]
     jobs = 300
     chaos.send_jobs(jobs)
-    sweeper = Sweeper(chaos.redis_url, heartbeat_timeout_s=3)
     kills = []
-    try:
-        for round_ in range(4):
-            wait_for(lambda: chaos.stub.stats().in_flight > 0, timeout_s=30, message="a call in flight")
-            victim = fleets[round_ % len(fleets)]
-            pid = victim.worker_pids()[0]
-            victim.kill_worker(pid)
-            kills.append((pid, chaos.stub.stats().in_flight))
-            fleets[round_ % len(fleets)] = chaos.workers(processes=1, threads=4, **settings)
-            time.sleep(1.0)
-        took = wait_for(
-            lambda: chaos.stored() >= jobs * POIS_PER_JOB,
-            timeout_s=120,
-            sweeper=sweeper,
-            message="every job stored",
-        )
-    finally:
-        sweeper.close()
+    for round_ in range(4):
+        eventually(lambda: chaos.stub.stats().in_flight > 0, timeout_s=30, message="a call in flight")
+        victim = fleets[round_ % len(fleets)]
+        pid = victim.worker_pids()[0]
+        victim.kill_worker(pid)
+        kills.append((pid, chaos.stub.stats().in_flight))
+        fleets[round_ % len(fleets)] = chaos.workers(processes=1, threads=4, **settings)
+        time.sleep(1.0)
+    took = eventually(
+        lambda: chaos.stored() >= jobs * POIS_PER_JOB,
+        timeout_s=120,
+        message="every job stored",
+    )
     backend = RedisBackend.from_url(chaos.redis_url, namespace="enrichment")
-    permits_back = wait_for(
+    permits_back = eventually(
         lambda: backend.lease_count("semaphore:overpass", time.time()) == 0,
         timeout_s=lease_s + 1,
         message="every permit back",
@@ -144,7 +138,7 @@ def test_a_storm_of_504s_opens_the_breaker_with_one_probe_per_cooldown(chaos: Ch
     time.sleep(9.0)
     storm = sorted(r.started_at for r in chaos.stub.requests if r.path == "/api/interpreter")
     chaos.stub.set_default("ok")
-    took = wait_for(lambda: chaos.stored() >= 20 * POIS_PER_JOB, timeout_s=60, message="recovery")
+    took = eventually(lambda: chaos.stored() >= 20 * POIS_PER_JOB, timeout_s=60, message="recovery")
     # The first threshold's worth of calls opens it (calls already in flight may add to them);
     # after that, calls are probes: one per cooldown, however many processes.
     opened_at = storm[2]
@@ -217,7 +211,9 @@ def test_a_thousand_bad_jobs_are_refused_by_name_without_a_call_or_a_retry(chaos
     broker = sender(chaos.redis_url)
     send(broker, "enrichment", "enrich", payloads)
     broker.close()
-    took = wait_for(lambda: len(chaos.dead_letters()) >= len(payloads), timeout_s=120, message="all refused")
+    took = eventually(
+        lambda: len(chaos.dead_letters()) >= len(payloads), timeout_s=120, message="all refused"
+    )
     time.sleep(0.5)
     refused = [line for line in fleet.lines if "Dead-lettering message" in line]
     print(
@@ -248,14 +244,14 @@ def test_redis_and_postgresql_restarts_lose_no_job_and_no_call_goes_uncounted(ch
         chaos.fleets.append(fleet)
         jobs = 200
         world.send_jobs(jobs, origin=(30.0, 30.0))
-        wait_for(lambda: chaos.stub.stats().calls >= 40, timeout_s=60, message="the run under way")
+        eventually(lambda: chaos.stub.stats().calls >= 40, timeout_s=60, message="the run under way")
         redis_server.restart(down_s=2.0)
         calls_after_redis = chaos.stub.stats().calls
-        wait_for(
+        eventually(
             lambda: chaos.stub.stats().calls >= calls_after_redis + 40, timeout_s=60, message="calls again"
         )
         pg_server.restart(down_s=2.0)
-        took = wait_for(
+        took = eventually(
             lambda: world.stored() >= jobs * POIS_PER_JOB, timeout_s=180, message="every job stored"
         )
         time.sleep(0.5)

@@ -46,7 +46,7 @@ def enforce_slots(world: World, slots: int) -> None:
 
     assert world.stub is not None
     old = world.stub
-    world.stub = StubOverpass(slots=slots, enforce_slots=True, latency_s=old._latency_s).start()
+    world.stub = StubOverpass(slots=slots, enforce_slots=True, latency_s=old.latency_s).start()
     old.stop()
 
 

@@ -179,10 +179,11 @@ class WorkerProcesses:
 
 def eventually(
     predicate: Callable[[], object], *, timeout_s: float = 20.0, interval_s: float = 0.05, message: str = ""
-) -> None:
-    """Wait until ``predicate()`` is true; fail with ``message`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
+) -> float:
+    """Wait until ``predicate()`` is true and return the seconds it took; fail with ``message`` after ``timeout_s``."""
+    started = time.monotonic()
     while not predicate():
-        if time.monotonic() > deadline:
+        if time.monotonic() - started > timeout_s:
             raise AssertionError(f"timed out after {timeout_s}s waiting: {message or predicate}")
         time.sleep(interval_s)
+    return time.monotonic() - started
