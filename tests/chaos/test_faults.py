@@ -230,7 +230,14 @@ def test_a_thousand_bad_jobs_are_refused_by_name_without_a_call_or_a_retry(chaos
 
 def test_redis_and_postgresql_restarts_lose_no_job_and_no_call_goes_uncounted(chaos: Chaos) -> None:
     """Dedicated servers (the session's are shared): Redis with an append-only file, as a
-    deployment that must not lose queued jobs runs it, and PostgreSQL, each restarted mid-run."""
+    deployment that must not lose queued jobs runs it, and PostgreSQL, each restarted mid-run.
+
+    A known limit of Dramatiq's Redis broker: when Redis goes away between moving
+    messages into a worker's acknowledgement set and the worker receiving them,
+    those messages wait there until that worker stops (its heartbeat then lapses
+    and they are handed on). A deployment restarts workers; so does this scenario,
+    once, if jobs are still missing a minute after the restarts, and it says so.
+    No job may be lost either way."""
     from enrichment_actors.store import PoiStore
     from middleware.backends.redis import RedisBackend
     from middleware.policy.quota import QuotaLimits, QuotaPolicy
@@ -251,16 +258,32 @@ def test_redis_and_postgresql_restarts_lose_no_job_and_no_call_goes_uncounted(ch
             lambda: chaos.stub.stats().calls >= calls_after_redis + 40, timeout_s=60, message="calls again"
         )
         pg_server.restart(down_s=2.0)
-        took = eventually(
-            lambda: world.stored() >= jobs * POIS_PER_JOB, timeout_s=180, message="every job stored"
-        )
+
+        def all_stored() -> bool:
+            return world.stored() >= jobs * POIS_PER_JOB
+
+        stranded = ""
+        try:
+            took = eventually(all_stored, timeout_s=60, message="every job stored")
+        except AssertionError:
+            client = redis.Redis.from_url(redis_server.url)
+            acked = sum(client.scard(key) for key in client.keys("dramatiq:__acks__.*"))
+            client.close()
+            stranded = f"; {jobs * POIS_PER_JOB - world.stored()} POIs missing after 60 s with {acked} messages held "
+            stranded += "in live workers' acknowledgement sets: workers restarted once"
+            fleet.stop()
+            fleet = world.workers(processes=2, threads=4, semaphore_permits=4, store_max_retries=1000)
+            chaos.fleets.append(fleet)
+            took = 60 + eventually(
+                all_stored, timeout_s=120, message="every job stored after a worker restart"
+            )
         time.sleep(0.5)
         backend = RedisBackend.from_url(redis_server.url, namespace="enrichment")
         counted = QuotaPolicy("overpass", QuotaLimits(requests=10_000), backend).usage().requests_used
         calls = chaos.stub.stats().calls
         print(
             f"\nrestarts: Redis after {calls_after_redis} calls, PostgreSQL later; {calls} calls for {jobs} jobs, "
-            f"quota counted {counted}, {world.stored()} POIs stored, done {took:.1f}s after the restarts"
+            f"quota counted {counted}, {world.stored()} POIs stored, done {took:.1f}s after the restarts{stranded}"
         )
         assert world.stored() == jobs * POIS_PER_JOB
         assert world.dead_letters() == []
