@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := enrichment_actors middleware
-APT_PACKAGES := redis-server postgresql prometheus
+APT_PACKAGES := redis-server postgresql prometheus faketime
 
 .PHONY: install servers demo test unit features promtool-test check-fmt fmt lint bench chaos clean
 
@@ -18,7 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	@touch $(STAMP)
 
-# Server binaries the tests start themselves; installed with apt-get when
+# Server binaries the tests start themselves (and libfaketime, which skews a
+# worker's clock in the fleet-clock tests); installed with apt-get when
 # missing and we are root (CI is), otherwise a clear message says what to do.
 # policy-rc.d keeps the packages from starting their own services: the tests
 # start theirs on free ports, and 5432/6379 belong to whoever runs this (a
@@ -29,6 +30,7 @@ servers:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "Installing$$missing with apt-get"; \
