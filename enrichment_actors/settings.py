@@ -130,6 +130,21 @@ TABLE: tuple[Setting, ...] = (
     Setting(
         "STORE_MAX_RETRIES", "20", "Retries of storing fetched POIs (never refetched) before dead-lettering"
     ),
+    Setting(
+        "MESSAGE_MAX_BYTES",
+        "1048576",
+        "Largest message the product enqueues (1 MiB); a bigger `enrich` is refused at send",
+    ),
+    Setting(
+        "STAGE_CHUNK_BYTES",
+        "1048576",
+        "Fetched POIs are staged in chunks of at most this much JSON: what one store step holds",
+    ),
+    Setting(
+        "STAGE_TTL_S",
+        "86400",
+        "How long staged POIs wait for the database; must exceed STORE_MAX_RETRIES x RETRY_MAX_BACKOFF_S",
+    ),
 )
 
 
@@ -169,6 +184,9 @@ class Settings:
     retry_min_backoff_s: float
     retry_max_backoff_s: float
     store_max_retries: int
+    message_max_bytes: int
+    stage_chunk_bytes: int
+    stage_ttl_s: float
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, demo)."""
@@ -220,6 +238,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     default_tags = tuple(tag.strip() for tag in raw["ENRICH_DEFAULT_TAGS"].split(",") if tag.strip())
     if not default_tags:
         raise SettingsError("ENRICH_DEFAULT_TAGS is empty: name at least one tag, e.g. amenity,shop.")
+    # Staged POIs must outlive every retry of their store step, or a long
+    # database outage would lose them (and only a refetch could bring them back).
+    store_retries = read("STORE_MAX_RETRIES", int, non_negative, "a whole number >= 0")
+    stage_ttl = read("STAGE_TTL_S", float, positive, "seconds > 0")
+    if stage_ttl <= store_retries * max_backoff:
+        raise SettingsError(
+            f"STAGE_TTL_S={stage_ttl:g} must exceed STORE_MAX_RETRIES x RETRY_MAX_BACKOFF_S "
+            f"= {store_retries * max_backoff:g}: staged POIs would expire while their store is still retried."
+        )
     return Settings(
         database_url=read("DATABASE_URL", str, _is_database_url, "postgresql://... or sqlite:///path"),
         redis_url=read(
@@ -263,7 +290,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retry_max=read("RETRY_MAX", int, non_negative, "a whole number >= 0"),
         retry_min_backoff_s=min_backoff,
         retry_max_backoff_s=max_backoff,
-        store_max_retries=read("STORE_MAX_RETRIES", int, non_negative, "a whole number >= 0"),
+        store_max_retries=store_retries,
+        message_max_bytes=read("MESSAGE_MAX_BYTES", int, lambda v: v >= 4096, "a number of bytes >= 4096"),
+        stage_chunk_bytes=read("STAGE_CHUNK_BYTES", int, lambda v: v >= 1024, "a number of bytes >= 1024"),
+        stage_ttl_s=stage_ttl,
     )
 
 
