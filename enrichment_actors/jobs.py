@@ -2,8 +2,14 @@
 
 Everything a caller sends is checked here before any quota is spent or any
 request leaves the process: an invalid job fails at once, by name, and is
-never retried. Tag keys and values are escaped into QL string literals, so a
-tag cannot inject Overpass QL.
+never retried, whatever the payload (a number too large for a float, text
+that is not valid Unicode, any JSON value where a list was expected). Tag keys
+and values are escaped into QL string literals, so a tag cannot inject
+Overpass QL.
+
+Coordinates live on OSM's own grid of 1e-7 degrees (what OSM stores and what
+the query text carries): a box is snapped to it when validated, and splitting
+is integer arithmetic on it, so a box splits the same wherever it lies.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 BBOX_KEYS = ("south", "west", "north", "east")
+#: Grid units per degree: OSM stores coordinates as whole multiples of 1e-7 degrees.
+GRID = 10_000_000
+_HALF_TURN = 180 * GRID
+_TURN = 360 * GRID
 _MAX_TEXT = 255
+#: Longest excerpt of a caller's value quoted in an error message.
+_SHOWN = 60
 # Characters that have no business in an OSM key or value and that Overpass QL
 # would need escapes for beyond quote and backslash.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -23,6 +35,16 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 class InvalidJob(ValueError):
     """The job cannot be run as asked. The message says what to change."""
+
+
+def to_grid(degrees: float) -> int:
+    """``degrees`` in whole grid units (1e-7 degrees), rounded to the nearest."""
+    return round(degrees * GRID)
+
+
+def from_grid(units: int) -> float:
+    """Grid units back to degrees: the float nearest the exact decimal (``488500000`` -> ``48.85``)."""
+    return units / GRID
 
 
 @dataclass(frozen=True)
@@ -39,16 +61,32 @@ class BBox:
         return self.west > self.east
 
     @property
+    def grid(self) -> tuple[int, int, int, int]:
+        """South, west, north, east in grid units (1e-7 degrees)."""
+        return to_grid(self.south), to_grid(self.west), to_grid(self.north), to_grid(self.east)
+
+    @property
+    def width_units(self) -> int:
+        """Width in grid units, eastwards from west to east (across the antimeridian if need be)."""
+        _, west, _, east = self.grid
+        return (east - west) % _TURN or (_TURN if east != west else 0)
+
+    @property
+    def height_units(self) -> int:
+        return to_grid(self.north) - to_grid(self.south)
+
+    @property
     def width_deg(self) -> float:
-        return (self.east - self.west) % 360.0 or (360.0 if self.east != self.west else 0.0)
+        return from_grid(self.width_units)
 
     @property
     def height_deg(self) -> float:
-        return self.north - self.south
+        return from_grid(self.height_units)
 
     @property
     def area_deg2(self) -> float:
-        return self.width_deg * self.height_deg
+        # One division of exact integers: 0.1 x 2.5 degrees is 0.25, not 0.25000000000000006.
+        return self.width_units * self.height_units / GRID**2
 
     def parts(self) -> tuple[BBox, ...]:
         """The box as Overpass can take it: two boxes when it crosses the antimeridian."""
@@ -60,19 +98,23 @@ class BBox:
         )
 
     def quarters(self) -> tuple[BBox, ...]:
-        """The four boxes a too-large query is split into."""
-        mid_lat = self.south + self.height_deg / 2
-        mid_lon = self.west + self.width_deg / 2
-        if mid_lon > 180.0:
-            mid_lon -= 360.0
+        """The four boxes a too-large query is split into, on the grid: they share their edges exactly."""
+        south, west, north, east = self.grid
+        mid_lat = south + self.height_units // 2
+        mid_lon = west + self.width_units // 2
+        if mid_lon > _HALF_TURN:
+            mid_lon -= _TURN
         # The eastern halves start at -180 rather than 180 when the split falls
         # on the antimeridian, so no child is a box of zero width.
-        east_start = -180.0 if mid_lon == 180.0 else mid_lon
+        east_start = -_HALF_TURN if mid_lon == _HALF_TURN else mid_lon
+        s, w, n, e, m_lat, m_lon, e_start = map(
+            from_grid, (south, west, north, east, mid_lat, mid_lon, east_start)
+        )
         return (
-            BBox(self.south, self.west, mid_lat, mid_lon),
-            BBox(self.south, east_start, mid_lat, self.east),
-            BBox(mid_lat, self.west, self.north, mid_lon),
-            BBox(mid_lat, east_start, self.north, self.east),
+            BBox(s, w, m_lat, m_lon),
+            BBox(s, e_start, m_lat, e),
+            BBox(m_lat, w, n, m_lon),
+            BBox(m_lat, e_start, n, e),
         )
 
     def as_dict(self) -> dict[str, float]:
@@ -111,8 +153,13 @@ class Job:
         return {"bbox": self.bbox.as_dict(), "tags": [str(tag) for tag in self.tags], "depth": self.depth}
 
     def split(self, min_tile_deg: float) -> tuple[Job, ...]:
-        """Four child jobs, or none when a quarter would be smaller than ``min_tile_deg``."""
-        if min(self.bbox.width_deg, self.bbox.height_deg) / 2 < min_tile_deg:
+        """Four child jobs, or none when a quarter would be smaller than ``min_tile_deg``.
+
+        Compared in grid units, so a box 0.02 degrees wide splits at a 0.01 tile
+        whether its float width came out as 0.02 or 0.019999999999999574.
+        """
+        smallest = max(1, to_grid(min_tile_deg))
+        if min(self.bbox.width_units, self.bbox.height_units) // 2 < smallest:
             return ()
         return tuple(Job(quarter, self.tags, self.depth + 1) for quarter in self.bbox.quarters())
 
@@ -139,7 +186,7 @@ def validate_job(bbox: Any, tags: Any = None, *, depth: Any = 0, limits: JobLimi
     box = _validate_bbox(bbox, limits)
     filters = _validate_tags(limits.default_tags if tags is None else tags, limits)
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 32:
-        raise InvalidJob(f"depth must be a whole number from 0 to 32, got {depth!r}.")
+        raise InvalidJob(f"depth must be a whole number from 0 to 32, got {_show(depth)}.")
     return Job(box, filters, depth)
 
 
@@ -162,16 +209,12 @@ def _validate_bbox(bbox: Any, limits: JobLimits) -> BBox:
     keys = set(bbox)
     if keys != set(BBOX_KEYS):
         missing = ", ".join(k for k in BBOX_KEYS if k not in keys) or "none"
-        extra = ", ".join(sorted(map(str, keys - set(BBOX_KEYS)))) or "none"
+        extra = ", ".join(sorted(k if isinstance(k, str) else _show(k) for k in keys - set(BBOX_KEYS)))
         raise InvalidJob(
-            f"bbox must have exactly south, west, north, east (missing: {missing}; unknown: {extra})."
+            f"bbox must have exactly south, west, north, east (missing: {missing}; unknown: {extra or 'none'})."
         )
-    values = {}
-    for key in BBOX_KEYS:
-        value = bbox[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidJob(f"bbox {key} must be a finite number of degrees, got {value!r}.")
-        values[key] = float(value)
+    # Snapped to the grid: what the query carries, and what splitting works on.
+    values = {key: from_grid(to_grid(_degrees(key, bbox[key]))) for key in BBOX_KEYS}
     for key in ("south", "north"):
         if not -90.0 <= values[key] <= 90.0:
             raise InvalidJob(f"bbox {key}={values[key]:g} is outside [-90, 90]: latitudes are in degrees.")
@@ -193,6 +236,19 @@ def _validate_bbox(bbox: Any, limits: JobLimits) -> BBox:
     return box
 
 
+def _degrees(key: str, value: Any) -> float:
+    """A coordinate as a float, or InvalidJob: never OverflowError (an int of 400 digits) or TypeError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidJob(f"bbox {key} must be a finite number of degrees, got {_show(value)}.")
+    try:
+        degrees = float(value)
+    except OverflowError:
+        degrees = math.inf
+    if not math.isfinite(degrees):
+        raise InvalidJob(f"bbox {key} must be a finite number of degrees, got {_show(value)}.")
+    return degrees
+
+
 def _validate_tags(tags: Any, limits: JobLimits) -> tuple[TagFilter, ...]:
     if isinstance(tags, str) or not isinstance(tags, Sequence):
         raise InvalidJob(f'tags must be a list of "key" or "key=value" strings, got {type(tags).__name__}.')
@@ -205,7 +261,7 @@ def _validate_tags(tags: Any, limits: JobLimits) -> tuple[TagFilter, ...]:
 
 def _parse_tag(tag: Any) -> TagFilter:
     if not isinstance(tag, str):
-        raise InvalidJob(f'each tag must be a "key" or "key=value" string, got {tag!r}.')
+        raise InvalidJob(f'each tag must be a "key" or "key=value" string, got {_show(tag)}.')
     key, sep, value = tag.partition("=")
     _check_text("tag key", key, tag)
     if not sep:
@@ -216,11 +272,28 @@ def _parse_tag(tag: Any) -> TagFilter:
 
 def _check_text(what: str, text: str, tag: str) -> None:
     if not text or text != text.strip():
-        raise InvalidJob(f"{what} in {tag!r} is empty or has surrounding spaces.")
+        raise InvalidJob(f"{what} in {_show(tag)} is empty or has surrounding spaces.")
     if len(text) > _MAX_TEXT:
-        raise InvalidJob(f"{what} in {tag[:40]!r}... is longer than {_MAX_TEXT} characters (the OSM limit).")
+        raise InvalidJob(f"{what} in {_show(tag)} is longer than {_MAX_TEXT} characters (the OSM limit).")
     if _CONTROL.search(text):
-        raise InvalidJob(f"{what} in {tag!r} contains control characters.")
+        raise InvalidJob(f"{what} in {_show(tag)} contains control characters.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate: JSON can carry it ("\ud800"), but it is not text
+        # and no request can send it.
+        raise InvalidJob(
+            f"{what} in {_show(tag)} is not valid Unicode text (it contains a lone surrogate)."
+        ) from None
+
+
+def _show(value: Any) -> str:
+    """A caller's value for an error message: short, and never an error itself."""
+    try:
+        text = repr(value)
+    except Exception:  # e.g. an int with more digits than Python prints, or nesting too deep
+        text = f"<{type(value).__name__} that cannot be shown>"
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def _quote(text: str) -> str:
