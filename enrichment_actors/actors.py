@@ -2,24 +2,30 @@
 
 A job is a chain of three messages so that each step holds only what it
 needs: the fetch is the only step under the quota, the semaphore and the
-breaker, and holds its permit only while the call is in flight; the store
-step gets the fetched POIs in its message, so a database failure is retried
-without a second Overpass call.
+breaker, and holds its permit only while the call is in flight. The fetch
+stages its answer (:mod:`.staging`) before handing it on, and the store
+messages carry only a reference to a bounded chunk of it: a database
+failure is retried without a second Overpass call, and so is a fetch whose
+hand-off failed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from middleware.deferral import Defer
+from middleware.failpoints import failpoint
 from middleware.semaphore import release_permit_early
-from middleware.usage import charge_bytes
+from middleware.usage import charge_bytes, report_no_call
 
 from .jobs import InvalidJob, Job, build_query, validate_job
+from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
 from .overpass_client import FetchResult, OverpassClient
 from .overpass_responses import (
@@ -33,9 +39,23 @@ from .overpass_responses import (
 )
 from .overpass_status import StatusUnavailable
 from .runtime import OVERPASS, runtime
+from .staging import (
+    Stage,
+    Staged,
+    StagedAnswerMissing,
+    derived_message_id,
+    retry_until_reachable,
+    stage_key,
+    stash_for,
+)
 
 logger = logging.getLogger(__name__)
 settings = runtime.settings
+
+# The fetch finds its stage by its message id; every message is bounded.
+for _middleware in (CurrentMessage(), MessageSizeLimit(settings.message_max_bytes)):
+    if not any(isinstance(m, type(_middleware)) for m in runtime.broker.middleware):
+        runtime.broker.add_middleware(_middleware)
 
 
 def retry_when(retries: int, exception: BaseException) -> bool:
@@ -66,8 +86,17 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, **unexpected: Any) ->
     max_backoff=int(settings.retry_max_backoff_s * 1000),
 )
 def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
-    """One Overpass call for an already validated job; hands the POIs to store_pois."""
+    """One Overpass call for an already validated job; stages the POIs and hands them to store_pois."""
     job = validate_job(bbox, tags, depth=depth, limits=runtime.job_limits)
+    stage = _stage()
+    staged = stage.load()
+    if staged is not None:
+        # A retry or redelivery of a fetch that had its answer: no second
+        # call, only the hand-off of what was not handed on yet.
+        report_no_call()
+        release_permit_early()
+        _hand_on(job, stage, staged)
+        return
     query = build_query(job, timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
     client = runtime.client()
     try:
@@ -79,24 +108,48 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
     except RateLimited as exc:
         raise Defer(_rate_limit_pause_s(), reason=Outcome.RATE_LIMITED.value) from exc
     except QueryTooLarge:
-        if not _split(job):
+        if not _split(job, stage):
             raise
         return
     # The call is over: the next one may start while this job hands its POIs on.
     release_permit_early()
     charge_bytes(result.response_bytes)
-    store_pois.send(job=job.as_message(), pois=[list(poi) for poi in result.parsed.pois])
+    failpoint("fetch.answered")
+    chunk_bytes = runtime.settings.stage_chunk_bytes
+    staged = retry_until_reachable(
+        "stage the fetched POIs", lambda: stage.put_pois(result.parsed.pois, chunk_bytes=chunk_bytes)
+    )
+    _hand_on(job, stage, staged)
 
 
 @dramatiq.actor(
     queue_name=settings.queue,
+    throws=(StagedAnswerMissing,),
     max_retries=settings.store_max_retries,
     min_backoff=int(settings.retry_min_backoff_s * 1000),
     max_backoff=int(settings.retry_max_backoff_s * 1000),
 )
-def store_pois(job: dict[str, Any], pois: list[list[Any]]) -> None:
-    """Upsert fetched POIs; retried on database errors without calling Overpass again."""
-    runtime.metrics.count_pois_upserted(runtime.store().upsert(pois))
+def store_pois(
+    job: dict[str, Any], stage: str | None = None, chunk: int = 0, pois: list[list[Any]] | None = None
+) -> None:
+    """Upsert one staged chunk of fetched POIs; retried on database errors without calling Overpass again.
+
+    ``pois`` is the form of messages sent before answers were staged: the POIs themselves.
+    """
+    if stage is None:
+        runtime.metrics.count_pois_upserted(runtime.store().upsert(pois or []))
+        return
+    staged = _stage(stage)
+    rows = staged.load_chunk(chunk)
+    if rows is None:
+        # A copy of a message handed on twice (its sender died before noting it sent).
+        logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, stage)
+        return
+    stored = runtime.store().upsert(rows)
+    failpoint("store.upserted")
+    staged.mark_stored(chunk)
+    runtime.metrics.count_pois_upserted(stored)
+    logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, stage)
 
 
 def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
@@ -111,14 +164,43 @@ def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
     return result
 
 
-def _split(job: Job) -> bool:
+def _stage(key: str | None = None) -> Stage:
+    """The stage of the fetch message running now (or the one named ``key``)."""
+    s = runtime.settings
+    return Stage(stash_for(s.state_backend, s.redis_url), key or stage_key(), ttl_s=s.stage_ttl_s)
+
+
+def _hand_on(job: Job, stage: Stage, staged: Staged) -> None:
+    """Send what the stage holds and was not sent yet, noting each send: a retry sends only the rest.
+
+    Each message has an id derived from the stage, so a copy sent twice (the
+    sender died between sending and noting) is the same job, not a new one.
+    """
+    if staged.children:
+        children = job.split(settings.min_tile_deg)
+        messages = [fetch_pois.message(**child.as_message()) for child in children]
+        role = "child"
+    else:
+        message = job.as_message()
+        messages = [store_pois.message(job=message, stage=stage.key, chunk=i) for i in range(staged.chunks)]
+        role = "chunk"
+    for index in staged.pending:
+        derived = messages[index].copy(message_id=derived_message_id(stage.key, role, index))
+        runtime.broker.enqueue(derived)
+        retry_until_reachable("note a hand-off", functools.partial(stage.mark_sent, index))
+        failpoint("fetch.sent")
+    if staged.children:
+        note_outcome(Outcome.SPLIT)
+    failpoint("fetch.handed_off")
+
+
+def _split(job: Job, stage: Stage) -> bool:
     """Send the four quarters of a too-large job; False when it is already at the smallest tile."""
     children = job.split(settings.min_tile_deg)
-    for child in children:
-        fetch_pois.send(**child.as_message())
     if children:
-        note_outcome(Outcome.SPLIT)
         logger.info("Query too large for %s: split into %d tiles.", job.bbox, len(children))
+        staged = retry_until_reachable("note the split", lambda: stage.put_split(len(children)))
+        _hand_on(job, stage, staged)
     return bool(children)
 
 

@@ -1,0 +1,207 @@
+"""Staged answers: bounded chunks in the state backend, resumable hand-offs, bounded messages and log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import BrokerConnectionError
+
+from enrichment_actors.message_limit import MessageSizeLimit, MessageTooLarge
+from enrichment_actors.staging import (
+    MemoryStash,
+    RedisStash,
+    Stage,
+    StagedAnswerMissing,
+    Stash,
+    decode_chunk,
+    encode_chunks,
+)
+from enrichment_actors.stub_overpass import StubOverpass
+from tests.support.workers import eventually, free_port
+
+POI = ["node", 1, 48.85, 2.29, {"amenity": "cafe", "name": "Café du Parc"}]
+#: A box of about 19,000 POIs: some 3 MB of JSON, several 1 MiB chunks.
+BIG_BOX = {"south": 48.0, "west": 2.0, "north": 48.5, "east": 2.5}
+
+
+def pois(count: int) -> list[list[Any]]:
+    return [
+        ["node", i, 48.0 + i * 1e-6, 2.0, {"amenity": "cafe", "name": f"Café n° {i}"}] for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("count", "max_bytes"), [(0, 1024), (1, 1024), (50, 1024), (1000, 4096), (1000, 1 << 20)]
+)
+def test_chunks_are_bounded_and_give_back_every_poi(count: int, max_bytes: int) -> None:
+    chunks = list(encode_chunks(pois(count), max_bytes))
+    decoded = [decode_chunk(chunk) for chunk in chunks]
+    assert [p for chunk in decoded for p in chunk] == pois(count)
+    assert all(
+        len(json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))) <= max_bytes for chunk in decoded
+    )
+    # No POIs still make one (empty) chunk: the job ends with a store step.
+    assert len(chunks) >= 1
+
+
+def test_a_poi_bigger_than_a_chunk_goes_alone() -> None:
+    big = ["way", 7, 1.0, 2.0, {"description": "x" * 5000}]
+    decoded = [decode_chunk(c) for c in encode_chunks([POI, big, POI], 1024)]
+    assert decoded == [[POI], [big], [POI]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def stash(request: pytest.FixtureRequest) -> Iterator[Stash]:
+    if request.param == "memory":
+        yield MemoryStash()
+        return
+    request.getfixturevalue("redis_client")
+    redis_stash = RedisStash.from_url(request.getfixturevalue("redis_url"), namespace="test")
+    yield redis_stash
+    redis_stash.client.close()
+
+
+def test_a_stage_holds_an_answer_until_every_chunk_is_stored(stash: Stash) -> None:
+    stage = Stage(stash, "fetch:m1", ttl_s=60)
+    assert stage.load() is None
+    staged = stage.put_pois(pois(100), chunk_bytes=2048)
+    assert staged.chunks > 2 and staged.pending == list(range(staged.chunks))
+    stage.mark_sent(0)
+    reloaded = stage.load()
+    assert reloaded is not None and reloaded.pending == list(range(1, staged.chunks))
+    rows = [row for i in range(staged.chunks) for row in stage.load_chunk(i) or []]
+    assert rows == pois(100)
+    done = [stage.mark_stored(i) for i in range(staged.chunks)]
+    assert done == [False] * (staged.chunks - 1) + [True]
+    # Stored chunks are deleted; a copy of a store message finds them stored, not lost.
+    assert stage.load_chunk(0) is None
+    assert not any(name.startswith("chunk:") for name in stash.look("fetch:m1", [])[0])
+
+
+def test_a_chunk_that_expired_is_reported_not_taken_for_stored() -> None:
+    now = [0.0]
+    stage = Stage(MemoryStash(clock=lambda: now[0]), "fetch:m2", ttl_s=60)
+    stage.put_pois([POI], chunk_bytes=1024)
+    now[0] = 61.0
+    with pytest.raises(StagedAnswerMissing, match="STAGE_TTL_S"):
+        stage.load_chunk(0)
+
+
+def test_redis_stages_expire_with_the_ttl(redis_client: Any, redis_url: str) -> None:
+    stage = Stage(RedisStash.from_url(redis_url, namespace="test"), "fetch:m3", ttl_s=120)
+    stage.put_pois([POI], chunk_bytes=1024)
+    assert 115_000 < redis_client.pttl("test:stage:fetch:m3") <= 120_000
+
+
+def test_a_message_over_the_bound_is_refused_at_send() -> None:
+    broker = StubBroker()
+    broker.add_middleware(MessageSizeLimit(4096))
+
+    @dramatiq.actor(broker=broker)
+    def job(tags: list[str]) -> None:
+        pass
+
+    job.send(tags=["amenity"])
+    with pytest.raises(MessageTooLarge, match="MESSAGE_MAX_BYTES=4096"):
+        job.send(tags=["x" * 5000])
+    # A message that was processed before exists nowhere else: never refused.
+    job.send_with_options(kwargs={"tags": ["x" * 5000]}, retries=1)
+
+
+# --- The actors, in this process ------------------------------------------------------------------
+
+
+class SizeRecorder(dramatiq.Middleware):
+    """Records the encoded size of every message enqueued."""
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[str, int]] = []
+
+    def before_enqueue(self, broker: Any, message: dramatiq.Message[Any], delay: int) -> None:
+        self.sizes.append((message.actor_name, len(message.encode())))
+
+
+@pytest.fixture
+def product(redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, StubOverpass]]:
+    """The product in this process: its broker on the test Redis, Overpass the stand-in, the database down."""
+    from enrichment_actors import runtime
+    from enrichment_actors.overpass_client import OverpassClient
+    from enrichment_actors.store import PoiStore
+
+    stub = StubOverpass().start()
+    monkeypatch.setattr(
+        runtime,
+        "_client",
+        OverpassClient(stub.interpreter_url, user_agent="tests/staging", http_timeout_s=60),
+    )
+    monkeypatch.setattr(runtime, "_store", PoiStore(f"postgresql://postgres@127.0.0.1:{free_port()}/down"))
+    try:
+        yield runtime, stub
+    finally:
+        stub.stop()
+
+
+def test_a_failed_hand_off_is_resumed_without_a_second_call(
+    product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 5: the broker drops at the second store message; the retried fetch sends only the rest."""
+    from enrichment_actors import actors, fetch_pois
+
+    runtime, stub = product
+    monkeypatch.setattr(actors, "stage_key", lambda: "fetch:resumed")
+    sent: list[dramatiq.Message[Any]] = []
+
+    def enqueue_failing_once(message: dramatiq.Message[Any], delay: int | None = None) -> None:
+        if len(sent) == 1 and not getattr(enqueue_failing_once, "failed", False):
+            enqueue_failing_once.failed = True  # type: ignore[attr-defined]
+            raise BrokerConnectionError("connection to the broker dropped")  # type: ignore[no-untyped-call]
+        sent.append(message)
+
+    monkeypatch.setattr(runtime.broker, "enqueue", enqueue_failing_once)
+    monkeypatch.setattr(runtime, "settings", runtime.settings.replace(stage_chunk_bytes=20_000))
+    box = {"south": 48.0, "west": 2.0, "north": 48.05, "east": 2.05}
+    with pytest.raises(BrokerConnectionError):
+        fetch_pois.fn(box, ["amenity", "shop"])
+    fetch_pois.fn(box, ["amenity", "shop"])
+
+    assert stub.stats().calls == 1
+    chunks = [message.kwargs["chunk"] for message in sent]
+    assert len(chunks) > 1 and sorted(chunks) == list(range(len(chunks)))
+    assert len({message.message_id for message in sent}) == len(sent)
+
+
+def test_a_failing_store_logs_short_lines_and_no_message_is_over_the_bound(
+    product: tuple[Any, StubOverpass], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 7: a 3 MB answer with the database down: every message and log line stays small."""
+    from enrichment_actors import fetch_pois, store_pois
+
+    runtime, stub = product
+    recorder = SizeRecorder()
+    runtime.broker.middleware.append(recorder)
+    caplog.set_level(logging.INFO)
+    worker = dramatiq.Worker(runtime.broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        fetch_pois.send(bbox=BIG_BOX, tags=["amenity", "shop"])
+
+        def failed_stores() -> int:
+            return sum("Could not store" in r.getMessage() for r in caplog.records)
+
+        eventually(lambda: failed_stores() >= 2, timeout_s=60, message="two failed store attempts")
+    finally:
+        worker.stop()
+        runtime.broker.middleware.remove(recorder)
+
+    longest = max(len(line) for line in caplog.text.splitlines())
+    assert longest < 2000, f"a log line of {longest} characters"
+    assert max(size for _, size in recorder.sizes) <= runtime.settings.message_max_bytes
+    assert stub.stats().calls == 1
+    stores = [size for actor, size in recorder.sizes if actor == store_pois.actor_name]
+    assert len(stores) >= 2, "the answer should span several chunks"
