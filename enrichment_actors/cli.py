@@ -1,15 +1,25 @@
-"""The ``enrichment`` console script: enqueue, status, demo, stub-overpass."""
+"""The ``enrichment`` console script: enqueue, status, demo, stub-overpass.
+
+Failures a user can fix (an invalid job or setting, an unreachable Redis)
+end in one line on stderr saying what to check, and a non-zero exit status;
+never a traceback, and never a password.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import os
+import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
+
+#: Options whose value may start with a minus sign (southern and western hemispheres).
+_SIGNED_OPTIONS = ("--bbox",)
+_NEGATIVE_NUMBER = re.compile(r"-\.?\d")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,17 +50,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--slots", type=int, default=2, help="rate limit reported by /api/status (0 = unlimited)"
     )
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_signed_values(sys.argv[1:] if argv is None else argv))
     if args.command == "enqueue":
-        return _enqueue(args.bbox, args.tags)
+        return _fail_clearly(lambda: _enqueue(args.bbox, args.tags))
     if args.command == "status":
-        return _status()
+        return _fail_clearly(_status)
     if args.command == "demo":
         return _demo()
     from .stub_overpass import serve_forever
 
     serve_forever(args.port, host=args.host, latency_s=args.latency, slots=args.slots)
     return 0
+
+
+def _attach_signed_values(argv: Sequence[str]) -> list[str]:
+    """``--bbox -34.61,-58.39,...`` as ``--bbox=-34.61,-58.39,...``.
+
+    argparse takes an argument that starts with ``-`` for an option, unless
+    it is a plain negative number: a box south of the equator or west of
+    Greenwich would be refused with "expected one argument".
+    """
+    args = list(argv)
+    for i, arg in enumerate(args[:-1]):
+        if arg in _SIGNED_OPTIONS and _NEGATIVE_NUMBER.match(args[i + 1]):
+            args[i : i + 2] = [f"{arg}={args[i + 1]}", ""]
+    return [arg for arg in args if arg != ""]
+
+
+def _fail_clearly(command: Callable[[], int]) -> int:
+    """Run ``command``; a settings error or an unreachable Redis becomes one line on stderr and status 1."""
+    import redis
+    from dramatiq.errors import BrokerConnectionError
+
+    from middleware.backends.base import BackendUnavailable
+    from middleware.redaction import redact
+
+    from .settings import SettingsError
+
+    try:
+        return command()
+    except SettingsError as exc:
+        print(f"enrichment: {exc}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as exc:
+        print(f"enrichment: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except (redis.RedisError, BrokerConnectionError) as exc:
+        # The broker's own errors name no URL: say which one was used.
+        from . import runtime
+
+        url = runtime.settings.redis_url
+        reason = redact(_one_line(str(exc)), url)
+        print(
+            f"enrichment: Redis at {redact(url)} cannot be reached ({reason}). "
+            "Check that the server is running and that REDIS_URL (host, port, password, TLS) points at it.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
