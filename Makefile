@@ -48,10 +48,12 @@ servers:
 demo: install
 	$(BIN)/enrichment demo
 
-# Every test: unit, behaviour (pytest-bdd), the chaos scenarios (they fit in
-# CI's time), and the promtool rule tests. Benchmarks are `make bench`.
+# Every test: unit, behaviour (pytest-bdd), the chaos scenarios and the quick
+# sizes of the contention scenarios (they fit in CI's time), and the promtool
+# rule tests. Benchmarks are `make bench`; the long (soak) contention runs,
+# `make chaos`.
 test: install
-	$(BIN)/pytest -q -m "not bench"
+	$(BIN)/pytest -q -m "not bench and not soak"
 	$(MAKE) --no-print-directory promtool-test
 
 promtool-test: servers
@@ -72,6 +74,7 @@ lint: install
 bench: install
 	$(PY) -m tests.bench
 
+# Fault and contention scenarios, quick and soak sizes; `-s` shows their figures.
 chaos: install
 	$(BIN)/pytest -q -m chaos -p no:randomly tests/chaos
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,11 @@ class Chaos:
         self.stub = StubOverpass(pois_per_box=POIS_PER_JOB, **options).start()
         return self.stub
 
-    def workers(self, processes: int = 2, threads: int = 4, **settings: Any) -> WorkerProcesses:
-        fleet = WorkerProcesses(self.env(**settings), processes=processes, threads=threads)
+    def workers(
+        self, processes: int = 2, threads: int = 4, *, modules: Sequence[str] = (), **settings: Any
+    ) -> WorkerProcesses:
+        """A started fleet with ``settings`` (lower-case setting names) and extra ``modules``."""
+        fleet = WorkerProcesses(self.env(**settings), modules=modules, processes=processes, threads=threads)
         self.fleets.append(fleet)
         return fleet.start()
 
@@ -70,6 +73,12 @@ class Chaos:
             return [dramatiq.Message.decode(raw) for raw in client.hvals(f"dramatiq:{QUEUE}.XQ.msgs")]
         finally:
             client.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: long contention runs, in `make chaos` only (`make test` runs their quick sizes)"
+    )
 
 
 def reset_servers(redis_url: str, database_url: str) -> None:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +61,8 @@ class WorkerProcesses:
     Parameters:
       env: environment variables on top of this process's and of ``defaults``.
       module: what the CLI imports (benchmarks run other actor modules side by side).
+      modules: more modules each worker process imports after ``module``, say
+        ``["tests.support.hog"]`` (a CPU hog beside the worker threads).
       processes, threads: as the CLI's ``--processes`` and ``--threads``.
       defaults: settings beneath ``env`` (default :data:`FAST_SETTINGS`; benchmarks pass their own).
       verbose: the CLI's ``--verbose``.
@@ -71,6 +73,7 @@ class WorkerProcesses:
         env: Mapping[str, str],
         *,
         module: str = "enrichment_actors",
+        modules: Sequence[str] = (),
         processes: int = 1,
         threads: int = 4,
         defaults: Mapping[str, str] = FAST_SETTINGS,
@@ -84,6 +87,7 @@ class WorkerProcesses:
         }
         self.env = {**os.environ, **defaults, **metrics_env, **env, "PYTHONUNBUFFERED": "1"}
         self.module = module
+        self.modules = list(modules)
         self.processes = processes
         self.threads = threads
         self.verbose = verbose
@@ -98,7 +102,7 @@ class WorkerProcesses:
 
     def start(self, timeout_s: float = 60.0) -> WorkerProcesses:
         command = [
-            sys.executable, "-m", "dramatiq", self.module,
+            sys.executable, "-m", "dramatiq", self.module, *self.modules,
             "--processes", str(self.processes), "--threads", str(self.threads),
             "--worker-shutdown-timeout", "5000", *(["--verbose"] if self.verbose else []),
         ]  # fmt: skip

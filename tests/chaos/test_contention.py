@@ -1,0 +1,605 @@
+"""Contention scenarios: the parking, quota, semaphore and breaker protocols under load.
+
+Each scenario runs real ``dramatiq`` worker processes (2 processes x 8
+threads) on the session's Redis and PostgreSQL and the stand-in Overpass
+server, with a CPU hog thread in every worker process
+(:mod:`tests.support.hog`) and a random pause at every failpoint
+(``FAILPOINTS``: ``*=sleep:0-0.02``, plus longer pauses where a scenario's
+protocol has its race), and then checks the promises that contention
+breaks first:
+
+- every job is stored exactly once (its POIs are there, and its box was
+  called once), or dead-lettered with a reason in the log, or, when a
+  quota window is spent, parked for the next one: none is lost;
+- the requests the quota counted are the calls the server received, and
+  the bytes it counted are at least the bytes the server sent;
+- the server never had more calls in flight than there are permits;
+- an open breaker lets one probe through per cooldown.
+
+Each prints its figures (``pytest -s``). Quick sizes run in ``make test``;
+the ``soak`` sizes only in ``make chaos``. Every wait is bounded: a scenario
+that loses a job fails with its figures, it does not hang.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import math
+import re
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from enrichment_actors.stub_overpass import StubOverpass
+from tests.chaos.conftest import POIS_PER_JOB, QUEUE, Chaos
+from tests.support.workers import WorkerProcesses
+
+pytestmark = pytest.mark.chaos
+
+HOG = ["tests.support.hog"]
+#: A random pause at every step boundary of every protocol.
+PAUSES = "*=sleep:0-0.02"
+#: Quota windows of three years: the window cannot roll over during a scenario.
+LONG_WINDOW_S = 100_000_000
+FLEET = {"processes": 2, "threads": 8}
+
+_BOX = re.compile(r"\((-?[\d.]+),(-?[\d.]+),(-?[\d.]+),(-?[\d.]+)\)")
+
+
+def soak(*values: Any) -> Any:
+    """A parameter set that only ``make chaos`` runs (``-m soak`` selects them, ``not soak`` skips)."""
+    return pytest.param(*values, marks=pytest.mark.soak, id="soak")
+
+
+def quick(*values: Any) -> Any:
+    return pytest.param(*values, id="quick")
+
+
+# --------------------------------------------------------------------------------------------------
+# What a scenario measures
+# --------------------------------------------------------------------------------------------------
+
+
+def _box_key(box: dict[str, float] | tuple[float, ...]) -> tuple[float, ...]:
+    values = [box[k] for k in ("south", "west", "north", "east")] if isinstance(box, dict) else box
+    return tuple(round(float(v), 5) for v in values)
+
+
+def _boxes_in(value: Any) -> list[tuple[float, ...]]:
+    """Every bbox-shaped dict inside a message's arguments (enrich, fetch_pois and store_pois all carry one)."""
+    if isinstance(value, dict):
+        if {"south", "west", "north", "east"} <= set(value):
+            try:
+                return [_box_key(value)]
+            except (TypeError, ValueError):
+                return []
+        return [box for item in value.values() for box in _boxes_in(item)]
+    if isinstance(value, list | tuple):
+        return [box for item in value for box in _boxes_in(item)]
+    return []
+
+
+@dataclass
+class Accounts:
+    """Where every job is at one moment."""
+
+    jobs: int
+    stored: set[int] = field(default_factory=set)  # all of the job's POIs are in the table
+    partial: set[int] = field(default_factory=set)  # some of them only
+    dead: dict[int, str] = field(default_factory=dict)  # job -> dead-lettered message id
+    queued: int = 0  # messages in the queue, its delay queue, or being processed
+    parked: int = 0
+    in_flight: int = 0
+    calls: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.queued + self.parked + self.in_flight
+
+    @property
+    def missing(self) -> int:
+        """Jobs neither stored nor dead-lettered, beyond what is still queued or parked: lost."""
+        return max(0, self.jobs - len(self.stored | set(self.dead)) - self.queued - self.parked)
+
+    def line(self) -> str:
+        return (
+            f"{len(self.stored)}/{self.jobs} stored, {len(self.partial)} partly, {len(self.dead)} dead-lettered, "
+            f"{self.parked} parked, {self.queued} queued, {self.missing} lost"
+        )
+
+
+class Scenario:
+    """One contention run: its jobs, its fleet, and the ledger of what happened to each job."""
+
+    def __init__(self, chaos: Chaos, jobs: int, *, origin: tuple[float, float] = (20.0, 20.0)) -> None:
+        self.chaos = chaos
+        self.jobs = chaos.send_jobs(jobs, origin=origin) if jobs else []
+        self.index = {_box_key(job["bbox"]): i for i, job in enumerate(self.jobs)}
+        self.redis = redis.Redis.from_url(chaos.redis_url)
+        self.fleet: WorkerProcesses | None = None
+        self.most_parked = 0  # the most jobs seen parked at once
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def start(self, failpoints: str = PAUSES, hog_threads: int = 1, **settings: Any) -> WorkerProcesses:
+        self.fleet = self.chaos.workers(
+            **FLEET, modules=HOG, failpoints=failpoints, cpu_hog_threads=hog_threads, **settings
+        )
+        return self.fleet
+
+    # -- the ledger ---------------------------------------------------------------------------------
+
+    def stored_per_job(self) -> list[int]:
+        with psycopg.connect(self.chaos.database_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT lat, lon FROM pois").fetchall()
+        counts = [0] * len(self.jobs)
+        # Boxes are disjoint squares on a grid: find each POI's box by its corner.
+        for lat, lon in rows:
+            for i, job in enumerate(self.jobs):
+                box = job["bbox"]
+                if box["south"] <= lat <= box["north"] and box["west"] <= lon <= box["east"]:
+                    counts[i] += 1
+                    break
+        return counts
+
+    def parked(self) -> int:
+        from middleware.backends.redis import RedisBackend
+        from middleware.policy.parking import ParkingLot
+
+        backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
+        return ParkingLot(backend).count()
+
+    def queued(self) -> int:
+        return int(self.redis.hlen(f"dramatiq:{QUEUE}.msgs")) + int(
+            self.redis.hlen(f"dramatiq:{QUEUE}.DQ.msgs")
+        )
+
+    def dead_letters(self) -> dict[int, str]:
+        dead: dict[int, str] = {}
+        for message in self.chaos.dead_letters():
+            for box in _boxes_in(message.kwargs):
+                if box in self.index:
+                    dead[self.index[box]] = message.message_id
+        return dead
+
+    def accounts(self) -> Accounts:
+        counts = self.stored_per_job()
+        stats = self.chaos.stub.stats()
+        accounts = Accounts(
+            jobs=len(self.jobs),
+            stored={i for i, n in enumerate(counts) if n >= POIS_PER_JOB},
+            partial={i for i, n in enumerate(counts) if 0 < n < POIS_PER_JOB},
+            dead=self.dead_letters(),
+            queued=self.queued(),
+            parked=self.parked(),
+            in_flight=stats.in_flight,
+            calls=stats.calls,
+        )
+        self.most_parked = max(self.most_parked, accounts.parked)
+        return accounts
+
+    def settle(self, *, timeout_s: float, quiet_s: float = 4.0) -> tuple[Accounts, float]:
+        """Wait until every job is stored or dead-lettered, or nothing has moved for ``quiet_s`` with
+        nothing queued or in flight (what is parked then waits for a later quota window, and what is
+        missing is lost); at most ``timeout_s``. Returns the last accounts and the seconds taken."""
+        started = time.monotonic()
+        last: tuple[Any, ...] | None = None
+        still_since = started
+        while True:
+            accounts = self.accounts()
+            now = time.monotonic()
+            idle = accounts.queued == 0 and accounts.in_flight == 0
+            if idle and len(accounts.stored | set(accounts.dead)) >= accounts.jobs:
+                return accounts, now - started
+            state = (
+                len(accounts.stored),
+                len(accounts.dead),
+                accounts.queued,
+                accounts.parked,
+                accounts.calls,
+            )
+            if state != last:
+                last, still_since = state, now
+            elif idle and now - still_since >= quiet_s:
+                return accounts, now - started  # nothing left to move: what is missing is lost
+            if now - started >= timeout_s:
+                return accounts, now - started
+            time.sleep(0.5)
+
+    def outcomes(self) -> dict[str, int]:
+        """Job outcomes the fleet counted (``enrichment_jobs_total`` by outcome), for the figures."""
+        from tests.support.scrape import scrape
+
+        assert self.fleet is not None
+        totals: Counter[str] = Counter()
+        for labels, value in scrape(self.fleet.metrics_url).series("enrichment_jobs_total").items():
+            totals[dict(labels).get("outcome", "?")] += int(value)
+        return dict(totals)
+
+    def calls_per_job(self) -> Counter[int]:
+        """Interpreter calls the server received for each job (by the box in the query)."""
+        calls: Counter[int] = Counter()
+        for request in self.chaos.stub.requests:
+            if request.path == "/api/interpreter" and (m := _BOX.search(request.query)):
+                job = self.index.get(_box_key(tuple(float(g) for g in m.groups())))
+                if job is not None:
+                    calls[job] += 1
+        return calls
+
+    def bytes_downloaded(self) -> tuple[int, int]:
+        """(bytes the server sent in all interpreter answers, the largest answer), by replaying each call
+        with the same outcome on a second stand-in server: its answers are deterministic."""
+        total = largest = 0
+        with StubOverpass(pois_per_box=POIS_PER_JOB) as reference:
+            for request in self.chaos.stub.requests:
+                if request.path != "/api/interpreter" or request.outcome in ("killed", "aborted"):
+                    continue
+                if request.outcome != "ok":
+                    reference.script(request.outcome)
+                conn = http.client.HTTPConnection("127.0.0.1", reference.port, timeout=10)
+                try:
+                    conn.request("POST", "/api/interpreter", body=_form(request.query), headers=_FORM)
+                    # A cut-off answer ends when the server closes: read() returns what came.
+                    size = len(conn.getresponse().read())
+                finally:
+                    conn.close()
+                total += size
+                largest = max(largest, size)
+        return total, largest
+
+    def quota_usage(
+        self, *, requests: int, bytes_: int = -1, window_s: int = LONG_WINDOW_S
+    ) -> tuple[int, int]:
+        """(requests, bytes) the quota counted in the current window."""
+        from middleware.backends.redis import RedisBackend
+        from middleware.policy.quota import QuotaLimits, QuotaPolicy
+
+        backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
+        usage = QuotaPolicy(
+            "overpass", QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s), backend
+        ).usage()
+        return usage.requests_used, usage.bytes_used
+
+    def dead_letter_reasons(self, dead: dict[int, str]) -> dict[str, str]:
+        """The log line that says why each dead-lettered message was dead-lettered ("" when none does)."""
+        lines = [line for fleet in self.chaos.fleets for line in fleet.lines if "ead-letter" in line]
+        return {mid: next((line.strip() for line in lines if mid in line), "") for mid in dead.values()}
+
+
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _form(query: str) -> str:
+    return urllib.parse.urlencode({"data": query})
+
+
+def answer_size(query: str) -> int:
+    """Bytes of the stand-in's ``ok`` answer to ``query`` (its answers are deterministic)."""
+    with StubOverpass(pois_per_box=POIS_PER_JOB) as reference:
+        conn = http.client.HTTPConnection("127.0.0.1", reference.port, timeout=10)
+        try:
+            conn.request("POST", "/api/interpreter", body=_form(query), headers=_FORM)
+            return len(conn.getresponse().read())
+        finally:
+            conn.close()
+
+
+class Invariants:
+    """The promises a scenario checks: all of them are checked and printed, then any broken one fails it.
+
+    A run that breaks two promises says so about both (with their figures), not only the first.
+    """
+
+    def __init__(self, scenario: str) -> None:
+        self.scenario = scenario
+        self.results: list[tuple[str, bool, str]] = []
+
+    def check(self, promise: str, held: bool, figures: str = "") -> None:
+        self.results.append((promise, bool(held), figures))
+
+    def every_job_accounted(self, run: Scenario, accounts: Accounts, *, parked_allowed: bool) -> None:
+        """Stored exactly once, or dead-lettered with a reason, or (a spent window) parked; none lost."""
+        reasons = run.dead_letter_reasons(accounts.dead)
+        unexplained = [mid for mid, reason in reasons.items() if not reason]
+        self.check("no job lost", accounts.missing == 0, accounts.line())
+        self.check("no job stored in part", not accounts.partial, f"jobs {sorted(accounts.partial)[:10]}")
+        self.check("every dead letter has a reason", not unexplained, f"without one: {unexplained[:5]}")
+        if not parked_allowed:
+            self.check("no job left waiting", accounts.parked == 0 and accounts.queued == 0, accounts.line())
+
+    def called_once(self, run: Scenario, accounts: Accounts) -> None:
+        calls = run.calls_per_job()
+        twice = sorted(i for i in accounts.stored if calls[i] != 1)
+        self.check(
+            "each stored job called once",
+            not twice,
+            f"{len(twice)} jobs called {[calls[i] for i in twice[:10]]} times",
+        )
+
+    def verify(self) -> None:
+        for promise, held, figures in self.results:
+            print(f"  {'ok    ' if held else 'BROKEN'} {promise}: {figures}")
+        broken = [f"{promise} ({figures})" for promise, held, figures in self.results if not held]
+        assert not broken, f"{self.scenario}: " + "; ".join(broken)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parking: most jobs are deferred and come back, many times each
+# --------------------------------------------------------------------------------------------------
+
+#: Longer pauses between claiming a parked message, enqueueing it and clearing the claim:
+#: the window in which a released message is consumed and parked again.
+PARKING_PAUSES = f"{PAUSES},parking.claimed=sleep:0-0.05,parking.enqueued=sleep:0.02-0.08"
+
+
+@pytest.mark.parametrize("jobs", [quick(60), soak(200)])
+def test_deferral_heavy_few_permits_lose_no_parked_job(chaos: Chaos, jobs: int) -> None:
+    """One permit for 16 threads and a short wait: nearly every job is parked, several times, and comes back.
+
+    Three hog threads per process, as in the report of the lost parked messages: the releaser
+    loses the CPU between enqueueing a message and clearing its parking."""
+    chaos.stub.set_latency(0.1)
+    run = Scenario(chaos, jobs)
+    try:
+        run.start(
+            PARKING_PAUSES,
+            hog_threads=3,
+            semaphore_permits=1,
+            semaphore_wait_s=0.05,
+            semaphore_retry_min_s=0.05,
+            semaphore_retry_max_s=0.3,
+        )
+        accounts, took = run.settle(timeout_s=60 + jobs)
+        stats = chaos.stub.stats()
+        print(
+            f"\ndeferral-heavy (1 permit, 2x8 threads, 3 hogs, pauses): {jobs} jobs, {accounts.line()}; "
+            f"{stats.calls} calls, outcomes {run.outcomes()}, at most {run.most_parked} parked at once; {took:.1f}s"
+        )
+        promises = Invariants("deferral-heavy, few permits")
+        promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.called_once(run, accounts)
+        promises.check(
+            "peak in flight <= permits", stats.peak_in_flight <= 1, f"peak {stats.peak_in_flight}, 1 permit"
+        )
+        promises.verify()
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize("jobs", [quick(30), soak(100)])
+def test_deferral_heavy_tight_quota_window_loses_no_parked_job(chaos: Chaos, jobs: int) -> None:
+    """A quota of 4 calls per 1-second window: most jobs park until a later window, many windows in a row."""
+    requests, window_s = 4, 1
+    run = Scenario(chaos, jobs)
+    try:
+        run.start(
+            PARKING_PAUSES,
+            quota_requests=requests,
+            quota_window_s=window_s,
+            quota_jitter_s=0.3,
+            semaphore_permits=4,
+        )
+        accounts, took = run.settle(timeout_s=60 + jobs)
+        stats = chaos.stub.stats()
+        starts = sorted(r.started_at for r in chaos.stub.requests if r.path == "/api/interpreter")
+        per_window = Counter(int(t // window_s) for t in starts)
+        busiest = max(per_window.values(), default=0)
+        print(
+            f"\ndeferral-heavy (quota {requests} per {window_s}s window, 2x8 threads, hog, pauses): {jobs} jobs, "
+            f"{accounts.line()}; {stats.calls} calls in {len(per_window)} windows (busiest {busiest}), "
+            f"outcomes {run.outcomes()}, at most {run.most_parked} parked at once; {took:.1f}s"
+        )
+        promises = Invariants("deferral-heavy, tight quota window")
+        promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.called_once(run, accounts)
+        # Windows are aligned to the epoch (on the fleet's clock: allow one call straddling a boundary).
+        promises.check("calls per window <= quota", busiest <= requests + 1, f"busiest window {busiest}")
+        promises.verify()
+    finally:
+        run.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Quota: requests counted = calls made, bytes counted >= bytes downloaded
+# --------------------------------------------------------------------------------------------------
+
+QUOTA_PAUSES = f"{PAUSES},quota.admitted=sleep:0-0.05,fetch.answered=sleep:0-0.05"
+
+
+@pytest.mark.parametrize("limit, jobs", [quick(30, 60), soak(150, 300)])
+def test_quota_counts_exactly_the_calls_made_and_every_byte(chaos: Chaos, limit: int, jobs: int) -> None:
+    """A request quota that runs out mid-run, with a few answers cut off mid-body (retried: more calls)."""
+    chaos.stub.set_latency(0.02)
+    chaos.stub.script("ok", "cutoff", "ok", "cutoff", "ok", "cutoff")
+    run = Scenario(chaos, jobs)
+    try:
+        run.start(QUOTA_PAUSES, quota_requests=limit, quota_window_s=LONG_WINDOW_S, semaphore_permits=4)
+        # Settled when nothing has moved for a while: the rest waits for the next window, parked.
+        accounts, took = run.settle(timeout_s=60 + jobs / 2)
+        time.sleep(1.0)  # byte charges land after the answer
+        stats = chaos.stub.stats()
+        counted_requests, counted_bytes = run.quota_usage(requests=limit)
+        downloaded, _ = run.bytes_downloaded()
+        print(
+            f"\nquota exact ({limit} requests, 2x8 threads, hog, pauses): {jobs} jobs, {accounts.line()}; "
+            f"{stats.calls} calls ({stats.served}), quota counted {counted_requests} requests; "
+            f"{downloaded} bytes sent, quota counted {counted_bytes}; {took:.1f}s"
+        )
+        promises = Invariants("quota exact")
+        promises.every_job_accounted(run, accounts, parked_allowed=True)
+        promises.check(
+            "requests counted = calls made",
+            counted_requests == stats.calls,
+            f"{counted_requests} counted, {stats.calls} calls",
+        )
+        promises.check("calls <= quota", stats.calls <= limit, f"{stats.calls} calls, quota {limit}")
+        promises.check(
+            "the quota was used up", stats.calls >= limit - 1, f"{stats.calls} calls, quota {limit}"
+        )
+        promises.check(
+            "bytes counted >= bytes downloaded",
+            counted_bytes >= downloaded,
+            f"{counted_bytes} counted, {downloaded} sent",
+        )
+        promises.verify()
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize("bodies, jobs", [quick(3.5, 30), soak(10.5, 100)])
+def test_the_byte_budget_is_checked_at_the_call(chaos: Chaos, bodies: float, jobs: int) -> None:
+    """A byte budget of a few answers, and answers cut off mid-body: every byte counted, the overshoot
+    bounded by what the permitted calls in flight can download at once."""
+    permits = 2
+    chaos.stub.set_latency(0.05)
+    run = Scenario(chaos, jobs)
+    try:
+        box = run.jobs[0]["bbox"]
+        body_size = answer_size(
+            f'[out:json];nwr["amenity"]({box["south"]},{box["west"]},{box["north"]},{box["east"]});out center tags;'
+        )
+        limit = int(bodies * body_size)
+        chaos.stub.script("cutoff", "ok", "cutoff")
+        run.start(QUOTA_PAUSES, quota_bytes=limit, quota_window_s=LONG_WINDOW_S, semaphore_permits=permits)
+        accounts, took = run.settle(timeout_s=60 + jobs / 2)
+        time.sleep(1.0)
+        stats = chaos.stub.stats()
+        counted_requests, counted_bytes = run.quota_usage(requests=-1, bytes_=limit)
+        downloaded, largest = run.bytes_downloaded()
+        # What "checked at the call" allows: the calls in flight when the budget ran out finish.
+        bound = limit + permits * largest
+        print(
+            f"\nbyte budget ({limit} bytes = {bodies} answers of {body_size}, {permits} permits, hog, pauses): "
+            f"{jobs} jobs, {accounts.line()}; {stats.calls} calls ({stats.served}), {downloaded} bytes sent "
+            f"(bound {bound}), quota counted {counted_bytes} bytes and {counted_requests} requests; {took:.1f}s"
+        )
+        promises = Invariants("byte budget")
+        promises.every_job_accounted(run, accounts, parked_allowed=True)
+        promises.check(
+            "requests counted = calls made",
+            counted_requests == stats.calls,
+            f"{counted_requests} counted, {stats.calls} calls",
+        )
+        promises.check(
+            "bytes counted >= bytes downloaded",
+            counted_bytes >= downloaded,
+            f"{counted_bytes} counted, {downloaded} sent",
+        )
+        promises.check(
+            "bytes downloaded <= budget + permits x largest answer",
+            downloaded <= bound,
+            f"{downloaded} sent, bound {bound} ({math.ceil(max(0, downloaded - limit) / body_size)} answers over the budget)",
+        )
+        promises.verify()
+    finally:
+        run.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Semaphore: peak in flight <= permits
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs", [quick(60), soak(250)])
+def test_the_semaphore_peak_stays_within_its_permits(chaos: Chaos, jobs: int) -> None:
+    permits = 2
+    # The stand-in answers 429 to any call over its slots: an overshoot cannot hide.
+    stub = chaos.replace_stub(latency_s=0.05, slots=permits, enforce_slots=True)
+    run = Scenario(chaos, jobs)
+    try:
+        run.start(
+            f"{PAUSES},semaphore.acquired=sleep:0-0.05,semaphore.released=sleep:0-0.05,fetch.answered=sleep:0-0.03",
+            semaphore_permits=permits,
+            semaphore_wait_s=0.5,
+        )
+        accounts, took = run.settle(timeout_s=60 + jobs / 2)
+        stats = stub.stats()
+        print(
+            f"\nsemaphore peak ({permits} permits, 2x8 threads, hog, pauses): {jobs} jobs, {accounts.line()}; "
+            f"peak {stats.peak_in_flight} in flight, {stats.calls} calls, {stats.rejected_over_slots} over the "
+            f"server's slots, outcomes {run.outcomes()}; {took:.1f}s"
+        )
+        promises = Invariants("semaphore peak")
+        promises.check(
+            "peak in flight <= permits",
+            stats.peak_in_flight <= permits,
+            f"peak {stats.peak_in_flight}, {permits} permits",
+        )
+        promises.check(
+            "no call over the server's slots",
+            stats.rejected_over_slots == 0,
+            f"{stats.rejected_over_slots} refused",
+        )
+        promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.called_once(run, accounts)
+        promises.verify()
+    finally:
+        run.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Breaker: one probe per cooldown
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("storm_s, jobs", [quick(8.0, 20), soak(20.0, 60)])
+def test_an_open_breaker_lets_one_probe_through_per_cooldown(chaos: Chaos, storm_s: float, jobs: int) -> None:
+    cooldown, threshold, permits = 2.0, 3, 2
+    chaos.stub.set_default("504")
+    run = Scenario(chaos, jobs)
+    try:
+        run.start(
+            f"{PAUSES},breaker.admitted=sleep:0-0.05,breaker.recorded=sleep:0-0.05",
+            breaker_failure_threshold=threshold,
+            breaker_cooldown_s=cooldown,
+            semaphore_permits=permits,
+            retry_max=100,
+            retry_min_backoff_s=0.1,
+            retry_max_backoff_s=0.5,
+        )
+        time.sleep(storm_s)
+        storm = sorted(
+            (r.started_at, r.ended_at) for r in chaos.stub.requests if r.path == "/api/interpreter"
+        )
+        chaos.stub.set_default("ok")
+        accounts, took = run.settle(timeout_s=90)
+        # The circuit opens when the threshold's failure is recorded, after its answer ended. Calls
+        # admitted while it was closed may start a little later (pauses, the hog): a probe cannot
+        # come before a cooldown, so those within a second are the admitted ones.
+        opened_at = (
+            sorted(end for _, end in storm)[threshold - 1] if len(storm) >= threshold else float("inf")
+        )
+        probes = [start for start, _ in storm if start > opened_at + 1.0]
+        gaps = [b - a for a, b in itertools.pairwise(probes)]
+        print(
+            f"\nbreaker probes (cooldown {cooldown}s, 2x8 threads, hog, pauses): {len(storm)} calls in "
+            f"{storm_s:.0f}s of 504s, {len(storm) - len(probes)} before opening, {len(probes)} probes, gaps "
+            f"{[round(g, 2) for g in gaps]}; then {accounts.line()} {took:.1f}s after healing"
+        )
+        promises = Invariants("breaker probe")
+        promises.check(
+            "no calls while open but probes",
+            len(storm) - len(probes) <= threshold + permits,
+            f"{len(storm) - len(probes)} calls before opening, threshold {threshold} + {permits} in flight",
+        )
+        promises.check("a probe per cooldown", len(probes) >= 1, f"{len(probes)} probes in {storm_s}s")
+        promises.check(
+            "probes spaced >= cooldown",
+            all(gap >= cooldown * 0.95 for gap in gaps),
+            f"gaps {[round(g, 2) for g in gaps]}, cooldown {cooldown}",
+        )
+        promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.check(
+            "no job dead-lettered by the storm", not accounts.dead, f"{len(accounts.dead)} dead-lettered"
+        )
+        promises.verify()
+    finally:
+        run.close()
