@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries as StockRetries
 
@@ -28,10 +27,12 @@ from middleware.quota import Quota
 from middleware.retries import Retries
 from middleware.semaphore import ConcurrencySemaphore
 
+from .broker import RecoveringRedisBroker
 from .jobs import JobLimits
 from .overpass_client import OverpassClient
 from .overpass_responses import OverpassError
 from .prometheus import EnrichmentPrometheus
+from .redis_checks import RedisChecks, redis_clients
 from .settings import Settings, load_settings
 from .store import PoiStore
 
@@ -111,12 +112,13 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
     if s.broker == "stub":
         broker = StubBroker()
     else:
-        broker = RedisBroker(  # type: ignore[no-untyped-call]
+        broker = RecoveringRedisBroker(
             url=s.redis_url,
             heartbeat_timeout=int(s.broker_heartbeat_timeout_s * 1000),
             maintenance_chance=s.broker_maintenance_chance,
         )
     backend = make_backend(s)
+    broker.add_middleware(RedisChecks(lambda: redis_clients(broker, backend)))  # refuses an evicting Redis
     retries = Retries(
         backend=backend,
         max_retries=s.retry_max,
