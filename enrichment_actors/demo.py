@@ -20,6 +20,8 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.stub import StubBroker
 
+from middleware.redaction import redact_url
+
 from . import enrich, runtime
 from .metrics import Outcome, is_final, outcome_of, take_noted_outcome
 from .runtime import OVERPASS
@@ -109,9 +111,11 @@ def main() -> int:
     print(f"Summary ({elapsed:.1f}s)")
     print(f"  jobs by final outcome : {_counts(tally.final)}")
     print(f"  retries and deferrals : {_counts(tally.transient) or 'none'}")
-    print(f"  Overpass calls made   : {calls} ({'stand-in server' if stub else settings.overpass_url})")
+    print(
+        f"  Overpass calls made   : {calls} ({'stand-in server' if stub else redact_url(settings.overpass_url)})"
+    )
     print(f"  POIs stored           : {stored}")
-    print(f"  data                  : {settings.database_url} (table pois)")
+    print(f"  data                  : {redact_url(settings.database_url)} (table pois)")
     return 0 if tally.final.get(Outcome.SUCCESS.value) and stored else 1
 
 

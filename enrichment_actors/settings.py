@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from middleware.redaction import redact_url
+
 from . import __version__
 
 T = TypeVar("T")
@@ -150,15 +152,15 @@ TABLE: tuple[Setting, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    """The product's configuration, validated."""
+    """The product's configuration, validated. Its repr leaves out the URLs: they may carry passwords."""
 
-    database_url: str
-    redis_url: str
+    database_url: str = dataclasses.field(repr=False)
+    redis_url: str = dataclasses.field(repr=False)
     broker: str
     state_backend: str
     broker_heartbeat_timeout_s: float
     broker_maintenance_chance: int
-    overpass_url: str
+    overpass_url: str = dataclasses.field(repr=False)
     user_agent: str
     query_timeout_s: int
     maxsize_bytes: int
@@ -208,7 +210,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             value = None
         if value is None or not check(value):
-            raise SettingsError(f"{name}={raw[name]!r} is not valid: expected {expect}.")
+            # URLs carry passwords: the message shows the value with its password masked.
+            raise SettingsError(f"{name}={redact_url(raw[name])!r} is not valid: expected {expect}.")
         return value
 
     def positive(value: float) -> bool:

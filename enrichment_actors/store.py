@@ -21,6 +21,8 @@ from typing import Any
 import peewee
 from playhouse import db_url
 
+from middleware.redaction import redact, redact_url
+
 #: One POI as the parser produces it: (element_type, osm_id, lat, lon, tags).
 PoiRow = tuple[str, int, float, float, dict[str, str]]
 
@@ -158,10 +160,15 @@ class PoiStore:
                     self._insert_many(pois, now)
         except peewee.PeeweeException as exc:
             self._drop_connection()
-            raise PersistenceError(
-                f"Could not store {len(pois)} POIs in {self._safe_url()}: {exc}. "
+            # The message is logged and kept in the message's last_error on every
+            # retry: it must not carry the password, nor may the chained cause.
+            cause = str(exc)
+            reason = redact(cause, self.url)
+            error = PersistenceError(
+                f"Could not store {len(pois)} POIs in {redact_url(self.url)}: {reason}. "
                 "The fetched POIs are kept in the store message and retried; check DATABASE_URL and the server."
-            ) from exc
+            )
+            raise error from (exc if reason == cause else None)
         return len(pois)
 
     def _insert_many(self, pois: list[Sequence[Any]], now: dt.datetime) -> None:
@@ -231,7 +238,3 @@ class PoiStore:
         # this thread's next attempt.
         with contextlib.suppress(peewee.PeeweeException):
             self.database.close()
-
-    def _safe_url(self) -> str:
-        head, _, tail = self.url.rpartition("@")
-        return f"{head.split('://')[0]}://...@{tail}" if head else self.url

@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -26,6 +25,7 @@ from middleware.backends.base import (
     BackendUnavailable,
     check_counter_arguments,
 )
+from middleware.redaction import redact, redact_url
 
 # KEYS: the counters.  ARGV: one limit per key, one increment per key, TTL in ms.
 COUNTERS_ADMIT = """
@@ -135,11 +135,7 @@ def _text(value: bytes | str) -> str:
 
 def _redacted(url: str) -> str:
     """The URL with its password replaced, fit for an error message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 class RedisBackend(Backend):
@@ -216,13 +212,18 @@ class RedisBackend(Backend):
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
+        # redis-py's error text can name the URL: the message (logged, and kept
+        # in a message's last_error and traceback) shows it with the password
+        # masked, and a cause that shows it is not chained.
+        password = self.client.connection_pool.connection_kwargs.get("password")
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as error:
+            reason = redact(str(error), secrets=[password])
             raise BackendUnavailable(
-                f"Redis at {self._where} cannot be reached ({error}). Check that the server is running "
-                f"and that the URL (host, port, password, TLS) points at it."
-            ) from error
+                f"Redis at {self._where} cannot be reached ({reason}). "
+                f"Check that the server is running and that the URL (host, port, password, TLS) points at it."
+            ) from (error if reason == str(error) else None)
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self.namespace}:{kind}:{key}"

@@ -28,3 +28,20 @@ def test_the_demo_runs_end_to_end_with_nothing_configured(tmp_path: Path) -> Non
     stored = re.search(r"POIs stored\s+: (\d+)", summary)
     assert stored and int(stored.group(1)) > 0
     assert (tmp_path / "var" / "demo.sqlite3").is_file()
+
+
+def test_the_demo_shows_no_password(tmp_path: Path, postgres_url: str) -> None:
+    """A DATABASE_URL with a password (the test server trusts loopback, so any password connects)."""
+    url = postgres_url.replace("postgresql://postgres@", "postgresql://postgres:s3cret@")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"REDIS_URL", "OVERPASS_URL", "BROKER", "STATE_BACKEND"}
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "enrichment_actors.cli", "demo"],
+        cwd=tmp_path, env={**env, "DATABASE_URL": url}, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "data                  : postgresql://postgres:***@127.0.0.1:" in done.stdout
+    assert "s3cret" not in done.stdout + done.stderr
