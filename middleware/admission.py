@@ -1,5 +1,5 @@
 """What the three limiting middlewares share: an actor option naming a policy,
-per-message bookkeeping of what was acquired, and failing closed when the
+per-delivery bookkeeping of what was acquired, and failing closed when the
 shared state cannot be reached.
 """
 
@@ -40,10 +40,14 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
     """Base of the quota, semaphore and circuit-breaker middlewares.
 
     Parameters:
-      backend: where the policies' state lives (Redis for a fleet).
+      backend: where the policies' state lives (Redis for a fleet); its clock
+        is the one leases, windows and cooldowns are reckoned by, the same for
+        every host (tests give a ``MemoryBackend`` a ``ManualClock``).
       limits: the limits of each policy, by name; actors opt in with
         ``OPTION=NAME`` (the subclass's :attr:`option`).
-      clock, rng: injectable time and randomness (tests).
+      clock: this host's clock, for what is not shared state (timestamps of
+        this process); the policies never read it.
+      rng: injectable randomness (tests).
       unavailable_retry_s: delay before a message comes back when the
         backend cannot be reached.
     """
@@ -62,19 +66,32 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
     ) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.clock = clock or SystemClock()
+        self.backend = backend
         self.policies = {
-            name: self.policy_class(name, limit, backend, clock=self.clock, rng=rng)
-            for name, limit in limits.items()
+            name: self.policy_class(name, limit, backend, rng=rng) for name, limit in limits.items()
         }
         self.unavailable_retry_s = unavailable_retry_s
-        self._held: dict[str, HeldT] = {}
+        # Keyed by delivery, not by message id: two copies of one message (a
+        # redelivery while the first still runs) each hold their own. The
+        # proxy is kept in the value, so its id() cannot be reused meanwhile.
+        self._held: dict[int, tuple[MessageProxy, HeldT]] = {}
         self._lock = threading.Lock()
         self._host = f"{socket.gethostname()}:{os.getpid()}"
 
     def denial(self, retry_at: float | None, reason: str) -> AdmissionDenied:
-        """The deferral of a message that may come back at ``retry_at`` (epoch seconds; None: now)."""
-        now = self.clock.now()
-        return AdmissionDenied((now if retry_at is None else retry_at) - now, reason)
+        """The deferral of a message that may come back at ``retry_at`` (None: now).
+
+        ``retry_at`` is a time by the backend's clock, so the wait is measured
+        against the backend's now, not this host's clock, which may be off.
+        """
+        if retry_at is None:
+            return AdmissionDenied(0.0, reason)
+        try:
+            now = self.backend.now()
+        except BackendUnavailable as exc:
+            self.logger.warning("%s; deferring the message by %.1fs.", exc, self.unavailable_retry_s)
+            return AdmissionDenied(self.unavailable_retry_s, reason)
+        return AdmissionDenied(retry_at - now, reason)
 
     def new_holder(self) -> str:
         """A name for one admission, unique across the fleet (host, process, thread, nonce)."""
@@ -100,12 +117,15 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
         return None if name is None else self.policies[name]
 
     def hold(self, message: MessageProxy, held: HeldT) -> None:
+        """Remember what this delivery of ``message`` acquired, until :meth:`release_held`."""
         with self._lock:
-            self._held[message.message_id] = held
+            self._held[id(message)] = (message, held)
 
     def release_held(self, message: MessageProxy) -> HeldT | None:
+        """What this delivery of ``message`` acquired (once), or None."""
         with self._lock:
-            return self._held.pop(message.message_id, None)
+            entry = self._held.pop(id(message), None)
+        return None if entry is None else entry[1]
 
     @contextmanager
     def failing_closed(self) -> Iterator[None]:

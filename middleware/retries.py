@@ -16,15 +16,17 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
-from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Retries as StockRetries
+from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 
 from .backends.base import Backend, BackendUnavailable
 from .deferral import Defer
+from .failpoints import failpoint
 from .policy.backoff import exponential_backoff
 from .policy.clock import Clock, SystemClock
 from .policy.parking import ParkingLot
@@ -36,6 +38,16 @@ DEFERRALS = "deferrals"
 class Retries(StockRetries):
     """Retry failed messages with capped, fully jittered backoff; defer without counting.
 
+    A drop-in for Dramatiq's ``Retries``: every option means what it means
+    there (``max_retries``, ``min_backoff``, ``max_backoff``, ``retry_when``,
+    ``throws``, ``on_retry_exhausted``; message options ``retries``,
+    ``traceback``, ``requeue_timestamp``). Two differences: the backoff is
+    uniform(min, min(max, min * 2**retries)) rather than Dramatiq's
+    [half, whole] of that ceiling, and a :class:`~.deferral.Defer` is not a
+    failure: it counts in ``deferrals``, not in ``retries``, never reaches
+    ``retry_when`` or ``on_retry_exhausted``, and (with this package's
+    :class:`~.callbacks.Callbacks`) fires no ``on_failure``.
+
     Examples:
       >>> broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, dramatiq.middleware.Retries)]
       >>> broker.add_middleware(Retries(backend=backend, max_retries=5, min_backoff=5_000, max_backoff=600_000))
@@ -43,43 +55,54 @@ class Retries(StockRetries):
     Parameters:
       backend: where long waits are parked; without one every wait goes to
         Dramatiq's delay queue.
-      max_retries: default attempts after the first (actor option ``max_retries``).
-      min_backoff, max_backoff: milliseconds, as Dramatiq's (actor options too).
+      max_retries: default retries after the first attempt (actor and message
+        option ``max_retries``); ``None``: retried for as long as it fails.
+      min_backoff, max_backoff: milliseconds, as Dramatiq's (actor and message
+        options too); ``None``: Dramatiq's defaults, 15 s and 7 days (also the
+        most any backoff may be).
+      retry_when: ``retry_when(retries, exception) -> bool``, as Dramatiq's
+        (actor option too): when given, it decides instead of ``max_retries``.
       park_after_s: waits of this or longer are parked in the backend
         (default 0: all of them, so no delayed message ever sits in a worker's
         memory, where a broker reconnect would strand it).
       poll_interval_s: how often each worker process releases due messages.
-      transient_errors: errors of the broker or backend (say, Redis restarting)
-        on which putting a message back is tried again until it works, rather
-        than letting the message be acknowledged and lost.
-      clock, rng: injectable time and randomness.
+      transient_errors: errors of the broker or backend on which putting a
+        message back is tried again until it works, rather than letting the
+        message be acknowledged and lost. Defaults to every error: Redis
+        restarting, a failover's ``READONLY``, a full memory's ``OOM`` alike.
+      clock: this host's clock, for the ``message_timestamp`` of messages put
+        back (what ``AgeLimit`` reads); due times are the backend's clock.
+      rng: injectable randomness.
     """
 
     def __init__(
         self,
         *,
         backend: Backend | None = None,
-        max_retries: int = 20,
-        min_backoff: int = 15_000,
-        max_backoff: int = 3_600_000,
+        max_retries: int | None = 20,
+        min_backoff: int | None = None,
+        max_backoff: int | None = None,
+        retry_when: Callable[[int, BaseException], bool] | None = None,
         park_after_s: float = 0.0,
         poll_interval_s: float = 0.25,
-        transient_errors: tuple[type[BaseException], ...] = (
-            BrokerConnectionError,
-            BackendUnavailable,
-            OSError,
-        ),
+        transient_errors: tuple[type[BaseException], ...] = (Exception,),
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(max_retries=max_retries, min_backoff=min_backoff, max_backoff=max_backoff)
+        super().__init__(
+            # Dramatiq annotates int, yet its code reads None as "no limit" (as here).
+            max_retries=max_retries,  # type: ignore[arg-type]
+            min_backoff=min_backoff,
+            max_backoff=max_backoff,
+            retry_when=retry_when,
+        )
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.park_after_s = park_after_s
         self.poll_interval_s = poll_interval_s
         self.transient_errors = transient_errors
-        self.parking = ParkingLot(backend, clock=self.clock) if backend is not None else None
+        self.parking = ParkingLot(backend) if backend is not None else None
         self._stop = threading.Event()
         self._releaser: threading.Thread | None = None
 
@@ -101,23 +124,33 @@ class Retries(StockRetries):
         message.options["last_error"] = f"{type(exception).__name__}: {exception}"[:2000]
         throws = message.options.get("throws") or actor.options.get("throws")
         if throws and isinstance(exception, throws):
-            self._dead_letter(message, "not retried", exception)
+            self._dead_letter(message, "not retried: the actor throws it", exception)
             return
+        # From here on, exactly what Dramatiq's Retries does with its options
+        # (tests/unit/test_retries_contract.py compares the two): the failure
+        # is counted, timestamped and given a traceback before the decision.
         retries = message.options.setdefault("retries", 0)
-        max_retries = message.options.get("max_retries", actor.options.get("max_retries", self.max_retries))
-        retry_when = actor.options.get("retry_when", self.retry_when)
-        # As in Dramatiq: retry_when, when given, decides instead of max_retries.
-        give_up = not retry_when(retries, exception) if retry_when is not None else retries >= max_retries
-        if give_up:
-            why = (
-                f"retries exhausted after {retries + 1} attempts"
-                if retries >= max_retries
-                else "not retryable"
-            )
-            self._dead_letter(message, why, exception)
-            return
         message.options["retries"] = retries + 1
         message.options["traceback"] = traceback.format_exc(limit=30)
+        message.options["requeue_timestamp"] = int(time.time() * 1000)
+        max_retries = message.options.get("max_retries", actor.options.get("max_retries", self.max_retries))
+        retry_when = actor.options.get("retry_when", self.retry_when)
+        if retry_when is not None:
+            # retry_when, when given, decides instead of max_retries.
+            give_up = not retry_when(retries, exception)
+            why = f"retry_when said no after {retries + 1} attempts"
+        else:
+            # max_retries None: retried for as long as it fails.
+            give_up = max_retries is not None and retries >= max_retries
+            why = f"retries exhausted after {retries + 1} attempts"
+        if give_up:
+            self._dead_letter(message, why, exception)
+            target = message.options.get("on_retry_exhausted") or actor.options.get("on_retry_exhausted")
+            if target:
+                broker.get_actor(target).send(
+                    message.asdict(), {"retries": retries, "max_retries": max_retries}
+                )
+            return
         if isinstance(exception, dramatiq.Retry) and exception.delay is not None:
             delay_s = exception.delay / 1000
         else:
@@ -127,6 +160,8 @@ class Retries(StockRetries):
             max_backoff = message.options.get(
                 "max_backoff", actor.options.get("max_backoff", self.max_backoff)
             )
+            # Dramatiq's ceiling too: no backoff beyond a week.
+            max_backoff = min(max_backoff, DEFAULT_MAX_BACKOFF)
             delay_s = exponential_backoff(
                 retries, base_s=min_backoff / 1000, cap_s=max_backoff / 1000, rng=self.rng
             )
@@ -155,27 +190,34 @@ class Retries(StockRetries):
     ) -> None:
         """Put ``message`` back in ``delay_s`` seconds: parked in the backend, or Dramatiq's delay queue.
 
-        While the broker or backend is unreachable this keeps trying (as
-        Dramatiq's own acknowledgement does): giving up would let the worker
-        acknowledge a message that exists nowhere else.
+        Until it works this keeps trying, on any error of the broker or the
+        backend (unreachable, read-only after a failover, out of memory), as
+        Dramatiq's own acknowledgement does: giving up would let the worker
+        acknowledge a message that exists nowhere else. A worker stopped
+        meanwhile has not acknowledged it, so the broker hands it on.
         """
         plain: dramatiq.Message[Any] = message._message if isinstance(message, MessageProxy) else message
         if refresh_age:
             # A deferral is not the job's fault: AgeLimit counts from its return.
             plain = plain.copy(message_timestamp=int(self.clock.now() * 1000))
-        due_at = self.clock.now() + delay_s
         pause_s = 0.1
+        attempts = 0
         while True:
             try:
                 if self.parking is not None and delay_s >= self.park_after_s:
-                    self.parking.park(plain.message_id, plain.encode(), due_at)
+                    self.parking.park(plain.message_id, plain.encode(), delay_s)
                 else:
                     broker.enqueue(plain, delay=int(delay_s * 1000))
                 return
             except self.transient_errors as exc:
-                self.logger.warning(
-                    "Could not put message %s back (%s); trying again in %.1fs.",
+                attempts += 1
+                # Transient trouble is a warning; still failing after a minute or so is an error.
+                level = logging.WARNING if attempts < 15 else logging.ERROR
+                self.logger.log(
+                    level,
+                    "Could not put message %s back (%s: %s); trying again in %.1fs.",
                     plain.message_id,
+                    type(exc).__name__,
                     exc,
                     pause_s,
                 )
@@ -183,15 +225,22 @@ class Retries(StockRetries):
                 pause_s = min(pause_s * 2, 5.0)
 
     def release_due(self, broker: Broker, limit: int = 100) -> int:
-        """Enqueue parked messages that are due; returns how many. At least once: a
-        releaser that dies after claiming leaves them to come due again."""
+        """Enqueue parked messages that are due; returns how many.
+
+        At least once: a releaser that dies after claiming, or after
+        enqueueing, leaves the message to come due again when its claim
+        lapses. The claim is then cleared by its parking's token, so a
+        message consumed and parked again meanwhile keeps its new parking.
+        """
         if self.parking is None:
             return 0
         released = 0
-        for member, payload in self.parking.claim_due(limit):
-            message = dramatiq.Message.decode(payload)
+        for claim in self.parking.claim_due(limit):
+            failpoint("parking.claimed")
+            message = dramatiq.Message.decode(claim.payload)
             broker.enqueue(message.copy(message_timestamp=int(self.clock.now() * 1000)))
-            self.parking.done(member)
+            failpoint("parking.enqueued")
+            self.parking.done(claim)
             released += 1
         return released
 

@@ -4,12 +4,20 @@ Policies (quota, semaphore, circuit breaker, parking lot) are plain Python on
 top of these primitives; a new store means implementing this class, not the
 policies.  Each method is atomic with respect to every other caller of the
 same store, in this process or any other.
+
+The backend also keeps the time.  Hosts' clocks disagree (a host 100 s ahead
+would see every lease of the others as lapsed), so every primitive that needs
+"now" reads the backend's own clock (the Redis server's ``TIME``), and callers
+pass durations (``lease_s``, ``delay_s``, ``claim_s``, ``window_s``), never
+absolute times.  Policies that compute with time in plain Python ask
+:meth:`Backend.now`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 #: How many unconsumed wake-ups a lease key keeps.  A release with nobody
@@ -22,11 +30,55 @@ WAKE_TOKEN_TTL_S = 10.0
 
 
 class BackendUnavailable(Exception):
-    """The store behind a backend cannot be reached.
+    """The store behind a backend cannot be reached, or cannot take writes right now.
 
     The message names the store and what to check.  Middleware decides what a
     job does then (run anyway, or come back later); the backend never guesses.
     """
+
+
+@dataclass(frozen=True)
+class WindowCounts:
+    """The answer of :meth:`Backend.window_admit`.
+
+    Parameters:
+      allowed(bool): Whether the increments were added.
+      window_start(float): Start (backend clock, epoch seconds) of the window
+        the call landed in; a whole number.
+      now(float): The backend's time when it decided.
+      values(list[int]): The counters after the call, one per name.
+    """
+
+    allowed: bool
+    window_start: float
+    now: float
+    values: list[int]
+
+
+@dataclass(frozen=True)
+class ParkedClaim:
+    """One parked member handed out by :meth:`Backend.claim_due`.
+
+    Parameters:
+      member(str): The member's name (say, a message id).
+      payload(bytes): What was parked with it.
+      token(str): The token of this parking; only :meth:`Backend.unpark` with
+        the same token forgets it, so a member parked again meanwhile stays.
+    """
+
+    member: str
+    payload: bytes
+    token: str
+
+
+def window_key(key: str, window_start: float, name: str) -> str:
+    """The counter key of ``name`` in the window that starts at ``window_start``.
+
+    Examples:
+      >>> window_key("quota:api", 1_699_920_000.0, "bytes")
+      'quota:api:1699920000:bytes'
+    """
+    return f"{key}:{int(window_start)}:{name}"
 
 
 class Backend(ABC):
@@ -34,27 +86,47 @@ class Backend(ABC):
 
     Keys are plain strings; a backend may prefix them with its namespace, and
     keeps each kind of primitive (counters, leases, state, parking) apart, so
-    the same key used by two kinds never collides.  Times passed in (``now``,
-    ``expires_at``, ``due_at``) come from the caller's clock; TTLs and wait
-    timeouts are real seconds.  Every method raises
-    :class:`BackendUnavailable` when the store cannot be reached.
+    the same key used by two kinds never collides.  Times are the backend's
+    own clock (:meth:`now`), the one clock of the whole fleet; arguments are
+    durations in seconds.  Blocking waits (:meth:`lease_wait`) and the
+    expiry of wake-ups are real (monotonic) time.  Every method raises
+    :class:`BackendUnavailable` when the store cannot be reached or refuses
+    writes for a while (a replica after a failover, a full memory).
     """
+
+    @abstractmethod
+    def now(self) -> float:
+        """The backend's clock, in epoch seconds: the time every host of the fleet agrees on."""
 
     # -- counters (quota) ---------------------------------------------------
 
     @abstractmethod
-    def counters_admit(
-        self, keys: Sequence[str], limits: Sequence[int], increments: Sequence[int], ttl_s: float
-    ) -> tuple[bool, list[int]]:
-        """Atomically: if EVERY counter's current value (0 when absent) is < its limit
-        (a limit < 0 = unlimited), add the increments (setting the TTL on keys that get
-        created) and return (True, values after); else change nothing and return
-        (False, current values).
+    def window_admit(
+        self,
+        key: str,
+        names: Sequence[str],
+        limits: Sequence[int],
+        increments: Sequence[int],
+        *,
+        window_s: int,
+        ttl_s: float,
+    ) -> WindowCounts:
+        """Atomically, in the epoch-aligned window of ``window_s`` seconds that holds the
+        backend's now: if EVERY counter ``window_key(key, start, name)`` (0 when absent)
+        is < its limit (a limit < 0 = unlimited), add the increments (a counter that gets
+        created expires after ``ttl_s``) and answer allowed; else change nothing.
+        Increments of 0 create nothing, so all-zero increments and limits of -1 read the
+        current window.
         """
 
     @abstractmethod
     def counter_add(self, key: str, amount: int, ttl_s: float) -> int:
-        """Add ``amount`` to a counter (created at 0 with the TTL) and return the new value."""
+        """Add ``amount`` to a counter and return the new value.
+
+        A positive amount creates an absent counter (expiring after ``ttl_s``).  A
+        negative amount (a refund) never creates a counter and never takes one below 0:
+        a counter that vanished (the store restarted) stays absent and reads 0.
+        """
 
     @abstractmethod
     def counters_get(self, keys: Sequence[str]) -> list[int]:
@@ -63,11 +135,11 @@ class Backend(ABC):
     # -- leases (semaphore permits that expire) -----------------------------
 
     @abstractmethod
-    def lease_acquire(self, key: str, holder: str, limit: int, now: float, expires_at: float) -> bool:
-        """Atomically drop leases that expired (expires <= now); effective limit =
-        min(limit, cap) when a cap is set (see :meth:`lease_set_cap`); grant a lease to
-        holder (until expires_at) if fewer than the effective limit are held.
-        Re-acquiring by the same holder refreshes it.
+    def lease_acquire(self, key: str, holder: str, limit: int, lease_s: float) -> float | None:
+        """Atomically drop leases that lapsed; effective limit = min(limit, cap) when a cap
+        is set (see :meth:`lease_set_cap`); grant holder a lease of ``lease_s`` seconds if
+        fewer than the effective limit are held.  Re-acquiring by the same holder renews it.
+        Returns the backend time it was granted at (it lapses ``lease_s`` later), or None.
         """
 
     @abstractmethod
@@ -76,13 +148,13 @@ class Backend(ABC):
         (see :meth:`lease_wait`)."""
 
     @abstractmethod
-    def lease_count(self, key: str, now: float) -> int:
-        """Number of unexpired leases (expires > now)."""
+    def lease_count(self, key: str) -> int:
+        """Number of leases that have not lapsed by the backend's now."""
 
     @abstractmethod
     def lease_wait(self, key: str, timeout_s: float) -> bool:
-        """Block (real time, not the injected clock) until a lease on key is released
-        or timeout_s passes; True when woken by a release.
+        """Block (real time) until a lease on key is released or timeout_s passes; True
+        when woken by a release.
 
         Wakes are not lost if a release happens just before the wait starts: each
         release leaves a token (at most :data:`WAKE_TOKENS_KEPT`, for
@@ -111,35 +183,43 @@ class Backend(ABC):
     # -- parking lot (deferred work held outside worker memory) -------------
 
     @abstractmethod
-    def park(self, key: str, member: str, payload: bytes, due_at: float) -> None:
-        """Store member with payload, due at due_at.  Idempotent per member: the same
-        member again replaces payload and due time."""
+    def park(self, key: str, member: str, payload: bytes, delay_s: float, token: str) -> None:
+        """Store member with payload and token, due ``delay_s`` seconds from the backend's
+        now.  The same member again replaces payload, due time and token."""
 
     @abstractmethod
-    def claim_due(self, key: str, now: float, limit: int, claim_until: float) -> list[tuple[str, bytes]]:
-        """Atomically take up to ``limit`` members due at or before now and push their due
-        time to claim_until (so a claimer that dies does not lose them: they come due
-        again), returning (member, payload), earliest due first.  Two concurrent
-        claimers never get the same member.
+    def claim_due(self, key: str, limit: int, claim_s: float) -> tuple[list[ParkedClaim], list[str]]:
+        """Atomically take up to ``limit`` members due by the backend's now and push their
+        due time ``claim_s`` ahead (so a claimer that dies does not lose them: they come
+        due again), earliest due first.  Two concurrent claimers never get the same member.
+
+        Returns (claims, orphans): orphans are members found due whose payload is
+        missing; they are removed and counted (see :meth:`parked_orphans`), never
+        handed out empty and never dropped without a word.
         """
 
     @abstractmethod
-    def unpark(self, key: str, member: str) -> None:
-        """Delete member and its payload (after it was handed on).  Absent members are ignored."""
+    def unpark(self, key: str, member: str, token: str) -> bool:
+        """Forget member and its payload, only if it is still parked under ``token`` (the
+        parking that was claimed, not a newer one).  True if it was forgotten."""
 
     @abstractmethod
     def parked_count(self, key: str) -> int:
         """Number of parked members, due or not."""
 
     @abstractmethod
+    def parked_orphans(self, key: str) -> int:
+        """How many members :meth:`claim_due` found without a payload, ever (a counter)."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise :class:`BackendUnavailable` if the store cannot be reached."""
 
 
-def check_counter_arguments(keys: Sequence[str], limits: Sequence[int], increments: Sequence[int]) -> None:
-    """Raise ValueError unless counters_admit got one limit and one increment per key."""
-    if not (len(keys) == len(limits) == len(increments)):
+def check_counter_arguments(names: Sequence[str], limits: Sequence[int], increments: Sequence[int]) -> None:
+    """Raise ValueError unless window_admit got one limit and one increment per counter."""
+    if not (len(names) == len(limits) == len(increments)):
         raise ValueError(
-            f"counters_admit needs one limit and one increment per key; got {len(keys)} keys, "
+            f"window_admit needs one limit and one increment per counter; got {len(names)} names, "
             f"{len(limits)} limits and {len(increments)} increments"
         )

@@ -16,76 +16,116 @@ from middleware.backends.base import (
     WAKE_TOKEN_TTL_S,
     WAKE_TOKENS_KEPT,
     Backend,
+    ParkedClaim,
+    WindowCounts,
     check_counter_arguments,
+    window_key,
 )
+from middleware.policy.clock import Clock, SystemClock
 
 
 class MemoryBackend(Backend):
     """Every primitive of :class:`~middleware.backends.base.Backend`, in this process's memory.
 
     One lock makes each primitive atomic; a condition on that lock wakes
-    :meth:`lease_wait`.  TTLs are honoured in real (monotonic) time.  Values
-    given to :meth:`state_cas` are stored as JSON, exactly as a shared store
-    would keep them, so a value that would not survive Redis fails here too.
+    :meth:`lease_wait`.  The backend keeps time with ``clock``: leases,
+    windows, parking, and the TTLs of counters and caps all follow it, so a
+    test that moves a :class:`~middleware.policy.clock.ManualClock` moves
+    every one of them, exactly and instantly.  Waits and wake-ups are real
+    (monotonic) time.  Values given to :meth:`state_cas` are stored as JSON,
+    exactly as a shared store would keep them, so a value that would not
+    survive Redis fails here too.
 
     Examples:
-      >>> backend = MemoryBackend()
-      >>> backend.counters_admit(["requests"], [1], [1], ttl_s=60)
-      (True, [1])
-      >>> backend.counters_admit(["requests"], [1], [1], ttl_s=60)
-      (False, [1])
+      >>> from middleware.policy.clock import ManualClock
+      >>> clock = ManualClock(start=1_700_000_000.0)
+      >>> backend = MemoryBackend(clock=clock)
+      >>> backend.window_admit("q", ["requests"], [1], [1], window_s=60, ttl_s=120).values
+      [1]
+      >>> backend.window_admit("q", ["requests"], [1], [1], window_s=60, ttl_s=120).allowed
+      False
+      >>> clock.advance(60)  # the next window
+      >>> backend.window_admit("q", ["requests"], [1], [1], window_s=60, ttl_s=120).allowed
+      True
+
+    Parameters:
+      clock(Clock): The backend's time.  Defaults to the system clock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._woken = threading.Condition(self._lock)
-        self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires monotonic)
-        self._leases: dict[str, dict[str, float]] = {}  # key -> holder -> expires_at
-        self._caps: dict[str, tuple[int, float]] = {}  # key -> (cap, expires monotonic)
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
+        self._leases: dict[str, dict[str, float]] = {}  # key -> holder -> expires at
+        self._caps: dict[str, tuple[int, float]] = {}  # key -> (cap, expires at)
         self._wakes: dict[str, tuple[int, float]] = {}  # key -> (tokens, expires monotonic)
         self._states: dict[str, tuple[int, str]] = {}  # key -> (version, JSON value)
-        self._parked: dict[str, dict[str, tuple[float, bytes]]] = {}  # key -> member -> (due, payload)
+        # key -> member -> (due, token, payload); a payload of None is an orphan (tests make them).
+        self._parked: dict[str, dict[str, tuple[float, str, bytes | None]]] = {}
+        self._orphans: dict[str, int] = {}
+
+    def now(self) -> float:
+        return self._clock.now()
 
     # -- counters -----------------------------------------------------------
 
-    def _counter(self, key: str) -> int:
+    def _counter(self, key: str, now: float) -> int | None:
         entry = self._counters.get(key)
         if entry is None:
-            return 0
-        if entry[1] <= time.monotonic():
+            return None
+        if entry[1] <= now:
             del self._counters[key]
-            return 0
+            return None
         return entry[0]
 
-    def _counter_set(self, key: str, value: int, ttl_s: float) -> None:
+    def _counter_set(self, key: str, value: int, ttl_s: float, now: float) -> None:
         current = self._counters.get(key)
-        expires = current[1] if current is not None else time.monotonic() + ttl_s
+        expires = current[1] if current is not None else now + ttl_s
         self._counters[key] = (value, expires)
 
-    def counters_admit(
-        self, keys: Sequence[str], limits: Sequence[int], increments: Sequence[int], ttl_s: float
-    ) -> tuple[bool, list[int]]:
-        check_counter_arguments(keys, limits, increments)
+    def window_admit(
+        self,
+        key: str,
+        names: Sequence[str],
+        limits: Sequence[int],
+        increments: Sequence[int],
+        *,
+        window_s: int,
+        ttl_s: float,
+    ) -> WindowCounts:
+        check_counter_arguments(names, limits, increments)
         with self._lock:
-            values = [self._counter(key) for key in keys]
+            now = self._clock.now()
+            start = float(int(now) - int(now) % window_s)
+            keys = [window_key(key, start, name) for name in names]
+            values = [self._counter(k, now) or 0 for k in keys]
             if any(0 <= limit <= value for value, limit in zip(values, limits, strict=True)):
-                return False, values
+                return WindowCounts(False, start, now, values)
             after = []
-            for key, value, increment in zip(keys, values, increments, strict=True):
+            for k, value, increment in zip(keys, values, increments, strict=True):
                 if increment:
-                    self._counter_set(key, value + increment, ttl_s)
+                    self._counter_set(k, value + increment, ttl_s, now)
                 after.append(value + increment)
-            return True, after
+            return WindowCounts(True, start, now, after)
 
     def counter_add(self, key: str, amount: int, ttl_s: float) -> int:
         with self._lock:
-            value = self._counter(key) + amount
-            self._counter_set(key, value, ttl_s)
+            now = self._clock.now()
+            current = self._counter(key, now)
+            if amount < 0:
+                if current is None:
+                    return 0  # a refund never creates a counter
+                value = max(current + amount, 0)
+            else:
+                value = (current or 0) + amount
+            self._counter_set(key, value, ttl_s, now)
             return value
 
     def counters_get(self, keys: Sequence[str]) -> list[int]:
         with self._lock:
-            return [self._counter(key) for key in keys]
+            now = self._clock.now()
+            return [self._counter(key, now) or 0 for key in keys]
 
     # -- leases -------------------------------------------------------------
 
@@ -93,22 +133,23 @@ class MemoryBackend(Backend):
         entry = self._caps.get(key)
         if entry is None:
             return None
-        if entry[1] <= time.monotonic():
+        if entry[1] <= self._clock.now():
             del self._caps[key]
             return None
         return entry[0]
 
-    def lease_acquire(self, key: str, holder: str, limit: int, now: float, expires_at: float) -> bool:
+    def lease_acquire(self, key: str, holder: str, limit: int, lease_s: float) -> float | None:
         with self._lock:
+            now = self._clock.now()
             leases = self._leases.setdefault(key, {})
             for expired in [h for h, expires in leases.items() if expires <= now]:
                 del leases[expired]
             cap = self._cap(key)
             effective = limit if cap is None else min(limit, cap)
             if holder in leases or len(leases) < effective:
-                leases[holder] = expires_at
-                return True
-            return False
+                leases[holder] = now + lease_s
+                return now
+            return None
 
     def lease_release(self, key: str, holder: str) -> bool:
         with self._lock:
@@ -120,8 +161,9 @@ class MemoryBackend(Backend):
             self._woken.notify_all()
             return True
 
-    def lease_count(self, key: str, now: float) -> int:
+    def lease_count(self, key: str) -> int:
         with self._lock:
+            now = self._clock.now()
             return sum(1 for expires in self._leases.get(key, {}).values() if expires > now)
 
     def _wake_tokens(self, key: str) -> int:
@@ -151,7 +193,7 @@ class MemoryBackend(Backend):
             if cap is None:
                 self._caps.pop(key, None)
             else:
-                self._caps[key] = (cap, time.monotonic() + ttl_s)
+                self._caps[key] = (cap, self._clock.now() + ttl_s)
 
     def lease_get_cap(self, key: str) -> int | None:
         with self._lock:
@@ -176,28 +218,52 @@ class MemoryBackend(Backend):
 
     # -- parking lot --------------------------------------------------------
 
-    def park(self, key: str, member: str, payload: bytes, due_at: float) -> None:
+    def park(self, key: str, member: str, payload: bytes, delay_s: float, token: str) -> None:
         with self._lock:
-            self._parked.setdefault(key, {})[member] = (due_at, bytes(payload))
+            due = self._clock.now() + delay_s
+            self._parked.setdefault(key, {})[member] = (due, token, bytes(payload))
 
-    def claim_due(self, key: str, now: float, limit: int, claim_until: float) -> list[tuple[str, bytes]]:
+    def claim_due(self, key: str, limit: int, claim_s: float) -> tuple[list[ParkedClaim], list[str]]:
         with self._lock:
+            now = self._clock.now()
             parked = self._parked.get(key, {})
             due = sorted((entry[0], member) for member, entry in parked.items() if entry[0] <= now)
-            claimed = []
+            claimed, orphans = [], []
             for _, member in due[: max(limit, 0)]:
-                payload = parked[member][1]
-                parked[member] = (claim_until, payload)
-                claimed.append((member, payload))
-            return claimed
+                _, token, payload = parked[member]
+                if payload is None:
+                    del parked[member]
+                    orphans.append(member)
+                    continue
+                parked[member] = (now + claim_s, token, payload)
+                claimed.append(ParkedClaim(member, payload, token))
+            if orphans:
+                self._orphans[key] = self._orphans.get(key, 0) + len(orphans)
+            return claimed, orphans
 
-    def unpark(self, key: str, member: str) -> None:
+    def unpark(self, key: str, member: str, token: str) -> bool:
         with self._lock:
-            self._parked.get(key, {}).pop(member, None)
+            parked = self._parked.get(key, {})
+            entry = parked.get(member)
+            if entry is None or entry[1] != token:
+                return False
+            del parked[member]
+            return True
 
     def parked_count(self, key: str) -> int:
         with self._lock:
             return len(self._parked.get(key, {}))
+
+    def parked_orphans(self, key: str) -> int:
+        with self._lock:
+            return self._orphans.get(key, 0)
+
+    def lose_payload(self, key: str, member: str) -> None:
+        """Drop a parked member's payload but keep it due (what a store that lost part of
+        its data looks like); for tests of :meth:`claim_due`'s orphans."""
+        with self._lock:
+            due, token, _ = self._parked[key][member]
+            self._parked[key][member] = (due, token, None)
 
     def ping(self) -> None:
         """Always reachable."""

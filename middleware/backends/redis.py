@@ -1,17 +1,25 @@
 """A backend on Redis: the primitives shared by every worker of a fleet.
 
 Each multi-step primitive is one Lua script, so it is atomic and costs one
-round trip.  Keys are ``<namespace>:<kind>:<key>``; the kinds are
+round trip.  Every script that needs "now" reads the server's ``TIME``, so
+the whole fleet shares one clock whatever its hosts' clocks say (scripts are
+replicated by their effects, the default since Redis 5, so ``TIME`` is
+allowed before writes).  Keys are ``<namespace>:<kind>:<key>``; the kinds are
 ``counter``, ``lease`` (a sorted set of holder -> expiry), ``lease-cap``,
 ``lease-wake`` (the wake-up list :meth:`RedisBackend.lease_wait` blocks on),
 ``state`` (a hash of version and JSON value), ``park-due`` (a sorted set of
-member -> due time) and ``park-payload`` (a hash of member -> payload).
+member -> due time), ``park-payload`` and ``park-token`` (hashes of member ->
+payload and member -> token of its parking) and ``park-orphans`` (a counter).
+The quota's window counters are named inside the script from the server's
+time (``counter:<key>:<window start>:<name>``): a standalone Redis or a
+primary with replicas, as for Dramatiq's Redis broker, not Redis Cluster.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,58 +31,99 @@ from middleware.backends.base import (
     WAKE_TOKENS_KEPT,
     Backend,
     BackendUnavailable,
+    ParkedClaim,
+    WindowCounts,
     check_counter_arguments,
 )
 from middleware.redaction import redact, redact_url
 
-# KEYS: the counters.  ARGV: one limit per key, one increment per key, TTL in ms.
-COUNTERS_ADMIT = """
-local n = #KEYS
-local values = {}
+# Every script that needs the time starts with this: the server's clock, in
+# epoch seconds with microseconds.  Times go back to Redis as '%.6f' strings:
+# Lua would print a number with 14 significant digits, a tenth of a millisecond.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function at(seconds) return string.format('%.6f', seconds) end
+"""
+
+# ARGV: key prefix, window_s, TTL in ms, n, then n names, n limits, n increments.
+# Reply: admitted (0/1), window start, now, then the n values.
+WINDOW_ADMIT = (
+    _NOW
+    + """
+local sec = tonumber(t[1])
+local window = tonumber(ARGV[2])
+local start = sec - (sec % window)
+local n = tonumber(ARGV[4])
+local keys, values = {}, {}
 for i = 1, n do
-  values[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  keys[i] = ARGV[1] .. ':' .. string.format('%d', start) .. ':' .. ARGV[4 + i]
+  values[i] = tonumber(redis.call('GET', keys[i]) or '0')
 end
 local admitted = 1
 for i = 1, n do
-  local limit = tonumber(ARGV[i])
+  local limit = tonumber(ARGV[4 + n + i])
   if limit >= 0 and values[i] >= limit then admitted = 0 end
 end
 if admitted == 1 then
   for i = 1, n do
-    if tonumber(ARGV[n + i]) ~= 0 then
-      values[i] = redis.call('INCRBY', KEYS[i], ARGV[n + i])
-      if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * n + 1]) end
+    local increment = tonumber(ARGV[4 + 2 * n + i])
+    if increment ~= 0 then
+      values[i] = redis.call('INCRBY', keys[i], increment)
+      if redis.call('PTTL', keys[i]) == -1 then redis.call('PEXPIRE', keys[i], ARGV[3]) end
     end
   end
 end
-local reply = {admitted}
-for i = 1, n do reply[i + 1] = values[i] end
+local reply = {admitted, string.format('%d', start), at(now)}
+for i = 1, n do reply[3 + i] = values[i] end
 return reply
 """
+)
 
 # KEYS: the counter.  ARGV: amount, TTL in ms.
+# A refund (amount < 0) never creates the counter nor takes it below 0: after
+# a restart that lost it, giving a request back must not admit an extra one.
 COUNTER_ADD = """
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+local amount = tonumber(ARGV[1])
+if amount < 0 then
+  local current = redis.call('GET', KEYS[1])
+  if not current then return 0 end
+  current = tonumber(current)
+  if current + amount < 0 then amount = -current end
+  if amount == 0 then return current end
+end
+local value = redis.call('INCRBY', KEYS[1], amount)
 if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return value
 """
 
-# KEYS: leases, cap.  ARGV: holder, limit, now, expires_at.
+# KEYS: leases, cap.  ARGV: holder, limit, lease_s.  Reply: the grant time, or nil.
 # The set itself expires a minute after its last lease would, so an
 # abandoned semaphore leaves nothing behind.
-LEASE_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+LEASE_ACQUIRE = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', at(now))
 local limit = tonumber(ARGV[2])
 local cap = redis.call('GET', KEYS[2])
 if cap then limit = math.min(limit, tonumber(cap)) end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= limit then
-  return 0
+  return false
 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-local ttl_ms = math.max(math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[3])) * 1000), 0) + 60000
+redis.call('ZADD', KEYS[1], at(now + tonumber(ARGV[3])), ARGV[1])
+local ttl_ms = math.ceil(tonumber(ARGV[3]) * 1000) + 60000
 if redis.call('PTTL', KEYS[1]) < ttl_ms then redis.call('PEXPIRE', KEYS[1], ttl_ms) end
-return 1
+return at(now)
 """
+)
+
+# KEYS: leases.
+LEASE_COUNT = (
+    _NOW
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. at(now), '+inf')
+"""
+)
 
 # KEYS: leases, wake list.  ARGV: holder, tokens kept, token TTL in ms.
 LEASE_RELEASE = """
@@ -93,35 +142,67 @@ redis.call('HSET', KEYS[1], 'version', current + 1, 'value', ARGV[2])
 return 1
 """
 
-# KEYS: due set, payload hash.  ARGV: member, payload, due_at.
-PARK = """
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+# KEYS: due set, payload hash, token hash.  ARGV: member, payload, delay_s, token.
+PARK = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], at(now + tonumber(ARGV[3])), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 """
+)
 
-# KEYS: due set, payload hash.  ARGV: now, limit, claim_until.
-# A member whose payload is missing is dropped instead of handed out empty.
-CLAIM_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local claimed = {}
+# KEYS: due set, payload hash, token hash, orphan counter.  ARGV: limit, claim_s.
+# Reply: {member, payload, token, ...} claimed, then {member, ...} orphans: a
+# member due without a payload is removed and counted, never handed out empty.
+CLAIM_DUE = (
+    _NOW
+    + """
+local claim_until = at(now + tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', at(now), 'LIMIT', 0, ARGV[1])
+local claimed, orphans = {}, {}
 for _, member in ipairs(due) do
   local payload = redis.call('HGET', KEYS[2], member)
   if payload then
-    redis.call('ZADD', KEYS[1], ARGV[3], member)
+    redis.call('ZADD', KEYS[1], claim_until, member)
     table.insert(claimed, member)
     table.insert(claimed, payload)
+    table.insert(claimed, redis.call('HGET', KEYS[3], member) or '')
   else
     redis.call('ZREM', KEYS[1], member)
+    redis.call('HDEL', KEYS[3], member)
+    redis.call('INCR', KEYS[4])
+    table.insert(orphans, member)
   end
 end
-return claimed
+return {claimed, orphans}
+"""
+)
+
+# KEYS: due set, payload hash, token hash.  ARGV: member, token.
+# Only the parking that was claimed is forgotten: a member parked again since
+# (a new token) stays.
+UNPARK = """
+if (redis.call('HGET', KEYS[3], ARGV[1]) or '') ~= ARGV[2] then return 0 end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
 """
 
-# KEYS: due set, payload hash.  ARGV: member.
-UNPARK = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-"""
+#: Error replies that mean "not now" rather than "never": a replica after a
+#: failover (READONLY), a full memory (OOM), a server loading its data
+#: (LOADING, a ConnectionError in redis-py already), a replica cut off from
+#: its primary (MASTERDOWN), a cluster in flux (TRYAGAIN, CLUSTERDOWN).
+#: redis-py turns those codes into these classes...
+_TRANSIENT_ERRORS = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]  # not in types-redis yet
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,  # MasterDownError too
+)
+#: ... and leaves these in the message: a long script (BUSY), too few replicas (NOREPLICAS).
+_TRANSIENT_REPLY = re.compile(r"^(BUSY|NOREPLICAS|MASTERDOWN|READONLY|OOM)\b")
 
 
 def _ms(seconds: float) -> int:
@@ -139,7 +220,10 @@ def _redacted(url: str) -> str:
 
 
 class RedisBackend(Backend):
-    """Every primitive of :class:`~middleware.backends.base.Backend` on a Redis server.
+    """Every primitive of :class:`~middleware.backends.base.Backend` on a Redis server (5 or later).
+
+    The server's clock is the fleet's clock: hosts whose clocks disagree still
+    agree on leases, windows, cooldowns and due times.
 
     Examples:
       >>> backend = RedisBackend.from_url("redis://127.0.0.1:6380/0")  # doctest: +SKIP
@@ -177,9 +261,10 @@ class RedisBackend(Backend):
         self._scripts: dict[str, Callable[..., Any]] = {
             name: client.register_script(source)
             for name, source in [
-                ("counters_admit", COUNTERS_ADMIT),
+                ("window_admit", WINDOW_ADMIT),
                 ("counter_add", COUNTER_ADD),
                 ("lease_acquire", LEASE_ACQUIRE),
+                ("lease_count", LEASE_COUNT),
                 ("lease_release", LEASE_RELEASE),
                 ("state_cas", STATE_CAS),
                 ("park", PARK),
@@ -224,6 +309,16 @@ class RedisBackend(Backend):
                 f"Redis at {self._where} cannot be reached ({reason}). "
                 f"Check that the server is running and that the URL (host, port, password, TLS) points at it."
             ) from (error if reason == str(error) else None)
+        except redis.ResponseError as error:
+            if not isinstance(error, _TRANSIENT_ERRORS) and _TRANSIENT_REPLY.match(str(error)) is None:
+                raise
+            reason = redact(str(error), secrets=[password])
+            raise BackendUnavailable(
+                f"Redis at {self._where} refuses the command for now "
+                f"({type(error).__name__}: {reason}). "
+                "Check that the URL points at the primary (after a failover), that maxmemory leaves room, "
+                "and that no script blocks the server."
+            ) from (error if reason == str(error) else None)
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self.namespace}:{kind}:{key}"
@@ -232,18 +327,39 @@ class RedisBackend(Backend):
         with self._reachable():
             return self._scripts[script](keys=list(keys), args=list(args))
 
+    def now(self) -> float:
+        with self._reachable():
+            seconds, microseconds = self.client.time()
+        return int(seconds) + int(microseconds) / 1_000_000
+
     # -- counters -----------------------------------------------------------
 
-    def counters_admit(
-        self, keys: Sequence[str], limits: Sequence[int], increments: Sequence[int], ttl_s: float
-    ) -> tuple[bool, list[int]]:
-        check_counter_arguments(keys, limits, increments)
-        reply = self._run(
-            "counters_admit",
-            [self._key("counter", key) for key in keys],
-            [*limits, *increments, _ms(ttl_s)],
+    def window_admit(
+        self,
+        key: str,
+        names: Sequence[str],
+        limits: Sequence[int],
+        increments: Sequence[int],
+        *,
+        window_s: int,
+        ttl_s: float,
+    ) -> WindowCounts:
+        check_counter_arguments(names, limits, increments)
+        if int(window_s) != window_s or window_s <= 0:
+            raise ValueError(f"window_s must be a positive whole number of seconds, got {window_s}")
+        args = [
+            self._key("counter", key),
+            int(window_s),
+            _ms(ttl_s),
+            len(names),
+            *names,
+            *limits,
+            *increments,
+        ]
+        reply = self._run("window_admit", [], args)
+        return WindowCounts(
+            bool(reply[0]), float(_text(reply[1])), float(_text(reply[2])), [int(v) for v in reply[3:]]
         )
-        return bool(reply[0]), [int(value) for value in reply[1:]]
 
     def counter_add(self, key: str, amount: int, ttl_s: float) -> int:
         return int(self._run("counter_add", [self._key("counter", key)], [amount, _ms(ttl_s)]))
@@ -257,17 +373,17 @@ class RedisBackend(Backend):
 
     # -- leases -------------------------------------------------------------
 
-    def lease_acquire(self, key: str, holder: str, limit: int, now: float, expires_at: float) -> bool:
+    def lease_acquire(self, key: str, holder: str, limit: int, lease_s: float) -> float | None:
         keys = [self._key("lease", key), self._key("lease-cap", key)]
-        return bool(self._run("lease_acquire", keys, [holder, limit, repr(now), repr(expires_at)]))
+        granted = self._run("lease_acquire", keys, [holder, limit, repr(float(lease_s))])
+        return None if granted is None else float(_text(granted))
 
     def lease_release(self, key: str, holder: str) -> bool:
         keys = [self._key("lease", key), self._key("lease-wake", key)]
         return bool(self._run("lease_release", keys, [holder, WAKE_TOKENS_KEPT, _ms(WAKE_TOKEN_TTL_S)]))
 
-    def lease_count(self, key: str, now: float) -> int:
-        with self._reachable():
-            return int(self.client.zcount(self._key("lease", key), f"({now!r}", "+inf"))
+    def lease_count(self, key: str) -> int:
+        return int(self._run("lease_count", [self._key("lease", key)], []))
 
     def lease_wait(self, key: str, timeout_s: float) -> bool:
         wake_key = self._key("lease-wake", key)
@@ -308,23 +424,32 @@ class RedisBackend(Backend):
     # -- parking lot --------------------------------------------------------
 
     def _park_keys(self, key: str) -> list[str]:
-        return [self._key("park-due", key), self._key("park-payload", key)]
+        return [self._key("park-due", key), self._key("park-payload", key), self._key("park-token", key)]
 
-    def park(self, key: str, member: str, payload: bytes, due_at: float) -> None:
-        self._run("park", self._park_keys(key), [member, payload, repr(due_at)])
+    def park(self, key: str, member: str, payload: bytes, delay_s: float, token: str) -> None:
+        self._run("park", self._park_keys(key), [member, payload, repr(float(delay_s)), token])
 
-    def claim_due(self, key: str, now: float, limit: int, claim_until: float) -> list[tuple[str, bytes]]:
+    def claim_due(self, key: str, limit: int, claim_s: float) -> tuple[list[ParkedClaim], list[str]]:
         if limit <= 0:
-            return []
-        reply = self._run("claim_due", self._park_keys(key), [repr(now), limit, repr(claim_until)])
-        return [(_text(reply[i]), bytes(reply[i + 1])) for i in range(0, len(reply), 2)]
+            return [], []
+        keys = [*self._park_keys(key), self._key("park-orphans", key)]
+        claimed, orphans = self._run("claim_due", keys, [limit, repr(float(claim_s))])
+        claims = [
+            ParkedClaim(_text(claimed[i]), bytes(claimed[i + 1]), _text(claimed[i + 2]))
+            for i in range(0, len(claimed), 3)
+        ]
+        return claims, [_text(member) for member in orphans]
 
-    def unpark(self, key: str, member: str) -> None:
-        self._run("unpark", self._park_keys(key), [member])
+    def unpark(self, key: str, member: str, token: str) -> bool:
+        return bool(self._run("unpark", self._park_keys(key), [member, token]))
 
     def parked_count(self, key: str) -> int:
         with self._reachable():
             return int(self.client.zcard(self._key("park-due", key)))
+
+    def parked_orphans(self, key: str) -> int:
+        with self._reachable():
+            return int(self.client.get(self._key("park-orphans", key)) or 0)
 
     def ping(self) -> None:
         with self._reachable():

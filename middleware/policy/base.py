@@ -1,4 +1,4 @@
-"""What every policy has: a name shared by the fleet, its limits, a backend, a clock and randomness."""
+"""What every policy has: a name shared by the fleet, its limits, a backend that keeps time, and randomness."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import random
 from typing import ClassVar, Generic, TypeVar
 
 from middleware.backends.base import Backend
-from middleware.policy.clock import Clock, SystemClock
 
 LimitsT = TypeVar("LimitsT")
 
@@ -14,12 +13,16 @@ LimitsT = TypeVar("LimitsT")
 class Policy(Generic[LimitsT]):
     """Base of the quota, semaphore and breaker policies: their state lives under ``KIND:NAME``.
 
+    Policies decide; the backend counts and keeps the time, so every host of a
+    fleet agrees on leases, windows and cooldowns whatever its own clock says
+    (tests give a :class:`~middleware.backends.memory.MemoryBackend` a
+    :class:`~middleware.policy.clock.ManualClock`).
+
     Parameters:
       name(str): Names the policy's state in the backend; policies of the same
         name share it, wherever they run.
       limits: What the policy allows.
-      backend(Backend): Where the state lives.
-      clock(Clock): The time source.  Defaults to the system clock.
+      backend(Backend): Where the state lives, and whose clock counts.
       rng(random.Random): The source of jitter.  Defaults to a new Random.
     """
 
@@ -27,18 +30,11 @@ class Policy(Generic[LimitsT]):
     kind: ClassVar[str] = ""
 
     def __init__(
-        self,
-        name: str,
-        limits: LimitsT,
-        backend: Backend,
-        *,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
+        self, name: str, limits: LimitsT, backend: Backend, *, rng: random.Random | None = None
     ) -> None:
         self._name = name
         self._limits = limits
         self._backend = backend
-        self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._key = f"{self.kind}:{name}"
 
@@ -49,3 +45,8 @@ class Policy(Generic[LimitsT]):
     @property
     def limits(self) -> LimitsT:
         return self._limits
+
+    @property
+    def backend(self) -> Backend:
+        """Where the state lives; its :meth:`~middleware.backends.base.Backend.now` is the fleet's clock."""
+        return self._backend

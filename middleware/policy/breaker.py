@@ -39,7 +39,7 @@ class BreakerLimits:
 
     Examples:
       >>> BreakerLimits(failure_threshold=5, cooldown_s=300.0)
-      BreakerLimits(failure_threshold=5, cooldown_s=300.0, probe_ttl_s=120.0, jitter_s=5.0)
+      BreakerLimits(failure_threshold=5, cooldown_s=300.0, probe_ttl_s=120.0, jitter_s=5.0, probe_recheck_s=1.0)
 
     Parameters:
       failure_threshold(int): Consecutive failures that open the circuit.
@@ -47,22 +47,27 @@ class BreakerLimits:
       probe_ttl_s(float): A half-open probe claim expires after this (its worker
         may have died), and the next job probes instead.
       jitter_s(float): Jobs denied while open come back at open_until + uniform(0, jitter_s).
+      probe_recheck_s(float): Jobs denied while a probe is out come back after
+        this (plus uniform(0, jitter_s)), not when its claim expires: a probe
+        usually ends long before its claim would, and then they may run.
     """
 
     failure_threshold: int = 3
     cooldown_s: float = 60.0
     probe_ttl_s: float = 120.0
     jitter_s: float = 5.0
+    probe_recheck_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
             raise ValueError(
                 f"BreakerLimits.failure_threshold must be at least 1, got {self.failure_threshold}"
             )
-        if self.cooldown_s < 0 or self.probe_ttl_s <= 0 or self.jitter_s < 0:
+        if self.cooldown_s < 0 or self.probe_ttl_s <= 0 or self.jitter_s < 0 or self.probe_recheck_s <= 0:
             raise ValueError(
-                "BreakerLimits needs cooldown_s >= 0, probe_ttl_s > 0 and jitter_s >= 0, got "
-                f"cooldown_s={self.cooldown_s}, probe_ttl_s={self.probe_ttl_s}, jitter_s={self.jitter_s}"
+                "BreakerLimits needs cooldown_s >= 0, probe_ttl_s > 0, jitter_s >= 0 and probe_recheck_s > 0, "
+                f"got cooldown_s={self.cooldown_s}, probe_ttl_s={self.probe_ttl_s}, jitter_s={self.jitter_s}, "
+                f"probe_recheck_s={self.probe_recheck_s}"
             )
 
 
@@ -132,14 +137,17 @@ def decide(
 
     Closed admits; open refuses until the cooldown ends, then the first asker
     claims the half-open probe (a new generation); while a probe claim is live
-    everyone else is refused; an expired claim is taken over by the next asker.
+    everyone else is refused, and told to ask again after ``probe_recheck_s``
+    (the probe may end any moment; its claim's expiry is only the worst
+    case); an expired claim is taken over by the next asker.
     """
     if state.status is BreakerStatus.CLOSED:
         return state, Admission(True, state.generation, False, None, state.status)
     if state.status is BreakerStatus.OPEN and now < state.open_until:
         return state, Admission(False, state.generation, False, state.open_until, state.status)
     if state.status is BreakerStatus.HALF_OPEN and now < state.probe_expires:
-        return state, Admission(False, state.generation, False, state.probe_expires, state.status)
+        recheck_at = min(state.probe_expires, now + limits.probe_recheck_s)
+        return state, Admission(False, state.generation, False, recheck_at, state.status)
     probing = replace(
         state,
         status=BreakerStatus.HALF_OPEN,
@@ -222,8 +230,11 @@ class BreakerPolicy(Policy[BreakerLimits]):
         share one circuit, wherever they run.
       limits(BreakerLimits): Threshold, cooldown, probe claim and jitter.
       backend(Backend): Where the state lives.
-      clock(Clock): The time source.  Defaults to the system clock.
       rng(random.Random): The source of jitter.  Defaults to a new Random.
+
+    Cooldowns and probe claims are reckoned by the backend's clock
+    (:meth:`~middleware.backends.base.Backend.now`), the same for every host:
+    a host whose clock runs ahead cannot end a cooldown early.
     """
 
     kind = "breaker"
@@ -246,7 +257,8 @@ class BreakerPolicy(Policy[BreakerLimits]):
         """Whether ``holder`` may make a call now; a denial's retry_at carries jitter."""
         for _ in range(_MAX_CAS_ATTEMPTS):
             version, state = self._read()
-            after, admission = decide(state, now=self._clock.now(), holder=holder, limits=self._limits)
+            now = self._backend.now()
+            after, admission = decide(state, now=now, holder=holder, limits=self._limits)
             if self._write(version, state, after):
                 if admission.retry_at is None:
                     return admission
@@ -264,7 +276,7 @@ class BreakerPolicy(Policy[BreakerLimits]):
                 state,
                 generation=admission.generation,
                 success=success,
-                now=self._clock.now(),
+                now=self._backend.now(),
                 limits=self._limits,
             )
             if self._write(version, state, after):

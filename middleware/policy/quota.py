@@ -1,7 +1,8 @@
 """A fleet-wide quota per fixed window: so many requests and so many response bytes a day.
 
-Windows are aligned to the epoch, so a 86,400 s window is a UTC day and every
-worker agrees on when it starts.  Admission is one atomic backend call, so
+Windows are aligned to the epoch, so a 86,400 s window is a UTC day, and
+the backend's clock says which window it is, so every worker agrees on when
+it starts whatever its own clock says.  Admission is one atomic backend call, so
 however many workers race, no more than the limit are admitted.
 """
 
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from middleware.backends.base import WindowCounts, window_key
 from middleware.policy.backoff import jittered
 from middleware.policy.base import Policy
 
 #: Counters outlive their window by this much, so late byte counts still land.
 _COUNTER_GRACE_S = 3600
+
+#: The two counters of each window.
+_COUNTERS = ("requests", "bytes")
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class QuotaDecision:
         to :meth:`QuotaPolicy.record_bytes` so bytes land in that window.
       requests_used(int): Requests admitted in the window, this one included.
       bytes_used(int): Bytes recorded in the window so far.
-      retry_at(float | None): When denied, the epoch time to try again.
+      retry_at(float | None): When denied, the time to try again, by the backend's clock.
     """
 
     allowed: bool
@@ -117,6 +122,10 @@ def window_bounds(now: float, window_s: int) -> tuple[float, float]:
 class QuotaPolicy(Policy[QuotaLimits]):
     """Admits requests while a shared per-window quota lasts.
 
+    The window a request lands in is chosen by the backend's clock, the same
+    for every host, and the decision names it: bytes and refunds go to that
+    window, even after it ended.
+
     Examples:
       >>> from middleware.backends.memory import MemoryBackend
       >>> quota = QuotaPolicy("api", QuotaLimits(requests=2), MemoryBackend())
@@ -131,28 +140,31 @@ class QuotaPolicy(Policy[QuotaLimits]):
       name(str): Names the quota in the backend; policies of the same name
         share one quota, wherever they run.
       limits(QuotaLimits): What the quota allows.
-      backend(Backend): Where the counters live.
-      clock(Clock): The time source.  Defaults to the system clock.
+      backend(Backend): Where the counters live, and whose clock picks the window.
       rng(random.Random): The source of jitter.  Defaults to a new Random.
     """
 
     kind = "quota"
 
-    def _keys(self, window_start: float) -> list[str]:
-        prefix = f"{self._key}:{int(window_start)}"
-        return [f"{prefix}:requests", f"{prefix}:bytes"]
+    def _ttl_s(self) -> float:
+        return self._limits.window_s + _COUNTER_GRACE_S
+
+    def _window(self, increment: int) -> WindowCounts:
+        # With nothing to add, limits of -1: reading the window never refuses.
+        limits = [self._limits.requests, self._limits.bytes] if increment else [-1, -1]
+        return self._backend.window_admit(
+            self._key, _COUNTERS, limits, [increment, 0], window_s=self._limits.window_s, ttl_s=self._ttl_s()
+        )
 
     def admit(self) -> QuotaDecision:
         """Count one request against the current window if the window has room for it."""
-        start, end = window_bounds(self._clock.now(), self._limits.window_s)
-        allowed, (requests_used, bytes_used) = self._backend.counters_admit(
-            self._keys(start),
-            [self._limits.requests, self._limits.bytes],
-            [1, 0],
-            ttl_s=self._limits.window_s + _COUNTER_GRACE_S,
-        )
-        retry_at = None if allowed else jittered(end, jitter_s=self._limits.jitter_s, rng=self._rng)
-        return QuotaDecision(allowed, start, requests_used, bytes_used, retry_at)
+        counted = self._window(1)
+        requests_used, bytes_used = counted.values
+        retry_at = None
+        if not counted.allowed:
+            end = counted.window_start + self._limits.window_s
+            retry_at = jittered(end, jitter_s=self._limits.jitter_s, rng=self._rng)
+        return QuotaDecision(counted.allowed, counted.window_start, requests_used, bytes_used, retry_at)
 
     def record_bytes(self, amount: int, window_start: float) -> None:
         """Charge ``amount`` response bytes to the window the request was admitted in
@@ -161,20 +173,26 @@ class QuotaPolicy(Policy[QuotaLimits]):
             raise ValueError(f"record_bytes needs the number of bytes received (0 or more), got {amount}")
         if amount:
             self._backend.counter_add(
-                self._keys(window_start)[1], amount, ttl_s=self._limits.window_s + _COUNTER_GRACE_S
+                window_key(self._key, window_start, "bytes"), amount, ttl_s=self._ttl_s()
             )
 
     def refund(self, window_start: float) -> None:
         """Give back one request admitted in ``window_start`` whose call was never made
-        (a later check deferred the job). Only ever lowers the count: no overshoot."""
-        self._backend.counter_add(
-            self._keys(window_start)[0], -1, ttl_s=self._limits.window_s + _COUNTER_GRACE_S
-        )
+        (a later check deferred the job). Only ever lowers the count, never below 0, and
+        never recreates a counter that vanished (say, the store restarted): no overshoot."""
+        self._backend.counter_add(window_key(self._key, window_start, "requests"), -1, ttl_s=self._ttl_s())
 
     def usage(self) -> QuotaUsage:
-        """What the current window has used so far."""
-        start, end = window_bounds(self._clock.now(), self._limits.window_s)
-        requests_used, bytes_used = self._backend.counters_get(self._keys(start))
+        """What the current window (by the backend's clock) has used so far."""
+        counted = self._window(0)
+        requests_used, bytes_used = counted.values
+        start = counted.window_start
         return QuotaUsage(
-            self._name, start, end, requests_used, self._limits.requests, bytes_used, self._limits.bytes
+            self._name,
+            start,
+            start + self._limits.window_s,
+            requests_used,
+            self._limits.requests,
+            bytes_used,
+            self._limits.bytes,
         )

@@ -70,7 +70,8 @@ class Permit:
     Parameters:
       name(str): The semaphore it belongs to.
       holder(str): Who holds it (unique per job attempt, e.g. a message id).
-      acquired_at(float): Epoch time it was granted; it lapses at acquired_at + lease_s.
+      acquired_at(float): When it was granted, by the backend's clock; it lapses at
+        acquired_at + lease_s.
     """
 
     name: str
@@ -93,9 +94,8 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
       name(str): Names the semaphore in the backend; policies of the same name
         share its permits, wherever they run.
       limits(SemaphoreLimits): Permits, lease length and waiting.
-      backend(Backend): Where the leases live.
-      clock(Clock): The time source of leases.  Defaults to the system clock.
-        Waiting always uses real time.
+      backend(Backend): Where the leases live; its clock says when they lapse, the
+        same for every host.  Waiting always uses real time.
       rng(random.Random): The source of :meth:`retry_delay`.  Defaults to a new Random.
     """
 
@@ -103,12 +103,10 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
 
     def try_acquire(self, holder: str) -> Permit | None:
         """Take a permit if one is free right now; never waits."""
-        now = self._clock.now()
-        if self._backend.lease_acquire(
-            self._key, holder, self._limits.permits, now, now + self._limits.lease_s
-        ):
-            return Permit(self._name, holder, now)
-        return None
+        granted_at = self._backend.lease_acquire(
+            self._key, holder, self._limits.permits, self._limits.lease_s
+        )
+        return None if granted_at is None else Permit(self._name, holder, granted_at)
 
     def acquire(self, holder: str, *, wait_s: float | None = None) -> Permit | None:
         """Take a permit, waiting up to ``wait_s`` real seconds (default ``limits.wait_s``)
@@ -151,7 +149,7 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
 
     def in_use(self) -> int:
         """Permits held right now, fleet-wide (lapsed leases not counted)."""
-        return self._backend.lease_count(self._key, self._clock.now())
+        return self._backend.lease_count(self._key)
 
     def effective_permits(self) -> int:
         """Permits in effect: the configured number, lowered by a cap if one is set."""

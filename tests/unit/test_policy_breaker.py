@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,14 +84,21 @@ TRANSITIONS = [
         PROBING,
         deciding(T + 100, "b"),
         PROBING,
+        Admission(False, 6, False, T + 101, HALF_OPEN),
+        id="a live probe claim excludes everyone else, who re-check soon",
+    ),
+    pytest.param(
+        PROBING,
+        deciding(T + 179.5, "b"),
+        PROBING,
         Admission(False, 6, False, T + 180, HALF_OPEN),
-        id="a live probe claim excludes everyone else",
+        id="a re-check is never later than the claim's expiry",
     ),
     pytest.param(
         PROBING,
         deciding(T + 100, "a"),
         PROBING,
-        Admission(False, 6, False, T + 180, HALF_OPEN),
+        Admission(False, 6, False, T + 101, HALF_OPEN),
         id="a live probe claim is not granted twice",
     ),
     pytest.param(
@@ -221,8 +229,8 @@ def test_the_threshold_is_reached_only_by_consecutive_failures() -> None:
 class CountingBackend(MemoryBackend):
     """A MemoryBackend that counts state reads and writes, and can slip in a rival write."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, clock: ManualClock | None = None) -> None:
+        super().__init__(clock=clock or ManualClock(T))
         self.reads = 0
         self.writes = 0
         self.before_next_cas: Callable[[], None] | None = None
@@ -239,13 +247,15 @@ class CountingBackend(MemoryBackend):
         return super().state_cas(key, version, value)
 
 
-def breaker(backend: MemoryBackend | RedisBackend, clock: ManualClock, seed: int = 0) -> BreakerPolicy:
-    return BreakerPolicy("api", LIMITS, backend, clock=clock, rng=random.Random(seed))
+def breaker(
+    backend: MemoryBackend | RedisBackend, seed: int = 0, limits: BreakerLimits = LIMITS
+) -> BreakerPolicy:
+    return BreakerPolicy("api", limits, backend, rng=random.Random(seed))
 
 
 def test_the_policy_opens_probes_and_closes_over_a_backend() -> None:
     clock = ManualClock(T)
-    policy = breaker(MemoryBackend(), clock)
+    policy = breaker(MemoryBackend(clock=clock))
     for _ in range(3):
         policy.record(policy.admit("job"), success=False)
     assert policy.state().status is OPEN
@@ -262,8 +272,7 @@ def test_the_policy_opens_probes_and_closes_over_a_backend() -> None:
 
 
 def test_a_slow_call_from_before_the_circuit_opened_cannot_close_it() -> None:
-    clock = ManualClock(T)
-    policy = breaker(MemoryBackend(), clock)
+    policy = breaker(MemoryBackend(clock=ManualClock(T)))
     slow = policy.admit("slow")
     for _ in range(3):
         policy.record(policy.admit("job"), success=False)
@@ -273,7 +282,7 @@ def test_a_slow_call_from_before_the_circuit_opened_cannot_close_it() -> None:
 
 def test_an_abandoned_probe_goes_to_the_next_job() -> None:
     clock = ManualClock(T)
-    policy = breaker(MemoryBackend(), clock)
+    policy = breaker(MemoryBackend(clock=clock))
     for _ in range(3):
         policy.record(policy.admit("job"), success=False)
     clock.advance(60)
@@ -287,9 +296,8 @@ def test_an_abandoned_probe_goes_to_the_next_job() -> None:
 
 
 def test_a_denied_admission_records_nothing() -> None:
-    clock = ManualClock(T)
     backend = CountingBackend()
-    policy = breaker(backend, clock)
+    policy = breaker(backend)
     denied = Admission(False, 0, False, T + 60, OPEN)
     backend.reads = 0
     policy.record(denied, success=False)
@@ -300,7 +308,7 @@ def test_a_denied_admission_records_nothing() -> None:
 
 def test_the_hot_path_is_a_single_read() -> None:
     backend = CountingBackend()
-    policy = breaker(backend, ManualClock(T))
+    policy = breaker(backend)
     admission = policy.admit("job")
     assert (backend.reads, backend.writes) == (1, 0)
     policy.record(admission, success=True)
@@ -309,8 +317,7 @@ def test_the_hot_path_is_a_single_read() -> None:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_retries_while_open_are_jittered_within_bounds(seed: int) -> None:
-    clock = ManualClock(T)
-    policy = breaker(MemoryBackend(), clock, seed=seed)
+    policy = breaker(MemoryBackend(clock=ManualClock(T)), seed=seed)
     for _ in range(3):
         policy.record(policy.admit("job"), success=False)
     retry_at = policy.admit("job").retry_at
@@ -319,10 +326,9 @@ def test_retries_while_open_are_jittered_within_bounds(seed: int) -> None:
 
 
 def test_a_lost_compare_and_set_is_retried_on_fresh_state() -> None:
-    clock = ManualClock(T)
     backend = CountingBackend()
-    worker_a = breaker(backend, clock)
-    worker_b = breaker(backend, clock)
+    worker_a = breaker(backend)
+    worker_b = breaker(backend)
     admission_a = worker_a.admit("a")
     admission_b = worker_b.admit("b")
     # Worker B's failure lands between worker A's read and its write.
@@ -337,6 +343,7 @@ def test_a_lost_compare_and_set_is_retried_on_fresh_state() -> None:
         pytest.param({"failure_threshold": 0}, "failure_threshold", id="zero threshold"),
         pytest.param({"cooldown_s": -1.0}, "cooldown_s", id="negative cooldown"),
         pytest.param({"probe_ttl_s": 0.0}, "probe_ttl_s", id="zero probe ttl"),
+        pytest.param({"probe_recheck_s": 0.0}, "probe_recheck_s", id="zero probe re-check"),
     ],
 )
 def test_limits_refuse_nonsense(fields: dict[str, float], message: str) -> None:
@@ -362,15 +369,17 @@ def admit_together(workers: list[BreakerPolicy]) -> list[Admission]:
 
 
 def test_racing_workers_get_exactly_one_probe(redis_client: redis.Redis[bytes], redis_url: str) -> None:
-    clock = ManualClock(T)
-    policy = breaker(RedisBackend(redis_client), clock)
+    # The cooldown runs on the Redis server's clock: real time, so a short one.
+    limits = BreakerLimits(failure_threshold=3, cooldown_s=0.2, probe_ttl_s=120.0, jitter_s=0.0)
+    policy = breaker(RedisBackend(redis_client), limits=limits)
     for _ in range(3):
         policy.record(policy.admit("job"), success=False)
     # One backend (own connection pool) per worker, as separate processes would have.
     backends = [RedisBackend.from_url(redis_url) for _ in range(8)]
-    workers = [breaker(backend, clock, seed=n) for n, backend in enumerate(backends)]
+    workers = [breaker(backend, seed=n, limits=limits) for n, backend in enumerate(backends)]
     for _ in range(5):
-        clock.advance(60)
+        assert not policy.admit("early").allowed
+        time.sleep(0.25)
         assert policy.state().status is OPEN
         admissions = admit_together(workers)
         assert len(admissions) == len(workers)

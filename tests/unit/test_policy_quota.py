@@ -21,7 +21,7 @@ DAY = 86_400
 def quota(
     limits: QuotaLimits, *, clock: ManualClock, backend: Backend | None = None, seed: int = 0
 ) -> QuotaPolicy:
-    return QuotaPolicy("api", limits, backend or MemoryBackend(), clock=clock, rng=random.Random(seed))
+    return QuotaPolicy("api", limits, backend or MemoryBackend(clock=clock), rng=random.Random(seed))
 
 
 @pytest.mark.parametrize(
@@ -154,11 +154,11 @@ def test_usage_reports_the_current_window() -> None:
 
 
 def test_policies_of_the_same_name_share_one_quota() -> None:
-    backend = MemoryBackend()
     clock = ManualClock(MIDNIGHT)
+    backend = MemoryBackend(clock=clock)
     worker_a = quota(QuotaLimits(requests=2), clock=clock, backend=backend)
     worker_b = quota(QuotaLimits(requests=2), clock=clock, backend=backend)
-    other = QuotaPolicy("other-api", QuotaLimits(requests=2), backend, clock=clock)
+    other = QuotaPolicy("other-api", QuotaLimits(requests=2), backend)
     assert worker_a.admit().allowed
     assert worker_b.admit().allowed
     assert not worker_a.admit().allowed
@@ -197,3 +197,37 @@ def test_no_request_over_the_limit_is_admitted_however_many_threads_race(
         thread.join()
     assert sum(allowed) == 100
     assert policy.usage().requests_used == 100
+
+
+def test_a_refund_gives_one_request_back_and_never_goes_below_zero() -> None:
+    policy = quota(QuotaLimits(requests=1), clock=ManualClock(MIDNIGHT + 10))
+    decision = policy.admit()
+    assert not policy.admit().allowed
+    policy.refund(decision.window_start)
+    assert policy.usage().requests_used == 0
+    policy.refund(decision.window_start)  # a second refund for one admission
+    assert policy.usage().requests_used == 0
+    assert policy.admit().allowed
+    assert not policy.admit().allowed
+
+
+def test_a_refund_after_the_counters_vanished_admits_no_extra_call(redis_client: redis.Redis[bytes]) -> None:
+    """Redis restarted without persistence between an admission and its refund."""
+    policy = quota(QuotaLimits(requests=1), clock=ManualClock(), backend=RedisBackend(redis_client))
+    decision = policy.admit()
+    assert decision.allowed
+    redis_client.flushdb()  # what a restart without persistence leaves
+    policy.refund(decision.window_start)
+    admitted = [policy.admit().allowed for _ in range(3)]
+    assert admitted == [True, False, False]
+    assert policy.usage().requests_used == 1
+
+
+def test_the_window_is_the_backends_not_the_callers(redis_client: redis.Redis[bytes]) -> None:
+    """On Redis the server's clock picks the window; the decision names it."""
+    backend = RedisBackend(redis_client)
+    policy = quota(QuotaLimits(requests=5, window_s=60), clock=ManualClock(0.0), backend=backend)
+    decision = policy.admit()
+    start, _ = window_bounds(backend.now(), 60)
+    assert decision.window_start in (start, start - 60)  # a minute may have turned meanwhile
+    assert policy.usage().window_start in (decision.window_start, decision.window_start + 60)

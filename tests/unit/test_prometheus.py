@@ -293,7 +293,7 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
     for holder in ("a", "b"):
         breaker.record(breaker.admit(holder), success=False)
     assert runtime.retries.parking is not None
-    runtime.retries.parking.park("parked-1", b"payload", due_at=time.time() + 3600)
+    runtime.retries.parking.park("parked-1", b"payload", delay_s=3600)
     runtime.broker.declare_queue(QUEUE)
     runtime.broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="x", args=(), kwargs={}, options={}))
 
