@@ -6,6 +6,9 @@ Then exactly one message in the whole fleet is admitted as a probe (a claim
 that expires, so a probe whose worker dies cannot wedge the breaker): its
 success closes the circuit, its failure reopens it for a fresh cooldown. An
 outcome of a call admitted before the latest transition does not move it.
+Messages denied while the probe is out come back after a short re-check
+interval (``probe_recheck_s`` plus jitter), so they run soon after the probe
+closes the circuit, not when its claim would have expired.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware
 from .backends.base import Backend
-from .deferral import AdmissionDenied
+from .deferral import AdmissionDenied, Defer
+from .failpoints import failpoint
 from .policy.breaker import Admission, BreakerLimits, BreakerPolicy
 from .policy.clock import Clock
 
@@ -36,8 +40,14 @@ class Verdict(enum.Enum):
 
 
 def every_exception_fails(exception: BaseException | None) -> Verdict:
-    """The default verdict: any exception is a failure, a return is a success."""
-    return Verdict.SUCCESS if exception is None else Verdict.FAILURE
+    """The default verdict: a return is a success, an exception a failure, a deferral nothing.
+
+    An actor that raises :class:`~.deferral.Defer` asks to run later for a
+    reason of its own; it says nothing about the upstream's health.
+    """
+    if exception is None:
+        return Verdict.SUCCESS
+    return Verdict.IGNORE if isinstance(exception, Defer) else Verdict.FAILURE
 
 
 class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Admission, str]]):
@@ -84,6 +94,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         if not admission.allowed:
             raise self.denial(admission.retry_at, CIRCUIT_OPEN)
         self.hold(message, (policy, admission, holder))
+        failpoint("breaker.admitted")
 
     def after_process_message(
         self,
@@ -103,6 +114,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
                 policy.abandon(admission, holder)
             else:
                 policy.record(admission, success=verdict is Verdict.SUCCESS)
+        failpoint("breaker.recorded")
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self.after_process_message(broker, message, exception=AdmissionDenied(0, "skipped"))
