@@ -49,7 +49,7 @@ def messages_bounded(world: World, limit: int) -> None:
     try:
         sizes = {}
         for key in client.scan_iter("*"):
-            kind = client.type(key)
+            kind = client.type(key)  # type: ignore[no-untyped-call]
             # Queued and unacked messages (dramatiq:*.msgs) and parked ones (enrichment:park-payload:*).
             if kind == b"hash" and (key.endswith(b".msgs") or b"park-payload" in key):
                 sizes.update({(key, field): len(value) for field, value in client.hgetall(key).items()})
