@@ -262,6 +262,13 @@ STATE_BACKEND_UP = MetricSpec(
     "1 when the shared state (Redis) answered this scrape in time; 0 and no other fleet gauge otherwise.",
     fleet=True,
 )
+STATE_BACKEND_PERSISTENT = MetricSpec(
+    "enrichment_state_backend_persistent",
+    Kind.GAUGE,
+    "1 when every Redis the workers use keeps its data on disk (AOF or RDB), 0 when one keeps nothing "
+    "(a restart loses the queued and parked jobs), -1 when CONFIG could not tell.",
+    fleet=True,
+)
 BREAKER_STATE = MetricSpec(
     "enrichment_breaker_state",
     Kind.GAUGE,
@@ -357,6 +364,7 @@ WORKER_METRICS: tuple[MetricSpec, ...] = (
 #: Every gauge the exposition reads from the shared backend.
 FLEET_METRICS: tuple[MetricSpec, ...] = (
     STATE_BACKEND_UP,
+    STATE_BACKEND_PERSISTENT,
     BREAKER_STATE,
     BREAKER_FAILURES,
     PERMITS_IN_USE,

@@ -41,6 +41,7 @@ from middleware.policy.quota import QuotaUsage
 
 from . import metrics as m
 from .metrics import Kind, MetricSpec, Outcome, final_label, is_final, outcome_of, take_noted_outcome
+from .redis_checks import persistence_gauge, redis_clients
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -348,6 +349,7 @@ class FleetReading:
       breakers, permits: each breaker and semaphore.
       parked: messages parked in the backend.
       queued: messages in each broker queue (waiting, delayed, in flight).
+      persistent: ``enrichment_state_backend_persistent`` (None: no Redis in use).
     """
 
     quotas: tuple[QuotaUsage, ...]
@@ -355,6 +357,7 @@ class FleetReading:
     permits: tuple[PermitReading, ...]
     parked: int
     queued: tuple[tuple[str, int], ...]
+    persistent: float | None = None
 
 
 def read_fleet(runtime: Runtime) -> FleetReading:
@@ -363,6 +366,7 @@ def read_fleet(runtime: Runtime) -> FleetReading:
     queued: tuple[tuple[str, int], ...] = ()
     if isinstance(broker, RedisBroker):
         queued = tuple((queue, int(broker.do_qsize(queue))) for queue in sorted(broker.get_declared_queues()))
+    redis_servers = redis_clients(broker, runtime.backend)
     return FleetReading(
         quotas=tuple(policy.usage() for policy in runtime.quota.policies.values()),
         breakers=tuple(
@@ -375,6 +379,7 @@ def read_fleet(runtime: Runtime) -> FleetReading:
         ),
         parked=runtime.retries.parking.count() if runtime.retries.parking is not None else 0,
         queued=queued,
+        persistent=persistence_gauge(redis_servers.values()) if redis_servers else None,
     )
 
 
@@ -488,6 +493,8 @@ def _families(reading: FleetReading | None, *, with_samples: bool) -> Iterator[M
         if not with_samples:
             yield from (family(spec, ()) for spec in m.FLEET_METRICS if spec is not m.STATE_BACKEND_UP)
         return
+    persistent = () if reading.persistent is None else [((), reading.persistent)]
+    yield family(m.STATE_BACKEND_PERSISTENT, persistent)
     yield family(
         m.BREAKER_STATE,
         [

@@ -295,7 +295,8 @@ def persistence_gauge(clients: Iterable[redis.Redis[Any]]) -> float:
     0 when any keeps nothing on disk, else -1 when any could not be read, else 1.
     Raises when a server cannot be reached (the scrape then reports the state as down).
     """
-    values = [read_settings(client).persistence.gauge for client in clients]
+    servers = {address_of(client): client for client in clients}
+    values = [read_settings(client).persistence.gauge for client in servers.values()]
     if 0.0 in values:
         return 0.0
     return min(values, default=-1.0)

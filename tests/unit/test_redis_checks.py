@@ -55,7 +55,7 @@ def redis_server(*args: str, tmp_path: Any, password: str | None = None) -> Iter
         yield client
     finally:
         client.close()
-        proc.terminate()
+        proc.kill()  # nothing to keep
         proc.wait(timeout=10)
 
 
@@ -195,3 +195,29 @@ def test_the_product_broker_is_the_recovering_one() -> None:
 
     assert isinstance(runtime.broker, RecoveringRedisBroker)
     assert any(isinstance(m, RedisChecks) for m in runtime.broker.middleware)
+
+
+def test_the_exposition_exports_what_the_redis_keeps_on_disk_at_each_scrape(tmp_path: Any) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from enrichment_actors.prometheus import FleetCollector, read_fleet
+    from enrichment_actors.runtime import build_runtime
+    from enrichment_actors.settings import load_settings
+
+    def scrape(collector: FleetCollector) -> str:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        lines = generate_latest(registry).decode().splitlines()
+        return next(line for line in lines if line.startswith("enrichment_state_backend_persistent "))
+
+    with redis_server(*NOTHING_ON_DISK, tmp_path=tmp_path) as client:
+        port = client.connection_pool.connection_kwargs["port"]
+        runtime = build_runtime(load_settings({"REDIS_URL": f"redis://127.0.0.1:{port}/0"}))
+        assert scrape(FleetCollector(lambda: read_fleet(runtime), max_age_s=0)) == (
+            "enrichment_state_backend_persistent 0.0"
+        )
+        client.config_set("appendonly", "yes")  # the operator's fix, at run time
+        assert scrape(FleetCollector(lambda: read_fleet(runtime), max_age_s=0)) == (
+            "enrichment_state_backend_persistent 1.0"
+        )
+        runtime.broker.close()
