@@ -111,9 +111,10 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
         if not _split(job, stage):
             raise
         return
-    # The call is over: the next one may start while this job hands its POIs on.
-    release_permit_early()
+    # The call is over: its bytes are charged first (a call admitted after
+    # sees them), then the next call may start while this job hands its POIs on.
     charge_bytes(result.response_bytes)
+    release_permit_early()
     failpoint("fetch.answered")
     chunk_bytes = runtime.settings.stage_chunk_bytes
     staged = retry_until_reachable(
