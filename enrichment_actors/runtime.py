@@ -19,6 +19,7 @@ from dramatiq.middleware import Retries as StockRetries
 from middleware.backends.base import Backend
 from middleware.backends.memory import MemoryBackend
 from middleware.breaker import CircuitBreaker, Verdict
+from middleware.callbacks import replace_stock_callbacks
 from middleware.deferral import Defer
 from middleware.policy.breaker import BreakerLimits
 from middleware.policy.quota import QuotaLimits
@@ -128,6 +129,8 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
     )
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
     broker.add_middleware(retries)
+    # A deferral is not a failure: no on_failure callback for it (middleware/callbacks.py).
+    replace_stock_callbacks(broker)
     # Metrics only under the CLI (a Redis broker); the stub broker runs the
     # demo in-process, where the hooks would record nothing anyway.
     metrics = EnrichmentPrometheus()
@@ -172,11 +175,16 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
         },
         **policy_kwargs,
     )
-    # Order matters. The quota first: a request it admits is given back if a
-    # later middleware defers the job. Then the permit, waited for with no
-    # budget at stake. The breaker last, right before the call, so that no
-    # job admitted before the circuit opened calls while it is open.
-    for middleware in (quota, semaphore, breaker):
+    # Order matters (docs/architecture.md, "Order of the checks"). The permit
+    # first: the only step that waits, with nothing else held. Then the
+    # breaker and the quota, back to back and right before the call, so that
+    # no job admitted before the circuit opened, or before the bytes ran out,
+    # calls after: nothing waits between their checks and the call. The
+    # breaker before the quota: a job the breaker then denies has spent no
+    # request (a request counted and given back could make the quota refuse
+    # another job for a whole window), and a probe claim a quota denial
+    # leaves is given back at once.
+    for middleware in (semaphore, breaker, quota):
         broker.add_middleware(middleware)
     return Runtime(s, broker, backend, quota, semaphore, breaker, retries, metrics)
 

@@ -1,10 +1,14 @@
 """Quota: a request and byte budget per window, shared by every worker.
 
 Requests are counted atomically at admission, so however many processes
-race, no more calls are admitted than the limit; a request whose job a later
-middleware defers (no call made) is given back. Response bytes are charged
-after each call (see :mod:`middleware.usage`). A denied message makes no
-call and is deferred to the start of the next window plus jitter.
+race, no more calls are admitted than the limit; a request whose call never
+happened (a later middleware deferred the job, or the actor reported
+:func:`~middleware.usage.report_no_call`) is given back. Response bytes are
+charged as the actor reports them, failed calls included (see
+:mod:`middleware.usage`). Put the quota last, after the permit: the byte
+budget is checked at admission, so it must be checked right before the
+call, not before a wait. A denied message makes no call and is deferred to
+the start of the next window plus jitter.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware
+from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied
+from .failpoints import failpoint
 from .policy.quota import QuotaPolicy
-from .usage import take_charged_bytes
+from .usage import meter_into, take_charged_bytes, take_no_call
 
 #: Deferral reason when the window's budget is spent.
 QUOTA_EXHAUSTED = "quota_exhausted"
@@ -42,12 +48,18 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         policy = self.policy_for(broker, message)
         if policy is None:
             return
+        # Reports left over by a message of this thread that no quota admitted.
+        meter_into(None)
         take_charged_bytes()
+        take_no_call()
         with self.failing_closed():
             decision = policy.admit()
         if not decision.allowed:
             raise self.denial(decision.retry_at, QUOTA_EXHAUSTED)
         self.hold(message, (policy, decision.window_start))
+        window_start = decision.window_start
+        meter_into(lambda amount: self._charge(policy, window_start, amount))
+        failpoint("quota.admitted")
 
     def after_process_message(
         self,
@@ -60,16 +72,27 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         held = self.release_held(message)
         if held is None:
             return
+        meter_into(None)
         policy, window_start = held
-        if isinstance(exception, AdmissionDenied):
-            # A middleware after this one deferred the job: no call was made.
+        # Every byte downloaded is charged, whatever the outcome: a failed
+        # call used the upstream too. These are the reports not charged yet.
+        uncharged = take_charged_bytes()
+        if uncharged:
+            self._charge(policy, window_start, uncharged)
+        # A middleware after this one deferred the job, or the actor says its
+        # call never left the process: the request is given back.
+        if take_no_call() or isinstance(exception, AdmissionDenied):
             with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
                 policy.refund(window_start)
-            return
-        charged = take_charged_bytes()
-        if charged:
-            with self.logging_unavailable(f"charge {charged} bytes to quota {policy.name!r}"):
-                policy.record_bytes(charged, window_start)
+
+    def _charge(self, policy: QuotaPolicy, window_start: float, amount: int) -> bool:
+        """Charge ``amount`` bytes to the window the call was admitted in; False if the backend failed."""
+        try:
+            policy.record_bytes(amount, window_start)
+        except BackendUnavailable as exc:
+            self.logger.error("Could not charge %d bytes to quota %r: %s", amount, policy.name, exc)
+            return False
+        return True
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self.after_process_message(broker, message, exception=AdmissionDenied(0, "skipped"))

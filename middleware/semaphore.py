@@ -15,6 +15,7 @@ from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware
 from .deferral import AdmissionDenied
+from .failpoints import failpoint
 from .policy.semaphore import Permit, SemaphorePolicy
 
 #: Deferral reason when no permit came free within the wait.
@@ -27,8 +28,10 @@ def release_permit_early() -> None:
     """Give back the permit of the message this thread runs now, not when its actor returns.
 
     For an actor whose limited call is over but that has more to do (hand its
-    result on, say): the next call can start meanwhile. Does nothing when the
-    message holds no permit, or gave it back already.
+    result on, say): the next call can start meanwhile. Report the call's
+    usage first (``middleware.usage.charge_bytes``), so that the next call is
+    admitted against it. Does nothing when the message holds no permit, or
+    gave it back already.
     """
     release = getattr(_current, "release", None)
     _current.release = None
@@ -69,6 +72,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
                 raise AdmissionDenied(policy.retry_delay(), NO_PERMIT)
         self.hold(message, (policy, permit))
         _current.release = lambda: self._release(message)
+        failpoint("semaphore.acquired")
 
     def after_process_message(
         self,
@@ -88,6 +92,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
             # If this fails the lease simply expires; the call is over either way.
             with self.logging_unavailable(f"release a permit of {policy.name!r}"):
                 policy.release(permit)
+            failpoint("semaphore.released")
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self.after_process_message(broker, message)

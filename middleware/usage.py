@@ -1,28 +1,45 @@
 """Usage that an actor reports to the quota after the fact: response bytes, or that no call was made.
 
 The quota admits a call before it is made, when the size of the answer is
-unknown; the actor reports it here once it has the answer (or as much of it
-as arrived before a failure), and the quota middleware charges it to the
-window the call was admitted in. An actor whose call never left the process
-(it failed before sending) says so, and the quota gives the request back.
-The reports are per worker thread, which is where Dramatiq runs a message
-and its hooks.
+unknown; the actor reports the bytes once it has them (or as much of the
+answer as arrived before a failure: every byte downloaded counts). While
+the quota middleware admits a message it meters this thread, so a report is
+charged to the shared budget at once, in the window the call was admitted
+in: a call admitted after the report sees it. Report the bytes before
+giving a permit back early (``release_permit_early``), so that no call
+starts with them uncharged. A report the backend could not take is kept
+and charged again when the actor returns.
+
+An actor whose call never left the process (it failed before sending) says
+so with :func:`report_no_call`, and the quota gives the request back. The
+reports are per worker thread, which is where Dramatiq runs a message and
+its hooks.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 _local = threading.local()
+
+#: Charges bytes to the budget now; False if it could not (they are kept for later).
+Sink = Callable[[int], bool]
 
 
 def charge_bytes(amount: int) -> None:
     """Add ``amount`` bytes to what the current message used (no-op outside a quota)."""
-    _local.bytes = getattr(_local, "bytes", 0) + max(0, int(amount))
+    amount = max(0, int(amount))
+    if not amount:
+        return
+    sink: Sink | None = getattr(_local, "sink", None)
+    if sink is not None and sink(amount):
+        return
+    _local.bytes = getattr(_local, "bytes", 0) + amount
 
 
 def take_charged_bytes() -> int:
-    """Bytes the current message reported, and reset the count."""
+    """Bytes the current message reported that are not charged yet, and reset the count."""
     amount: int = getattr(_local, "bytes", 0)
     _local.bytes = 0
     return amount
@@ -38,3 +55,10 @@ def take_no_call() -> bool:
     no_call: bool = getattr(_local, "no_call", False)
     _local.no_call = False
     return no_call
+
+
+def meter_into(sink: Sink | None) -> None:
+    """Charge this thread's byte reports to ``sink`` as they come (``None``: keep them for
+    :func:`take_charged_bytes`). The quota middleware meters a message from its admission
+    to its end."""
+    _local.sink = sink

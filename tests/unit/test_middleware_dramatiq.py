@@ -124,9 +124,10 @@ def make_rig(
     quota = Quota(
         backend, {"up": QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s, jitter_s=0.05)}
     )
-    # The product's order: quota, permit, then the breaker right before the call
-    # (another app may put the breaker first: the middlewares allow any order).
-    order = (breaker, quota, semaphore) if breaker_first else (quota, semaphore, breaker)
+    # The product's order: the permit, then the breaker and the quota right
+    # before the call (another app may put the breaker first: the middlewares
+    # allow any order).
+    order = (breaker, quota, semaphore) if breaker_first else (semaphore, breaker, quota)
     for middleware in (retries, *order):
         broker.add_middleware(middleware)
     return Rig(broker, backend, quota, semaphore, breaker, retries)
@@ -315,7 +316,8 @@ def test_breaker_opens_then_one_probe_closes_it(backend: Backend) -> None:
     assert rig.breaker.policies["up"].state().status is BreakerStatus.CLOSED
 
 
-def test_a_job_the_quota_denies_never_claims_the_probe(backend: Backend) -> None:
+def test_a_job_the_quota_denies_gives_the_probe_claim_back(backend: Backend) -> None:
+    # The product's order: the breaker admits the probe, then the quota denies.
     rig = make_rig(backend, requests=0, threshold=1, cooldown_s=0.01)
 
     @dramatiq.actor(broker=rig.broker, breaker="up", quota="up", max_retries=0)
@@ -329,7 +331,8 @@ def test_a_job_the_quota_denies_never_claims_the_probe(backend: Backend) -> None
     rig.run_for(0.3)
     assert rig.calls == []
     state = policy.state()
-    assert state.status is BreakerStatus.OPEN and state.probe_holder is None
+    # No call was made: the claim is free again for the next job.
+    assert state.status is BreakerStatus.HALF_OPEN and state.probe_holder is None and state.probe_expires == 0
 
 
 def test_a_denial_after_the_breaker_gives_back_the_probe_claim(backend: Backend) -> None:
@@ -365,7 +368,8 @@ def test_transient_failures_are_retried_with_capped_backoff_then_dead_lettered(b
     gaps = [b[1] - a[1] for a, b in zip(rig.calls, rig.calls[1:], strict=False)]
     assert all(gap < 0.04 + 0.1 for gap in gaps), gaps
     (dead,) = rig.broker.dead_letters
-    assert dead.options["retries"] == 3
+    # As in Dramatiq: "retries" counts every failed attempt, the last one too.
+    assert dead.options["retries"] == 4
     assert "UpstreamDown: always" in dead.options["last_error"]
 
 
