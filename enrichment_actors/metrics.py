@@ -45,6 +45,8 @@ class Outcome(enum.StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     #: Overpass answered 429; deferred by at least the rate-limit pause.
     RATE_LIMITED = "rate_limited"
+    #: Overpass refused the query text as a duplicate of one running or just run; deferred past its [timeout].
+    DUPLICATE_QUERY = "duplicate_query"
     #: No semaphore permit came free within the wait; deferred briefly.
     DEFERRED_PERMIT = "deferred_permit"
     #: The shared state (Redis) was unreachable; deferred, no call made.
@@ -408,6 +410,7 @@ _DEFERRAL_OUTCOMES = {
     NO_PERMIT: Outcome.DEFERRED_PERMIT,
     STATE_UNAVAILABLE: Outcome.STATE_UNAVAILABLE,
     Outcome.RATE_LIMITED.value: Outcome.RATE_LIMITED,
+    Outcome.DUPLICATE_QUERY.value: Outcome.DUPLICATE_QUERY,
 }
 
 _RETRY_OUTCOMES = {

@@ -7,10 +7,14 @@ the circuit breaker from ``exc.retryable`` and ``exc.trips_breaker`` alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -22,6 +26,7 @@ from .overpass_responses import (
     ConnectionFailed,
     OverpassError,
     ParsedResponse,
+    QueryUnsendable,
     read_response,
 )
 from .overpass_status import SlotStatus, StatusUnavailable, parse_status
@@ -37,6 +42,8 @@ POOL_SIZE = 32
 MAX_CONNECT_TIMEOUT_S = 10.0
 #: Upper bound on the read timeout of the small status and kill pages.
 MAX_STATUS_TIMEOUT_S = 30.0
+#: The body is read this much at a time.
+_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,14 @@ class OverpassClient:
         ``.../api/kill_my_queries``).
       user_agent: Sent with every request. Overpass rejects missing or
         generic ones (HTTP 406): name the product, its version and a contact.
-      http_timeout_s: Read timeout of a query: set it a little above the
-        query's own ``[timeout:N]``, so the server reports its own timeout
-        first. The connect timeout is ``min(10, http_timeout_s)``.
+      http_timeout_s: Deadline of a query's whole call, from sending it to
+        the last byte of the body, and the longest any one read may wait.
+        Set it above the query's own ``[timeout:N]`` plus the time a
+        rate-limited server holds a query waiting for a slot (up to 15 s),
+        so the server reports its own timeout first. The connect timeout is
+        ``min(10, http_timeout_s)``; the wait for the status line is bounded
+        by one read timeout after connecting, then the watchdog bounds the
+        body.
       session: A session to use instead of a new pooled one (its adapters
         are left as they are).
     """
@@ -119,6 +131,7 @@ class OverpassClient:
         self._query_timeout = (connect_s, http_timeout_s)
         self._status_timeout = (connect_s, min(MAX_STATUS_TIMEOUT_S, http_timeout_s))
         self._headers = {"User-Agent": user_agent}
+        self._form_headers = {**self._headers, "Content-Type": "application/x-www-form-urlencoded"}
         if session is None:
             session = requests.Session()
             adapter = HTTPAdapter(pool_maxsize=POOL_SIZE)
@@ -129,21 +142,59 @@ class OverpassClient:
     def fetch(self, query: str) -> FetchResult:
         """POST ``query`` as form field ``data`` and read the POIs of the answer.
 
-        Raises the :class:`OverpassError` subclass that classifies the failure;
-        after a :class:`ClientTimeout` the query may still hold a slot on the
-        server (see :meth:`kill_my_queries`).
+        The whole call ends by its deadline, ``http_timeout_s`` after it
+        started, however slowly the server sends the body (the wait for the
+        status line adds at most the connect timeout). Raises the :class:`OverpassError` subclass that classifies the
+        failure, carrying the body bytes received before it
+        (``response_bytes``) and whether the request left this process
+        (``request_sent``); after a :class:`ClientTimeout` the query may
+        still hold a slot on the server (see :meth:`kill_my_queries`).
         """
         started = time.monotonic()
+        deadline = started + self.http_timeout_s
+        try:
+            form = urlencode({"data": query}).encode("ascii")
+        except UnicodeError as exc:
+            raise QueryUnsendable(
+                f"The query cannot be sent: it is not valid Unicode text ({exc}). No request was made; "
+                "fix the job's tags or box, sending it again fails the same way.",
+                detail=str(exc),
+                request_sent=False,
+            ) from exc
+        body = bytearray()
+        watchdog: _Watchdog | None = None
         try:
             response = self._session.post(
-                self.interpreter_url, data={"data": query}, headers=self._headers, timeout=self._query_timeout
+                self.interpreter_url,
+                data=form,
+                headers=self._form_headers,
+                timeout=self._query_timeout,
+                stream=True,
             )
-            # post() has read the whole body already (stream=False): errors in it surface here.
-            body = response.content
-        except requests.RequestException as exc:
-            raise self._transport_error(exc, started) from exc
+            try:
+                # A read blocks until its chunk is full, and the read timeout
+                # only bounds each wait for a byte: a server sending a few
+                # bytes at a time would keep the call (and its permit) alive
+                # for ever. The watchdog ends the connection at the deadline.
+                watchdog = _Watchdog(_socket_of(response), deadline)
+                for chunk in _chunks(response):
+                    body += chunk
+                    if time.monotonic() > deadline:
+                        raise _DeadlinePassed
+                if watchdog.fired:
+                    # A body without a length ends quietly when its socket is shut down.
+                    raise _DeadlinePassed
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                    if watchdog.fired:
+                        response.raw.close()  # never hand a shut-down connection back to the pool
+                response.close()
+        except (requests.RequestException, _DeadlinePassed) as exc:
+            timed_out = isinstance(exc, _DeadlinePassed) or (watchdog is not None and watchdog.fired)
+            raise self._transport_error(exc, started, len(body), timed_out=timed_out) from exc
         duration_s = time.monotonic() - started
-        parsed = read_response(response.status_code, body)
+        parsed = read_response(response.status_code, bytes(body))
         return FetchResult(
             parsed=parsed, response_bytes=len(body), duration_s=duration_s, status=response.status_code
         )
@@ -190,8 +241,19 @@ class OverpassClient:
                 "%s answered HTTP %s; our queries may still hold slots.", self.kill_url, response.status_code
             )
 
-    def _transport_error(self, exc: requests.RequestException, started: float) -> OverpassError:
+    def _transport_error(
+        self, exc: Exception, started: float, received: int, *, timed_out: bool
+    ) -> OverpassError:
         waited = f"after {time.monotonic() - started:.1f} s"
+        got = f", {received} bytes of body received" if received else ""
+        if timed_out:
+            return ClientTimeout(
+                f"No complete answer from {self.interpreter_url} {waited}{got}: the call's deadline of "
+                f"{self.http_timeout_s:g} s passed while the body was still arriving. The query may still "
+                "be running and holding a slot: call kill_my_queries(), then retry.",
+                detail=str(exc),
+                response_bytes=received,
+            )
         # A stalled body surfaces as a ConnectionError around urllib3's ReadTimeoutError.
         read_timed_out = isinstance(exc, requests.ReadTimeout) or (
             isinstance(exc, requests.ConnectionError)
@@ -200,22 +262,108 @@ class OverpassClient:
         )
         if read_timed_out:
             return ClientTimeout(
-                f"No complete answer from {self.interpreter_url} {waited} (read timeout "
+                f"No complete answer from {self.interpreter_url} {waited}{got} (read timeout "
                 f"{self.http_timeout_s} s). The query may still be running and holding a slot: call "
-                "kill_my_queries(), then retry; set the timeout a little above the query's [timeout:N].",
+                "kill_my_queries(), then retry; set the timeout a little above the query's [timeout:N] "
+                "plus the server's wait for a slot.",
                 detail=str(exc),
+                response_bytes=received,
             )
         if isinstance(
             exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError
         ):
             return BadResponse(
-                f"The answer from {self.interpreter_url} broke off mid-body {waited} ({exc}). "
+                f"The answer from {self.interpreter_url} broke off mid-body {waited}{got} ({exc}). "
                 "The server may have died mid-response: retry the query later.",
                 detail=str(exc),
+                response_bytes=received,
             )
         # Includes ConnectTimeout: nothing reached the server, so no slot is held.
         return ConnectionFailed(
             f"Could not reach {self.interpreter_url} {waited} ({type(exc).__name__}: {exc}). "
             "Check the URL and the network; the request is safe to retry.",
             detail=str(exc),
+            response_bytes=received,
+            request_sent=not _never_sent(exc),
         )
+
+
+class _DeadlinePassed(Exception):
+    """The call's deadline passed between two chunks of the body."""
+
+
+class _Watchdog:
+    """Shut a response's socket down at a deadline, which ends a read blocked on it at once.
+
+    Closing a socket does not wake a thread blocked reading it; shutting it
+    down does. The connection is closed afterwards, never reused.
+    """
+
+    def __init__(self, sock: socket.socket | None, deadline: float) -> None:
+        self.fired = False
+        self._socket = sock
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives: each piece is what one read of the socket gave (at most 64 KiB).
+
+    Unlike ``iter_content``, a piece never waits to be full, so the bytes
+    received before a failure are all counted and the deadline is checked
+    between reads. Errors are raised as ``iter_content`` raises them.
+    """
+    raw = response.raw
+    try:
+        while chunk := raw.read1(_CHUNK_BYTES, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    """The socket a streamed response is read from, or None if it cannot be found.
+
+    urllib3 keeps it on the connection, unless the server said
+    ``Connection: close``: http.client then drops the connection's reference
+    and only the response's file still holds the socket.
+    """
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is None:
+        # http.client.HTTPResponse.fp -> BufferedReader -> SocketIO._sock
+        fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Whether ``exc`` certainly happened before the request left this process."""
+    if isinstance(
+        exc,
+        requests.ConnectTimeout
+        | requests.exceptions.SSLError
+        | requests.exceptions.InvalidURL
+        | requests.exceptions.InvalidSchema
+        | requests.exceptions.MissingSchema
+        | requests.exceptions.InvalidHeader,
+    ):
+        return True
+    # Connection refused, name not resolved: urllib3 never got a connection.
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)

@@ -23,6 +23,7 @@ __all__ = [
     "BadResponse",
     "ClientTimeout",
     "ConnectionFailed",
+    "DuplicateQuery",
     "OverpassError",
     "ParsedResponse",
     "Poi",
@@ -31,9 +32,12 @@ __all__ = [
     "QueryRejected",
     "QueryTimedOut",
     "QueryTooLarge",
+    "QueryUnsendable",
     "RateLimited",
     "ServerBusy",
     "ServerDown",
+    "ServerProtocolError",
+    "ServerUnwell",
     "UnexpectedStatus",
     "UserAgentRejected",
     "classify",
@@ -77,7 +81,10 @@ class OverpassError(Exception):
     the class attributes ``label`` (the classification, as in the fixture
     manifest and metrics), ``retryable`` (transient: sending the same request
     again may succeed) and ``trips_breaker`` (counts as a circuit-breaker
-    failure, i.e. says something about the server's health).
+    failure, i.e. says something about the server's health). Each instance
+    also says what the failed call cost: ``response_bytes`` downloaded before
+    it failed (the download quota charges them) and ``request_sent`` (False
+    when the request never left this process, so no request was spent).
 
     Examples:
       >>> try:
@@ -90,16 +97,30 @@ class OverpassError(Exception):
       message: The human message: what happened, what to do next.
       status: The HTTP status, or None when no response arrived.
       detail: The server's own words: error lines, a remark, or a reason.
+      response_bytes: Body bytes received before the failure; 0 when none.
+      request_sent: False only when the request certainly never left this
+        process (the connection could not be made, the query could not be
+        encoded). Defaults to True: when in doubt, the request counts.
     """
 
     label: ClassVar[str] = "overpass_error"
     retryable: ClassVar[bool] = False
     trips_breaker: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: str = "",
+        response_bytes: int = 0,
+        request_sent: bool = True,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.detail = detail
+        self.response_bytes = response_bytes
+        self.request_sent = request_sent
 
 
 class QueryTooLarge(OverpassError):
@@ -124,6 +145,54 @@ class QueryFailed(OverpassError):
     label = "query_error"
 
 
+class ServerUnwell(OverpassError):
+    """HTTP 200 with a remark that is the server's fault, not the query's.
+
+    ``open64: 12 Cannot allocate memory`` (the server itself is short of
+    memory) or ``File_Blocks_Index: Data file size does not match block
+    size`` (its database is mid-update). The same query succeeds once the
+    server has recovered; unlike a query that ran out of its own
+    ``[maxsize]``, a smaller box does not help.
+    """
+
+    label = "server_unwell"
+    retryable = True
+    trips_breaker = True
+
+
+class ServerProtocolError(OverpassError):
+    """HTTP 200 with an error page naming ``Dispatcher_Client::...::protocol_error``.
+
+    The interpreter could not talk to the server's own dispatcher (a fault
+    inside the server, e.g. mid-restart or mismatched versions): nothing is
+    wrong with the query, and the same query may succeed later.
+    """
+
+    label = "protocol_error"
+    retryable = True
+    trips_breaker = True
+
+
+class DuplicateQuery(OverpassError):
+    """HTTP 200 with an error page naming ``Dispatcher_Client::request_read_and_idx::duplicate_query``.
+
+    The server refuses a query text it is already running, or ran moments
+    ago, too often from this address (a third copy within the query's
+    ``[timeout]``). Not a server fault and not a bad answer: run the job
+    again once that window is over, without counting a retry or a breaker
+    failure.
+    """
+
+    label = "duplicate_query"
+    retryable = True
+
+
+class QueryUnsendable(OverpassError):
+    """The query text cannot be sent at all (it cannot be encoded as UTF-8); no request left this process."""
+
+    label = "query_unsendable"
+
+
 class BadResponse(OverpassError):
     """HTTP 200 whose body is not a complete JSON document with an ``elements`` list."""
 
@@ -137,8 +206,10 @@ class QueryRejected(OverpassError):
 
     label = "bad_query"
 
-    def __init__(self, message: str, *, messages: list[str], status: int = 400) -> None:
-        super().__init__(message, status=status, detail="\n".join(messages))
+    def __init__(
+        self, message: str, *, messages: list[str], status: int = 400, response_bytes: int = 0
+    ) -> None:
+        super().__init__(message, status=status, detail="\n".join(messages), response_bytes=response_bytes)
         self.messages = messages
 
 
@@ -176,8 +247,8 @@ class UnexpectedStatus(OverpassError):
 
     label = "unexpected_status"
 
-    def __init__(self, message: str, *, status: int, detail: str = "") -> None:
-        super().__init__(message, status=status, detail=detail)
+    def __init__(self, message: str, *, status: int, detail: str = "", response_bytes: int = 0) -> None:
+        super().__init__(message, status=status, detail=detail, response_bytes=response_bytes)
 
     # Decided by the status, so per instance: the base declares class attributes.
     @property
@@ -230,10 +301,20 @@ def read_response(status: int, body: bytes) -> ParsedResponse:
     """Classify one ``/api/interpreter`` response and parse it.
 
     Returns the POIs of a success (label ``ok`` or ``ok_with_remark``);
-    raises the matching :class:`OverpassError` subclass otherwise. A 200 is
-    a success only when its JSON is complete and carries no runtime-error
-    remark: elements printed before an error remark are not a success.
+    raises the matching :class:`OverpassError` subclass otherwise, with
+    ``response_bytes`` set to the size of ``body`` (downloaded, so charged,
+    whatever it says). A 200 is a success only when its JSON is complete and
+    carries no runtime-error remark: elements printed before an error remark
+    are not a success.
     """
+    try:
+        return _read(status, body)
+    except OverpassError as exc:
+        exc.response_bytes = len(body)
+        raise
+
+
+def _read(status: int, body: bytes) -> ParsedResponse:
     if status != 200:
         raise _error_for_status(status, body)
     pois: list[Poi] = []
@@ -353,12 +434,53 @@ def _add_pois(elements: list[Any], pois: list[Poi], body: bytes) -> int:
     return skipped
 
 
+# Remarks that are the server's fault: short of memory itself (ENOMEM, unlike a
+# query over its own [maxsize]), or its database files mid-update.
+_SERVER_UNWELL = ("open64: 12 cannot allocate memory", "file_blocks_index", "data file size does not match")
+# Error pages sent with HTTP 200 by the dispatcher client, named by their last word.
+_DUPLICATE_QUERY = "::duplicate_query"
+_PROTOCOL_ERROR = "::protocol_error"
+_RATE_LIMITED = "::rate_limited"
+
+
 def _is_runtime_error(remark: str) -> bool:
-    return remark[:13].lower() == "runtime error"
+    lowered = remark.lower()
+    return lowered[:13] == "runtime error" or any(marker in lowered for marker in _SERVER_UNWELL)
 
 
 def _runtime_error(remark: str) -> OverpassError:
     lowered = remark.lower()
+    # The dispatcher's refusals and the server's own faults first: their text
+    # can mention memory too, and none of them is the query's fault.
+    if _DUPLICATE_QUERY in lowered:
+        return DuplicateQuery(
+            f"Overpass refused the query as a duplicate ({remark!r}): the same query text is already "
+            "running, or ran moments ago, from this address. Not a fault: run it again after the "
+            "query's [timeout:N] has passed.",
+            status=200,
+            detail=remark,
+        )
+    if _PROTOCOL_ERROR in lowered:
+        return ServerProtocolError(
+            f"The Overpass server failed inside: its interpreter could not talk to its dispatcher "
+            f"({remark!r}). Nothing is wrong with the query: retry later, or use another instance.",
+            status=200,
+            detail=remark,
+        )
+    if _RATE_LIMITED in lowered:
+        return RateLimited(
+            f"Overpass has no free query slot for this IP ({remark!r}). Wait at least 30 s, or until "
+            "/api/status shows a free slot, before sending the next query.",
+            status=200,
+            detail=remark,
+        )
+    if any(marker in lowered for marker in _SERVER_UNWELL):
+        return ServerUnwell(
+            f"The Overpass server is unwell, not the query ({remark!r}): it is short of memory itself "
+            "or its database is being updated. Retry the same query later; a smaller box does not help.",
+            status=200,
+            detail=remark,
+        )
     if "timed out" in lowered:
         return QueryTimedOut(
             f"Overpass stopped the query when its time limit ran out ({remark!r}). Retrying the same "
@@ -391,6 +513,15 @@ def _error_for_non_json(body: bytes) -> OverpassError:
         remark = html.unescape(match.group(1).decode("utf-8", "replace")).strip()
         if _is_runtime_error(remark):
             return _runtime_error(remark)
+    # An OSM3S error page sent with 200: the dispatcher refused or failed
+    # before the query ran (duplicate_query, protocol_error, ...). Say what
+    # the page says, never that the query asked for the wrong format.
+    lines = _error_lines(body)
+    for line in lines:
+        if _is_runtime_error(line):
+            return _runtime_error(line)
+    if lines:
+        return _bad_response(f"with an error page instead of JSON ({lines[0]!r})", body)
     return _bad_response("the body is XML or HTML, not JSON: the query must ask for [out:json]", body)
 
 

@@ -22,9 +22,26 @@ Outcomes a script can name (``name`` or ``name:arg``):
 ``timeout-remark``  200, no elements, a "Query timed out" remark
 ``oom-remark``      200, no elements, a "Query ran out of memory" remark
 ``partial-remark``  200, the first half of the elements, then a "Query timed out" remark
+``enomem-remark``   200, no elements, ``runtime error: open64: 12 Cannot allocate memory ...``
+                    (the server itself short of memory)
+``blocks-remark``   200, no elements, ``... File_Blocks_Index: Data file size does not match block
+                    size`` (the database mid-update)
+``protocol-error``  200 with the error page ``Dispatcher_Client::request_read_and_idx::protocol_error``
+``duplicate``       200 with the real ``duplicate_query`` page (see ``refuse_duplicates``)
 ``cutoff``          200 without Content-Length, about half of the document, then the socket closes
 ``stall:S``         wait S seconds, then ``ok``; ends early (no answer) on stop or kill_my_queries
+``trickle:S``       ``ok`` with its Content-Length, sent a few bytes at a time, S seconds apart (each
+                    read of the client gets bytes long before its read timeout); ends early on stop
+                    or kill_my_queries
 =================== ============================================================================
+
+Like a real 0.7.62 server, it can also hold queries and refuse duplicates (constructor options):
+with ``hold_s`` and a rate limit (``slots``), a query over the limit waits up to ``hold_s`` seconds
+for a slot and then runs (its ``[timeout]`` starts only then), or gets a 429 when none came free; a
+429 comes at once only when more than twice the limit are already waiting. With
+``refuse_duplicates``, the same query text a third time within its ``[timeout]`` gets the 200
+``duplicate_query`` page. ``requests`` records each request's arrival and, for a held query, when it
+got its slot.
 
 Besides the scripted outcomes the stub answers like the real server: a blank query is a 400
 "encoding error", a box with north < south or out-of-range coordinates a 400 "static error", a box
@@ -69,8 +86,20 @@ OUTCOMES = (
     "partial-remark",
     "cutoff",
     "stall",
+    "trickle",
+    "enomem-remark",
+    "blocks-remark",
+    "protocol-error",
+    "duplicate",
 )
-_NEEDS_QUERY = frozenset({"ok", "stall", "cutoff", "partial-remark", "timeout-remark", "oom-remark"})
+_NEEDS_QUERY = frozenset(
+    {"ok", "stall", "trickle", "cutoff", "partial-remark", "timeout-remark", "oom-remark"}
+)
+_TAKES_SECONDS = frozenset({"stall", "trickle"})
+#: Bytes one ``trickle`` write sends.
+TRICKLE_BYTES = 8
+#: Identical query texts the server accepts within their ``[timeout]`` before refusing the next.
+DUPLICATES_ACCEPTED = 2
 
 
 @dataclass(frozen=True)
@@ -83,16 +112,16 @@ class _Outcome:
 def _parse_outcome(text: str) -> _Outcome:
     """Turn ``"stall:1.5"`` into an outcome, or say exactly what is accepted."""
     name, _, arg = str(text).strip().partition(":")
-    accepted = ", ".join(o if o != "stall" else "stall:SECONDS" for o in OUTCOMES)
+    accepted = ", ".join(o if o not in _TAKES_SECONDS else f"{o}:SECONDS" for o in OUTCOMES)
     if name not in OUTCOMES:
         raise ValueError(f"unknown stub Overpass outcome {text!r}: use one of {accepted}")
-    if name == "stall":
+    if name in _TAKES_SECONDS:
         try:
             seconds = float(arg)
         except ValueError:
-            raise ValueError(f"outcome {text!r} needs a number of seconds, e.g. 'stall:2.5'") from None
+            raise ValueError(f"outcome {text!r} needs a number of seconds, e.g. '{name}:2.5'") from None
         if not seconds >= 0:
-            raise ValueError(f"outcome {text!r}: the stall must be 0 seconds or more")
+            raise ValueError(f"outcome {text!r}: the {name} pause must be 0 seconds or more")
         return _Outcome(name, stall_s=seconds)
     if name == "504-down" and arg in ("", "turned-off"):
         return _Outcome(name, variant=arg)
@@ -122,6 +151,16 @@ TIMEOUT_REMARK = 'runtime error: Query timed out in "query" at line 3 after 25 s
 OOM_REMARK = (
     'runtime error: Query ran out of memory in "query" at line 3. '
     "It would need at least 0 MB of RAM to continue."
+)
+#: The server itself short of memory (not the query over its [maxsize]).
+ENOMEM_REMARK = (
+    "runtime error: open64: 12 Cannot allocate memory /osm3s_osm_base "
+    "Dispatcher_Client::request_read_and_idx::shm_open"
+)
+#: The server's database files mid-update.
+BLOCKS_REMARK = (
+    "runtime error: open64: 0 Success /srv/osm3s/db/nodes.map "
+    "File_Blocks_Index: Data file size does not match block size"
 )
 
 
@@ -224,6 +263,17 @@ _ERROR_RESPONSES: dict[str, tuple[int, str, bytes]] = {
         b"</body></html>\n",
     ),
     "500": (500, "text/html", _lighttpd_page("500 Internal Server Error")),
+    "protocol-error": (
+        200,
+        _HTML,
+        _error_page(f"runtime error: open64: 0 Success {_DISPATCHER}::request_read_and_idx::protocol_error"),
+    ),
+    # Byte for byte the page of shared/recordings/overpass-0.7.62/32_duplicate_query.body.html.
+    "duplicate": (
+        200,
+        _HTML,
+        _error_page(f"runtime error: open64: 0 Success {_DISPATCHER}::request_read_and_idx::duplicate_query"),
+    ),
 }
 _STATUS_SERVER_DOWN = f"open64: 2 No such file or directory {_DISPATCHER}::1. Probably the server is down.\n"
 
@@ -547,7 +597,9 @@ class StubStats:
     peak_in_flight: int  # most /api/interpreter requests handled at once
     status_calls: int
     kill_calls: int
-    rejected_over_slots: int  # 429s produced by enforce_slots
+    rejected_over_slots: int  # 429s produced by enforce_slots or hold_s (at once or after the hold)
+    held: int = 0  # calls that waited for a slot (hold_s)
+    refused_duplicates: int = 0  # duplicate_query pages produced by refuse_duplicates
 
 
 @dataclass(frozen=True)
@@ -559,21 +611,24 @@ class RecordedRequest:
     query: str
     user_agent: str
     outcome: str
-    started_at: float  # epoch seconds
+    started_at: float  # epoch seconds: when the request arrived
     ended_at: float
+    admitted_at: float | None = None  # epoch seconds: when a held query got its slot (hold_s)
 
 
 @dataclass
 class _Call:
     """An /api/interpreter request being handled; ``cancel`` ends its waits early."""
 
-    outcome: _Outcome
+    outcome: _Outcome | None  # None while held: taken from the script once the call gets its slot
     latency_s: float
     holds_slot: bool
     pid: int
     started_at: float
     query: str
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    waiting: bool = False  # held, waiting for a slot
+    admitted_at: float | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -640,24 +695,50 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.reply(404, "text/html", _lighttpd_page("404 Not Found"))
 
-    def reply(self, status: int, content_type: str, body: bytes, *, cut_off: bool = False) -> None:
-        """Send a whole response, or with ``cut_off`` half of it and then close the connection."""
+    def reply(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        *,
+        cut_off: bool = False,
+        trickle: tuple[float, threading.Event] | None = None,
+    ) -> bool:
+        """Send a whole response, or with ``cut_off`` half of it and then close the connection.
+
+        With ``trickle=(pause_s, cancel)`` the body goes out :data:`TRICKLE_BYTES` at a time,
+        ``pause_s`` apart, until all is sent or ``cancel`` is set. Returns False when the body was
+        not sent whole (cut off, cancelled, or the client gone).
+        """
         try:
             self.send_response(status)
             self.send_header("Content-type", content_type)
             if content_type.startswith("text/plain"):
                 self.send_header("Access-Control-Allow-Origin", "*")
+            if trickle is not None:
+                pause_s, cancel = trickle
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for start in range(0, len(body), TRICKLE_BYTES):
+                    self.wfile.write(body[start : start + TRICKLE_BYTES])
+                    self.wfile.flush()
+                    if start + TRICKLE_BYTES < len(body) and cancel.wait(pause_s):
+                        self.close_connection = True
+                        return False
+                return True
             if cut_off:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body[: len(body) // 2])
                 self.close_connection = True
-            else:
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                return False
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return True
         except OSError:
             self.close_connection = True
+            return False
 
 
 def _query_text(body: bytes, url_query: str, content_type: str) -> str:
@@ -700,7 +781,15 @@ class StubOverpass:
       latency_s(float): Seconds every interpreter call waits before its outcome.  Defaults to 0.
       slots(int): What ``/api/status`` reports as ``Rate limit: N``; 0 (the default) is unlimited.
       enforce_slots(bool): When True, a call that would put more than ``slots`` calls in flight
-        gets a 429 at once, as the real server does; it does not consume the script.
+        gets a 429 at once; it does not consume the script.
+      hold_s(float): When above 0 (and ``slots`` is set), a call over the limit is held, as a real
+        0.7.62 server holds it (about 15 s there): it waits up to ``hold_s`` for a slot and then
+        runs, or gets a 429 when none came free; a 429 comes at once only when more than twice
+        ``slots`` calls are already waiting. A held call is not in ``/api/status``'s running list
+        and ``kill_my_queries`` does not reach it. Defaults to 0 (no holding).
+      refuse_duplicates(bool): When True, a query text already accepted
+        :data:`DUPLICATES_ACCEPTED` times within its ``[timeout:N]`` (180 s when absent) gets the
+        real 200 ``duplicate_query`` page; it does not consume the script.
       pois_per_box(int|None): When set, the most elements one response carries (the first ones in
         Overpass order), so that tests and benchmarks can fix the response size.
     """
@@ -713,12 +802,19 @@ class StubOverpass:
         latency_s: float = 0.0,
         slots: int = 0,
         enforce_slots: bool = False,
+        hold_s: float = 0.0,
+        refuse_duplicates: bool = False,
         pois_per_box: int | None = None,
     ) -> None:
+        if not hold_s >= 0:
+            raise ValueError(f"hold_s must be 0 seconds or more, not {hold_s!r}")
         self._host = host
         self._port = port
         self._slots = slots
         self._enforce_slots = enforce_slots
+        self._hold_s = float(hold_s)
+        self._refuse_duplicates = refuse_duplicates
+        self._accepted_texts: dict[str, list[float]] = {}
         self._pois_per_box = pois_per_box
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified whenever a call ends
@@ -829,6 +925,7 @@ class StubOverpass:
             self._script.clear()
             self._default = _Outcome("ok")
             self._recorded.clear()
+            self._accepted_texts.clear()
             self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -838,6 +935,8 @@ class StubOverpass:
         self._status_calls = 0
         self._kill_calls = 0
         self._rejected_over_slots = 0
+        self._held = 0
+        self._refused_duplicates = 0
 
     def stats(self) -> StubStats:
         with self._lock:
@@ -849,6 +948,8 @@ class StubOverpass:
                 status_calls=self._status_calls,
                 kill_calls=self._kill_calls,
                 rejected_over_slots=self._rejected_over_slots,
+                held=self._held,
+                refused_duplicates=self._refused_duplicates,
             )
 
     @property
@@ -862,36 +963,96 @@ class StubOverpass:
     def _interpreter(self, handler: _Handler, method: str, query: str) -> None:
         call = self._begin_call(query)
         user_agent = handler.headers.get("User-Agent", "")
-        if self._wait(call, call.latency_s) or self._wait(call, call.outcome.stall_s):
+        if call.waiting and not self._hold_for_slot(call):
+            served = "aborted" if self._stopping.is_set() else "429"
+            status, content_type, body = _ERROR_RESPONSES["429"]
+            self._end_call(call, served, method, user_agent)
+            handler.reply(status, content_type, body)
+            return
+        outcome = call.outcome
+        assert outcome is not None  # given at arrival or when the hold ended
+        stall_s = outcome.stall_s if outcome.name == "stall" else 0.0
+        if self._wait(call, call.latency_s) or self._wait(call, stall_s):
             self._end_call(call, "aborted" if self._stopping.is_set() else "killed", method, user_agent)
             handler.close_connection = True
             return
         try:
-            served, status, content_type, body = self._answer(call.outcome, query)
+            served, status, content_type, body = self._answer(outcome, query)
         except BaseException:
             self._end_call(call, "500", method, user_agent)
             raise
+        if outcome.name == "trickle" and status == 200:
+            # In flight (holding its slot) while the body trickles out.
+            whole = handler.reply(status, content_type, body, trickle=(outcome.stall_s, call.cancel))
+            ended = "aborted" if self._stopping.is_set() else "killed"
+            self._end_call(call, served if whole else ended, method, user_agent)
+            return
         # Accounted before the answer goes out, so a client that has its answer sees it in stats().
         self._end_call(call, served, method, user_agent)
         handler.reply(status, content_type, body, cut_off=served == "cutoff")
 
     def _begin_call(self, query: str) -> _Call:
+        now = time.time()
         with self._lock:
             self._calls += 1
             holding = sum(c.holds_slot for c in self._in_flight)
-            over_slots = self._enforce_slots and 0 < self._slots <= holding
-            if over_slots:
+            waiting = sum(c.waiting for c in self._in_flight)
+            full = 0 < self._slots <= holding
+            outcome: _Outcome | None
+            if self._is_duplicate(query, now):
+                self._refused_duplicates += 1
+                outcome, holds_slot, held = _Outcome("duplicate"), False, False
+            elif full and self._hold_s > 0 and waiting <= 2 * self._slots:
+                self._held += 1
+                outcome, holds_slot, held = None, False, True
+            elif full and (self._enforce_slots or self._hold_s > 0):
                 self._rejected_over_slots += 1
-                outcome = _Outcome("429")
+                outcome, holds_slot, held = _Outcome("429"), False, False
             else:
-                outcome = self._script.popleft() if self._script else self._default
+                outcome, holds_slot, held = self._next_outcome(), True, False
             self._next_pid += 1
-            call = _Call(outcome, self._latency_s, not over_slots, self._next_pid, time.time(), query)
+            call = _Call(outcome, self._latency_s, holds_slot, self._next_pid, now, query, waiting=held)
             if self._stopping.is_set():
                 call.cancel.set()
             self._in_flight.append(call)
             self._peak_in_flight = max(self._peak_in_flight, len(self._in_flight))
             return call
+
+    def _next_outcome(self) -> _Outcome:
+        return self._script.popleft() if self._script else self._default
+
+    def _is_duplicate(self, query: str, now: float) -> bool:
+        """Whether ``query`` is refused as a duplicate; an accepted text is remembered for its window."""
+        if not self._refuse_duplicates:
+            return False
+        setting = {m.group(1): m.group(2) for m in _SETTING.finditer(query)}
+        window_s = int(setting.get("timeout", "180"))
+        recent = [t for t in self._accepted_texts.get(query, []) if t > now - window_s]
+        if len(recent) >= DUPLICATES_ACCEPTED:
+            self._accepted_texts[query] = recent
+            return True
+        self._accepted_texts[query] = [*recent, now]
+        return False
+
+    def _hold_for_slot(self, call: _Call) -> bool:
+        """Hold a call until a slot is free (True: it holds one now) or ``hold_s`` passed."""
+        deadline = time.monotonic() + self._hold_s
+        with self._idle:
+            while True:
+                if call.cancel.is_set():
+                    call.waiting = False
+                    return False
+                if sum(c.holds_slot for c in self._in_flight) < self._slots:
+                    call.waiting, call.holds_slot = False, True
+                    call.admitted_at = time.time()
+                    call.outcome = self._next_outcome()
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    call.waiting = False
+                    self._rejected_over_slots += 1
+                    return False
+                self._idle.wait(min(left, 0.05))
 
     def _end_call(self, call: _Call, served: str, method: str, user_agent: str) -> None:
         with self._idle:
@@ -900,7 +1061,14 @@ class StubOverpass:
             self._served[served] += 1
             self._recorded.append(
                 RecordedRequest(
-                    "/api/interpreter", method, call.query, user_agent, served, call.started_at, time.time()
+                    "/api/interpreter",
+                    method,
+                    call.query,
+                    user_agent,
+                    served,
+                    call.started_at,
+                    time.time(),
+                    call.admitted_at,
                 )
             )
 
@@ -911,6 +1079,9 @@ class StubOverpass:
 
     def _answer(self, outcome: _Outcome, query: str) -> tuple[str, int, str, bytes]:
         """(outcome served, status, content type, body) for one interpreter call."""
+        if outcome.name in ("enomem-remark", "blocks-remark"):
+            remark = ENOMEM_REMARK if outcome.name == "enomem-remark" else BLOCKS_REMARK
+            return (outcome.name, 200, "application/json", _json_document([], remark))
         if outcome.name not in _NEEDS_QUERY:
             key = f"{outcome.name}:{outcome.variant}" if outcome.variant else outcome.name
             return (outcome.name, *_ERROR_RESPONSES[key])

@@ -26,6 +26,7 @@ from enrichment_actors.overpass_responses import (
     QueryTimedOut,
     RateLimited,
     ServerBusy,
+    ServerUnwell,
     UnexpectedStatus,
     UserAgentRejected,
 )
@@ -60,6 +61,8 @@ CASES: list[Any] = [
     pytest.param(Case(FETCH, AdmissionDenied(5, CIRCUIT_OPEN), False, None, Outcome.CIRCUIT_OPEN, False), id="breaker"),
     pytest.param(Case(FETCH, Defer(30, Outcome.RATE_LIMITED.value), False, None, Outcome.RATE_LIMITED, False), id="429"),
     pytest.param(Case(FETCH, RateLimited("429", status=429), False, None, Outcome.RATE_LIMITED, False), id="429-raw"),
+    pytest.param(Case(FETCH, Defer(40, Outcome.DUPLICATE_QUERY.value), False, None, Outcome.DUPLICATE_QUERY, False), id="duplicate"),
+    pytest.param(Case(FETCH, ServerUnwell("enomem", status=200), False, None, Outcome.UPSTREAM_ERROR, False), id="server-unwell"),
     pytest.param(Case(FETCH, AdmissionDenied(0.5, NO_PERMIT), False, None, Outcome.DEFERRED_PERMIT, False), id="permit"),
     pytest.param(Case(FETCH, AdmissionDenied(5, STATE_UNAVAILABLE), False, None, Outcome.STATE_UNAVAILABLE, False), id="redis"),
     pytest.param(Case(FETCH, ServerBusy("504", status=504), False, None, Outcome.UPSTREAM_ERROR, False), id="504"),

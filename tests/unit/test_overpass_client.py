@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import threading
@@ -20,12 +21,18 @@ from enrichment_actors.overpass_responses import (
     BadResponse,
     ClientTimeout,
     ConnectionFailed,
+    DuplicateQuery,
+    OverpassError,
     QueryRejected,
     QueryTimedOut,
+    QueryUnsendable,
     RateLimited,
+    ServerBusy,
     ServerDown,
+    ServerUnwell,
 )
 from enrichment_actors.overpass_status import SlotStatus, StatusUnavailable
+from enrichment_actors.stub_overpass import TRICKLE_BYTES, StubOverpass
 from tests.fixture_manifest import OWN_ROOT
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
@@ -45,6 +52,8 @@ class Reply:
     short_after: int | None = None  # full Content-Length, send this many bytes, then close
     stall_after: int | None = None  # full Content-Length, send this many bytes, then sleep
     stall_s: float = 0.0
+    trickle_s: float | None = None  # no Content-Length: one byte every trickle_s, until the client goes
+    content_encoding: str | None = None
 
 
 @dataclass
@@ -94,6 +103,17 @@ def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
             try:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
+                if reply.content_encoding is not None:
+                    self.send_header("Content-Encoding", reply.content_encoding)
+                if reply.trickle_s is not None:
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for index in range(len(reply.body)):
+                        self.wfile.write(reply.body[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.trickle_s)
+                    self.close_connection = True
+                    return
                 if reply.cut_after is not None:
                     self.send_header("Connection", "close")
                     self.end_headers()
@@ -408,3 +428,161 @@ def test_one_client_serves_many_threads(stand_in: StandIn) -> None:
 
     assert all(len(r.parsed.pois) == 4 for r in results)
     assert len(stand_in.received) == 24
+
+
+# What a failed call cost (finding 3), and a deadline for the whole call (finding 4), against the
+# project's stand-in server.
+
+STUB_QUERY = '[out:json][timeout:25];nwr["amenity"](48.85,2.29,48.87,2.31);out center tags;'
+
+
+@pytest.fixture
+def stub() -> Iterator[StubOverpass]:
+    with StubOverpass() as server:
+        yield server
+
+
+def sent_bytes(stub: StubOverpass, outcome: str) -> bytes:
+    """The body the stand-in sends for ``outcome`` (its answers are deterministic)."""
+    stub.script(outcome)
+    with requests.post(stub.interpreter_url, data={"data": STUB_QUERY}, stream=True) as response:
+        return response.raw.read()
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error_class", "share"),
+    [
+        ("timeout-remark", QueryTimedOut, 1.0),
+        ("partial-remark", QueryTimedOut, 1.0),
+        ("enomem-remark", ServerUnwell, 1.0),
+        ("429", RateLimited, 1.0),
+        ("504", ServerBusy, 1.0),
+        ("duplicate", DuplicateQuery, 1.0),
+        ("cutoff", BadResponse, 0.5),
+    ],
+)
+def test_every_byte_of_a_failed_answer_is_reported(
+    stub: StubOverpass, outcome: str, error_class: type[OverpassError], share: float
+) -> None:
+    whole = len(sent_bytes(stub, "partial-remark" if outcome == "partial-remark" else "ok"))
+    expected = len(sent_bytes(stub, outcome)) if share == 1.0 else whole // 2
+    stub.script(outcome)
+
+    with pytest.raises(error_class) as raised:
+        make_client(stub.interpreter_url).fetch(STUB_QUERY)
+
+    assert expected > 0
+    assert (raised.value.response_bytes, raised.value.request_sent) == (expected, True)
+
+
+def test_bytes_received_before_a_stall_are_reported(stand_in: StandIn, session: requests.Session) -> None:
+    stand_in.replies["/api/interpreter"] = Reply(stall_after=len(POIS_BODY) // 2, stall_s=0.6)
+
+    with pytest.raises(ClientTimeout) as raised:
+        make_client(stand_in.interpreter_url, session, http_timeout_s=0.2).fetch(QUERY)
+
+    assert (raised.value.response_bytes, raised.value.request_sent) == (len(POIS_BODY) // 2, True)
+
+
+def test_a_stall_before_the_answer_costs_no_bytes_but_a_request(stub: StubOverpass) -> None:
+    stub.script("stall:2")
+
+    with pytest.raises(ClientTimeout) as raised:
+        make_client(stub.interpreter_url, http_timeout_s=0.3).fetch(STUB_QUERY)
+
+    assert (raised.value.response_bytes, raised.value.request_sent) == (0, True)
+
+
+def test_a_refused_connection_never_sent_the_request(session: requests.Session) -> None:
+    client = make_client(f"http://127.0.0.1:{unused_port()}/api/interpreter", session)
+
+    with pytest.raises(ConnectionFailed) as raised:
+        client.fetch(QUERY)
+
+    assert (raised.value.response_bytes, raised.value.request_sent) == (0, False)
+
+
+def test_a_query_that_cannot_be_encoded_is_never_sent(stub: StubOverpass) -> None:
+    query = '[out:json];nwr["amenity"="caf\ud800"](48.85,2.29,48.86,2.30);out center tags;'
+
+    with pytest.raises(QueryUnsendable, match="No request was made") as raised:
+        make_client(stub.interpreter_url).fetch(query)
+
+    assert (raised.value.request_sent, raised.value.retryable, raised.value.trips_breaker) == (
+        False,
+        False,
+        False,
+    )
+    assert stub.stats().calls == 0
+
+
+def test_a_trickled_body_ends_by_the_deadline(stub: StubOverpass) -> None:
+    # Each read gets a few bytes long before the read timeout: only a deadline for the whole call
+    # ends it. Without one it would hold its permit for the whole trickle (minutes, see below).
+    pause_s, deadline_s = 0.05, 1.5
+    whole = len(sent_bytes(stub, "ok"))
+    assert whole / TRICKLE_BYTES * pause_s > 10 * deadline_s
+    stub.script(f"trickle:{pause_s}")
+    hog = CpuHog()
+    started = time.monotonic()
+
+    with hog, pytest.raises(ClientTimeout, match="deadline") as raised:
+        make_client(stub.interpreter_url, http_timeout_s=deadline_s).fetch(STUB_QUERY)
+
+    took = time.monotonic() - started
+    assert deadline_s <= took < deadline_s + 2.0
+    assert 0 < raised.value.response_bytes < whole
+    assert raised.value.request_sent
+
+
+def test_a_body_without_length_trickled_past_the_deadline_is_a_timeout_not_a_short_answer(
+    stand_in: StandIn, session: requests.Session
+) -> None:
+    stand_in.replies["/api/interpreter"] = Reply(trickle_s=0.05)
+    started = time.monotonic()
+
+    with pytest.raises(ClientTimeout):
+        make_client(stand_in.interpreter_url, session, http_timeout_s=0.5).fetch(QUERY)
+
+    assert time.monotonic() - started < 2.5
+
+
+def test_the_connection_of_a_call_past_its_deadline_is_not_reused(stub: StubOverpass) -> None:
+    client = make_client(stub.interpreter_url, http_timeout_s=0.5)
+    stub.script("trickle:0.05")
+    with pytest.raises(ClientTimeout):
+        client.fetch(STUB_QUERY)
+
+    result = client.fetch(STUB_QUERY)
+
+    assert result.parsed.pois
+
+
+class CpuHog:
+    """A thread doing busy arithmetic in this process while the block runs."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self) -> None:
+        x = 0
+        while not self._stop.is_set():
+            x = (x * 31 + 7) % 1_000_003
+
+    def __enter__(self) -> CpuHog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_compressed_answer_is_read_decoded(stand_in: StandIn, session: requests.Session) -> None:
+    stand_in.replies["/api/interpreter"] = Reply(body=gzip.compress(POIS_BODY), content_encoding="gzip")
+
+    result = make_client(stand_in.interpreter_url, session).fetch(QUERY)
+
+    assert len(result.parsed.pois) == 4
+    assert result.response_bytes == len(POIS_BODY)

@@ -13,6 +13,7 @@ from enrichment_actors.overpass_responses import (
     BadResponse,
     ClientTimeout,
     ConnectionFailed,
+    DuplicateQuery,
     OverpassError,
     Poi,
     QueryFailed,
@@ -23,6 +24,8 @@ from enrichment_actors.overpass_responses import (
     RateLimited,
     ServerBusy,
     ServerDown,
+    ServerProtocolError,
+    ServerUnwell,
     UnexpectedStatus,
     UserAgentRejected,
     classify,
@@ -43,6 +46,9 @@ FLAGS = {
     "server_down": (True, True),
     "connection_error": (True, True),
     "client_timeout": (True, True),
+    "server_unwell": (True, True),
+    "protocol_error": (True, True),
+    "duplicate_query": (True, False),
 }
 SUCCESS_LABELS = {"ok", "ok_with_remark"}
 
@@ -265,6 +271,9 @@ def test_bad_query_keeps_every_error(file: str, count: int) -> None:
         (ServerDown, "server_down", True, True),
         (ConnectionFailed, "connection_error", True, True),
         (ClientTimeout, "client_timeout", True, True),
+        (ServerUnwell, "server_unwell", True, True),
+        (ServerProtocolError, "protocol_error", True, True),
+        (DuplicateQuery, "duplicate_query", True, False),
     ],
 )
 def test_error_classes_declare_their_classification(
@@ -465,7 +474,7 @@ def test_every_fixture_file_is_in_its_manifest(source: str) -> None:
 def test_own_fixtures_cover_every_label() -> None:
     labels = {c.expected for c in load_cases("own") if c.endpoint == "interpreter"}
 
-    # Connection errors and client timeouts have no body: the client tests cover them.
+    # Connection errors, client timeouts and unsendable queries have no body: the client tests cover them.
     assert labels == SUCCESS_LABELS | set(FLAGS) - {"connection_error", "client_timeout"} | {
         "unexpected_status"
     }
@@ -482,3 +491,117 @@ def test_own_fixtures_cover_every_shared_label() -> None:
 def test_fixture_roots_are_where_the_readme_says() -> None:
     assert Path(__file__).resolve().parents[1] / "fixtures" / "overpass" == OWN_ROOT
     assert (OWN_ROOT / "manifest.json").is_file()
+
+
+# Faults of the server and refusals of its dispatcher, sent with HTTP 200 (finding 15).
+
+RECORDINGS = Path(__file__).resolve().parents[3] / "shared" / "recordings" / "overpass-0.7.62"
+
+
+@pytest.mark.parametrize(
+    ("remark", "label"),
+    [
+        (
+            "runtime error: open64: 12 Cannot allocate memory /osm3s_osm_base Dispatcher_Client::1",
+            "server_unwell",
+        ),
+        (
+            "runtime error: open64: 0 Success /db/ways.map File_Blocks_Index: Data file size does not match block size",
+            "server_unwell",
+        ),
+        # Older servers print the File_Blocks_Index message without the prefix.
+        ("File_Blocks_Index: Data file size does not match block size", "server_unwell"),
+        (
+            'runtime error: Query ran out of memory in "query" at line 1. It would need at least 0 MB of RAM to continue.',
+            "query_out_of_memory",
+        ),
+        ('runtime error: Query timed out in "query" at line 3 after 25 seconds.', "query_timeout"),
+        (
+            "runtime error: open64: 0 Success /osm3s_osm_base Dispatcher_Client::request_read_and_idx::duplicate_query",
+            "duplicate_query",
+        ),
+        (
+            "runtime error: open64: 0 Success /osm3s_osm_base Dispatcher_Client::request_read_and_idx::protocol_error",
+            "protocol_error",
+        ),
+        (
+            "runtime error: Tried to use museum file but no museum files available on this instance.",
+            "query_error",
+        ),
+    ],
+)
+def test_a_remark_says_whose_fault_it_is(remark: str, label: str) -> None:
+    body = json.dumps({"version": 0.6, "elements": [], "remark": remark}).encode()
+
+    with pytest.raises(OverpassError) as raised:
+        read_response(200, body)
+
+    assert raised.value.label == label
+    assert (raised.value.retryable, raised.value.trips_breaker) == FLAGS[label]
+    assert raised.value.response_bytes == len(body)
+
+
+def test_a_server_short_of_memory_is_not_a_query_too_large() -> None:
+    body = (OWN_ROOT / "remark/server-cannot-allocate-memory.json").read_bytes()
+
+    with pytest.raises(ServerUnwell, match="unwell, not the query") as raised:
+        read_response(200, body)
+
+    assert not isinstance(raised.value, QueryTooLarge | QueryFailed)
+
+
+def test_a_protocol_error_page_says_what_it_is() -> None:
+    body = (OWN_ROOT / "edge/protocol-error-page.html").read_bytes()
+
+    with pytest.raises(ServerProtocolError) as raised:
+        read_response(200, body)
+
+    assert "[out:json]" not in str(raised.value)
+    assert "protocol_error" in str(raised.value) and "dispatcher" in str(raised.value)
+
+
+def test_an_unknown_error_page_with_200_quotes_the_page() -> None:
+    body = (
+        (OWN_ROOT / "edge/protocol-error-page.html")
+        .read_bytes()
+        .replace(
+            b"runtime error: open64: 0 Success /osm3s_osm_base Dispatcher_Client::request_read_and_idx::protocol_error",
+            b"something else went wrong",
+        )
+    )
+
+    with pytest.raises(BadResponse, match="something else went wrong") as raised:
+        read_response(200, body)
+
+    assert "[out:json]" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(OWN_ROOT / "local-server/32_duplicate_query.body.html", id="own-copy"),
+        pytest.param(
+            RECORDINGS / "32_duplicate_query.body.html",
+            id="shared-recording",
+            marks=pytest.mark.skipif(
+                not (RECORDINGS / "32_duplicate_query.body.html").exists(),
+                reason=f"{RECORDINGS} is absent: the 0.7.62 recordings live outside this repository",
+            ),
+        ),
+    ],
+)
+def test_the_recorded_duplicate_query_page_is_a_duplicate_not_a_bad_response(path: Path) -> None:
+    body = path.read_bytes()
+
+    with pytest.raises(DuplicateQuery, match="already running") as raised:
+        read_response(200, body)
+
+    assert raised.value.retryable and not raised.value.trips_breaker
+    assert raised.value.response_bytes == len(body) == 646
+
+
+@pytest.mark.skipif(not RECORDINGS.is_dir(), reason=f"{RECORDINGS} is absent")
+def test_own_copy_of_the_recording_is_byte_for_byte_the_same() -> None:
+    for suffix in ("body.html", "headers.txt", "request.txt"):
+        name = f"32_duplicate_query.{suffix}"
+        assert (OWN_ROOT / "local-server" / name).read_bytes() == (RECORDINGS / name).read_bytes()

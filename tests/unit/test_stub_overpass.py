@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from enrichment_actors.stub_overpass import OOM_REMARK, TIMEOUT_REMARK, StubOverpass
+from tests.support.workers import eventually
 
 LOCAL_SERVER = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "overpass" / "local-server"
 PARIS = (48.85, 2.29, 48.86, 2.30)
@@ -623,6 +624,8 @@ def test_control_endpoints_work_over_http(stub: StubOverpass) -> None:
         "status_calls": 0,
         "kill_calls": 0,
         "rejected_over_slots": 0,
+        "held": 0,
+        "refused_duplicates": 0,
     }
     assert refused.status_code == 400 and "teapot" in refused.json()["error"]
     assert reset.status_code == 200
@@ -655,3 +658,158 @@ def test_serve_forever_prints_its_url_and_stops_on_sigterm() -> None:
         finally:
             watchdog.cancel()
             process.kill()
+
+
+# --- like a real 0.7.62 server: held queries, duplicates, server faults, trickles --------------------
+
+RECORDINGS = Path(__file__).resolve().parents[3] / "shared" / "recordings" / "overpass-0.7.62"
+OWN_DUPLICATE = (
+    Path(__file__).resolve().parents[1]
+    / "fixtures"
+    / "overpass"
+    / "local-server"
+    / "32_duplicate_query.body.html"
+)
+
+
+def post_in_thread(stub: StubOverpass, query: str, results: list[requests.Response]) -> threading.Thread:
+    def run() -> None:
+        with contextlib.suppress(requests.RequestException):  # cut short when the stub stops
+            results.append(post(stub, query, timeout=30))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_query_over_the_limit_is_held_until_a_slot_frees_then_runs() -> None:
+    query = bbox_query(f'nwr["amenity"]{box(*PARIS)};')
+    with StubOverpass(slots=1, hold_s=5.0) as stub:
+        stub.script("stall:0.6", "ok")
+        first: list[requests.Response] = []
+        running = post_in_thread(stub, query, first)
+        eventually(lambda: stub.stats().in_flight == 1)
+
+        held = post(stub, query, timeout=30)
+        running.join()
+
+        assert (first[0].status_code, held.status_code) == (200, 200)
+        assert "elements" in held.json()
+        (_, later) = sorted(stub.requests, key=lambda r: r.started_at)
+        assert later.admitted_at is not None and later.admitted_at - later.started_at > 0.3
+        assert stub.stats().held == 1 and stub.stats().rejected_over_slots == 0
+
+
+def test_a_held_query_gets_a_429_when_no_slot_frees_within_the_hold() -> None:
+    query = bbox_query(f'nwr["amenity"]{box(*PARIS)};')
+    with StubOverpass(slots=1, hold_s=0.3) as stub:
+        stub.script("stall:3")
+        first: list[requests.Response] = []
+        post_in_thread(stub, query, first)
+        eventually(lambda: stub.stats().in_flight == 1)
+        started = time.monotonic()
+
+        held = post(stub, query)
+
+        assert held.status_code == 429 and "rate_limited" in held.text
+        assert time.monotonic() - started >= 0.3
+        assert stub.stats().held == 1 and stub.stats().rejected_over_slots == 1
+
+
+def test_a_429_comes_at_once_only_when_more_than_twice_the_limit_wait() -> None:
+    query = bbox_query(f'nwr["amenity"]{box(*PARIS)};')
+    with StubOverpass(slots=1, hold_s=5.0) as stub:
+        stub.script("stall:5")
+        results: list[requests.Response] = []
+        threads = [post_in_thread(stub, query, results)]
+        eventually(lambda: stub.stats().in_flight == 1)
+        for waiting in (1, 2, 3):
+            threads.append(post_in_thread(stub, query, results))
+            eventually(lambda waiting=waiting: stub.stats().held == waiting)  # type: ignore[misc]
+        started = time.monotonic()
+
+        refused = post(stub, query)
+
+        assert refused.status_code == 429 and time.monotonic() - started < 2.0
+        assert stub.stats().rejected_over_slots == 1
+        with requests.get(stub.status_url) as status:
+            assert len(re.findall(r"^\d+\t", status.text, re.MULTILINE)) == 1  # held ones are not running
+        requests.get(stub.url + "/api/kill_my_queries")  # ends the running one, not the held ones
+        for thread in threads:
+            thread.join()
+        assert sorted(r.status_code for r in results).count(200) == 3
+
+
+def test_the_same_text_a_third_time_within_its_timeout_is_refused_as_a_duplicate() -> None:
+    query = f'[out:json][timeout:1];nwr["amenity"]{box(*PARIS)};out center tags;'
+    other = f'[out:json][timeout:1];nwr["shop"]{box(*PARIS)};out center tags;'
+    with StubOverpass(refuse_duplicates=True) as stub:
+        first, second, third = (post(stub, query) for _ in range(3))
+        different = post(stub, other)
+        time.sleep(1.1)  # the window of the first two is over
+        later = post(stub, query)
+
+        assert [r.status_code for r in (first, second, third, different, later)] == [200] * 5
+        assert "elements" in first.json() and "elements" in second.json()
+        assert "Dispatcher_Client::request_read_and_idx::duplicate_query" in third.text
+        assert "elements" in different.json() and "elements" in later.json()
+        assert stub.stats().refused_duplicates == 1
+
+
+def test_the_duplicate_page_is_the_recorded_one_byte_for_byte(stub: StubOverpass) -> None:
+    stub.script("duplicate")
+
+    response = post(stub, bbox_query(f'nwr["amenity"]{box(*PARIS)};'))
+
+    assert response.status_code == 200
+    assert response.headers["Content-type"] == "text/html; charset=utf-8"
+    assert response.content == OWN_DUPLICATE.read_bytes()
+    if (RECORDINGS / "32_duplicate_query.body.html").exists():
+        assert response.content == (RECORDINGS / "32_duplicate_query.body.html").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("outcome", "label"),
+    [
+        ("enomem-remark", "server_unwell"),
+        ("blocks-remark", "server_unwell"),
+        ("protocol-error", "protocol_error"),
+        ("duplicate", "duplicate_query"),
+    ],
+)
+def test_server_faults_arrive_as_200_and_are_told_apart(stub: StubOverpass, outcome: str, label: str) -> None:
+    from enrichment_actors.overpass_responses import classify
+
+    stub.script(outcome)
+
+    response = post(stub, bbox_query(f'nwr["amenity"]{box(*PARIS)};'))
+
+    assert response.status_code == 200
+    assert classify(response.status_code, response.content) == label
+
+
+def test_a_trickle_sends_the_whole_answer_a_few_bytes_at_a_time(stub: StubOverpass) -> None:
+    query = bbox_query(f'nwr["amenity"]{box(48.85, 2.29, 48.851, 2.291)};')
+    whole = post(stub, query).content
+    stub.script("trickle:0.001")
+    pieces = []
+
+    with requests.post(stub.interpreter_url, data={"data": query}, stream=True) as response:
+        while piece := response.raw.read1(1 << 16):
+            pieces.append(piece)
+
+    assert b"".join(pieces) == whole
+    assert len(pieces) > 4  # it came in many small pieces (fewer than sent when a loaded client lags)
+    eventually(lambda: stub.stats().served.get("trickle") == 1)  # counted once the last byte is out
+
+
+def test_kill_my_queries_ends_a_trickle(stub: StubOverpass) -> None:
+    stub.script("trickle:0.5")
+    query = bbox_query(f'nwr["amenity"]{box(*PARIS)};')
+    with requests.post(stub.interpreter_url, data={"data": query}, stream=True, timeout=10) as response:
+        eventually(lambda: stub.stats().in_flight == 1)
+        requests.get(stub.url + "/api/kill_my_queries")
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            response.content  # noqa: B018
+
+    eventually(lambda: stub.stats().served.get("killed") == 1)
