@@ -54,9 +54,9 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
     """Admit messages only while the upstream is believed healthy.
 
     Examples:
-      >>> breaker = CircuitBreaker(backend, {"overpass": BreakerLimits(failure_threshold=3, cooldown_s=60)},
+      >>> breaker = CircuitBreaker(backend, {"api": BreakerLimits(failure_threshold=3, cooldown_s=60)},
       ...                          verdict=lambda exc: Verdict.FAILURE if isinstance(exc, IOError) else Verdict.SUCCESS)
-      >>> @dramatiq.actor(breaker="overpass")
+      >>> @dramatiq.actor(breaker="api")
       ... def fetch(): ...
 
     Parameters:

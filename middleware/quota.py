@@ -30,8 +30,8 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
     """Admit a message only while its quota window has budget left.
 
     Examples:
-      >>> broker.add_middleware(Quota(backend, {"overpass": QuotaLimits(requests=10_000, bytes=2**30)}))
-      >>> @dramatiq.actor(quota="overpass")
+      >>> broker.add_middleware(Quota(backend, {"api": QuotaLimits(requests=10_000, bytes=2**30)}))
+      >>> @dramatiq.actor(quota="api")
       ... def fetch(): ...
 
     Parameters:

@@ -43,8 +43,8 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
     """Hold one of N fleet-wide permits while the actor runs.
 
     Examples:
-      >>> broker.add_middleware(ConcurrencySemaphore(backend, {"overpass": SemaphoreLimits(permits=2)}))
-      >>> @dramatiq.actor(semaphore="overpass")
+      >>> broker.add_middleware(ConcurrencySemaphore(backend, {"api": SemaphoreLimits(permits=2)}))
+      >>> @dramatiq.actor(semaphore="api")
       ... def fetch(): ...
 
     Parameters:
