@@ -119,3 +119,33 @@ def test_a_redis_error_that_names_the_url_is_redacted_and_not_chained(
         backend.ping()
     assert "AUTH user *** refused" in str(raised.value)
     assert SECRET not in _everything_shown(raised.value, caplog)
+
+
+def test_a_failed_store_leaves_no_password_in_logs_or_the_message(caplog: pytest.LogCaptureFixture) -> None:
+    """What a worker logs and keeps in the message (``last_error``, ``traceback``) on each attempt."""
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from middleware.retries import Retries
+
+    broker = StubBroker()
+    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, dramatiq.middleware.Retries)]
+    broker.add_middleware(Retries(max_retries=1, min_backoff=1, max_backoff=1))
+    store = PoiStore(f"postgresql://u:{SECRET}@127.0.0.1:{free_port()}/pois")
+
+    @dramatiq.actor(broker=broker, queue_name="redaction")
+    def store_one() -> None:
+        store.upsert([("node", 1, 1.0, 2.0, {})])
+
+    worker = dramatiq.Worker(broker, worker_timeout=100)
+    worker.start()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            store_one.send()
+            broker.join("redaction", fail_fast=False)
+            worker.join()
+    finally:
+        worker.stop()
+    (dead,) = broker.dead_letters
+    assert "PersistenceError" in dead.options["last_error"] and "***" in dead.options["last_error"]
+    assert SECRET not in dead.options["last_error"] + dead.options["traceback"] + caplog.text
