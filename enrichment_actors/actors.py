@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from middleware.backends.base import BackendUnavailable
 from middleware.deferral import Defer
 from middleware.failpoints import failpoint
 from middleware.semaphore import release_permit_early
@@ -30,6 +32,7 @@ from .metrics import CALL_OK, Outcome, note_outcome
 from .overpass_client import FetchResult, OverpassClient
 from .overpass_responses import (
     ClientTimeout,
+    DuplicateQuery,
     OverpassError,
     QueryFailed,
     QueryRejected,
@@ -102,8 +105,26 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
     try:
         result = _call_overpass(client, query)
     except ClientTimeout:
-        # The query keeps running upstream and holds a slot until killed.
-        client.kill_my_queries()
+        # The query may keep running upstream, holding a slot, until killed. But
+        # kill_my_queries ends every query of our address, the healthy calls of
+        # the other workers too (each then a breaker failure of its own): kill
+        # only when this call is the only one in flight fleet-wide (its own
+        # permit, still held, counted), else let it end by its own [timeout].
+        failpoint("fetch.timed_out")
+        try:
+            in_flight = runtime.semaphore.policies[OVERPASS].in_use()
+        except BackendUnavailable as exc:
+            in_flight = None
+            logger.warning("Overpass call timed out; calls in flight unknown (%s): query not killed.", exc)
+        if in_flight is not None and in_flight <= 1:
+            client.kill_my_queries()
+        elif in_flight is not None:
+            logger.warning(
+                "Overpass call timed out with %d calls in flight: not killing our queries (that would end the "
+                "others' too); this one ends by its own [timeout:%d].",
+                in_flight,
+                settings.query_timeout_s,
+            )
         raise
     except RateLimited as exc:
         raise Defer(_rate_limit_pause_s(), reason=Outcome.RATE_LIMITED.value) from exc
@@ -111,9 +132,9 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
         if not _split(job, stage):
             raise
         return
-    # The call is over: its bytes are charged first (a call admitted after
-    # sees them), then the next call may start while this job hands its POIs on.
-    charge_bytes(result.response_bytes)
+    # The call is over and its bytes are charged (in _call_overpass, so a call
+    # admitted after sees them): the next call may start while this job hands
+    # its POIs on.
     release_permit_early()
     failpoint("fetch.answered")
     chunk_bytes = runtime.settings.stage_chunk_bytes
@@ -154,13 +175,29 @@ def store_pois(
 
 
 def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
-    """``client.fetch(query)``, recorded in the metrics by its classification."""
+    """``client.fetch(query)``, charged to the quota and recorded in the metrics, whatever its outcome.
+
+    Every body byte received is charged, a failed call's too (a remark after
+    600 KB, a cut-off body); a request that never left the process is
+    reported, so the quota gives it back. A ``duplicate_query`` refusal
+    (the same text running or just run) defers the job past the query's own
+    ``[timeout]``: not a retry, not a breaker failure.
+    """
     started = time.monotonic()
     try:
         result = client.fetch(query)
     except OverpassError as exc:
+        charge_bytes(exc.response_bytes)
+        if not exc.request_sent:
+            report_no_call()
         runtime.metrics.observe_overpass_call(exc.label, time.monotonic() - started)
+        if isinstance(exc, DuplicateQuery):
+            # Spread over a second window, so identical jobs do not come back together.
+            pause_s = settings.query_timeout_s * (1 + random.random()) + 1
+            logger.info("Overpass refused a duplicate query; this job comes back in %.0f s.", pause_s)
+            raise Defer(pause_s, reason=Outcome.DUPLICATE_QUERY.value) from exc
         raise
+    charge_bytes(result.response_bytes)
     runtime.metrics.observe_overpass_call(CALL_OK, result.duration_s, response_bytes=result.response_bytes)
     return result
 
@@ -208,20 +245,28 @@ def _split(job: Job, stage: Stage) -> bool:
 def _rate_limit_pause_s() -> float:
     """At least RATE_LIMIT_PAUSE_S after a 429, or until /api/status shows a free slot, whichever is later.
 
-    The server's reported rate limit also caps the fleet's permits.
+    The server's reported rate limit also caps the fleet's permits. Logs one
+    warning per 429 with the pause it caused.
     """
     try:
         status = runtime.client().status()
     except StatusUnavailable as exc:
         logger.warning(
-            "429 from Overpass and /api/status unreadable (%s); pausing %.0fs.",
+            "Overpass answered 429 (rate limited) and /api/status is unreadable (%s): this job pauses %.0f s.",
             exc,
             settings.rate_limit_pause_s,
         )
         return settings.rate_limit_pause_s
     if status.rate_limit is not None:
         runtime.semaphore.cap(OVERPASS, min(status.rate_limit, settings.semaphore_permits))
-    return max(settings.rate_limit_pause_s, status.seconds_until_free())
+    pause_s = max(settings.rate_limit_pause_s, status.seconds_until_free())
+    logger.warning(
+        "Overpass answered 429 (rate limited): this job pauses %.0f s (server rate limit %s, %s slots free).",
+        pause_s,
+        status.rate_limit if status.rate_limit is not None else "none",
+        status.free_now,
+    )
+    return pause_s
 
 
 __all__ = ["OverpassError", "enrich", "fetch_pois", "store_pois"]

@@ -45,13 +45,21 @@ def overpass_verdict(exception: BaseException | None) -> Verdict:
     """What an Overpass call says about the server's health, for the circuit breaker.
 
     Upstream failures (504, other 5xx, connection errors, client timeouts,
-    cut-off bodies) count; any answer the server gave on purpose (400, 406,
-    remarks, 429) shows it is up; errors of ours say nothing.
+    cut-off bodies, a server short of memory or mid-update, a dispatcher
+    protocol error) count; any answer the server gave on purpose (400, 406,
+    query remarks, 429, a ``duplicate_query`` refusal) shows it is up, also
+    when the actor turned it into a deferral; a request that never left the
+    process and errors of ours say nothing.
     """
     if exception is None:
         return Verdict.SUCCESS
+    if isinstance(exception, Defer) and isinstance(exception.__cause__, OverpassError):
+        # A 429 or a duplicate_query the actor deferred: judged by what the server said.
+        exception = exception.__cause__
     if isinstance(exception, OverpassError):
-        return Verdict.FAILURE if exception.trips_breaker else Verdict.SUCCESS
+        if exception.trips_breaker:
+            return Verdict.FAILURE
+        return Verdict.SUCCESS if exception.request_sent else Verdict.IGNORE
     if isinstance(exception, Defer):
         return Verdict.SUCCESS
     return Verdict.IGNORE

@@ -34,6 +34,11 @@ DEFAULT_TAGS: tuple[str, ...] = (
 )
 
 
+#: How long a rate-limited Overpass 0.7.62 server holds a query waiting for a
+#: slot before its ``[timeout]`` starts (measured on a real server).
+SERVER_HOLD_S = 15
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the product cannot use."""
 
@@ -90,7 +95,12 @@ TABLE: tuple[Setting, ...] = (
         "`[timeout:N]` of each query; honest small values get admitted sooner",
     ),
     Setting("OVERPASS_MAXSIZE_BYTES", "67108864", "`[maxsize:N]` of each query (64 MiB)"),
-    Setting("OVERPASS_HTTP_TIMEOUT_S", "", "HTTP read timeout; default query timeout + 10 s"),
+    Setting(
+        "OVERPASS_HTTP_TIMEOUT_S",
+        "",
+        "Deadline of a whole Overpass call (and of any one read); default query timeout + 25 s: the "
+        "server may hold a query up to 15 s waiting for a slot before its [timeout] starts, plus 10 s",
+    ),
     Setting("ENRICH_QUEUE", "enrichment", "Dramatiq queue of the enrichment actors"),
     Setting("ENRICH_DEFAULT_TAGS", ",".join(DEFAULT_TAGS), "Tag filters used when a job names none"),
     Setting("ENRICH_MAX_AREA_DEG2", "0.25", "Largest box a job may ask for, in square degrees"),
@@ -221,7 +231,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return math.isfinite(value) and value >= 0
 
     query_timeout = read("OVERPASS_QUERY_TIMEOUT_S", int, positive, "a whole number of seconds > 0")
-    http_default = str(query_timeout + 10)
+    # A rate-limited server holds a query up to 15 s waiting for a slot before
+    # its [timeout] starts: a deadline of query timeout + 10 s would end calls
+    # the server is still running within its rules (and kill them).
+    http_default = str(query_timeout + SERVER_HOLD_S + 10)
     raw["OVERPASS_HTTP_TIMEOUT_S"] = raw["OVERPASS_HTTP_TIMEOUT_S"] or http_default
     http_timeout = read("OVERPASS_HTTP_TIMEOUT_S", float, positive, "seconds > 0")
     raw["SEMAPHORE_LEASE_S"] = raw["SEMAPHORE_LEASE_S"] or str(http_timeout + 60)

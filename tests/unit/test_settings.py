@@ -12,7 +12,8 @@ def test_defaults_work_with_an_empty_environment() -> None:
     assert settings.database_url.startswith("sqlite:///")
     assert settings.overpass_url == "https://overpass-api.de/api/interpreter"
     assert settings.user_agent.startswith("overpass-enrichment/")
-    assert settings.http_timeout_s == settings.query_timeout_s + 10
+    # The query's own [timeout], the server's 15 s wait for a slot before it starts, and 10 s.
+    assert settings.http_timeout_s == settings.query_timeout_s + 15 + 10
     assert settings.semaphore_lease_s > settings.http_timeout_s
     assert (settings.quota_requests, settings.quota_bytes, settings.quota_window_s) == (
         10_000,
