@@ -138,7 +138,8 @@ class Retries(StockRetries):
         if retry_when is not None:
             # retry_when, when given, decides instead of max_retries.
             give_up = not retry_when(retries, exception)
-            why = f"retry_when said no after {retries + 1} attempts"
+            exhausted = max_retries is not None and retries >= max_retries
+            why = f"{'retries exhausted' if exhausted else 'retry_when said no'} after {retries + 1} attempts"
         else:
             # max_retries None: retried for as long as it fails.
             give_up = max_retries is not None and retries >= max_retries
