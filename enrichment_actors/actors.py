@@ -46,6 +46,7 @@ from .staging import (
     Stage,
     Staged,
     StagedAnswerMissing,
+    current_message_id,
     derived_message_id,
     retry_until_reachable,
     stage_key,
@@ -73,7 +74,12 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, **unexpected: Any) ->
         names = ", ".join([f"positional argument {a!r}" for a in args] + sorted(unexpected))
         raise InvalidJob(f"enrich takes bbox= and tags= only; unexpected: {names}.")
     job = validate_job(bbox, tags, limits=runtime.job_limits)
-    fetch_pois.send(**job.as_message())
+    # An id derived from this message's: a redelivered enrich sends the same
+    # fetch, which finds its staged answer instead of calling again.
+    fetch = fetch_pois.message(**job.as_message())
+    runtime.broker.enqueue(
+        fetch.copy(message_id=derived_message_id(f"enrich:{current_message_id()}", "fetch", 0))
+    )
 
 
 @dramatiq.actor(

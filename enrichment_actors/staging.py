@@ -341,12 +341,15 @@ class Stage:
         return not any(name.startswith("chunk:") for name in names)
 
 
+def current_message_id() -> str:
+    """The id of the message running in this thread (a fresh one outside a worker)."""
+    message = CurrentMessage.get_current_message()
+    return message.message_id if message is not None else f"unbound-{uuid.uuid4()}"
+
+
 def stage_key(message_id: str | None = None) -> str:
-    """The stage key of the fetch message running in this thread (a fresh one outside a worker)."""
-    if message_id is None:
-        message = CurrentMessage.get_current_message()
-        message_id = message.message_id if message is not None else f"unbound-{uuid.uuid4()}"
-    return f"fetch:{message_id}"
+    """The stage key of the fetch message running in this thread, or of ``message_id``."""
+    return f"fetch:{message_id or current_message_id()}"
 
 
 def derived_message_id(key: str, role: str, index: int) -> str:
@@ -391,6 +394,7 @@ __all__ = [
     "Staged",
     "StagedAnswerMissing",
     "Stash",
+    "current_message_id",
     "decode_chunk",
     "derived_message_id",
     "encode_chunks",

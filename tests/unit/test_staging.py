@@ -205,3 +205,39 @@ def test_a_failing_store_logs_short_lines_and_no_message_is_over_the_bound(
     assert stub.stats().calls == 1
     stores = [size for actor, size in recorder.sizes if actor == store_pois.actor_name]
     assert len(stores) >= 2, "the answer should span several chunks"
+
+
+def test_a_redelivered_enrich_sends_the_same_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch sent twice (enrich redelivered) is one job: the second copy finds the first's staged answer."""
+    from dramatiq.middleware import CurrentMessage
+
+    from enrichment_actors import enrich, runtime
+
+    sent: list[dramatiq.Message[Any]] = []
+    monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: sent.append(message))
+    box = {"south": 48.0, "west": 2.0, "north": 48.01, "east": 2.01}
+    for message in (enrich.message(bbox=box), enrich.message(bbox=box)):
+        for _attempt in range(2):
+            token = CurrentMessage._MESSAGE.set(message)
+            try:
+                enrich.fn(bbox=box)
+            finally:
+                CurrentMessage._MESSAGE.reset(token)
+    ids = [message.message_id for message in sent]
+    assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
+
+
+@pytest.mark.parametrize(
+    ("environ", "error"),
+    [
+        ({"STAGE_TTL_S": "11999"}, "STAGE_TTL_S=11999 must exceed"),
+        ({"STORE_MAX_RETRIES": "200"}, "staged POIs would expire"),
+        ({"MESSAGE_MAX_BYTES": "100"}, "MESSAGE_MAX_BYTES"),
+        ({"STAGE_CHUNK_BYTES": "10"}, "STAGE_CHUNK_BYTES"),
+    ],
+)
+def test_staging_settings_are_checked(environ: dict[str, str], error: str) -> None:
+    from enrichment_actors.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match=error):
+        load_settings(environ)
