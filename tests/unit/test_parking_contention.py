@@ -1,0 +1,224 @@
+"""Parked messages are never lost: not when a releaser and the consumers of what it releases race, not when a
+step of the release fails, not when Redis refuses writes or the broker errs while a message is put back.
+
+The race that lost messages (issue 8, finding 1): the releaser enqueues a due
+message; before it clears the parking, the message is consumed and parked
+again under the same id; the clear then erased the new parking. Here a real
+Redis, a releaser thread, consumer threads that park every message again at
+once, CPU-hog threads in the same process, and pauses between the release's
+steps (failpoints ``parking.claimed`` and ``parking.enqueued``).
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from middleware.backends.redis import RedisBackend
+from middleware.failpoints import FailpointError, configure
+from middleware.policy.parking import ParkingLot
+from middleware.retries import Retries
+from tests.support.workers import eventually
+
+QUEUE = "parked-work"
+IDS = [f"job-{n:02d}" for n in range(20)]
+#: Releases (and parkings again) per run: each id goes round about three times.
+ROUNDS = 60
+
+
+@pytest.fixture
+def failpoints() -> Iterator[None]:
+    yield
+    configure("")
+
+
+@pytest.fixture
+def broker() -> StubBroker:
+    stub = StubBroker()
+    stub.declare_queue(QUEUE)
+    return stub
+
+
+def message(message_id: str) -> dramatiq.Message[Any]:
+    return dramatiq.Message(
+        queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={}, message_id=message_id
+    )
+
+
+def parked_ids(client: redis.Redis[bytes], namespace: str) -> set[str]:
+    """Members parked with their payload (a member without one could never be released)."""
+    due = {member.decode() for member in client.zrange(f"{namespace}:park-due:parked", 0, -1)}
+    payloads = {member.decode() for member in client.hkeys(f"{namespace}:park-payload:parked")}
+    return due & payloads
+
+
+def queued_ids(broker: StubBroker) -> set[str]:
+    found = set()
+    while True:
+        try:
+            encoded = broker.queues[QUEUE].get_nowait()
+        except queue.Empty:
+            return found
+        found.add(dramatiq.Message.decode(encoded).message_id)
+
+
+def hog(stop: threading.Event) -> None:
+    """Busy arithmetic: competes with the releaser for the interpreter, as a worker parsing a large body does."""
+    n = 0
+    while not stop.is_set():
+        n = (n * 31 + 7) % 1_000_003
+
+
+@pytest.mark.parametrize(
+    "pauses",
+    [
+        pytest.param("parking.enqueued=sleep:0.05", id="pause between enqueue and clear"),
+        pytest.param("parking.claimed=sleep:0-0.01,parking.enqueued=sleep:0-0.03", id="random pauses"),
+        pytest.param("", id="cpu hogs only"),
+    ],
+)
+def test_a_release_never_erases_a_parking_made_since(
+    redis_url: str, redis_client: redis.Redis[bytes], broker: StubBroker, failpoints: None, pauses: str
+) -> None:
+    backend = RedisBackend.from_url(redis_url, namespace="contention")
+    retries = Retries(backend=backend, poll_interval_s=0.01, rng=random.Random(1))
+    for message_id in IDS:
+        retries.schedule(broker, message(message_id), 0)
+    configure(pauses)
+    stop_consumers, stop_releaser, stop_hogs = threading.Event(), threading.Event(), threading.Event()
+    rounds = [0]
+
+    def release() -> None:
+        while not stop_releaser.is_set():
+            retries.release_due(broker)
+
+    def consume(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop_consumers.is_set():
+            try:
+                encoded = broker.queues[QUEUE].get(timeout=0.02)
+            except queue.Empty:
+                continue
+            # Run at once and deferred again, under the same message id.
+            retries.schedule(broker, dramatiq.Message.decode(encoded), rng.uniform(0, 0.02))
+            rounds[0] += 1
+
+    threads = [threading.Thread(target=hog, args=(stop_hogs,)) for _ in range(3)]
+    threads += [threading.Thread(target=consume, args=(seed,)) for seed in range(3)]
+    releaser = threading.Thread(target=release)
+    for thread in [*threads, releaser]:
+        thread.start()
+    try:
+        eventually(lambda: rounds[0] >= ROUNDS, timeout_s=60, message=f"{ROUNDS} releases and re-parkings")
+    finally:
+        stop_consumers.set()
+        for thread in threads[3:]:
+            thread.join()
+        stop_releaser.set()
+        releaser.join()
+        stop_hogs.set()
+        for thread in threads[:3]:
+            thread.join()
+    configure("")
+    lost = set(IDS) - parked_ids(redis_client, "contention") - queued_ids(broker)
+    assert not lost, (
+        f"{len(lost)} of {len(IDS)} messages exist nowhere after {rounds[0]} rounds: {sorted(lost)}"
+    )
+
+
+@pytest.mark.parametrize("step", ["parking.claimed", "parking.enqueued"])
+def test_a_releaser_that_fails_between_its_steps_leaves_the_message_to_come_due_again(
+    redis_url: str, redis_client: redis.Redis[bytes], broker: StubBroker, failpoints: None, step: str
+) -> None:
+    """At least once: a release cut short after its claim, or after its enqueue, loses nothing."""
+    retries = Retries(backend=RedisBackend.from_url(redis_url, namespace="cut"))
+    retries.parking = ParkingLot(retries.parking._backend, claim_s=0.2)  # type: ignore[union-attr]
+    retries.schedule(broker, message("cut-short"), 0)
+    configure(f"{step}=raise:1")
+    with pytest.raises(FailpointError):
+        retries.release_due(broker)
+    configure("")
+    enqueued_before = queued_ids(broker)
+    assert enqueued_before == ({"cut-short"} if step == "parking.enqueued" else set())
+    assert parked_ids(redis_client, "cut") == {"cut-short"}  # still parked, under its claim
+    assert retries.release_due(broker) == 0  # the claim holds for claim_s...
+    time.sleep(0.25)
+    assert retries.release_due(broker) == 1  # ... then it comes due again
+    assert queued_ids(broker) == {"cut-short"}
+    assert parked_ids(redis_client, "cut") == set()
+
+
+# -- putting a message back ----------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("refusal", ["READONLY", "OOM"])
+def test_putting_back_keeps_trying_while_redis_refuses_writes(
+    redis_url: str, redis_client: redis.Redis[bytes], broker: StubBroker, refusal: str
+) -> None:
+    """A failover's READONLY or a full memory's OOM must not let a worker acknowledge a message it never parked."""
+    retries = Retries(backend=RedisBackend.from_url(redis_url, namespace="refused"))
+    errors: list[BaseException] = []
+
+    def put_back() -> None:
+        try:
+            retries.schedule(broker, message("refused"), 0)
+        except BaseException as exc:  # what escapes here is a message acknowledged and lost
+            errors.append(exc)
+
+    if refusal == "READONLY":
+        redis_client.execute_command("REPLICAOF", "127.0.0.1", str(_closed_port()))
+    else:
+        redis_client.config_set("maxmemory", "1")
+    try:
+        putter = threading.Thread(target=put_back)
+        putter.start()
+        time.sleep(0.5)
+        assert errors == []
+        assert putter.is_alive(), "schedule() returned while Redis refused every write"
+    finally:
+        redis_client.execute_command("REPLICAOF", "NO", "ONE")
+        redis_client.config_set("maxmemory", "0")
+    putter.join(timeout=10)
+    assert errors == []
+    assert parked_ids(redis_client, "refused") == {"refused"}
+
+
+class FlakyBroker(StubBroker):
+    """A broker whose first enqueues fail with an error that is not a connection error."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("the broker answered something unexpected")
+        return super().enqueue(message, delay=delay)
+
+
+def test_putting_back_keeps_trying_on_any_broker_error() -> None:
+    broker = FlakyBroker(failures=2)
+    broker.declare_queue(QUEUE)
+    retries = Retries()  # no backend: waits go to the broker's delay queue
+    retries.schedule(broker, message("flaky"), 0.01)
+    assert broker.failures == 0
+    assert broker.queues[f"{QUEUE}.DQ"].qsize() == 1
