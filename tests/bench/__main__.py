@@ -218,6 +218,7 @@ def parse(min_bytes: int) -> tuple[list[Row], list[str]]:
 
 def staged_answers(env: Environment, min_bytes: int) -> tuple[list[Row], list[str]]:
     result = staging.measure(env.redis_url, env.database_url, env.dsn, min_bytes=min_bytes)
+    per_chunk = result.staged_peak_bytes / result.chunk_bytes
     held = result.staged_peak_bytes / result.whole_peak_bytes
     size = f"{result.body_bytes / 1e6:.1f} MB body, {result.pois:,} POIs, {result.chunks} chunks"
     lines = [
@@ -228,7 +229,15 @@ def staged_answers(env: Environment, min_bytes: int) -> tuple[list[Row], list[st
         f"= {result.staged_redis_bytes / result.body_bytes:.3f} B per byte of body",
     ]
     return [
-        Row("Store peak memory: staged / one message", f"{held:.3f}", "<= 0.1", held <= 0.1, size),
+        # Bounded by the chunk, whatever the answer's size.
+        Row(
+            "Store peak memory, staged / STAGE_CHUNK_BYTES",
+            f"{per_chunk:.1f}x",
+            "<= 16x",
+            per_chunk <= 16,
+            size,
+        ),
+        Row("Store peak memory, staged / as one message", f"{held:.3f}", "(comparison)", None, size),
     ], lines
 
 
