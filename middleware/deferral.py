@@ -5,7 +5,10 @@ permit) raises :class:`AdmissionDenied`; an actor that learns it must wait
 (the upstream asked it to slow down) raises :class:`Defer`. The
 :class:`~middleware.retries.Retries` middleware puts the message back with
 the delay, without counting a retry and without holding it in worker memory
-when the wait is long.
+when the wait is long. A deferral is no outcome: it never reaches
+``retry_when`` or ``on_retry_exhausted``, :class:`~middleware.callbacks.Callbacks`
+fires neither ``on_success`` nor ``on_failure`` for it, and the breaker's
+default verdict ignores it.
 """
 
 from __future__ import annotations
