@@ -241,3 +241,31 @@ def test_staging_settings_are_checked(environ: dict[str, str], error: str) -> No
 
     with pytest.raises(SettingsError, match=error):
         load_settings(environ)
+
+
+def test_staging_waits_for_an_unreachable_redis_rather_than_call_again(
+    product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failing after the call would mean a retry, and a retry a second call: staging waits instead."""
+    from enrichment_actors import actors, fetch_pois
+    from middleware.backends.base import BackendUnavailable
+
+    runtime, stub = product
+    monkeypatch.setattr(actors, "stage_key", lambda: "fetch:blip")
+    sent: list[dramatiq.Message[Any]] = []
+    monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: sent.append(message))
+    stash = actors._stage().stash
+    put = stash.put
+    failures = iter([True, True, False])
+
+    def put_during_a_blip(*args: Any, **kwargs: Any) -> set[str]:
+        if next(failures, False):
+            raise BackendUnavailable("Redis at redis://127.0.0.1 cannot be reached (a blip).")
+        return put(*args, **kwargs)
+
+    monkeypatch.setattr(stash, "put", put_during_a_blip)
+    caplog.set_level(logging.WARNING)
+    fetch_pois.fn({"south": 48.0, "west": 2.0, "north": 48.02, "east": 2.02}, ["amenity"])
+    assert stub.stats().calls == 1
+    assert [m.actor_name for m in sent] == ["store_pois"]
+    assert sum("Could not stage the fetched POIs" in r.getMessage() for r in caplog.records) == 2
