@@ -167,15 +167,15 @@ def store_pois(
     if stage is None:
         runtime.metrics.count_pois_upserted(runtime.store().upsert(pois or []))
         return
-    staged = _stage(stage)
-    rows = staged.load_chunk(chunk)
+    answer = _stage(stage)
+    rows = answer.load_chunk(chunk)
     if rows is None:
         # A copy of a message handed on twice (its sender died before noting it sent).
         logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, stage)
         return
     stored = runtime.store().upsert(rows)
     failpoint("store.upserted")
-    staged.mark_stored(chunk)
+    answer.mark_stored(chunk)
     runtime.metrics.count_pois_upserted(stored)
     logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, stage)
 
