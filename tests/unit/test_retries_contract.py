@@ -30,7 +30,7 @@ from middleware.retries import DEFERRALS, Retries
 from tests.support.workers import eventually
 
 #: Backoffs short enough for a table of cases (milliseconds).
-FAST = {"min_backoff": 1, "max_backoff": 10}
+FAST: dict[str, Any] = {"min_backoff": 1, "max_backoff": 10}
 
 
 class UpstreamDown(Exception):
