@@ -235,8 +235,7 @@ class DenyFirst(dramatiq.Middleware):
             raise AdmissionDenied(0.01, "not yet")
 
 
-@pytest.mark.parametrize("flavour", ["ours"])
-def test_a_deferral_is_no_outcome_for_callbacks_retries_or_on_retry_exhausted(flavour: str) -> None:
+def test_a_deferral_is_no_outcome_for_callbacks_retries_or_on_retry_exhausted() -> None:
     """Two denials by a middleware and two Defers by the actor, then a success: one on_success, nothing else."""
     broker = StubBroker()
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
