@@ -34,7 +34,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 from middleware.breaker import Verdict
 from middleware.deferral import Defer
 from middleware.usage import take_charged_bytes, take_no_call
-from tests.support.workers import eventually
+from tests.support.workers import WorkerProcesses, eventually
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
 BBOX = {"south": 48.85, "west": 2.29, "north": 48.86, "east": 2.30}
@@ -309,3 +309,49 @@ def test_http_timeout_default_allows_for_the_servers_wait_for_a_slot() -> None:
     assert SERVER_HOLD_S == 15
     assert settings.http_timeout_s >= settings.query_timeout_s + SERVER_HOLD_S + 5
     assert settings.semaphore_lease_s > settings.http_timeout_s + 10  # the connect timeout fits too
+
+
+def test_six_identical_jobs_on_a_healthy_server_all_land_and_the_circuit_stays_closed(
+    redis_url: str, postgres_url: str, redis_client: Any
+) -> None:
+    # The run: 6 identical jobs on a healthy 0.7.62 server opened the circuit for 60 s
+    # (each duplicate_query page was a bad_response, retried, and a breaker failure).
+    from enrichment_actors.store import PoiStore
+
+    store = PoiStore(postgres_url)
+    store.ensure_schema()
+    store.model.delete().execute()
+    with StubOverpass(slots=2, refuse_duplicates=True, latency_s=0.3) as stub:
+        env = {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": postgres_url,
+            "OVERPASS_URL": stub.interpreter_url,
+            # A short [timeout] window: a deferred duplicate comes back after 3 to 5 s.
+            "OVERPASS_QUERY_TIMEOUT_S": "2",
+            "OVERPASS_HTTP_TIMEOUT_S": "5",
+            "SEMAPHORE_LEASE_S": "20",
+            "BREAKER_FAILURE_THRESHOLD": "3",
+            "BREAKER_COOLDOWN_S": "60",
+        }
+        with WorkerProcesses(env, processes=1, threads=6):
+            for _ in range(6):
+                actors.enrich.send(bbox=BBOX, tags=["amenity"])
+            parking = runtime.retries.parking
+            eventually(
+                lambda: (
+                    stub.stats().calls >= 6
+                    and parking.count() == 0
+                    and runtime.broker.do_qsize("enrichment") == 0
+                ),
+                timeout_s=45,
+                message="six identical jobs done",
+            )
+            eventually(lambda: store.count() > 0, timeout_s=20, message="POIs stored")
+
+        refused = stub.stats().refused_duplicates
+    state = runtime.breaker.policies[OVERPASS].state()
+    store.close()
+
+    assert refused >= 1, "the run must have met the duplicate refusal"
+    assert state.generation == 0 and state.failures == 0, state  # never opened, no failure counted
+    assert runtime.broker.client.hlen("dramatiq:enrichment.XQ.msgs") == 0  # nothing dead-lettered
