@@ -21,6 +21,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.errors import DecodeError
 from dramatiq.middleware import Retries as StockRetries
 from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 
@@ -238,7 +239,17 @@ class Retries(StockRetries):
         released = 0
         for claim in self.parking.claim_due(limit):
             failpoint("parking.claimed")
-            message = dramatiq.Message.decode(claim.payload)
+            try:
+                message = dramatiq.Message.decode(claim.payload)
+            except DecodeError as exc:
+                # Not dropped, and not in the way of the others: it stays
+                # parked, comes due again when its claim lapses, and says so.
+                self.logger.error(
+                    "Parked message %s cannot be decoded (%s); it stays parked. Inspect or remove it by hand.",
+                    claim.member,
+                    exc,
+                )
+                continue
             broker.enqueue(message.copy(message_timestamp=int(self.clock.now() * 1000)))
             failpoint("parking.enqueued")
             self.parking.done(claim)

@@ -11,6 +11,7 @@ steps (failpoints ``parking.claimed`` and ``parking.enqueued``).
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import threading
@@ -155,6 +156,20 @@ def test_a_releaser_that_fails_between_its_steps_leaves_the_message_to_come_due_
     assert retries.release_due(broker) == 1  # ... then it comes due again
     assert queued_ids(broker) == {"cut-short"}
     assert parked_ids(redis_client, "cut") == set()
+
+
+def test_a_payload_that_cannot_be_decoded_stays_parked_and_does_not_hold_up_the_others(
+    redis_url: str, redis_client: redis.Redis[bytes], broker: StubBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    retries = Retries(backend=RedisBackend.from_url(redis_url, namespace="poison"))
+    assert retries.parking is not None
+    retries.parking.park("poison", b"\xff not a message", 0)
+    retries.schedule(broker, message("fine"), 0)
+    with caplog.at_level(logging.ERROR, logger="middleware.retries"):
+        assert retries.release_due(broker) == 1
+    assert queued_ids(broker) == {"fine"}
+    assert parked_ids(redis_client, "poison") == {"poison"}
+    assert any("poison" in record.getMessage() for record in caplog.records)
 
 
 # -- putting a message back ----------------------------------------------------
