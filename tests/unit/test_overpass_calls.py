@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -355,3 +356,42 @@ def test_six_identical_jobs_on_a_healthy_server_all_land_and_the_circuit_stays_c
     assert refused >= 1, "the run must have met the duplicate refusal"
     assert state.generation == 0 and state.failures == 0, state  # never opened, no failure counted
     assert runtime.broker.client.hlen("dramatiq:enrichment.XQ.msgs") == 0  # nothing dead-lettered
+
+
+def test_trickled_answers_never_put_more_calls_in_flight_than_permits(
+    redis_url: str, redis_client: Any
+) -> None:
+    # The run: a server trickling its bodies kept each call alive past its permit's lease
+    # (the read timeout bounds only each wait for a byte), and 3 calls were in flight with 1 permit.
+    # Each body here would take about 30 s; the lease is 3 s; the call's deadline is 1 s.
+    with StubOverpass(slots=1) as stub:
+        stub.set_default("trickle:0.05")
+        env = {
+            "REDIS_URL": redis_url,
+            "OVERPASS_URL": stub.interpreter_url,
+            "SEMAPHORE_PERMITS": "1",
+            "OVERPASS_HTTP_TIMEOUT_S": "1",
+            "SEMAPHORE_LEASE_S": "3",
+            "SEMAPHORE_WAIT_S": "0.2",
+            "RETRY_MAX": "2",
+            "BREAKER_FAILURE_THRESHOLD": "100",
+            "CPU_HOG_THREADS": "1",
+        }
+        with WorkerProcesses(env, processes=2, threads=3, modules=["tests.support.hog"]):
+            for index in range(3):
+                box = {**BBOX, "south": BBOX["south"] + index * 0.001}
+                actors.enrich.send(bbox=box, tags=["amenity"])
+            # Calls over several leases, or a second call in flight, whichever comes first.
+            eventually(
+                lambda: stub.stats().calls >= 6 or stub.stats().peak_in_flight > 1,
+                timeout_s=40,
+                message="calls over several leases",
+            )
+            time.sleep(4)  # one more lease lapses
+        stats = stub.stats()
+        calls = [r for r in stub.requests if r.path == "/api/interpreter"]
+
+    assert stats.peak_in_flight == 1, stats
+    assert all(r.ended_at - r.started_at < 3 for r in calls), [
+        round(r.ended_at - r.started_at, 1) for r in calls
+    ]
