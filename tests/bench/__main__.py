@@ -86,7 +86,7 @@ def slot_utilisation(env: Environment, jobs_per_permit: int, cap_s: float) -> tu
         ) as stub:
             ours = product_env(env, stub, semaphore_permits=permits, semaphore_wait_s=SEMAPHORE_WAIT_S)
             runs.append(
-                ("ours", run_fleet("ours", env, module="enrichment_actors", queue="enrichment",
+                ("ours", run_fleet("ours", env, module="enrichment_actors.worker", queue="enrichment",
                                    fleet_env={**ours, **common}, stub=stub, jobs=jobs, cap_s=cap_s))
             )  # fmt: skip
             for label, backoff in (
@@ -133,12 +133,15 @@ def overhead(env: Environment, jobs: int) -> tuple[list[Row], list[str]]:
         # Permits enough for every thread: this measures the bookkeeping, not the limit.
         fleet_env = {**product_env(env, stub, semaphore_permits=16), **common}
         check_boxes(jobs, origin=(-30.0, -60.0))
-        full = run_fleet("full middleware", env, module="enrichment_actors", queue="enrichment",
+        full = run_fleet("full middleware", env, module="enrichment_actors.worker", queue="enrichment",
                          fleet_env=fleet_env, stub=stub, jobs=jobs, cap_s=300, box_origin=(-30.0, -60.0))  # fmt: skip
         bare = run_fleet("without middleware", env, module="tests.bench.bare_actors:broker", queue="enrichment",
                          fleet_env=fleet_env, stub=stub, jobs=jobs, cap_s=300, box_origin=(-30.0, -60.0))  # fmt: skip
         trips = {}
-        for name, module in (("full", "enrichment_actors"), ("bare", "tests.bench.bare_actors:broker")):
+        for name, module in (
+            ("full", "enrichment_actors.worker"),
+            ("bare", "tests.bench.bare_actors:broker"),
+        ):
             sample = 100
             with RoundTripCounter(env.redis_url) as counter:
                 run_fleet(name, env, module=module, queue="enrichment", fleet_env=fleet_env, stub=stub,

@@ -72,7 +72,7 @@ class WorkerProcesses:
         self,
         env: Mapping[str, str],
         *,
-        module: str = "enrichment_actors",
+        module: str = "enrichment_actors.worker",
         modules: Sequence[str] = (),
         processes: int = 1,
         threads: int = 4,
