@@ -186,7 +186,7 @@ class Scenario:
         self.most_parked = max(self.most_parked, accounts.parked)
         return accounts
 
-    def settle(self, *, timeout_s: float, quiet_s: float = 4.0) -> tuple[Accounts, float]:
+    def settle(self, *, timeout_s: float, quiet_s: float = 6.0) -> tuple[Accounts, float]:
         """Wait until every job is stored or dead-lettered, or nothing has moved for ``quiet_s`` with
         nothing queued or in flight (what is parked then waits for a later quota window, and what is
         missing is lost); at most ``timeout_s``. Returns the last accounts and the seconds taken."""
@@ -197,7 +197,7 @@ class Scenario:
             accounts = self.accounts()
             now = time.monotonic()
             idle = accounts.queued == 0 and accounts.in_flight == 0
-            if idle and len(accounts.stored | set(accounts.dead)) >= accounts.jobs:
+            if idle and accounts.parked == 0 and len(accounts.stored | set(accounts.dead)) >= accounts.jobs:
                 return accounts, now - started
             state = (
                 len(accounts.stored),
@@ -513,6 +513,38 @@ def test_the_byte_budget_is_checked_at_the_call(chaos: Chaos, bodies: float, job
             downloaded <= bound,
             f"{downloaded} sent, bound {bound} ({math.ceil(max(0, downloaded - limit) / body_size)} answers over the budget)",
         )
+        promises.verify(run)
+    finally:
+        run.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Hand-off: a failure after the answer costs no second call
+# --------------------------------------------------------------------------------------------------
+
+#: Faults after the answer is staged: between hand-off sends, before the fetch returns, and after
+#: an upsert before its chunk is marked stored. Each is retried; none may call Overpass again.
+HANDOFF_FAULTS = f"{PAUSES},fetch.sent=raise:0.3,fetch.handed_off=raise:0.3,store.upserted=raise:0.2"
+
+
+@pytest.mark.parametrize("jobs", [quick(40), soak(150)])
+def test_failures_after_the_answer_cost_no_second_call(chaos: Chaos, jobs: int) -> None:
+    chaos.stub.set_latency(0.02)
+    run = Scenario(chaos, jobs)
+    try:
+        run.start(HANDOFF_FAULTS, semaphore_permits=4, retry_max=20, store_max_retries=50)
+        accounts, took = run.settle(timeout_s=60 + jobs / 2)
+        stats = chaos.stub.stats()
+        faults = sum(fleet.count("fault injected at failpoint") for fleet in chaos.fleets)
+        print(
+            f"\nhand-off faults (2x8 threads, hog, pauses, raises after the answer): {jobs} jobs, {accounts.line()}; "
+            f"{stats.calls} calls, {faults} log lines of injected faults, outcomes {run.outcomes()}; {took:.1f}s"
+        )
+        promises = Invariants("hand-off faults")
+        promises.check("faults were injected", faults > 0, f"{faults} log lines")
+        promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.called_once(run, accounts)
+        promises.check("calls = jobs", stats.calls == jobs, f"{stats.calls} calls for {jobs} jobs")
         promises.verify(run)
     finally:
         run.close()
