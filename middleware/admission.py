@@ -129,11 +129,27 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
 
     @contextmanager
     def failing_closed(self) -> Iterator[None]:
-        """Turn an unreachable backend into a deferral: no call runs unaccounted."""
+        """Turn an unreachable backend, or any error while deciding, into a deferral.
+
+        Dramatiq swallows an exception from ``before_process_message`` that is
+        not a ``MiddlewareError`` and runs the actor anyway: an error reply of
+        the store, or a decision that failed, must not let a call run
+        unaccounted.
+        """
         try:
             yield
         except BackendUnavailable as exc:
             self.logger.warning("%s; deferring the message by %.1fs.", exc, self.unavailable_retry_s)
+            raise AdmissionDenied(self.unavailable_retry_s, STATE_UNAVAILABLE) from exc
+        except MiddlewareError:
+            raise
+        except Exception as exc:
+            self.logger.exception(
+                "Admission failed (%s: %s); deferring the message by %.1fs.",
+                type(exc).__name__,
+                exc,
+                self.unavailable_retry_s,
+            )
             raise AdmissionDenied(self.unavailable_retry_s, STATE_UNAVAILABLE) from exc
 
     @contextmanager

@@ -1,4 +1,4 @@
-"""What a limiting middleware holds belongs to one delivery of a message, not to its id.
+"""What a limiting middleware holds belongs to one delivery of a message, not to its id; admission fails closed.
 
 Two copies of one message can run in one process at once (a redelivery
 while the first copy still runs, a producer that sends a message twice):
@@ -8,14 +8,22 @@ each holds its own permit and gives back its own (issue 8, finding 16).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 
+from middleware.admission import STATE_UNAVAILABLE, AdmissionMiddleware
 from middleware.backends import MemoryBackend
+from middleware.breaker import CircuitBreaker
+from middleware.deferral import AdmissionDenied
+from middleware.policy.breaker import BreakerLimits
+from middleware.policy.quota import QuotaLimits
 from middleware.policy.semaphore import SemaphoreLimits
+from middleware.quota import Quota
 from middleware.semaphore import ConcurrencySemaphore
 
 
@@ -46,3 +54,44 @@ def test_copies_of_one_message_running_together_each_give_back_their_own_permit(
         worker.stop()
     assert in_use_inside == [copies] * copies
     assert semaphore.policies["up"].in_use() == 0, "a copy's permit was never given back"
+
+
+class ErringBackend(MemoryBackend):
+    """A store that answers every admission with an error reply that is not "unreachable"."""
+
+    def _err(self) -> ValueError:
+        return ValueError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    def window_admit(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._err()
+
+    def lease_acquire(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._err()
+
+    def state_get(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._err()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda b: Quota(b, {"up": QuotaLimits(requests=5)}), id="quota"),
+        pytest.param(lambda b: ConcurrencySemaphore(b, {"up": SemaphoreLimits(permits=1)}), id="semaphore"),
+        pytest.param(lambda b: CircuitBreaker(b, {"up": BreakerLimits()}), id="breaker"),
+    ],
+)
+def test_an_error_while_admitting_defers_the_message_instead_of_running_it_unaccounted(
+    make: Callable[[MemoryBackend], AdmissionMiddleware[Any, Any]],
+) -> None:
+    """Dramatiq runs the actor anyway when a before-hook raises anything but a MiddlewareError."""
+    middleware = make(ErringBackend())
+    broker = StubBroker()
+    broker.add_middleware(middleware)
+
+    def call() -> None: ...
+
+    actor = dramatiq.actor(call, broker=broker, **{middleware.option: "up"})
+
+    with pytest.raises(AdmissionDenied) as denied:
+        middleware.before_process_message(broker, MessageProxy(actor.message()))
+    assert denied.value.reason == STATE_UNAVAILABLE
