@@ -1,7 +1,11 @@
 """The runtime: the broker, its middleware, the Overpass client and the POI store, built from settings.
 
 Middleware must be on the broker before any actor is declared, so this module
-builds everything and sets the global broker when the package is imported.
+builds everything and sets the global broker when it is first imported: by
+:mod:`enrichment_actors.worker` (what ``dramatiq`` loads), by the actors, or
+on the package's first ``enrich`` or ``runtime``; and by the demo program. No
+other module imports it at import time, so they read no setting
+(tests/unit/test_imports.py).
 The Overpass client and the POI store are created lazily, once per worker
 process (after the CLI forks), and shared by its threads.
 """
@@ -197,5 +201,6 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
     return Runtime(s, broker, backend, quota, semaphore, breaker, retries, metrics)
 
 
+# Built once, at this module's first import; the actors are declared on this broker.
 runtime = build_runtime(load_settings())
 dramatiq.set_broker(runtime.broker)
