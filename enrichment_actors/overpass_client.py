@@ -144,11 +144,12 @@ class OverpassClient:
 
         The whole call ends by its deadline, ``http_timeout_s`` after it
         started, however slowly the server sends the body (the wait for the
-        status line adds at most the connect timeout). Raises the :class:`OverpassError` subclass that classifies the
-        failure, carrying the body bytes received before it
-        (``response_bytes``) and whether the request left this process
-        (``request_sent``); after a :class:`ClientTimeout` the query may
-        still hold a slot on the server (see :meth:`kill_my_queries`).
+        status line adds at most the connect timeout). Raises the
+        :class:`OverpassError` subclass that classifies the failure, carrying
+        the body bytes received before it (``response_bytes``) and whether
+        the request left this process (``request_sent``); after a
+        :class:`ClientTimeout` the query may still hold a slot on the server
+        (see :meth:`kill_my_queries`).
         """
         started = time.monotonic()
         deadline = started + self.http_timeout_s
@@ -172,10 +173,10 @@ class OverpassClient:
                 stream=True,
             )
             try:
-                # A read blocks until its chunk is full, and the read timeout
-                # only bounds each wait for a byte: a server sending a few
-                # bytes at a time would keep the call (and its permit) alive
-                # for ever. The watchdog ends the connection at the deadline.
+                # The read timeout only bounds each wait for a byte: a server
+                # sending a few bytes at a time would keep the call (and its
+                # permit) alive for ever. The deadline is checked between
+                # reads, and the watchdog ends a read still blocked at it.
                 watchdog = _Watchdog(_socket_of(response), deadline)
                 for chunk in _chunks(response):
                     body += chunk

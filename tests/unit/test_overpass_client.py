@@ -63,6 +63,7 @@ class Received:
     user_agent: str | None
     headers: dict[str, str]
     form: dict[str, list[str]]
+    client_port: int = 0
 
 
 @dataclass
@@ -96,6 +97,7 @@ def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
                     user_agent=self.headers.get("User-Agent"),
                     headers=dict(self.headers.items()),
                     form=parse_qs(body.decode()),
+                    client_port=self.client_address[1],
                 )
             )
             reply = stand_in.replies.get(self.path, Reply(status=404, body=b"no reply set for this path"))
@@ -586,3 +588,13 @@ def test_a_compressed_answer_is_read_decoded(stand_in: StandIn, session: request
 
     assert len(result.parsed.pois) == 4
     assert result.response_bytes == len(POIS_BODY)
+
+
+def test_calls_one_after_another_reuse_one_connection(stand_in: StandIn) -> None:
+    stand_in.replies["/api/interpreter"] = Reply()
+    client = make_client(stand_in.interpreter_url)
+
+    for _ in range(5):
+        client.fetch(QUERY)
+
+    assert len({request.client_port for request in stand_in.received}) == 1
