@@ -25,6 +25,7 @@ from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
 from .policy.breaker import Admission, BreakerLimits, BreakerPolicy
 from .policy.clock import Clock
+from .usage import no_call_reported, take_no_call
 
 #: Deferral reason while the circuit is open (or another worker probes).
 CIRCUIT_OPEN = "circuit_open"
@@ -63,8 +64,9 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
       backend: where the breaker state lives (Redis for a fleet).
       limits: breaker limits by policy name; actors opt in with ``breaker=NAME``.
       verdict: maps the actor's exception (``None`` when it returned) to a
-        :class:`Verdict`. Denials by other middlewares never reach it: the
-        call did not happen.
+        :class:`Verdict`. Denials by other middlewares, and calls the actor
+        reports never left (:func:`~middleware.usage.report_no_call`), never
+        reach it: the call did not happen.
       clock, rng: injectable time and randomness.
     """
 
@@ -88,6 +90,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         policy = self.policy_for(broker, message)
         if policy is None:
             return
+        take_no_call()  # a report left by an earlier message of this thread
         holder = self.new_holder()
         with self.failing_closed():
             admission = policy.admit(holder)
@@ -108,7 +111,10 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         if held is None:
             return
         policy, admission, holder = held
-        verdict = Verdict.IGNORE if isinstance(exception, AdmissionDenied) else self.verdict(exception)
+        # A call that never happened (denied later, or the actor says it never
+        # left) says nothing about the upstream, even when it was the probe.
+        no_call = isinstance(exception, AdmissionDenied) or no_call_reported()
+        verdict = Verdict.IGNORE if no_call else self.verdict(exception)
         with self.logging_unavailable(f"record a {verdict.value} on breaker {policy.name!r}"):
             if verdict is Verdict.IGNORE:
                 policy.abandon(admission, holder)

@@ -20,7 +20,7 @@ from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .policy.quota import QuotaPolicy
-from .usage import meter_into, take_charged_bytes, take_no_call
+from .usage import meter_into, no_call_reported, take_charged_bytes, take_no_call
 
 #: Deferral reason when the window's budget is spent.
 QUOTA_EXHAUSTED = "quota_exhausted"
@@ -81,7 +81,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             self._charge(policy, window_start, uncharged)
         # A middleware after this one deferred the job, or the actor says its
         # call never left the process: the request is given back.
-        if take_no_call() or isinstance(exception, AdmissionDenied):
+        if no_call_reported() or isinstance(exception, AdmissionDenied):
             with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
                 policy.refund(window_start)
 

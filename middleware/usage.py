@@ -50,6 +50,12 @@ def report_no_call() -> None:
     _local.no_call = True
 
 
+def no_call_reported() -> bool:
+    """Whether the current message reported :func:`report_no_call` (the report stays until
+    :func:`take_no_call`, so every middleware's after hook sees it, in any order)."""
+    return bool(getattr(_local, "no_call", False))
+
+
 def take_no_call() -> bool:
     """Whether the current message reported :func:`report_no_call`, and reset it."""
     no_call: bool = getattr(_local, "no_call", False)

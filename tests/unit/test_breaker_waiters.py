@@ -26,6 +26,7 @@ from middleware.policy.breaker import BreakerLimits, BreakerPolicy, BreakerStatu
 from middleware.policy.semaphore import SemaphoreLimits
 from middleware.retries import Retries
 from middleware.semaphore import ConcurrencySemaphore
+from middleware.usage import report_no_call
 from tests.support.workers import eventually
 
 #: A probe claim far longer than the test may take: the old code made waiters wait for it.
@@ -171,3 +172,33 @@ def test_an_actors_defer_neither_opens_the_circuit_nor_keeps_the_probe(backend: 
         eventually(lambda: policy.state().status is BreakerStatus.CLOSED, timeout_s=5, interval_s=0.01)
     finally:
         worker.stop()
+
+
+def test_a_probe_whose_call_never_left_does_not_close_the_circuit(backend: Backend) -> None:
+    # A retried fetch that resends a staged answer makes no call: if it was
+    # admitted as the probe, its "success" says nothing about the upstream.
+    limits = BreakerLimits(failure_threshold=1, cooldown_s=0.1, probe_ttl_s=PROBE_TTL_S, jitter_s=0.05)
+    broker, breaker = make_broker(backend, limits)
+    policy = breaker.policies["up"]
+    runs: list[str] = []
+
+    @dramatiq.actor(broker=broker, breaker="up")
+    def resend(name: str) -> None:
+        runs.append(name)
+        report_no_call()
+
+    policy.record(policy.admit("seed"), success=False)
+    eventually(lambda: time.time() > policy.state().open_until, timeout_s=5, interval_s=0.01)
+    resend.send("no call")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)
+    worker.start()
+    try:
+        eventually(lambda: runs == ["no call"], timeout_s=10, interval_s=0.01)
+        broker.join(resend.queue_name)
+        worker.join()
+    finally:
+        worker.stop()
+    state = policy.state()
+    # Still half-open, with the claim given back so the next real call probes at once.
+    assert state.status is BreakerStatus.HALF_OPEN, state
+    assert state.probe_holder is None
