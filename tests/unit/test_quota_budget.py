@@ -87,6 +87,23 @@ class Fleet:
             self.in_flight -= 1
 
 
+def settle(fleet: Fleet, worker: dramatiq.Worker, timeout_s: float = 30.0) -> None:
+    """Wait until every message ran to its end: none queued, none in a worker, none parked.
+
+    A job that found no permit in time is parked in the backend, not queued,
+    so the broker's queue can be empty while it still has to come back.
+    """
+    parking = fleet.retries.parking
+    assert parking is not None
+
+    def done() -> bool:
+        fleet.broker.join("default", fail_fast=False, timeout=int(timeout_s * 1000))
+        worker.join()
+        return parking.count() == 0 and not fleet.broker.queues["default"].qsize()
+
+    eventually(done, timeout_s=timeout_s, interval_s=0.05, message="messages still parked or queued")
+
+
 @pytest.fixture
 def backend(redis_client: object, redis_url: str) -> Backend:
     from middleware.backends.redis import RedisBackend
@@ -165,8 +182,7 @@ def test_every_byte_is_charged_failed_calls_too(backend: Backend) -> None:
     with cpu_hog():
         worker.start()
         try:
-            fleet.broker.join("default", fail_fast=False, timeout=20_000)
-            worker.join()
+            settle(fleet, worker)
         finally:
             worker.stop()
     assert len(fleet.calls) == 6 and len(fleet.broker.dead_letters) == 3
@@ -192,8 +208,7 @@ def test_requests_counted_equal_calls_made_when_some_calls_never_leave(backend: 
     with cpu_hog():
         worker.start()
         try:
-            fleet.broker.join("default", fail_fast=False, timeout=30_000)
-            worker.join()
+            settle(fleet, worker)
         finally:
             worker.stop()
     usage = fleet.quota.policies["up"].usage()
