@@ -30,6 +30,8 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 
+from middleware.failpoints import failpoint
+
 logger = logging.getLogger(__name__)
 
 #: Seconds between two checks of a consumer's acknowledgement set while nothing goes wrong.
@@ -157,11 +159,15 @@ class _RecoveringConsumer(_RedisConsumer):
             self._check_at = 0.0
             raise
         if message is not None:
+            failpoint(
+                "broker.fetched"
+            )  # received, not yet held: only this thread checks, so no check sees it
             self.broker._hold(self.queue_name, message)
         return message
 
     def ack(self, message: MessageProxy) -> None:
         super().ack(message)  # type: ignore[no-untyped-call]
+        failpoint("broker.acked")  # acknowledged in Redis, still held: a check leaves it alone
         self.broker._settle(self.queue_name, [message.options["redis_message_id"]])
 
     def nack(self, message: MessageProxy) -> None:

@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from enrichment_actors.broker import RecoveringRedisBroker
+from middleware import failpoints
 from tests.support.proxy import FlakyProxy
 from tests.support.workers import eventually
 
@@ -129,10 +130,17 @@ def _hog(stop: threading.Event) -> None:
             total = (total + i * i) % 1_000_003
 
 
+@pytest.mark.parametrize(
+    "pauses",
+    ["", "broker.acked=sleep:0-0.01", "broker.fetched=sleep:0-0.01"],
+    ids=["none", "acked", "fetched"],
+)
 def test_checks_never_take_back_a_message_the_worker_holds(
-    proxy: FlakyProxy, redis_client: redis.Redis[bytes], caplog: pytest.LogCaptureFixture
+    proxy: FlakyProxy, redis_client: redis.Redis[bytes], caplog: pytest.LogCaptureFixture, pauses: str
 ) -> None:
-    """Checks every 10 ms while eight threads work on held messages beside a CPU hog: no false recovery."""
+    """Checks every 10 ms while eight threads work on held messages beside a CPU hog, with pauses
+    between the steps of receiving and acknowledging: no false recovery."""
+    failpoints.configure(pauses)
     broker = _broker(
         RecoveringRedisBroker, _proxied_url(proxy), silent_retries=False, recover_interval_s=0.01
     )
@@ -148,6 +156,7 @@ def test_checks_never_take_back_a_message_the_worker_holds(
     finally:
         stop.set()
         hog.join()
+        failpoints.configure("")
     assert all(count == 1 for count in run.seen.values()), "a held message was taken back and run twice"
     assert "Took back" not in caplog.text
     assert run.stranded(redis_client) == 0
