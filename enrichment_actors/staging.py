@@ -35,6 +35,7 @@ from typing import Any
 from dramatiq.middleware import CurrentMessage
 
 from middleware.backends.base import BackendUnavailable
+from middleware.backends.redis import RedisBackend
 
 logger = logging.getLogger(__name__)
 
@@ -126,45 +127,27 @@ class MemoryStash(Stash):
 class RedisStash(Stash):
     """A stash on Redis, shared by the fleet: one hash per key, written in MULTI/EXEC pipelines.
 
+    It uses the client and the error handling of the fleet's
+    :class:`~middleware.backends.redis.RedisBackend`, so an unreachable Redis
+    is a ``BackendUnavailable`` here as everywhere, with its password masked.
+
     Examples:
-      >>> stash = RedisStash.from_url("redis://127.0.0.1:6379/0", namespace="enrichment")  # doctest: +SKIP
+      >>> stash = RedisStash(RedisBackend.from_url("redis://127.0.0.1:6379/0", namespace="enrichment"))  # doctest: +SKIP
 
     Parameters:
-      client: a redis-py client that does not decode responses (chunks are bytes);
-        give it a ``socket_timeout``.
-      namespace: prefix of every key (``<namespace>:stage:<key>``).
-      where: how error messages name the server (no password in it).
+      backend: the fleet's Redis backend; stages are its keys of kind ``stage``.
     """
 
-    def __init__(self, client: Any, *, namespace: str = "enrichment", where: str = "Redis") -> None:
-        self.client = client
-        self.namespace = namespace
-        self.where = where
-
-    @classmethod
-    def from_url(
-        cls, url: str, *, namespace: str = "enrichment", socket_timeout_s: float = 5.0
-    ) -> RedisStash:
-        import redis
-
-        client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-        )
-        return cls(client, namespace=namespace, where=_redacted(url))
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.client = backend.client
 
     def _key(self, key: str) -> str:
-        return f"{self.namespace}:{KIND}:{key}"
+        return self.backend.key(KIND, key)
 
     def _call(self, work: Callable[[], Any]) -> Any:
-        import redis
-
-        try:
+        with self.backend.reachable():
             return work()
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise BackendUnavailable(
-                f"Redis at {self.where} cannot be reached to stage or read fetched POIs ({error}). "
-                "Check that the server is running and that REDIS_URL points at it."
-            ) from error
 
     def put(
         self, key: str, fields: Mapping[str, bytes], ttl_s: float, *, remove: Sequence[str] = ()
@@ -176,7 +159,8 @@ class RedisStash(Stash):
             if remove:
                 pipe.hdel(name, *remove)
             if fields:
-                pipe.hset(name, mapping=dict(fields))
+                mapping: dict[str | bytes, bytes] = dict(fields.items())
+                pipe.hset(name, mapping=mapping)
             pipe.pexpire(name, max(1, int(ttl_s * 1000)))
             pipe.hkeys(name)
             return pipe.execute()[-1]
@@ -207,15 +191,6 @@ class RedisStash(Stash):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 # --- Chunks ---------------------------------------------------------------------------------------
@@ -382,7 +357,11 @@ def stash_for(state_backend: str, redis_url: str) -> Stash:
     with _stashes_lock:
         stash = _stashes.get((state_backend, redis_url))
         if stash is None:
-            stash = MemoryStash() if state_backend == "memory" else RedisStash.from_url(redis_url)
+            stash = (
+                MemoryStash()
+                if state_backend == "memory"
+                else RedisStash(RedisBackend.from_url(redis_url, namespace="enrichment"))
+            )
             _stashes[(state_backend, redis_url)] = stash
         return stash
 

@@ -17,6 +17,7 @@ primary with replicas, as for Dramatiq's Redis broker, not Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -319,6 +320,15 @@ class RedisBackend(Backend):
                 "Check that the URL points at the primary (after a failover), that maxmemory leaves room, "
                 "and that no script blocks the server."
             ) from (error if reason == str(error) else None)
+
+    def reachable(self) -> contextlib.AbstractContextManager[None]:
+        """Run commands of your own on :attr:`client` with this backend's error handling: an
+        unreachable or refusing server raises :class:`BackendUnavailable` (password masked)."""
+        return self._reachable()
+
+    def key(self, kind: str, key: str) -> str:
+        """The full name of ``key`` of ``kind`` in this backend's namespace."""
+        return self._key(kind, key)
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self.namespace}:{kind}:{key}"

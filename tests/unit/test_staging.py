@@ -23,6 +23,7 @@ from enrichment_actors.staging import (
     encode_chunks,
 )
 from enrichment_actors.stub_overpass import StubOverpass
+from middleware.backends.redis import RedisBackend
 from tests.support.workers import eventually, free_port
 
 POI = ["node", 1, 48.85, 2.29, {"amenity": "cafe", "name": "Café du Parc"}]
@@ -62,7 +63,7 @@ def stash(request: pytest.FixtureRequest) -> Iterator[Stash]:
         yield MemoryStash()
         return
     request.getfixturevalue("redis_client")
-    redis_stash = RedisStash.from_url(request.getfixturevalue("redis_url"), namespace="test")
+    redis_stash = RedisStash(RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="test"))
     yield redis_stash
     redis_stash.client.close()
 
@@ -94,7 +95,7 @@ def test_a_chunk_that_expired_is_reported_not_taken_for_stored() -> None:
 
 
 def test_redis_stages_expire_with_the_ttl(redis_client: Any, redis_url: str) -> None:
-    stage = Stage(RedisStash.from_url(redis_url, namespace="test"), "fetch:m3", ttl_s=120)
+    stage = Stage(RedisStash(RedisBackend.from_url(redis_url, namespace="test")), "fetch:m3", ttl_s=120)
     stage.put_pois([POI], chunk_bytes=1024)
     assert 115_000 < redis_client.pttl("test:stage:fetch:m3") <= 120_000
 
