@@ -93,9 +93,8 @@ class OverpassClient:
         Set it above the query's own ``[timeout:N]`` plus the time a
         rate-limited server holds a query waiting for a slot (up to 15 s),
         so the server reports its own timeout first. The connect timeout is
-        ``min(10, http_timeout_s)``; the wait for the status line is bounded
-        by one read timeout after connecting, then the watchdog bounds the
-        body.
+        ``min(10, http_timeout_s)``; the wait for the status line gets what
+        connecting left of the deadline, then a watchdog bounds the body.
       session: A session to use instead of a new pooled one (its adapters
         are left as they are).
     """
@@ -128,7 +127,9 @@ class OverpassClient:
         self.user_agent = user_agent
         self.http_timeout_s = http_timeout_s
         connect_s = min(MAX_CONNECT_TIMEOUT_S, http_timeout_s)
-        self._query_timeout = (connect_s, http_timeout_s)
+        # total: the wait for the status line gets what connecting left of
+        # the deadline, so the call ends by it even before the watchdog starts.
+        self._query_timeout = urllib3.Timeout(connect=connect_s, read=http_timeout_s, total=http_timeout_s)
         self._status_timeout = (connect_s, min(MAX_STATUS_TIMEOUT_S, http_timeout_s))
         self._headers = {"User-Agent": user_agent}
         self._form_headers = {**self._headers, "Content-Type": "application/x-www-form-urlencoded"}
@@ -143,8 +144,8 @@ class OverpassClient:
         """POST ``query`` as form field ``data`` and read the POIs of the answer.
 
         The whole call ends by its deadline, ``http_timeout_s`` after it
-        started, however slowly the server sends the body (the wait for the
-        status line adds at most the connect timeout). Raises the
+        started, however slowly the server sends the body (only a server
+        that trickles its headers could overrun it). Raises the
         :class:`OverpassError` subclass that classifies the failure, carrying
         the body bytes received before it (``response_bytes``) and whether
         the request left this process (``request_sent``); after a
@@ -169,7 +170,8 @@ class OverpassClient:
                 self.interpreter_url,
                 data=form,
                 headers=self._form_headers,
-                timeout=self._query_timeout,
+                # requests takes urllib3's Timeout as it is; its type stubs only know floats.
+                timeout=self._query_timeout,  # type: ignore[arg-type]
                 stream=True,
             )
             try:

@@ -402,7 +402,21 @@ def test_connect_timeout_is_capped_at_ten_seconds(
         "http://127.0.0.1:1/api/interpreter", user_agent=USER_AGENT, http_timeout_s=http_timeout_s
     )
 
-    assert client._query_timeout == timeouts
+    timeout = client._query_timeout
+    assert (timeout.connect_timeout, timeout.total) == (timeouts[0], http_timeout_s)
+    assert timeout.read_timeout == timeouts[1]
+
+
+def test_the_wait_for_the_status_line_gets_what_connecting_left(stand_in: StandIn) -> None:
+    # A server slow to answer at all (no byte before the deadline) ends the call by its deadline.
+    stand_in.replies["/api/interpreter"] = Reply(delay_s=3)
+    client = make_client(stand_in.interpreter_url, http_timeout_s=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(ClientTimeout):
+        client.fetch(QUERY)
+
+    assert time.monotonic() - started < 1.8
 
 
 def test_own_session_pools_32_connections() -> None:
