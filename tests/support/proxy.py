@@ -42,6 +42,10 @@ class FlakyProxy:
     def down(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            # close() alone leaves the thread blocked in accept() holding the socket:
+            # new connections would still be accepted. shutdown() wakes it.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             conns, self._conns = self._conns, set()

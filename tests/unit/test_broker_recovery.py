@@ -160,3 +160,27 @@ def test_checks_never_take_back_a_message_the_worker_holds(
     assert all(count == 1 for count in run.seen.values()), "a held message was taken back and run twice"
     assert "Took back" not in caplog.text
     assert run.stranded(redis_client) == 0
+
+
+@pytest.mark.parametrize("kind", [RecoveringRedisBroker, RedisBroker], ids=["recovering", "dramatiq"])
+def test_a_delayed_message_dropped_from_memory_on_a_connection_error_comes_back(
+    proxy: FlakyProxy, redis_client: redis.Redis[bytes], kind: type[RedisBroker]
+) -> None:
+    """Dramatiq's consumer thread empties its in-memory delay queue on a connection error; the
+    message stays in the worker's set for the delay queue. Recovered, it runs when due; with
+    Dramatiq's broker it waits for the worker to stop."""
+    options = {"recover_interval_s": 0.5} if kind is RecoveringRedisBroker else {}
+    run = _Run(_broker(kind, _proxied_url(proxy), silent_retries=False, **options))
+    with run:
+        run.actor.send_with_options(args=(7,), delay=2000)
+        delayed = f"dramatiq:__acks__.{run.broker.broker_id}.{QUEUE}.DQ"
+        eventually(lambda: redis_client.scard(delayed) == 1, timeout_s=10, message="held in memory")
+        proxy.down()
+        time.sleep(0.5)
+        proxy.up()
+        if kind is RecoveringRedisBroker:
+            eventually(lambda: run.seen[7] == 1, timeout_s=30, message="the delayed message run")
+            assert redis_client.scard(delayed) == 0
+        else:
+            time.sleep(8.0)  # well past its due time and Dramatiq's consumer restart delay
+            assert run.seen[7] == 0 and redis_client.scard(delayed) == 1
