@@ -39,7 +39,7 @@ import redis
 
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.chaos.conftest import POIS_PER_JOB, QUEUE, Chaos
-from tests.support.workers import WorkerProcesses
+from tests.support.workers import REPO, WorkerProcesses
 
 pytestmark = pytest.mark.chaos
 
@@ -130,6 +130,8 @@ class Scenario:
         self.redis.close()
 
     def start(self, failpoints: str = PAUSES, hog_threads: int = 1, **settings: Any) -> WorkerProcesses:
+        missing = [name for name in targeted(failpoints) if name not in placed_failpoints()]
+        assert not missing, f"no failpoint named {missing} in the product code: a pause there would never run"
         self.fleet = self.chaos.workers(
             **FLEET, modules=HOG, failpoints=failpoints, cpu_hog_threads=hog_threads, **settings
         )
@@ -274,6 +276,21 @@ class Scenario:
         return {mid: next((line.strip() for line in lines if mid in line), "") for mid in dead.values()}
 
 
+def placed_failpoints() -> set[str]:
+    """The names of the failpoints the product code calls."""
+    names: set[str] = set()
+    for package in ("enrichment_actors", "middleware"):
+        for path in (REPO / package).rglob("*.py"):
+            names.update(re.findall(r"failpoint\(\s*[\"']([\w.]+)[\"']", path.read_text()))
+    return names
+
+
+def targeted(spec: str) -> list[str]:
+    """The exact failpoint names a ``FAILPOINTS`` spec names (patterns such as ``*`` left out)."""
+    names = [rule.partition("=")[0].strip() for rule in spec.split(",") if rule.strip()]
+    return [name for name in names if not any(c in name for c in "*?[")]
+
+
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -325,7 +342,15 @@ class Invariants:
         )
 
     def verify(self, run: Scenario) -> None:
-        """Print every promise; fail on the broken ones, with the end of the workers' logs."""
+        """Print every promise; fail on the broken ones, with the end of the workers' logs.
+
+        The contention itself is checked too: every worker process said its hog started."""
+        hogs = [fleet.count("CPU hog:") for fleet in run.chaos.fleets]
+        self.check(
+            "a CPU hog ran in every worker process",
+            hogs == [f.processes for f in run.chaos.fleets],
+            f"{hogs}",
+        )
         for promise, held, figures in self.results:
             print(f"  {'ok    ' if held else 'BROKEN'} {promise}: {figures}")
         broken = [f"{promise} ({figures})" for promise, held, figures in self.results if not held]

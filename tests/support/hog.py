@@ -18,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -53,3 +54,5 @@ def _threads_from_env() -> int:
 
 
 HOGS = start(_threads_from_env())
+# Said once per process, so that a test can tell the hog really runs beside its workers.
+logging.getLogger(__name__).info("CPU hog: %d threads started in this process.", len(HOGS))
