@@ -11,10 +11,13 @@ the messages wait until the worker process stops.
 
 :class:`RecoveringRedisBroker` keeps, per queue, the ids of the messages
 this process received and has not yet acknowledged, rejected or requeued.
-Each consumer, when it starts (Dramatiq starts a new one after a connection
-error), after a connection error of its own, and every ``recover_interval``
-while it runs, moves every member of its acknowledgement set that this
-process does not hold back to the queue, in one script.
+Each consumer, when it starts (Dramatiq starts a new one 3 s after a
+connection error) and every ``recover_interval_s`` while it runs (a client
+that retried the fetch by itself never reports the error), moves every
+member of its acknowledgement set that this process does not hold back to
+the queue, in one script. Failpoints: ``broker.fetched`` (a fetch reply
+arrived, its messages not yet held) and ``broker.acked`` (acknowledged in
+Redis, not yet let go).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.message import Message
 
 from middleware.failpoints import failpoint
 
@@ -61,12 +66,15 @@ class RecoveringRedisBroker(RedisBroker):
     """A :class:`dramatiq.brokers.redis.RedisBroker` whose consumers take back messages stranded by a lost reply.
 
     Everything else is Dramatiq's broker: same keys, same scripts, same
-    heartbeat and maintenance. The ids a process holds are tracked from the
-    moment a consumer yields a message until it is acknowledged, rejected or
-    requeued (after Redis confirmed it, so a check never takes back a message
-    being acknowledged). Messages with an ``eta`` that Dramatiq's consumer
-    thread drops from memory on a connection error are forgotten with them,
-    so they are taken back too.
+    heartbeat and maintenance. A message is held from the moment its fetch
+    reply arrives until it is acknowledged, rejected or requeued (after Redis
+    confirmed it, so a check never takes back a message being acknowledged).
+    A fetch and a check of the same queue never overlap in one process (one
+    lock per queue), so a check never sees a fetched message not yet held,
+    however many workers share the broker. What Dramatiq drops from memory is
+    let go too, and so taken back: a consumer's prefetched messages when it
+    is closed, and messages with an ``eta`` that its consumer thread forgets
+    on a connection error.
 
     Examples:
       >>> broker = RecoveringRedisBroker(url="redis://localhost:6379/0", heartbeat_timeout=60_000)
@@ -86,6 +94,7 @@ class RecoveringRedisBroker(RedisBroker):
         self._held: defaultdict[str, set[str]] = defaultdict(set)
         self._delayed: defaultdict[str, set[str]] = defaultdict(set)
         self._held_lock = threading.Lock()
+        self._queue_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -96,36 +105,47 @@ class RecoveringRedisBroker(RedisBroker):
         with self._held_lock:
             return set(self._held[queue_name])
 
+    def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
+        """Dramatiq's fetch; the messages it returns are held before any check of the queue can run."""
+        with self._queue_lock(queue_name):
+            reply: list[bytes | None] = self._dispatch("fetch")(queue_name, prefetch)  # type: ignore[no-untyped-call]
+            failpoint("broker.fetched")  # in Redis's set, not yet held: the lock keeps checks out
+            with self._held_lock:
+                for redis_id, delayed in _ids(reply):
+                    self._held[queue_name].add(redis_id)
+                    if delayed:
+                        self._delayed[queue_name].add(redis_id)
+        return reply
+
     def recover_stranded(self, queue_name: str) -> list[str]:
         """Move the members of this worker's acknowledgement set for ``queue_name`` that it does not hold
         back to the queue; returns their Redis ids. Raises ``redis.ConnectionError`` when Redis is away."""
-        held = self.held(queue_name)
         keys = [
             f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}",
             f"{self.namespace}:{queue_name}",
             f"{self.namespace}:{queue_name}.msgs",
         ]
-        requeued = [_text(i) for i in self._recover_script(keys=keys, args=sorted(held))]
+        with self._queue_lock(queue_name):
+            held = self.held(queue_name)
+            requeued = [_text(i) for i in self._recover_script(keys=keys, args=sorted(held))]
         if requeued:
             logger.warning(
                 "Took back %d message(s) of queue %r that this worker's acknowledgement set held but it never "
-                "received (a fetch reply was lost); they are queued again.",
+                "received or no longer holds (a fetch reply was lost); they are queued again.",
                 len(requeued),
                 queue_name,
             )
         return requeued
 
-    def _hold(self, queue_name: str, message: MessageProxy) -> None:
-        redis_id = message.options["redis_message_id"]
+    def _queue_lock(self, queue_name: str) -> threading.Lock:
         with self._held_lock:
-            self._held[queue_name].add(redis_id)
-            if "eta" in message.options:
-                self._delayed[queue_name].add(redis_id)
+            return self._queue_locks[queue_name]
 
-    def _settle(self, queue_name: str, redis_ids: list[str]) -> None:
+    def _settle(self, queue_name: str, redis_ids: Iterable[str]) -> None:
         with self._held_lock:
-            self._held[queue_name].difference_update(redis_ids)
-            self._delayed[queue_name].difference_update(redis_ids)
+            for redis_id in redis_ids:
+                self._held[queue_name].discard(redis_id)
+                self._delayed[queue_name].discard(redis_id)
 
     def _forget_delayed(self, queue_name: str) -> None:
         # Dramatiq's ConsumerThread empties its in-memory delay queue on a
@@ -144,9 +164,7 @@ class _RecoveringConsumer(_RedisConsumer):
         self._check_at = 0.0
 
     def __next__(self) -> MessageProxy | None:
-        # Only with nothing prefetched: then every member of the acknowledgement set
-        # that this process received has been yielded, so it is in held().
-        if not self.message_cache and time.monotonic() >= self._check_at:
+        if time.monotonic() >= self._check_at:
             try:
                 self.broker.recover_stranded(self.queue_name)
             except redis.ConnectionError as exc:
@@ -156,13 +174,7 @@ class _RecoveringConsumer(_RedisConsumer):
             message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
         except ConnectionClosed:
             self.broker._forget_delayed(self.queue_name)
-            self._check_at = 0.0
             raise
-        if message is not None:
-            failpoint(
-                "broker.fetched"
-            )  # received, not yet held: only this thread checks, so no check sees it
-            self.broker._hold(self.queue_name, message)
         return message
 
     def ack(self, message: MessageProxy) -> None:
@@ -174,10 +186,29 @@ class _RecoveringConsumer(_RedisConsumer):
         super().nack(message)  # type: ignore[no-untyped-call]
         self.broker._settle(self.queue_name, [message.options["redis_message_id"]])
 
-    def requeue(self, messages: Any) -> None:
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
         messages = list(messages)
         super().requeue(messages)  # type: ignore[no-untyped-call]
         self.broker._settle(self.queue_name, [m.options["redis_message_id"] for m in messages])
+
+    def close(self) -> None:
+        # Prefetched messages not yet handed out leave memory with this consumer:
+        # let them go, so that the next check takes them back.
+        cached, self.message_cache = self.message_cache, []
+        self.broker._settle(self.queue_name, [redis_id for redis_id, _ in _ids(cached)])
+        super().close()
+
+
+def _ids(reply: Iterable[bytes | None]) -> Iterator[tuple[str, bool]]:
+    """The Redis id of each message in a fetch reply, and whether it carries an ``eta``."""
+    for data in reply:
+        if data is None:
+            continue  # the hash had no such message: a check clears the id
+        try:
+            message = Message.decode(data)
+        except DecodeError:
+            continue  # Dramatiq's consumer reports it when it gets there
+        yield message.options["redis_message_id"], "eta" in message.options
 
 
 def _text(value: bytes | str) -> str:

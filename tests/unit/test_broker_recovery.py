@@ -53,7 +53,9 @@ def _broker(kind: type[RedisBroker], url: str, *, silent_retries: bool, **option
 class _Run:
     """A worker on ``broker`` with one actor that records each message it processes."""
 
-    def __init__(self, broker: RedisBroker, *, threads: int = 2, work_s: float = 0.0) -> None:
+    def __init__(
+        self, broker: RedisBroker, *, threads: int = 2, work_s: float = 0.0, workers: int = 1
+    ) -> None:
         self.broker = broker
         self.seen: Counter[int] = Counter()
         lock = threading.Lock()
@@ -64,7 +66,10 @@ class _Run:
                 self.seen[n] += 1
 
         self.actor = dramatiq.actor(record, broker=broker, queue_name=QUEUE, actor_name="strand_record")
-        self.worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=50)
+        # Several workers on one broker (as tests and embedded uses run them): one consumer per queue each.
+        self.workers = [
+            dramatiq.Worker(broker, worker_threads=threads, worker_timeout=50) for _ in range(workers)
+        ]
 
     def send(self, count: int) -> None:
         for n in range(count):
@@ -74,11 +79,13 @@ class _Run:
         return int(client.scard(f"dramatiq:__acks__.{self.broker.broker_id}.{QUEUE}"))
 
     def __enter__(self) -> _Run:
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.worker.stop(timeout=5000)
+        for worker in self.workers:
+            worker.stop(timeout=5000)
         self.broker.close()
 
 
@@ -130,21 +137,27 @@ def _hog(stop: threading.Event) -> None:
             total = (total + i * i) % 1_000_003
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
 @pytest.mark.parametrize(
     "pauses",
     ["", "broker.acked=sleep:0-0.01", "broker.fetched=sleep:0-0.01"],
     ids=["none", "acked", "fetched"],
 )
 def test_checks_never_take_back_a_message_the_worker_holds(
-    proxy: FlakyProxy, redis_client: redis.Redis[bytes], caplog: pytest.LogCaptureFixture, pauses: str
+    proxy: FlakyProxy,
+    redis_client: redis.Redis[bytes],
+    caplog: pytest.LogCaptureFixture,
+    pauses: str,
+    workers: int,
 ) -> None:
     """Checks every 10 ms while eight threads work on held messages beside a CPU hog, with pauses
-    between the steps of receiving and acknowledging: no false recovery."""
+    between the steps of receiving and acknowledging: no false recovery. Two workers in one
+    process share the broker, so each consumer's checks meet the other's fetches."""
     failpoints.configure(pauses)
     broker = _broker(
         RecoveringRedisBroker, _proxied_url(proxy), silent_retries=False, recover_interval_s=0.01
     )
-    run = _Run(broker, threads=8, work_s=0.02)
+    run = _Run(broker, threads=8 // workers, work_s=0.02, workers=workers)
     run.send(200)
     stop = threading.Event()
     hog = threading.Thread(target=_hog, args=(stop,), daemon=True)
