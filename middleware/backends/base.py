@@ -28,6 +28,10 @@ WAKE_TOKENS_KEPT = 4
 #: How long (real seconds) an unconsumed wake-up is kept.
 WAKE_TOKEN_TTL_S = 10.0
 
+#: How long (backend seconds) a pause is remembered after it ended, for
+#: status pages ("last paused until ..."); it no longer stops anything.
+PAUSE_KEPT_S = 3600.0
+
 
 class BackendUnavailable(Exception):
     """The store behind a backend cannot be reached, or cannot take writes right now.
@@ -214,6 +218,40 @@ class Backend(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise :class:`BackendUnavailable` if the store cannot be reached."""
+
+    # -- pause --------------------------------------------------------------
+    # A fleet-wide "paused until T" and an open-ended hold, one of each per key.
+
+    @abstractmethod
+    def pause_extend(self, key: str, seconds: float, reason: str) -> tuple[bool, float]:
+        """Atomically set paused_until = max(paused_until, now + ``seconds``) by the backend's
+        clock, ``seconds`` > 0.  ``reason`` is stored with the end it set (a call that does not
+        move the end changes nothing).  Returns (opened, paused_until): opened is True only for
+        the call that found no pause in force (none, or one whose end is <= now), so of any
+        number of concurrent callers exactly one opens a pause.  A pause that ended is kept
+        :data:`PAUSE_KEPT_S` longer, for status pages.
+        """
+
+    @abstractmethod
+    def pause_get(self, key: str) -> dict[str, Any] | None:
+        """Read the pause and the hold of ``key`` at once, with the backend's now.
+
+        Returns None when neither is recorded, else a dict: ``now`` (float), ``paused_until``,
+        ``paused_since`` (float or None; the end may be past: the caller compares it with
+        ``now``), ``pause_reason``, and ``held`` (bool), ``hold_reason``, ``fingerprint``
+        (str or None), ``held_since`` (float or None).
+        """
+
+    @abstractmethod
+    def hold_set(self, key: str, reason: str, fingerprint: str) -> bool:
+        """Hold ``key`` (until :meth:`hold_clear`; a hold never expires), storing ``reason``
+        and ``fingerprint`` (a hold already in force takes the new ones: they describe the
+        settings last seen to fail).  True when it was not held before."""
+
+    @abstractmethod
+    def hold_clear(self, key: str, unless_fingerprint: str | None) -> bool:
+        """Atomically drop the hold of ``key``: always when ``unless_fingerprint`` is None,
+        else only when the stored fingerprint differs from it.  True when a hold was dropped."""
 
 
 def check_counter_arguments(names: Sequence[str], limits: Sequence[int], increments: Sequence[int]) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from middleware.backends.base import (
+    PAUSE_KEPT_S,
     WAKE_TOKEN_TTL_S,
     WAKE_TOKENS_KEPT,
     Backend,
@@ -64,6 +65,8 @@ class MemoryBackend(Backend):
         # key -> member -> (due, token, payload); a payload of None is an orphan (tests make them).
         self._parked: dict[str, dict[str, tuple[float, str, bytes | None]]] = {}
         self._orphans: dict[str, int] = {}
+        self._pauses: dict[str, tuple[float, float, str]] = {}  # key -> (until, since, reason)
+        self._holds: dict[str, tuple[float, str, str]] = {}  # key -> (since, reason, fingerprint)
 
     def now(self) -> float:
         return self._clock.now()
@@ -267,3 +270,58 @@ class MemoryBackend(Backend):
 
     def ping(self) -> None:
         """Always reachable."""
+
+    # -- pause --------------------------------------------------------------
+
+    def _pause(self, key: str, now: float) -> tuple[float, float, str] | None:
+        entry = self._pauses.get(key)
+        if entry is not None and entry[0] + PAUSE_KEPT_S <= now:
+            del self._pauses[key]
+            return None
+        return entry
+
+    def pause_extend(self, key: str, seconds: float, reason: str) -> tuple[bool, float]:
+        with self._lock:
+            now = self._clock.now()
+            wanted = now + seconds
+            entry = self._pause(key, now)
+            if entry is None or entry[0] <= now:
+                self._pauses[key] = (wanted, now, reason)
+                return True, wanted
+            if wanted > entry[0]:
+                self._pauses[key] = (wanted, entry[1], reason)
+                return False, wanted
+            return False, entry[0]
+
+    def pause_get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            now = self._clock.now()
+            pause = self._pause(key, now)
+            hold = self._holds.get(key)
+        if pause is None and hold is None:
+            return None
+        return {
+            "now": now,
+            "paused_until": None if pause is None else pause[0],
+            "paused_since": None if pause is None else pause[1],
+            "pause_reason": None if pause is None else pause[2],
+            "held": hold is not None,
+            "held_since": None if hold is None else hold[0],
+            "hold_reason": None if hold is None else hold[1],
+            "fingerprint": None if hold is None else hold[2],
+        }
+
+    def hold_set(self, key: str, reason: str, fingerprint: str) -> bool:
+        with self._lock:
+            current = self._holds.get(key)
+            since = self._clock.now() if current is None else current[0]
+            self._holds[key] = (since, reason, fingerprint)
+            return current is None
+
+    def hold_clear(self, key: str, unless_fingerprint: str | None) -> bool:
+        with self._lock:
+            current = self._holds.get(key)
+            if current is None or (unless_fingerprint is not None and current[2] == unless_fingerprint):
+                return False
+            del self._holds[key]
+            return True

@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from middleware.backends.base import (
+    PAUSE_KEPT_S,
     WAKE_TOKEN_TTL_S,
     WAKE_TOKENS_KEPT,
     Backend,
@@ -464,3 +465,103 @@ class RedisBackend(Backend):
     def ping(self) -> None:
         with self._reachable():
             self.client.ping()
+
+    # -- pause --------------------------------------------------------------
+    # Keys ``pause:<key>`` (a hash of until, since, reason; it expires
+    # PAUSE_KEPT_S after the pause ends) and ``hold:<key>`` (a hash of since,
+    # reason, fingerprint; it never expires).  The scripts are registered on
+    # first use: a registered script is only its text and its SHA.
+
+    # KEYS: pause hash.  ARGV: seconds, reason, kept in ms.  Reply: {opened, until}.
+    _PAUSE_EXTEND = (
+        _NOW
+        + """
+local wanted = now + tonumber(ARGV[1])
+local current = redis.call('HGET', KEYS[1], 'until')
+local opened, ends = 0, current
+if (not current) or tonumber(current) <= now then
+  opened, ends = 1, at(wanted)
+  redis.call('HSET', KEYS[1], 'until', ends, 'since', at(now), 'reason', ARGV[2])
+elseif wanted > tonumber(current) then
+  ends = at(wanted)
+  redis.call('HSET', KEYS[1], 'until', ends, 'reason', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ends) - now) * 1000) + tonumber(ARGV[3]))
+return {opened, ends}
+"""
+    )
+
+    # KEYS: pause hash, hold hash.  Reply: {now, until, since, reason, held, since, reason, fingerprint}.
+    _PAUSE_GET = (
+        _NOW
+        + """
+local p = redis.call('HMGET', KEYS[1], 'until', 'since', 'reason')
+local h = redis.call('HMGET', KEYS[2], 'since', 'reason', 'fingerprint')
+return {at(now), p[1], p[2], p[3], redis.call('EXISTS', KEYS[2]), h[1], h[2], h[3]}
+"""
+    )
+
+    # KEYS: hold hash.  ARGV: reason, fingerprint.  Reply: 1 when newly held.
+    _HOLD_SET = (
+        _NOW
+        + """
+local new = redis.call('EXISTS', KEYS[1]) == 0
+if new then redis.call('HSET', KEYS[1], 'since', at(now)) end
+redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'fingerprint', ARGV[2])
+if new then return 1 end
+return 0
+"""
+    )
+
+    # KEYS: hold hash.  ARGV: '1' to keep a hold of the same fingerprint, the fingerprint.
+    _HOLD_CLEAR = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'fingerprint') == ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+    def _run_pause(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if name not in self._scripts:
+            self._scripts[name] = self.client.register_script(source)
+        return self._run(name, keys, args)
+
+    def pause_extend(self, key: str, seconds: float, reason: str) -> tuple[bool, float]:
+        if not seconds > 0:
+            raise ValueError(f"pause_extend needs seconds > 0, got {seconds}")
+        args = [repr(float(seconds)), reason, _ms(PAUSE_KEPT_S)]
+        opened, ends = self._run_pause("pause_extend", self._PAUSE_EXTEND, [self._key("pause", key)], args)
+        return bool(opened), float(_text(ends))
+
+    def pause_get(self, key: str) -> dict[str, Any] | None:
+        keys = [self._key("pause", key), self._key("hold", key)]
+        now, until, since, reason, held, held_since, hold_reason, fingerprint = self._run_pause(
+            "pause_get", self._PAUSE_GET, keys, []
+        )
+        if until is None and not held:
+            return None
+
+        def number(value: bytes | None) -> float | None:
+            return None if value is None else float(_text(value))
+
+        def text(value: bytes | None) -> str | None:
+            return None if value is None else _text(value)
+
+        return {
+            "now": float(_text(now)),
+            "paused_until": number(until),
+            "paused_since": number(since),
+            "pause_reason": text(reason),
+            "held": bool(held),
+            "held_since": number(held_since),
+            "hold_reason": text(hold_reason),
+            "fingerprint": text(fingerprint),
+        }
+
+    def hold_set(self, key: str, reason: str, fingerprint: str) -> bool:
+        args = [reason, fingerprint]
+        return bool(self._run_pause("hold_set", self._HOLD_SET, [self._key("hold", key)], args))
+
+    def hold_clear(self, key: str, unless_fingerprint: str | None) -> bool:
+        args = ["0", ""] if unless_fingerprint is None else ["1", unless_fingerprint]
+        return bool(self._run_pause("hold_clear", self._HOLD_CLEAR, [self._key("hold", key)], args))
