@@ -1,0 +1,129 @@
+"""Pause: stop every call to an upstream, fleet-wide, until a time or until a hold is lifted.
+
+While a policy is paused, messages of the actors that opted into it make
+no call: they are deferred to the pause end plus jitter. While it is held
+they come back every ``hold_recheck_s`` (plus jitter) and never run. Either
+way the deferral is an :class:`~.deferral.AdmissionDenied`: not a retry,
+not an outcome. An actor pauses its policy for everyone by raising
+:class:`PauseUpstream` (or by calling the policy itself). Put it first
+among the limiting middlewares: it refuses cheaply (one read) and nothing
+waits or is counted for a job it refuses.
+"""
+
+from __future__ import annotations
+
+from dramatiq.broker import Broker, MessageProxy
+
+from .admission import AdmissionMiddleware
+from .backends.base import BackendUnavailable
+from .deferral import AdmissionDenied, Defer
+from .failpoints import failpoint
+from .policy.pause import HELD, PAUSED, PausePolicy
+
+__all__ = ["HELD", "PAUSED", "Pause", "PauseUpstream"]
+
+
+class PauseUpstream(Defer):
+    """Raised by an actor whose upstream asked it to slow down: pause its policy for everyone.
+
+    The :class:`Pause` middleware pauses the actor's policy for ``seconds``
+    (at least the policy's ``min_pause_s``; never shortening a pause in
+    force) and defers the message to the pause end plus jitter. Without a
+    pause policy on the actor it is a plain deferral of ``seconds``.
+
+    Examples:
+      >>> @dramatiq.actor(pause="api")
+      ... def fetch(url):
+      ...     response = session.get(url)
+      ...     if response.status_code == 429:
+      ...         raise PauseUpstream(30.0, "rate_limited")
+
+    Parameters:
+      seconds: how long the whole fleet should stop calling.
+      reason: a short machine-readable word, kept with the pause.
+    """
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(seconds, reason)
+        self.seconds = float(seconds)
+
+
+class Pause(AdmissionMiddleware[PausePolicy, None]):
+    """Admit messages only while their policy is neither paused nor held.
+
+    Examples:
+      >>> pause = Pause(backend, {"api": PauseLimits(min_pause_s=30.0)})
+      >>> broker.add_middleware(pause)  # after Retries, before the other limiting middlewares
+      >>> @dramatiq.actor(pause="api")
+      ... def fetch(): ...
+      >>> pause.policies["api"].hold("rejected", fingerprint="settings-v1")  # no calls until released
+
+    Parameters:
+      backend: where the pauses live (Redis for a fleet); its clock says when they end.
+      limits: pause limits by policy name; actors opt in with ``pause=NAME``,
+        and a message option ``pause=NAME`` overrides the actor's.
+      clock, rng: injectable time and randomness.
+      unavailable_retry_s: delay before a message comes back when the
+        backend cannot be reached (calls stop rather than run unchecked).
+
+    Add it after :class:`~.retries.Retries`: Dramatiq runs after hooks in
+    reverse order, so this one sets a :class:`PauseUpstream`'s delay to the
+    pause end before Retries puts the message back.
+    """
+
+    option = "pause"
+    policy_class = PausePolicy
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        policy = self.policy_for(broker, message)
+        if policy is None:
+            return
+        with self.failing_closed():
+            decision = policy.admit()
+        if not decision.allowed:
+            raise AdmissionDenied(decision.delay_s, decision.reason or PAUSED)
+        failpoint("pause.admitted")
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if not isinstance(exception, PauseUpstream):
+            return
+        policy = self.policy_for(broker, message)
+        if policy is None:
+            self.logger.warning(
+                "Actor %r raised PauseUpstream but has no pause policy: only this message waits %.1fs. "
+                "Give the actor the option pause=NAME to pause every worker.",
+                message.actor_name,
+                exception.seconds,
+            )
+            return
+        try:
+            opened = policy.pause(exception.seconds, exception.reason)
+            decision = policy.admit()
+        except BackendUnavailable as exc:
+            self.logger.error(
+                "Could not pause %r (%s); message %s waits %.1fs, the other workers are not told.",
+                policy.name,
+                exc,
+                message.message_id,
+                exception.delay_s,
+            )
+            return
+        if opened:
+            self.logger.warning(
+                "Paused %r for every worker for %.1fs (%s).",
+                policy.name,
+                decision.delay_s,
+                exception.reason,
+            )
+        if not decision.allowed:
+            # Retries reads the delay after this hook (after hooks run in reverse order).
+            exception.delay_s = decision.delay_s
+            exception.delay = int(decision.delay_s * 1000)
+        failpoint("pause.extended")
