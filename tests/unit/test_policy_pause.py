@@ -438,3 +438,12 @@ def test_concurrent_openers_on_redis_exactly_one_opens(
     finally:
         for backend in backends:
             backend.client.close()
+
+
+def test_docstring_examples_hold() -> None:
+    import doctest
+
+    import middleware.policy.pause
+
+    failed, attempted = doctest.testmod(middleware.policy.pause, report=False)
+    assert attempted > 0 and failed == 0
