@@ -447,6 +447,54 @@ def test_deferral_heavy_tight_quota_window_loses_no_parked_job(chaos: Chaos, job
         run.close()
 
 
+@pytest.mark.soak
+def test_releasers_killed_between_their_steps_lose_no_parked_job(chaos: Chaos) -> None:
+    """Worker processes killed (SIGKILL) by the releaser between claiming a parked message and
+    enqueueing it, or between enqueueing it and clearing its claim: at least once, the message
+    comes due again when its claim lapses (60 s), and is never gone. A supervisor (this test)
+    starts a fresh one-process fleet for each one killed, then calm fleets once enough died."""
+    jobs, wanted_kills = 60, 4
+    chaos.stub.set_latency(0.1)
+    run = Scenario(chaos, jobs)
+    settings: dict[str, Any] = {
+        "cpu_hog_threads": 1,
+        "semaphore_permits": 1,
+        "semaphore_wait_s": 0.05,
+        "semaphore_retry_min_s": 0.05,
+        "semaphore_retry_max_s": 0.3,
+    }
+    killing = f"{PAUSES},parking.claimed=kill:0.02,parking.enqueued=kill:0.02"
+    missing = [name for name in targeted(killing) if name not in placed_failpoints()]
+    assert not missing, f"no failpoint named {missing} in the product code"
+    try:
+        fleets = [chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings) for _ in range(2)]
+        kills, deadline = 0, time.monotonic() + 90
+        while kills < wanted_kills and time.monotonic() < deadline:
+            for i, fleet in enumerate(fleets):
+                if fleet.proc is None or fleet.proc.poll() is not None:
+                    kills += 1
+                    fleets[i] = chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings)
+            time.sleep(0.2)
+        for fleet in fleets:
+            fleet.stop()
+        run.fleet = chaos.workers(2, 8, modules=HOG, failpoints=PAUSES, **settings)
+        # Claims of the killed releasers lapse after 60 s; then their messages come due again.
+        accounts, took = run.settle(timeout_s=150, quiet_s=70)
+        calls = run.calls_per_job()
+        print(
+            f"\nreleasers killed between steps (1 permit, 1-process fleets x 8 threads, hog, pauses): {jobs} jobs, "
+            f"{kills} processes killed, then calm fleets: {accounts.line()}; {chaos.stub.stats().calls} calls, "
+            f"{sum(n > 1 for n in calls.values())} jobs called more than once (a kill mid-call costs one); "
+            f"{took:.1f}s after the kills"
+        )
+        promises = Invariants("releasers killed between steps")
+        promises.check("processes were killed at the releaser's steps", kills >= 1, f"{kills} killed")
+        promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.verify(run)
+    finally:
+        run.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Quota: requests counted = calls made, bytes counted >= bytes downloaded
 # --------------------------------------------------------------------------------------------------
