@@ -30,6 +30,7 @@ from middleware.policy.pause import (
     pause_length,
     read_status,
 )
+from tests.support.workers import eventually
 
 NOW = 1_700_000_000.0
 LIMITS = PauseLimits(min_pause_s=30.0, jitter_s=2.0, hold_recheck_s=60.0, max_pause_s=600.0)
@@ -447,3 +448,33 @@ def test_docstring_examples_hold() -> None:
 
     failed, attempted = doctest.testmod(middleware.policy.pause, report=False)
     assert attempted > 0 and failed == 0
+
+
+def test_while_the_opener_reads_how_long_to_wait_the_others_are_refused(timed: Timed) -> None:
+    # The protocol: the opener alone asks the upstream how long to wait (here it stops at
+    # pause.opened for that long), then pauses again with the answer; meanwhile the others
+    # are neither blocked nor told to open, and their jobs are denied.
+    limits = PauseLimits(min_pause_s=3.0, jitter_s=0.0)
+    opener, *others = (PausePolicy("api", limits, timed.backend) for _ in range(6))
+    answers: list[bool] = []
+
+    def open_read_extend() -> None:
+        answers.append(opener.pause(0.0, "slow"))
+        opener.pause(8.0, "status said 8 s")
+
+    configure("pause.opened=sleep:1.0")
+    try:
+        with cpu_hog():
+            thread = threading.Thread(target=open_read_extend)
+            thread.start()
+            eventually(lambda: others[0].status().paused, timeout_s=10)
+            assert thread.is_alive()  # the opener still reads
+            assert [policy.pause(0.0, "slow too") for policy in others] == [False] * len(others)
+            assert [policy.admit().reason for policy in others] == [PAUSED] * len(others)
+            assert thread.is_alive(), "the others waited for the opener"
+            thread.join()
+    finally:
+        configure("")
+    assert answers == [True]
+    status = others[0].status()
+    assert status.reason == "status said 8 s" and status.remaining_s > 3.0
