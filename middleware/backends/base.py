@@ -253,6 +253,46 @@ class Backend(ABC):
         """Atomically drop the hold of ``key``: always when ``unless_fingerprint`` is None,
         else only when the stored fingerprint differs from it.  True when a hold was dropped."""
 
+    # -- pacing -------------------------------------------------------------
+    # A GCRA schedule per key: the theoretical arrival time of the next
+    # reservation, and the earliest next start (see middleware.policy.pacing).
+
+    @abstractmethod
+    def gcra_reserve(
+        self, key: str, interval_s: float, burst: int, *, wait_s: float = 0.0
+    ) -> tuple[float, float]:
+        """Atomically reserve the next slot of ``key``'s schedule; returns (slot_at, now).
+
+        With ``tau = (burst - 1) * interval_s`` and ``base`` the later of the
+        schedule's next reservation and its next start (now if both passed):
+        ``slot_at = max(now, base - tau)``, and the next reservation moves to
+        ``max(base, now) + interval_s``.  When ``slot_at - now <= wait_s`` the slot
+        is also taken as a start: the next start moves to ``slot_at + interval_s``
+        (GCRA: to ``max(next start, slot_at) + interval_s``).  Both times are
+        rounded to the microsecond before they are compared, so the caller's
+        ``slot_at - now <= wait_s`` agrees with the backend's.
+        """
+
+    @abstractmethod
+    def gcra_claim(
+        self, key: str, slot_at: float, interval_s: float, burst: int, *, wait_s: float = 0.0
+    ) -> tuple[float, float]:
+        """Atomically admit a job on the slot it reserved; returns (start_at, now).
+
+        ``start = max(slot_at, next start - tau)``.  If ``start - now <= wait_s`` the
+        job starts at ``max(start, now)`` (the next start moves one interval past
+        it) and ``start`` is returned.  Else, if ``start == slot_at`` (only early),
+        nothing changes and ``slot_at`` is returned.  Else (pushed further than
+        ``wait_s`` by later starts) a new slot is reserved exactly as
+        :meth:`gcra_reserve` does, and returned: the caller compares it with
+        ``now`` and ``wait_s`` as for a reservation.
+        """
+
+    @abstractmethod
+    def gcra_get(self, key: str) -> tuple[float, float]:
+        """Return (base, now): the later of the schedule's next reservation and next start
+        (0.0 when no schedule is kept), and the backend's now.  Changes nothing."""
+
 
 def check_counter_arguments(names: Sequence[str], limits: Sequence[int], increments: Sequence[int]) -> None:
     """Raise ValueError unless window_admit got one limit and one increment per counter."""

@@ -67,6 +67,7 @@ class MemoryBackend(Backend):
         self._orphans: dict[str, int] = {}
         self._pauses: dict[str, tuple[float, float, str]] = {}  # key -> (until, since, reason)
         self._holds: dict[str, tuple[float, str, str]] = {}  # key -> (since, reason, fingerprint)
+        self._schedules: dict[str, tuple[float, float]] = {}  # key -> (next reservation, next start)
 
     def now(self) -> float:
         return self._clock.now()
@@ -325,3 +326,42 @@ class MemoryBackend(Backend):
                 return False
             del self._holds[key]
             return True
+
+    # -- pacing -------------------------------------------------------------
+
+    def _gcra_next(
+        self, key: str, interval_s: float, burst: int, wait_s: float, now: float
+    ) -> tuple[float, float]:
+        """Reserve the next slot (lock held); returns it and whether it was taken as a start."""
+        tat, start = self._schedules.get(key, (0.0, 0.0))
+        base = max(tat, start, now)
+        slot = max(now, base - (burst - 1) * interval_s)
+        if slot - now <= wait_s:
+            start = max(start, slot) + interval_s
+        self._schedules[key] = (base + interval_s, start)
+        return slot, now
+
+    def gcra_reserve(
+        self, key: str, interval_s: float, burst: int, *, wait_s: float = 0.0
+    ) -> tuple[float, float]:
+        with self._lock:
+            return self._gcra_next(key, interval_s, burst, wait_s, self._clock.now())
+
+    def gcra_claim(
+        self, key: str, slot_at: float, interval_s: float, burst: int, *, wait_s: float = 0.0
+    ) -> tuple[float, float]:
+        with self._lock:
+            now = self._clock.now()
+            tat, start = self._schedules.get(key, (0.0, 0.0))
+            begin = max(slot_at, start - (burst - 1) * interval_s)
+            if begin - now <= wait_s:
+                self._schedules[key] = (tat, max(start, begin, now) + interval_s)
+                return begin, now
+            if begin == slot_at:
+                return slot_at, now
+            return self._gcra_next(key, interval_s, burst, wait_s, now)
+
+    def gcra_get(self, key: str) -> tuple[float, float]:
+        with self._lock:
+            tat, start = self._schedules.get(key, (0.0, 0.0))
+            return max(tat, start), self._clock.now()

@@ -565,3 +565,82 @@ return 1
     def hold_clear(self, key: str, unless_fingerprint: str | None) -> bool:
         args = ["0", ""] if unless_fingerprint is None else ["1", unless_fingerprint]
         return bool(self._run_pause("hold_clear", self._HOLD_CLEAR, [self._key("hold", key)], args))
+
+    # -- pacing -------------------------------------------------------------
+    # Key ``pacing:<key>``: a hash of ``tat`` (the next reservation) and
+    # ``start`` (the earliest next start); it expires a minute after the last
+    # slot it reserved.  Times are rounded to the microsecond (``at``) before
+    # they are compared, so the caller, comparing the returned strings, agrees.
+
+    # ARGV: interval_s, burst, wait_s (then the claim's slot).  Defines the
+    # state, ``keep`` (write it back) and ``reserve`` (GCRA's next slot).
+    _GCRA = (
+        _NOW
+        + """
+now = tonumber(at(now))
+local interval, wait = tonumber(ARGV[1]), tonumber(ARGV[3])
+local tau = (tonumber(ARGV[2]) - 1) * interval
+local state = redis.call('HMGET', KEYS[1], 'tat', 'start')
+local tat, start = tonumber(state[1] or '0'), tonumber(state[2] or '0')
+local function keep(new_tat, new_start)
+  redis.call('HSET', KEYS[1], 'tat', at(new_tat), 'start', at(new_start))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(new_tat, new_start) - now) * 1000) + 60000)
+end
+local function reserve()
+  local base = math.max(tat, start, now)
+  local slot = tonumber(at(math.max(now, base - tau)))
+  local new_start = start
+  if slot - now <= wait then new_start = math.max(start, slot) + interval end
+  keep(base + interval, new_start)
+  return {at(slot), at(now)}
+end
+"""
+    )
+
+    # KEYS: schedule.  ARGV: interval_s, burst, wait_s.  Reply: {slot_at, now}.
+    _GCRA_RESERVE = _GCRA + "return reserve()\n"
+
+    # KEYS: schedule.  ARGV: interval_s, burst, wait_s, slot_at.  Reply: {start_at, now}.
+    _GCRA_CLAIM = (
+        _GCRA
+        + """
+local slot = tonumber(ARGV[4])
+local begin = tonumber(at(math.max(slot, start - tau)))
+if begin - now <= wait then
+  keep(tat, math.max(start, begin, now) + interval)
+  return {at(begin), at(now)}
+end
+if begin == slot then return {at(slot), at(now)} end
+return reserve()
+"""
+    )
+
+    # KEYS: schedule.  Reply: {base, now}.
+    _GCRA_GET = (
+        _NOW
+        + """
+local state = redis.call('HMGET', KEYS[1], 'tat', 'start')
+return {at(math.max(tonumber(state[1] or '0'), tonumber(state[2] or '0'))), at(now)}
+"""
+    )
+
+    def _run_pacing(self, name: str, source: str, key: str, args: Sequence[Any]) -> tuple[float, float]:
+        if name not in self._scripts:
+            self._scripts[name] = self.client.register_script(source)
+        first, now = self._run(name, [self._key("pacing", key)], args)
+        return float(_text(first)), float(_text(now))
+
+    def gcra_reserve(
+        self, key: str, interval_s: float, burst: int, *, wait_s: float = 0.0
+    ) -> tuple[float, float]:
+        args = [repr(float(interval_s)), int(burst), repr(float(wait_s))]
+        return self._run_pacing("gcra_reserve", self._GCRA_RESERVE, key, args)
+
+    def gcra_claim(
+        self, key: str, slot_at: float, interval_s: float, burst: int, *, wait_s: float = 0.0
+    ) -> tuple[float, float]:
+        args = [repr(float(interval_s)), int(burst), repr(float(wait_s)), repr(float(slot_at))]
+        return self._run_pacing("gcra_claim", self._GCRA_CLAIM, key, args)
+
+    def gcra_get(self, key: str) -> tuple[float, float]:
+        return self._run_pacing("gcra_get", self._GCRA_GET, key, [])
