@@ -180,14 +180,16 @@ def test_the_cli_worker_refuses_to_start_on_an_evicting_redis(tmp_path: Any) -> 
             "STATE_BACKEND": "redis",
         }
         fleet = WorkerProcesses(env, processes=1, threads=1)
-        with pytest.raises(RuntimeError, match="exited during start"):
-            fleet.start(timeout_s=60)
-        assert fleet.proc is not None
-        fleet.proc.wait(timeout=30)
-        assert fleet.proc.returncode == EXIT_UNSAFE_REDIS
-        time.sleep(0.2)
-        assert fleet.count("has maxmemory-policy allkeys-lru") >= 1, fleet.tail()
-        fleet.stop()
+        try:
+            with pytest.raises(RuntimeError, match="exited during start"):
+                fleet.start(timeout_s=60)
+            assert fleet.proc is not None
+            fleet.proc.wait(timeout=30)
+            assert fleet.proc.returncode == EXIT_UNSAFE_REDIS
+            time.sleep(0.2)
+            assert fleet.count("has maxmemory-policy allkeys-lru") >= 1, fleet.tail()
+        finally:
+            fleet.stop()  # a worker that started (the check missing) must not outlive the test
 
 
 def test_the_product_broker_is_the_recovering_one() -> None:
