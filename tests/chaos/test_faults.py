@@ -431,7 +431,9 @@ def test_a_redis_without_persistence_restarted_mid_run_loses_exactly_what_it_hel
                 every
             ) - len(expected_lost)
 
-        took = eventually(settled, timeout_s=RECOVERY_S, message="every job not lost stored or reported")
+        took = eventually(
+            settled, timeout_s=RECOVERY_S, interval_s=0.5, message="every job not lost stored or reported"
+        )
         time.sleep(1.0)
         stored = _stored_jobs(world, every)
         dead = {_job_of(m) for m in world.dead_letters()}
