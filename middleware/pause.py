@@ -5,9 +5,10 @@ no call: they are deferred to the pause end plus jitter. While it is held
 they come back every ``hold_recheck_s`` (plus jitter) and never run. Either
 way the deferral is an :class:`~.deferral.AdmissionDenied`: not a retry,
 not an outcome. An actor pauses its policy for everyone by raising
-:class:`PauseUpstream` (or by calling the policy itself). Put it first
-among the limiting middlewares: it refuses cheaply (one read) and nothing
-waits or is counted for a job it refuses.
+:class:`PauseUpstream`, holds it by raising :class:`HoldUpstream`, or
+calls the policy itself. Put it first among the limiting middlewares: it
+refuses cheaply (one read) and nothing waits or is counted for a job it
+refuses.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
 from .policy.pause import HELD, PAUSED, PausePolicy
 
-__all__ = ["HELD", "PAUSED", "Pause", "PauseUpstream"]
+__all__ = ["HELD", "PAUSED", "HoldUpstream", "Pause", "PauseUpstream"]
 
 
 class PauseUpstream(Defer):
@@ -46,6 +47,33 @@ class PauseUpstream(Defer):
     def __init__(self, seconds: float, reason: str) -> None:
         super().__init__(seconds, reason)
         self.seconds = float(seconds)
+
+
+class HoldUpstream(Defer):
+    """Raised by an actor whose upstream refuses every call the same way: hold its policy for everyone.
+
+    The :class:`Pause` middleware holds the actor's policy (no calls on any
+    worker until :meth:`~.policy.pause.PausePolicy.release_hold`) and defers
+    the message to the policy's next re-check. Without a pause policy on the
+    actor it is a plain deferral of ``recheck_s``.
+
+    Examples:
+      >>> @dramatiq.actor(pause="api")
+      ... def fetch(url):
+      ...     response = session.get(url)
+      ...     if response.status_code == 403:
+      ...         raise HoldUpstream("forbidden", fingerprint=settings_fingerprint)
+
+    Parameters:
+      reason: a short machine-readable word, kept with the hold.
+      fingerprint: names the settings that failed; a worker started with
+        other settings lifts the hold (``release_hold(fingerprint)``).
+      recheck_s: the deferral when the actor has no pause policy.
+    """
+
+    def __init__(self, reason: str, fingerprint: str, recheck_s: float = 60.0) -> None:
+        super().__init__(recheck_s, reason)
+        self.fingerprint = fingerprint
 
 
 class Pause(AdmissionMiddleware[PausePolicy, None]):
@@ -92,38 +120,46 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        if not isinstance(exception, PauseUpstream):
+        if not isinstance(exception, PauseUpstream | HoldUpstream):
             return
         policy = self.policy_for(broker, message)
         if policy is None:
             self.logger.warning(
-                "Actor %r raised PauseUpstream but has no pause policy: only this message waits %.1fs. "
-                "Give the actor the option pause=NAME to pause every worker.",
+                "Actor %r raised %s but has no pause policy: only this message waits %.1fs. "
+                "Give the actor the option pause=NAME to stop every worker.",
                 message.actor_name,
-                exception.seconds,
+                type(exception).__name__,
+                exception.delay_s,
             )
             return
         try:
-            opened = policy.pause(exception.seconds, exception.reason)
+            if isinstance(exception, PauseUpstream):
+                opened = policy.pause(exception.seconds, exception.reason)
+            else:
+                opened = policy.hold(exception.reason, exception.fingerprint)
             decision = policy.admit()
         except BackendUnavailable as exc:
             self.logger.error(
-                "Could not pause %r (%s); message %s waits %.1fs, the other workers are not told.",
+                "Could not stop calls on %r (%s); message %s waits %.1fs, the other workers are not told.",
                 policy.name,
                 exc,
                 message.message_id,
                 exception.delay_s,
             )
             return
-        if opened:
+        if opened and isinstance(exception, PauseUpstream):
             self.logger.warning(
-                "Paused %r for every worker for %.1fs (%s).",
+                "Paused %r for every worker for %.1fs (%s).", policy.name, decision.delay_s, exception.reason
+            )
+        elif opened:
+            self.logger.error(
+                "Held %r for every worker (%s): no calls, jobs deferred, until the hold is released. "
+                "Fix the cause, then start the workers with the new settings or release the hold by hand.",
                 policy.name,
-                decision.delay_s,
                 exception.reason,
             )
         if not decision.allowed:
             # Retries reads the delay after this hook (after hooks run in reverse order).
             exception.delay_s = decision.delay_s
             exception.delay = int(decision.delay_s * 1000)
-        failpoint("pause.extended")
+        failpoint("pause.recorded")

@@ -23,7 +23,7 @@ from dramatiq.middleware import Retries as StockRetries
 from middleware.backends.base import Backend
 from middleware.backends.memory import MemoryBackend
 from middleware.deferral import AdmissionDenied
-from middleware.pause import HELD, PAUSED, Pause, PauseUpstream
+from middleware.pause import HELD, PAUSED, HoldUpstream, Pause, PauseUpstream
 from middleware.policy.pause import PauseLimits, PausePolicy
 from middleware.retries import DEFERRALS, Retries
 from tests.support.workers import eventually
@@ -184,6 +184,41 @@ def test_a_held_policy_runs_nothing_until_released(backend: Backend) -> None:
     for _, _, options in rig.calls:
         assert options[DEFERRALS] >= 1 and options.get("retries", 0) == 0
     assert not rig.broker.dead_letters
+
+
+def test_an_actor_raising_hold_upstream_holds_every_worker_until_released(backend: Backend) -> None:
+    first, second = make_rig(backend), make_rig(backend)
+    refused: list[int] = []
+
+    @dramatiq.actor(broker=first.broker, pause="up", max_retries=0)
+    def refusing() -> None:
+        if not refused:
+            refused.append(1)
+            raise HoldUpstream("refused", fingerprint="settings-1")
+        first.call("refusing")
+
+    @dramatiq.actor(broker=second.broker, pause="up", max_retries=0)
+    def other(i: int) -> None:
+        second.call(f"other{i}")
+
+    workers = [first.worker(), second.worker()]
+    try:
+        refusing.send()
+        eventually(lambda: second.policy.status().held, timeout_s=10, message="the hold was never set")
+        status = second.policy.status()
+        assert (status.reason, status.fingerprint) == ("refused", "settings-1")
+        for i in range(3):
+            other.send(i)
+        threading.Event().wait(1.0)  # several re-checks (0.2 s plus jitter)
+        assert first.calls == [] and second.calls == []
+        assert second.policy.release_hold("settings-2")
+        eventually(lambda: len(first.calls) + len(second.calls) == 4, timeout_s=10, message="not all ran")
+    finally:
+        for worker in workers:
+            worker.stop()
+    for _, _, options in first.calls + second.calls:
+        assert options[DEFERRALS] >= 1 and options.get("retries", 0) == 0
+    assert not first.broker.dead_letters and not second.broker.dead_letters
 
 
 @pytest.mark.parametrize(
