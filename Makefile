@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := enrichment_actors middleware
 APT_PACKAGES := redis-server postgresql prometheus faketime
 
-.PHONY: install servers demo test unit features promtool-test check-fmt fmt lint bench chaos clean
+.PHONY: install servers demo run test unit features promtool-test check-fmt fmt lint bench chaos clean
 
 install: $(STAMP) servers
 
@@ -47,6 +47,13 @@ servers:
 
 demo: install
 	$(BIN)/enrichment demo
+
+# The Procfile under honcho, from the virtualenv (no need to activate it), on
+# a Redis of its own (unless REDIS_URL is set) and against the stand-in
+# Overpass server (unless OVERPASS_URL is set); Ctrl-C stops everything it
+# started. See enrichment_actors/local_run.py.
+run: install
+	$(PY) -m enrichment_actors.local_run
 
 # Every test: unit, behaviour (pytest-bdd), the chaos scenarios and the quick
 # sizes of the contention scenarios (they fit in CI's time), and the promtool
