@@ -143,14 +143,14 @@ class PacingPolicy(Policy[PacingLimits]):
     Examples:
       >>> from middleware.backends.memory import MemoryBackend
       >>> from middleware.policy.clock import ManualClock
-      >>> backend = MemoryBackend(clock=ManualClock(start=1_000.0))
-      >>> pacing = PacingPolicy("api", PacingLimits(interval_s=10.0), backend)
+      >>> clock = ManualClock(start=1_000.0)
+      >>> pacing = PacingPolicy("api", PacingLimits(interval_s=10.0), MemoryBackend(clock=clock))
       >>> pacing.reserve()
       Reservation(slot_at=1000.0, delay_s=0.0, admitted=True, interval_s=10.0, now=1000.0)
       >>> later = pacing.reserve()  # ten seconds on: reserved, not admitted
       >>> later.slot_at, later.admitted
       (1010.0, False)
-      >>> backend._clock.advance(10.0)  # the job comes back at its slot
+      >>> clock.advance(10.0)  # the deferred job comes back at its slot
       >>> pacing.claim(later.slot_at).admitted
       True
 

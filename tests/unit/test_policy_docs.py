@@ -13,6 +13,7 @@ MODULES = [
     "middleware.policy.backoff",
     "middleware.policy.breaker",
     "middleware.policy.clock",
+    "middleware.policy.pacing",
     "middleware.policy.parking",
     "middleware.policy.quota",
     "middleware.policy.semaphore",
