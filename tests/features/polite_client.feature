@@ -1,0 +1,76 @@
+Feature: One fleet, one polite client of each Overpass instance
+  However many worker processes call it, an Overpass instance sees one polite
+  client: a 429 stops every process for the pause with one status read, the
+  public profile keeps one call in flight and spaces the calls, several
+  private endpoints share the work around a failing one with exact budgets,
+  and a 406 holds the backlog instead of dead-lettering it. The figures the
+  closing note needs are printed (pytest -s).
+
+  Background:
+    Given the stand-in Overpass server is running
+    And the POI table is empty
+
+  Scenario: A 429 pauses the whole fleet; one status read; then every job is stored
+    Given the stand-in server answers every call with latency 100 ms
+    And the stand-in server will answer "429"
+    And the setting RATE_LIMIT_PAUSE_S is "3"
+    And 20 enrich jobs on distinct boxes are queued
+    And 2 worker processes with 4 threads are running
+    When every queued job is stored
+    Then no request reached the stand-in server within 3 s after its 429 but one status read
+    And the stand-in server answered 1 "429" and 1 status read
+    And no job is dead-lettered
+
+  Scenario: The public profile keeps one call in flight fleet-wide and spaces the calls
+    Given the stand-in server answers every call with latency 200 ms
+    And the setting OVERPASS_PROFILE is "public"
+    And the setting PACING_MIN_INTERVAL_S is "1"
+    And the setting PACING_INTERVAL_S is "1"
+    And 8 enrich jobs on distinct boxes are queued
+    And 2 worker processes with 4 threads are running
+    When every queued job is stored
+    Then the stand-in server never had more than 1 call in flight
+    And the calls it received started at least 1 s apart, less a tolerance of 0.2 s
+    And no job is dead-lettered
+
+  Scenario: The public profile does not start without a contact
+    Given the setting OVERPASS_PROFILE is "public"
+    And the setting OVERPASS_CONTACT is empty
+    Then workers refuse to start, saying "OVERPASS_CONTACT"
+    And the stand-in server received 0 calls
+
+  Scenario Outline: A public endpoint is never one of several
+    Given the setting OVERPASS_URL is "<urls>"
+    Then workers refuse to start, saying "one user, one script"
+
+    Examples:
+      | urls                                                                                   |
+      | https://overpass-api.de/api/interpreter,https://overpass.kumi.systems/api/interpreter |
+      | https://overpass-api.de/api/interpreter,http://127.0.0.1:9/api/interpreter            |
+
+  Scenario: Two private endpoints: one answers 504 until its breaker opens, the jobs flow to the other
+    Given a second stand-in Overpass server is running
+    And the first stand-in server answers "504" from now on
+    And the workers call both stand-in servers
+    And the setting BREAKER_COOLDOWN_S is "60"
+    And 12 enrich jobs on distinct boxes are queued
+    And 2 worker processes with 4 threads are running
+    When every queued job is stored
+    Then the first stand-in server's circuit is open, and it got no call after it opened
+    And each endpoint's quota counted exactly the calls it received
+    And each endpoint's quota counted the bytes it sent, within the documented bound
+    And no job is dead-lettered
+
+  Scenario: A 406 on every call holds the endpoint: no dead letter, the backlog intact, the hold shown
+    Given the stand-in server answers "406" from now on
+    And the setting OVERPASS_PROFILE is "public"
+    And the setting PACING_MIN_INTERVAL_S is "1"
+    And the setting PACING_INTERVAL_S is "1"
+    And 6 enrich jobs on distinct boxes are queued
+    And 2 worker processes with 4 threads are running
+    When every queued job waits parked
+    Then no job is dead-lettered
+    And no POI is stored
+    And the stand-in server received at most 1 call
+    And enrichment status shows the endpoint held
+    And the metrics show the endpoint held

@@ -1,0 +1,406 @@
+"""One fleet, one polite client (polite_client.feature): issue 9's scenarios on real workers.
+
+Every scenario runs ``dramatiq enrichment_actors.worker`` processes on the
+session's Redis and PostgreSQL against the stand-in Overpass server, and
+judges the fleet by what the server saw: each request's arrival time
+(``started_at``), its peak of calls in flight, its status reads. What the
+closing note quotes is printed with a ``[polite]`` prefix (``pytest -s``):
+requests seen within the pause after a 429, the peak in flight under the
+public profile, the smallest gap between calls.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from enrichment_actors import metrics as m
+from enrichment_actors.stub_overpass import RecordedRequest, StubOverpass
+from tests.bench.fleet import grid_boxes, send, sender
+from tests.features.conftest import QUEUE, World, dead_letters, expected_pois
+from tests.support.scrape import Scrape, scrape
+from tests.support.workers import FAST_SETTINGS, REPO, WorkerProcesses, eventually
+
+scenarios("polite_client.feature")
+
+TAGS = ["amenity"]
+INTERPRETER = "/api/interpreter"
+STATUS = "/api/status"
+#: How long a scenario waits for its jobs (each must stay under about a minute on a loaded machine).
+SETTLE_S = 50.0
+
+
+@dataclass
+class Polite:
+    """What a scenario of this feature queued and started, beside the shared :class:`World`."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    second: StubOverpass | None = None  # the second endpoint, when there are two
+    refusal: str = ""  # what the CLI said when it refused to start
+
+
+@pytest.fixture
+def polite(world: World) -> Iterator[Polite]:
+    state = Polite()
+    yield state
+    for workers in world.workers:  # before the servers they call go away
+        workers.stop()
+    if state.second is not None:
+        state.second.stop()
+
+
+def say(text: str) -> None:
+    """A figure for the closing note (shown by ``pytest -s``)."""
+    print(f"[polite] {text}", flush=True)
+
+
+def interpreter_calls(stub: StubOverpass) -> list[RecordedRequest]:
+    return sorted((r for r in stub.requests if r.path == INTERPRETER), key=lambda r: r.started_at)
+
+
+def endpoint_of(stub: StubOverpass) -> str:
+    """The endpoint's name as the product derives it from the URL: host:port."""
+    return f"127.0.0.1:{stub.port}"
+
+
+def parked(redis_url: str) -> int:
+    from middleware.backends.redis import RedisBackend
+    from middleware.policy.parking import ParkingLot
+
+    return ParkingLot(RedisBackend.from_url(redis_url, namespace="enrichment")).count()
+
+
+def queued(redis_url: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.hlen(f"dramatiq:{QUEUE}.msgs")) + int(client.hlen(f"dramatiq:{QUEUE}.DQ.msgs"))
+    finally:
+        client.close()
+
+
+def scrape_workers(world: World) -> Scrape:
+    """Scrape the (first) fleet's metrics, waiting for its exposition process to listen."""
+    found: list[Scrape] = []
+
+    def answered() -> bool:
+        try:
+            found.append(scrape(world.workers[0].metrics_url))
+        except OSError:
+            return False
+        return True
+
+    eventually(answered, timeout_s=10, message=f"an answer from {world.workers[0].metrics_url}")
+    return found[-1]
+
+
+def policy_of(world: World, stub: StubOverpass) -> str:
+    """The policy name the product gives ``stub``'s endpoint (its quota, breaker, pause... and metric label)."""
+    from enrichment_actors.settings import load_settings
+
+    settings = load_settings({**os.environ, **FAST_SETTINGS, **world.worker_env()})
+    names = {endpoint.name: endpoint.policy for endpoint in settings.endpoints}
+    assert endpoint_of(stub) in names, f"no endpoint named {endpoint_of(stub)} among {sorted(names)}"
+    return names[endpoint_of(stub)]
+
+
+def by_endpoint(world: World, found: Scrape, name: str, stub: StubOverpass, **labels: str) -> float | None:
+    """The value of the metric ``name`` for the policy of ``stub``'s endpoint."""
+    return found.value(name, **{m.POLICY: policy_of(world, stub)}, **labels)
+
+
+# --- Given -------------------------------------------------------------------
+
+
+@given(parsers.parse("{count:d} enrich jobs on distinct boxes are queued"))
+def jobs_queued(world: World, polite: Polite, count: int) -> None:
+    """Disjoint 0.02-degree boxes (about 20 amenities each at the stand-in), queued before any worker starts."""
+    polite.jobs = [
+        {"bbox": box, "tags": TAGS} for box in grid_boxes(count, size_deg=0.02, origin=(30.0, 30.0))
+    ]
+    broker = sender(world.redis_url)
+    try:
+        send(broker, QUEUE, "enrich", polite.jobs)
+    finally:
+        broker.close()
+
+
+@given("the setting OVERPASS_CONTACT is empty")
+def no_contact(world: World) -> None:
+    world.settings["OVERPASS_CONTACT"] = ""
+
+
+@given("a second stand-in Overpass server is running")
+def second_stand_in(world: World, polite: Polite) -> None:
+    assert world.stub is not None
+    polite.second = StubOverpass(slots=2, latency_s=world.stub.latency_s).start()
+
+
+@given(parsers.parse('the first stand-in server answers "{outcome}" from now on'))
+def first_answers(world: World, outcome: str) -> None:
+    assert world.stub is not None
+    world.stub.set_default(outcome)
+
+
+@given("the workers call both stand-in servers")
+def both_endpoints(world: World, polite: Polite) -> None:
+    assert world.stub is not None and polite.second is not None
+    world.settings["OVERPASS_URL"] = f"{world.stub.interpreter_url},{polite.second.interpreter_url}"
+
+
+# --- When --------------------------------------------------------------------
+
+
+@when("every queued job is stored")
+def every_job_stored(world: World, polite: Polite, store: Any) -> None:
+    """Every job's POIs are in the table, and nothing is left queued or parked."""
+    expected = set().union(*(expected_pois(job) for job in polite.jobs))
+    assert expected, "the stand-in server has no POIs for these boxes: pick others"
+    started = time.monotonic()
+
+    def done() -> bool:
+        stored = {(row[0], row[1]) for row in store.fetch_all()}
+        return expected <= stored and queued(world.redis_url) == 0 and parked(world.redis_url) == 0
+
+    try:
+        eventually(done, timeout_s=SETTLE_S, interval_s=0.25, message=f"{len(polite.jobs)} jobs stored")
+    except AssertionError:
+        stored = {(row[0], row[1]) for row in store.fetch_all()}
+        raise AssertionError(
+            f"after {SETTLE_S:.0f} s: {len(expected & stored)}/{len(expected)} POIs stored, "
+            f"{queued(world.redis_url)} queued, {parked(world.redis_url)} parked, "
+            f"{len(dead_letters(world.redis_url))} dead-lettered\n{world.workers[0].tail()}"
+        ) from None
+    say(f"{len(polite.jobs)} jobs stored in {time.monotonic() - started:.1f} s")
+
+
+@when("every queued job waits parked")
+def every_job_parked(world: World, polite: Polite) -> None:
+    """Every fetch is parked (deferred) and nothing moves for a few seconds: the backlog is waiting."""
+    eventually(
+        lambda: parked(world.redis_url) == len(polite.jobs) and queued(world.redis_url) == 0,
+        timeout_s=30,
+        interval_s=0.25,
+        message=f"{len(polite.jobs)} jobs parked",
+    )
+    time.sleep(3)  # nothing may move while held
+
+
+# --- Then: the 429 pause -----------------------------------------------------
+
+
+@then(
+    parsers.parse(
+        "no request reached the stand-in server within {pause_s:g} s after its 429 but one status read"
+    )
+)
+def quiet_after_429(world: World, pause_s: float) -> None:
+    assert world.stub is not None
+    requests = sorted(world.stub.requests, key=lambda r: r.started_at)
+    first = next(r for r in requests if r.path == INTERPRETER and r.outcome == "429")
+    # The pause starts when a worker stores it, after the 429 went out: the
+    # window (answer sent, answer sent + pause) lies inside it, on the same clock.
+    inside = [r for r in requests if first.ended_at < r.started_at < first.ended_at + pause_s]
+    reads = [r for r in inside if r.path == STATUS]
+    others = [r for r in inside if r.path != STATUS]
+    after = [r for r in requests if r.path == INTERPRETER and r.started_at > first.ended_at]
+    next_call = after[0].started_at - first.ended_at if after else float("nan")
+    overlapping = [
+        r for r in requests if r.path == INTERPRETER and r.started_at < first.ended_at < r.ended_at
+    ]
+    say(
+        f"429 pause of {pause_s:g} s: {len(others)} requests within it besides {len(reads)} status read(s); "
+        f"first call after the 429 at +{next_call:.2f} s; {len(overlapping)} call(s) already in flight at the 429"
+    )
+    assert others == [], [(r.path, r.outcome, round(r.started_at - first.ended_at, 3)) for r in others]
+    assert len(reads) == 1, "the one status read belongs in the pause, right after the 429"
+
+
+@then(parsers.parse('the stand-in server answered {count:d} "{outcome}" and {reads:d} status read'))
+@then(parsers.parse('the stand-in server answered {count:d} "{outcome}" and {reads:d} status reads'))
+def answered_and_read(world: World, count: int, outcome: str, reads: int) -> None:
+    assert world.stub is not None
+    stats = world.stub.stats()
+    assert stats.served.get(outcome, 0) == count, stats.served
+    assert stats.status_calls == reads, f"{stats.status_calls} status reads for {count} {outcome}"
+
+
+# --- Then: the public profile ------------------------------------------------
+
+
+@then(parsers.parse("the stand-in server never had more than {peak:d} call in flight"))
+def peak_in_flight(world: World, peak: int) -> None:
+    assert world.stub is not None
+    stats = world.stub.stats()
+    say(
+        f"public profile, 2 processes x 4 threads: peak {stats.peak_in_flight} call(s) in flight ({stats.calls} calls)"
+    )
+    assert stats.peak_in_flight <= peak
+
+
+@then(
+    parsers.parse(
+        "the calls it received started at least {interval_s:g} s apart, less a tolerance of {tolerance_s:g} s"
+    )
+)
+def spaced_calls(world: World, interval_s: float, tolerance_s: float) -> None:
+    """Tolerance: the pacing policy's own (0.05 s) plus what a loaded machine adds between a worker's
+    admission and the request's arrival at the server (the gap is measured at the server)."""
+    assert world.stub is not None
+    starts = [r.started_at for r in interpreter_calls(world.stub)]
+    assert len(starts) >= 2, "too few calls to measure a gap"
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    say(
+        f"public profile, pacing interval {interval_s:g} s: {len(starts)} calls, smallest gap {min(gaps):.3f} s, "
+        f"median {sorted(gaps)[len(gaps) // 2]:.3f} s (tolerance {tolerance_s:g} s)"
+    )
+    assert min(gaps) >= interval_s - tolerance_s, [round(g, 3) for g in gaps]
+
+
+@then(parsers.parse('workers refuse to start, saying "{text}"'))
+def refuse_to_start(world: World, polite: Polite, text: str) -> None:
+    workers = WorkerProcesses(world.worker_env(), processes=1, threads=1)
+    world.workers.append(workers)
+    with pytest.raises(RuntimeError, match="exited during start") as refused:
+        workers.start(timeout_s=60)
+    polite.refusal = str(refused.value)
+    said = [line.strip() for line in workers.lines if text in line]
+    assert said, f"no line says {text!r}:\n{polite.refusal}"
+    say(f"refused at start: {said[-1][-200:]}")
+
+
+# --- Then: two private endpoints ---------------------------------------------
+
+
+@then("the first stand-in server's circuit is open, and it got no call after it opened")
+def first_circuit_open(world: World, polite: Polite) -> None:
+    assert world.stub is not None and polite.second is not None
+    found = scrape_workers(world)
+    open_ = by_endpoint(world, found, m.BREAKER_STATE.name, world.stub, **{m.STATE: "open"})
+    failing = interpreter_calls(world.stub)
+    healthy = interpreter_calls(polite.second)
+    threshold = int(world.worker_env().get("BREAKER_FAILURE_THRESHOLD", "3"))
+    permits = int(world.worker_env().get("SEMAPHORE_PERMITS", "2"))
+    say(
+        f"two private endpoints: {len(failing)} calls to the failing one ({world.stub.stats().served}), "
+        f"{len(healthy)} to the healthy one; breaker of the failing one open={open_}"
+    )
+    assert open_ == 1, "\n".join(found.lines(m.BREAKER_STATE.name))
+    # Calls admitted while it was closed may still fail after it opened: at
+    # most the threshold plus the other permits then in flight; none after.
+    assert threshold <= len(failing) <= threshold + permits - 1
+
+
+@then("each endpoint's quota counted exactly the calls it received")
+def quota_requests_exact(world: World, polite: Polite) -> None:
+    assert world.stub is not None and polite.second is not None
+    found = scrape_workers(world)
+    for stub in (world.stub, polite.second):
+        counted = by_endpoint(world, found, m.QUOTA_USED.name, stub, **{m.RESOURCE: m.REQUESTS})
+        calls = len(interpreter_calls(stub))
+        say(f"endpoint {endpoint_of(stub)}: {calls} calls, quota counted {counted} requests")
+        assert counted == calls, "\n".join(found.lines(m.QUOTA_USED.name))
+
+
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def bytes_sent(stub: StubOverpass) -> tuple[int, int]:
+    """(bytes ``stub`` sent in its interpreter answers, the largest answer), by replaying each call with
+    the same outcome on a fresh stand-in server: its answers are deterministic."""
+    total = largest = 0
+    with StubOverpass() as reference:
+        for request in interpreter_calls(stub):
+            if request.outcome in ("killed", "aborted"):
+                continue
+            if request.outcome != "ok":
+                reference.script(request.outcome)
+            conn = http.client.HTTPConnection("127.0.0.1", reference.port, timeout=10)
+            try:
+                conn.request(
+                    "POST", INTERPRETER, body=urllib.parse.urlencode({"data": request.query}), headers=_FORM
+                )
+                size = len(conn.getresponse().read())
+            finally:
+                conn.close()
+            total += size
+            largest = max(largest, size)
+    return total, largest
+
+
+@then("each endpoint's quota counted the bytes it sent, within the documented bound")
+def quota_bytes_bound(world: World, polite: Polite) -> None:
+    """docs/architecture.md "Quota": bytes counted >= bytes downloaded, and at most QUOTA_BYTES - 1 plus
+    the answers of the calls in flight when the budget ran out (SEMAPHORE_PERMITS x the largest answer)."""
+    assert world.stub is not None and polite.second is not None
+    env = world.worker_env()
+    budget = int(env.get("QUOTA_BYTES", "1073741824"))
+    permits = int(env.get("SEMAPHORE_PERMITS", "2"))
+    found = scrape_workers(world)
+    for stub in (world.stub, polite.second):
+        counted = by_endpoint(world, found, m.QUOTA_USED.name, stub, **{m.RESOURCE: m.BYTES})
+        sent, largest = bytes_sent(stub)
+        bound = budget - 1 + permits * largest
+        say(f"endpoint {endpoint_of(stub)}: {sent} bytes sent, quota counted {counted} (bound {bound})")
+        assert counted is not None and sent <= counted <= max(sent, bound), "\n".join(
+            found.lines(m.QUOTA_USED.name)
+        )
+        assert counted == sent, "every byte of a whole answer is charged once"
+
+
+# --- Then: the 406 hold ------------------------------------------------------
+
+
+@then("no POI is stored")
+def nothing_stored(store: Any) -> None:
+    assert store.fetch_all() == []
+
+
+@then(parsers.parse("the stand-in server received at most {count:d} call"))
+@then(parsers.parse("the stand-in server received at most {count:d} calls"))
+def at_most_calls(world: World, polite: Polite, count: int) -> None:
+    assert world.stub is not None
+    stats = world.stub.stats()
+    say(
+        f"406 hold: {stats.calls} call(s) for {len(polite.jobs)} jobs, {parked(world.redis_url)} parked, "
+        f"{queued(world.redis_url)} queued, {len(dead_letters(world.redis_url))} dead-lettered"
+    )
+    assert stats.calls <= count, stats.served
+
+
+@then("enrichment status shows the endpoint held")
+def status_shows_hold(world: World) -> None:
+    assert world.stub is not None
+    env = {**os.environ, **FAST_SETTINGS, **world.worker_env()}
+    done = subprocess.run(
+        [sys.executable, "-m", "enrichment_actors.cli", "status"],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "held" in line.lower()]
+    say(f"enrichment status: {' | '.join(line.strip() for line in lines)}")
+    assert any(endpoint_of(world.stub) in line or "406" in line for line in lines), done.stdout
+
+
+@then("the metrics show the endpoint held")
+def metrics_show_hold(world: World) -> None:
+    assert world.stub is not None
+    found = scrape_workers(world)
+    held = by_endpoint(world, found, m.ENDPOINT_HELD.name, world.stub)
+    assert held == 1, "\n".join(found.lines(m.ENDPOINT_HELD.name))
