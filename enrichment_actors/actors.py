@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
+import urllib.parse
 from typing import Any
 
 import dramatiq
@@ -23,6 +25,8 @@ from dramatiq.middleware import CurrentMessage
 from middleware.backends.base import BackendUnavailable
 from middleware.deferral import Defer
 from middleware.failpoints import failpoint
+from middleware.policy.backoff import jittered
+from middleware.policy.pause import HELD, PauseLimits, PausePolicy
 from middleware.semaphore import release_permit_early
 from middleware.usage import charge_bytes, report_no_call
 
@@ -30,6 +34,13 @@ from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
 from .overpass_client import FetchResult, OverpassClient
+from .overpass_pause import (
+    HoldRelease,
+    hold_after_rejection,
+    pause_after_429,
+    refuses_us,
+    settings_fingerprint,
+)
 from .overpass_responses import (
     ClientTimeout,
     DuplicateQuery,
@@ -37,10 +48,9 @@ from .overpass_responses import (
     QueryFailed,
     QueryRejected,
     QueryTooLarge,
+    QueryUnsendable,
     RateLimited,
-    UserAgentRejected,
 )
-from .overpass_status import StatusUnavailable
 from .runtime import OVERPASS, runtime
 from .staging import (
     Stage,
@@ -87,8 +97,9 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, **unexpected: Any) ->
     quota=OVERPASS,
     semaphore=OVERPASS,
     breaker=OVERPASS,
-    # Permanent answers: dead-lettered at once, logged without a traceback.
-    throws=(InvalidJob, QueryRejected, UserAgentRejected, QueryFailed, QueryTooLarge),
+    # Permanent answers: dead-lettered at once, logged without a traceback. A 406
+    # or 403 is not among them: it holds the endpoint, and the job waits.
+    throws=(InvalidJob, QueryRejected, QueryFailed, QueryTooLarge, QueryUnsendable),
     max_retries=settings.retry_max,
     retry_when=retry_when,
     min_backoff=int(settings.retry_min_backoff_s * 1000),
@@ -133,11 +144,22 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
             )
         raise
     except RateLimited as exc:
-        raise Defer(_rate_limit_pause_s(), reason=Outcome.RATE_LIMITED.value) from exc
+        # Not a retry: the job comes back after the fleet-wide pause, with jitter.
+        pause = _pause_policy()
+        delay_s = jittered(_rate_limit_pause_s(client), jitter_s=pause.limits.jitter_s, rng=_rng)
+        raise Defer(delay_s, reason=Outcome.RATE_LIMITED.value) from exc
     except QueryTooLarge:
         if not _split(job, stage):
             raise
         return
+    except OverpassError as exc:
+        if refuses_us(exc) is None:
+            raise
+        # Every call would be refused the same way: hold the endpoint, keep the job.
+        pause = _pause_policy()
+        hold_after_rejection(pause, exc, fingerprint=_fingerprint(client), endpoint=_endpoint_name(client))
+        delay_s = jittered(pause.limits.hold_recheck_s, jitter_s=pause.limits.jitter_s, rng=_rng)
+        raise Defer(delay_s, reason=HELD) from exc
     # The call is over and its bytes are charged (in _call_overpass, so a call
     # admitted after sees them): the next call may start while this job hands
     # its POIs on.
@@ -190,13 +212,14 @@ def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
     ``[timeout]``: not a retry, not a breaker failure.
     """
     started = time.monotonic()
+    endpoint = _endpoint_name(client)
     try:
         result = client.fetch(query)
     except OverpassError as exc:
         charge_bytes(exc.response_bytes)
         if not exc.request_sent:
             report_no_call()
-        runtime.metrics.observe_overpass_call(exc.label, time.monotonic() - started)
+        runtime.metrics.observe_overpass_call(exc.label, time.monotonic() - started, endpoint=endpoint)
         if isinstance(exc, DuplicateQuery):
             # Spread over a second window, so identical jobs do not come back together.
             pause_s = settings.query_timeout_s * (1 + random.random()) + 1
@@ -204,7 +227,9 @@ def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
             raise Defer(pause_s, reason=Outcome.DUPLICATE_QUERY.value) from exc
         raise
     charge_bytes(result.response_bytes)
-    runtime.metrics.observe_overpass_call(CALL_OK, result.duration_s, response_bytes=result.response_bytes)
+    runtime.metrics.observe_overpass_call(
+        CALL_OK, result.duration_s, endpoint=endpoint, response_bytes=result.response_bytes
+    )
     return result
 
 
@@ -248,31 +273,82 @@ def _split(job: Job, stage: Stage) -> bool:
     return bool(children)
 
 
-def _rate_limit_pause_s() -> float:
-    """At least RATE_LIMIT_PAUSE_S after a 429, or until /api/status shows a free slot, whichever is later.
+# --- The endpoint's pause and hold (enrichment_actors/overpass_pause.py) ---------------------------
 
-    The server's reported rate limit also caps the fleet's permits. Logs one
-    warning per 429 with the pause it caused.
+_rng = random.Random()
+_fallback_pauses: dict[str, PausePolicy] = {}
+_fallback_lock = threading.Lock()
+
+
+def _policy_name(option: str) -> str:
+    """The policy name of this attempt for ``option`` (the router's message option), else the actor's."""
+    message = CurrentMessage.get_current_message()
+    name = message.options.get(option) if message is not None else None
+    return str(name or fetch_pois.options.get(option) or OVERPASS)
+
+
+def _pause_policy(name: str | None = None) -> PausePolicy:
+    """The fleet-wide pause of the endpoint this attempt calls: the Pause middleware's policy, so that
+    admission sees what the actor sets; one of the same name on the fleet's backend without it."""
+    name = name or _policy_name("pause")
+    pause = getattr(runtime, "pause", None)
+    if pause is not None and name in pause.policies:
+        policy: PausePolicy = pause.policies[name]
+        return policy
+    with _fallback_lock:
+        if name not in _fallback_pauses:
+            limits = PauseLimits(min_pause_s=max(settings.rate_limit_pause_s, 0.001))
+            _fallback_pauses[name] = PausePolicy(name, limits, runtime.backend)
+        return _fallback_pauses[name]
+
+
+def _endpoint_name(client: OverpassClient) -> str:
+    """The endpoint ``client`` calls, as metrics and logs name it: its host[:port], without credentials."""
+    parts = urllib.parse.urlsplit(client.interpreter_url)
+    host = parts.hostname or ""
+    return host if parts.port is None else f"{host}:{parts.port}"
+
+
+def _fingerprint(client: OverpassClient) -> str:
+    """What the upstream judges us by: the URL and the User-Agent (with the contact)."""
+    return settings_fingerprint(client.interpreter_url, client.user_agent)
+
+
+def _rate_limit_pause_s(client: OverpassClient | None = None) -> float:
+    """Pause the endpoint fleet-wide after a 429; the seconds left of the pause.
+
+    At least RATE_LIMIT_PAUSE_S; the caller that opened the pause reads
+    /api/status once, extends the pause to the server's next free slot if
+    later, and caps the fleet's permits at the server's rate limit. One
+    warning per pause, with its length.
     """
-    try:
-        status = runtime.client().status()
-    except StatusUnavailable as exc:
-        logger.warning(
-            "Overpass answered 429 (rate limited) and /api/status is unreadable (%s): this job pauses %.0f s.",
-            exc,
-            settings.rate_limit_pause_s,
-        )
-        return settings.rate_limit_pause_s
-    if status.rate_limit is not None:
-        runtime.semaphore.cap(OVERPASS, min(status.rate_limit, settings.semaphore_permits))
-    pause_s = max(settings.rate_limit_pause_s, status.seconds_until_free())
-    logger.warning(
-        "Overpass answered 429 (rate limited): this job pauses %.0f s (server rate limit %s, %s slots free).",
-        pause_s,
-        status.rate_limit if status.rate_limit is not None else "none",
-        status.free_now,
+    client = client or runtime.client()
+    semaphore = _policy_name("semaphore")
+    return pause_after_429(
+        _pause_policy(),
+        pause_s=settings.rate_limit_pause_s,
+        read_status=client.status,
+        cap_permits=lambda limit: runtime.semaphore.cap(semaphore, limit),
+        endpoint=_endpoint_name(client),
     )
-    return pause_s
+
+
+def _boot_fingerprints() -> dict[str, tuple[PausePolicy, str]]:
+    """Each endpoint's pause policy and this worker's fingerprint for it (for :class:`HoldRelease`)."""
+    pause = getattr(runtime, "pause", None)
+    names = sorted(pause.policies) if pause is not None else [OVERPASS]
+    client = runtime.client()
+    return {name: (_pause_policy(name), _fingerprint(client)) for name in names}
+
+
+def hold_targets() -> dict[str, PausePolicy]:
+    """Each endpoint's pause policy, by the endpoint's name (host[:port]): what ``enrichment release-hold`` lifts."""
+    return {_endpoint_name(runtime.client()): _pause_policy(name) for name in _boot_fingerprints()}
+
+
+# A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.
+if not any(isinstance(m, HoldRelease) for m in runtime.broker.middleware):
+    runtime.broker.add_middleware(HoldRelease(_boot_fingerprints))
 
 
 __all__ = ["OverpassError", "enrich", "fetch_pois", "store_pois"]

@@ -42,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("status", help="live quota, breaker and permit state from the shared backend")
     commands.add_parser("demo", help="run the main job end to end on embedded defaults")
 
+    release = commands.add_parser(
+        "release-hold", help="lift the hold a 406 or 403 put on an endpoint (every endpoint by default)"
+    )
+    release.add_argument(
+        "endpoint", nargs="?", metavar="ENDPOINT", help="the endpoint's host[:port] (default: every endpoint)"
+    )
+
     stub = commands.add_parser("stub-overpass", help="run the stand-in Overpass server")
     stub.add_argument("--port", type=int, default=8089)
     stub.add_argument("--host", default="127.0.0.1")
@@ -57,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail_clearly(_status)
     if args.command == "demo":
         return _demo()
+    if args.command == "release-hold":
+        return _fail_clearly(lambda: _release_hold(args.endpoint))
     from .stub_overpass import serve_forever
 
     serve_forever(args.port, host=args.host, latency_s=args.latency, slots=args.slots)
@@ -157,6 +166,26 @@ def _status() -> int:
     print(f"breaker {OVERPASS!r}  {breaker.status.value} ({breaker.failures} consecutive failures{probe})")
     print(f"semaphore {OVERPASS!r}  {semaphore.in_use()} of {semaphore.effective_permits()} permits in use")
     print(f"parked jobs  {parked}")
+    return 0
+
+
+def _release_hold(endpoint: str | None) -> int:
+    """Lift the hold of ``endpoint`` (every endpoint when None), whatever settings set it."""
+    from .actors import hold_targets
+
+    targets = hold_targets()
+    if endpoint is not None and endpoint not in targets:
+        known = ", ".join(sorted(targets))
+        print(f"enrichment: no endpoint named {endpoint!r}; the endpoints are: {known}.", file=sys.stderr)
+        return 2
+    for name, policy in sorted(targets.items()):
+        if endpoint is not None and name != endpoint:
+            continue
+        status = policy.status()
+        if policy.release_hold():
+            print(f"{name}: hold lifted (it was held: {status.hold_reason or 'no reason given'}).")
+        else:
+            print(f"{name}: not held; nothing to do.")
     return 0
 
 

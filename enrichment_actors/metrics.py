@@ -21,6 +21,7 @@ from middleware.admission import STATE_UNAVAILABLE
 from middleware.breaker import CIRCUIT_OPEN
 from middleware.deferral import Defer
 from middleware.policy.breaker import BreakerStatus
+from middleware.policy.pause import HELD, PAUSED
 from middleware.quota import QUOTA_EXHAUSTED
 from middleware.semaphore import NO_PERMIT
 
@@ -43,8 +44,14 @@ class Outcome(enum.StrEnum):
     QUOTA_DENIED = "quota_denied"
     #: The circuit breaker is open; deferred until it probes.
     CIRCUIT_OPEN = "circuit_open"
-    #: Overpass answered 429; deferred by at least the rate-limit pause.
+    #: Overpass answered 429; the endpoint is paused fleet-wide and the job deferred to the pause end.
     RATE_LIMITED = "rate_limited"
+    #: The endpoint is paused (an earlier 429): deferred to the pause end before any call.
+    PAUSED = "paused"
+    #: The endpoint is held (a 406 or 403): deferred, no call, until the hold is lifted.
+    HELD = "held"
+    #: Too early for the endpoint's pacing: deferred to the slot it reserved.
+    PACED = "paced"
     #: Overpass refused the query text as a duplicate of one running or just run; deferred past its [timeout].
     DUPLICATE_QUERY = "duplicate_query"
     #: No semaphore permit came free within the wait; deferred briefly.
@@ -61,7 +68,7 @@ class Outcome(enum.StrEnum):
     SPLIT = "split"
     #: A timeout/out-of-memory remark at the smallest tile (final).
     QUERY_TOO_LARGE = "query_too_large"
-    #: Overpass refused the query for good: 400, 406, another runtime error (final).
+    #: Overpass refused the query for good: 400, another runtime error (final). A 406 or 403 holds the endpoint instead.
     REJECTED = "rejected"
     #: A transient failure outlived its retries; dead-lettered (final).
     RETRIES_EXHAUSTED = "retries_exhausted"
@@ -84,6 +91,7 @@ POLICY = "policy"
 STATE = "state"
 RESOURCE = "resource"
 QUEUE = "queue"
+ENDPOINT = "endpoint"
 #: Label names of Dramatiq's stock metrics (kept, so existing dashboards still work).
 QUEUE_NAME = "queue_name"
 ACTOR_NAME = "actor_name"
@@ -196,7 +204,10 @@ JOBS = MetricSpec(
     (ACTOR, OUTCOME, FINAL),
 )
 OVERPASS_CALLS = MetricSpec(
-    "enrichment_overpass_calls", Kind.COUNTER, "Overpass interpreter calls by classification.", (STATUS,)
+    "enrichment_overpass_calls",
+    Kind.COUNTER,
+    "Overpass interpreter calls by endpoint (host[:port]) and classification.",
+    (ENDPOINT, STATUS),
 )
 OVERPASS_CALL_SECONDS = MetricSpec(
     "enrichment_overpass_call_duration_seconds",
@@ -208,7 +219,8 @@ OVERPASS_CALL_SECONDS = MetricSpec(
 OVERPASS_RESPONSE_BYTES = MetricSpec(
     "enrichment_overpass_response_bytes",
     Kind.HISTOGRAM,
-    "Body size of successful Overpass answers (what the byte quota is charged).",
+    "Body size of successful Overpass answers. The byte quota is charged these and the bytes of failed "
+    "answers too (an error page, a body cut off or ending in a remark).",
     buckets=_RESPONSE_BYTES,
 )
 POIS_UPSERTED = MetricSpec("enrichment_pois_upserted", Kind.COUNTER, "POI rows inserted or updated.")
@@ -340,6 +352,41 @@ PARKED_JOBS = MetricSpec(
     "Messages parked in the shared backend until their deferral or retry backoff ends.",
     fleet=True,
 )
+PARKED_ORPHANS = MetricSpec(
+    "enrichment_parked_orphans",
+    Kind.GAUGE,
+    "Parked messages ever found due without their payload (a counter kept in the shared backend): "
+    "above 0 means lost jobs.",
+    fleet=True,
+)
+ENDPOINT_PAUSED = MetricSpec(
+    "enrichment_endpoint_paused",
+    Kind.GAUGE,
+    "1 while the endpoint is paused fleet-wide (after a 429), else 0.",
+    (POLICY,),
+    fleet=True,
+)
+ENDPOINT_PAUSE_REMAINING = MetricSpec(
+    "enrichment_endpoint_pause_remaining_seconds",
+    Kind.GAUGE,
+    "Seconds left of the endpoint's pause (0 when none).",
+    (POLICY,),
+    fleet=True,
+)
+ENDPOINT_HELD = MetricSpec(
+    "enrichment_endpoint_held",
+    Kind.GAUGE,
+    "1 while the endpoint is held (a 406 or 403: no calls until the settings change or release-hold), else 0.",
+    (POLICY,),
+    fleet=True,
+)
+PACING_INTERVAL = MetricSpec(
+    "enrichment_pacing_interval_seconds",
+    Kind.GAUGE,
+    "Seconds between call starts the endpoint's pacing enforces now (0: pacing off).",
+    (POLICY,),
+    fleet=True,
+)
 QUEUE_MESSAGES = MetricSpec(
     "enrichment_queue_messages",
     Kind.GAUGE,
@@ -377,6 +424,11 @@ FLEET_METRICS: tuple[MetricSpec, ...] = (
     QUOTA_WINDOW_START,
     QUOTA_WINDOW_END,
     PARKED_JOBS,
+    PARKED_ORPHANS,
+    ENDPOINT_PAUSED,
+    ENDPOINT_PAUSE_REMAINING,
+    ENDPOINT_HELD,
+    PACING_INTERVAL,
     QUEUE_MESSAGES,
 )
 ALL_METRICS: tuple[MetricSpec, ...] = WORKER_METRICS + FLEET_METRICS
@@ -411,6 +463,10 @@ _DEFERRAL_OUTCOMES = {
     STATE_UNAVAILABLE: Outcome.STATE_UNAVAILABLE,
     Outcome.RATE_LIMITED.value: Outcome.RATE_LIMITED,
     Outcome.DUPLICATE_QUERY.value: Outcome.DUPLICATE_QUERY,
+    PAUSED: Outcome.PAUSED,
+    HELD: Outcome.HELD,
+    # The Pacing middleware's reason (middleware/pacing.py).
+    Outcome.PACED.value: Outcome.PACED,
 }
 
 _RETRY_OUTCOMES = {

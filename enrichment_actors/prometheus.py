@@ -23,11 +23,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dramatiq
 import redis
@@ -37,6 +37,7 @@ from dramatiq.middleware.prometheus import DB_PATH, HTTP_HOST, HTTP_PORT, Promet
 
 from middleware.backends.base import BackendUnavailable
 from middleware.deferral import Defer
+from middleware.policy.pause import PausePolicy
 from middleware.policy.quota import QuotaUsage
 
 from . import metrics as m
@@ -72,7 +73,7 @@ class EnrichmentPrometheus(Prometheus):
     Examples:
       >>> metrics = EnrichmentPrometheus()
       >>> broker.add_middleware(metrics, before=Retries)  # doctest: +SKIP
-      >>> metrics.observe_overpass_call("ok", 0.8, response_bytes=52_000)  # no-op before boot
+      >>> metrics.observe_overpass_call("ok", 0.8, endpoint="overpass-api.de", response_bytes=52_000)
 
     Parameters:
       db_path: directory of the multiprocess files; default ``dramatiq_prom_db``.
@@ -123,13 +124,14 @@ class EnrichmentPrometheus(Prometheus):
     # --- What the actors report -----------------------------------------------------------------
 
     def observe_overpass_call(
-        self, status: str, duration_s: float, *, response_bytes: int | None = None
+        self, status: str, duration_s: float, *, endpoint: str, response_bytes: int | None = None
     ) -> None:
-        """One Overpass call: its classification (``ok`` or an error label), duration and body size."""
+        """One Overpass call to ``endpoint`` (host[:port]): its classification (``ok`` or an error
+        label), duration and, for an answer, its body size. No-op before boot."""
         r = self._recorders
         if r is None:
             return
-        r.calls.labels(status).inc()
+        r.calls.labels(endpoint, status).inc()
         r.call_seconds.labels(status).observe(duration_s)
         if response_bytes is not None:
             r.response_bytes.observe(response_bytes)
@@ -341,6 +343,25 @@ class PermitReading:
 
 
 @dataclass(frozen=True)
+class EndpointReading:
+    """One endpoint's pause, hold and pacing, by its policy name.
+
+    Parameters:
+      policy: the policy name the endpoint's pause and pacing share.
+      paused: a pause is in force (after a 429).
+      pause_remaining_s: seconds left of it (0 when none).
+      held: a hold is in force (after a 406 or 403).
+      pacing_interval_s: seconds between call starts now (0: off); None without a pacing policy.
+    """
+
+    policy: str
+    paused: bool = False
+    pause_remaining_s: float = 0.0
+    held: bool = False
+    pacing_interval_s: float | None = None
+
+
+@dataclass(frozen=True)
 class FleetReading:
     """Everything the fleet gauges show, read at one moment.
 
@@ -350,6 +371,8 @@ class FleetReading:
       parked: messages parked in the backend.
       queued: messages in each broker queue (waiting, delayed, in flight).
       persistent: ``enrichment_state_backend_persistent`` (None: no Redis in use).
+      endpoints: each endpoint's pause, hold and pacing.
+      orphans: parked messages ever found due without a payload.
     """
 
     quotas: tuple[QuotaUsage, ...]
@@ -358,6 +381,35 @@ class FleetReading:
     parked: int
     queued: tuple[tuple[str, int], ...]
     persistent: float | None = None
+    endpoints: tuple[EndpointReading, ...] = ()
+    orphans: int = 0
+
+
+class _PacingStatus(Protocol):
+    interval_s: float
+
+
+class _Pacing(Protocol):
+    def status(self) -> _PacingStatus: ...
+
+
+def read_endpoints(
+    pauses: Mapping[str, PausePolicy], pacings: Mapping[str, _Pacing]
+) -> tuple[EndpointReading, ...]:
+    """Each endpoint's pause and hold (one read each) and pacing interval, from the shared backend.
+
+    ``pauses`` and ``pacings`` are the policies by name (an endpoint's pause
+    and pacing share its name).
+    """
+    readings = []
+    for name in sorted(set(pauses) | set(pacings)):
+        paused, remaining, held = False, 0.0, False
+        if name in pauses:
+            status = pauses[name].status()
+            paused, remaining, held = status.paused, status.remaining_s, status.held
+        interval = float(pacings[name].status().interval_s) if name in pacings else None
+        readings.append(EndpointReading(name, paused, remaining, held, interval))
+    return tuple(readings)
 
 
 def read_fleet(runtime: Runtime) -> FleetReading:
@@ -380,6 +432,11 @@ def read_fleet(runtime: Runtime) -> FleetReading:
         parked=runtime.retries.parking.count() if runtime.retries.parking is not None else 0,
         queued=queued,
         persistent=persistence_gauge(redis_servers.values()) if redis_servers else None,
+        endpoints=read_endpoints(
+            getattr(getattr(runtime, "pause", None), "policies", {}),
+            getattr(getattr(runtime, "pacing", None), "policies", {}),
+        ),
+        orphans=runtime.retries.parking.orphans() if runtime.retries.parking is not None else 0,
     )
 
 
@@ -522,6 +579,14 @@ def _families(reading: FleetReading | None, *, with_samples: bool) -> Iterator[M
     yield family(m.QUOTA_WINDOW_START, [((q.name,), q.window_start) for q in reading.quotas])
     yield family(m.QUOTA_WINDOW_END, [((q.name,), q.window_end) for q in reading.quotas])
     yield family(m.PARKED_JOBS, [((), reading.parked)])
+    yield family(m.PARKED_ORPHANS, [((), reading.orphans)])
+    yield family(m.ENDPOINT_PAUSED, [((e.policy,), float(e.paused)) for e in reading.endpoints])
+    yield family(m.ENDPOINT_PAUSE_REMAINING, [((e.policy,), e.pause_remaining_s) for e in reading.endpoints])
+    yield family(m.ENDPOINT_HELD, [((e.policy,), float(e.held)) for e in reading.endpoints])
+    yield family(
+        m.PACING_INTERVAL,
+        [((e.policy,), e.pacing_interval_s) for e in reading.endpoints if e.pacing_interval_s is not None],
+    )
     yield family(m.QUEUE_MESSAGES, [((queue,), count) for queue, count in reading.queued])
 
 

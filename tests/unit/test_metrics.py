@@ -35,6 +35,7 @@ from enrichment_actors.store import PersistenceError
 from middleware.admission import STATE_UNAVAILABLE
 from middleware.breaker import CIRCUIT_OPEN
 from middleware.deferral import AdmissionDenied, Defer
+from middleware.policy.pause import HELD, PAUSED
 from middleware.quota import QUOTA_EXHAUSTED
 from middleware.semaphore import NO_PERMIT
 
@@ -62,6 +63,10 @@ CASES: list[Any] = [
     pytest.param(Case(FETCH, Defer(30, Outcome.RATE_LIMITED.value), False, None, Outcome.RATE_LIMITED, False), id="429"),
     pytest.param(Case(FETCH, RateLimited("429", status=429), False, None, Outcome.RATE_LIMITED, False), id="429-raw"),
     pytest.param(Case(FETCH, Defer(40, Outcome.DUPLICATE_QUERY.value), False, None, Outcome.DUPLICATE_QUERY, False), id="duplicate"),
+    pytest.param(Case(FETCH, AdmissionDenied(30, PAUSED), False, None, Outcome.PAUSED, False), id="paused"),
+    pytest.param(Case(FETCH, AdmissionDenied(60, HELD), False, None, Outcome.HELD, False), id="held"),
+    pytest.param(Case(FETCH, Defer(60, HELD), False, None, Outcome.HELD, False), id="406-held-by-the-actor"),
+    pytest.param(Case(FETCH, AdmissionDenied(8.6, "paced"), False, None, Outcome.PACED, False), id="paced"),
     pytest.param(Case(FETCH, ServerUnwell("enomem", status=200), False, None, Outcome.UPSTREAM_ERROR, False), id="server-unwell"),
     pytest.param(Case(FETCH, AdmissionDenied(0.5, NO_PERMIT), False, None, Outcome.DEFERRED_PERMIT, False), id="permit"),
     pytest.param(Case(FETCH, AdmissionDenied(5, STATE_UNAVAILABLE), False, None, Outcome.STATE_UNAVAILABLE, False), id="redis"),
@@ -166,7 +171,16 @@ def test_a_note_is_read_by_its_own_message_only(
 
 
 def test_every_deferral_reason_of_the_product_has_its_own_outcome() -> None:
-    reasons = [QUOTA_EXHAUSTED, CIRCUIT_OPEN, NO_PERMIT, STATE_UNAVAILABLE, Outcome.RATE_LIMITED.value]
+    reasons = [
+        QUOTA_EXHAUSTED,
+        CIRCUIT_OPEN,
+        NO_PERMIT,
+        STATE_UNAVAILABLE,
+        Outcome.RATE_LIMITED.value,
+        PAUSED,
+        HELD,
+        "paced",
+    ]
     outcomes = {outcome_of(FETCH, Defer(1, reason), failed=False) for reason in reasons}
     assert len(outcomes) == len(reasons) and Outcome.INTERNAL_ERROR not in outcomes
 
@@ -175,7 +189,7 @@ def test_recording_before_boot_does_nothing() -> None:
     metrics = EnrichmentPrometheus()
     assert not metrics.recording
     process(metrics, STORE, None, failed=False, noted=None)
-    metrics.observe_overpass_call(m.CALL_OK, 0.1, response_bytes=10)
+    metrics.observe_overpass_call(m.CALL_OK, 0.1, endpoint="a.example", response_bytes=10)
     metrics.count_pois_upserted(3)
 
 
@@ -183,14 +197,16 @@ def test_call_metrics_record_status_duration_and_bytes(
     recorder: tuple[EnrichmentPrometheus, CollectorRegistry],
 ) -> None:
     metrics, registry = recorder
-    metrics.observe_overpass_call(m.CALL_OK, 0.3, response_bytes=52_000)
-    metrics.observe_overpass_call(ServerBusy.label, 0.02)
+    metrics.observe_overpass_call(m.CALL_OK, 0.3, endpoint="a.example", response_bytes=52_000)
+    metrics.observe_overpass_call(ServerBusy.label, 0.02, endpoint="b.example:8080")
+    metrics.observe_overpass_call(ServerBusy.label, 0.02, endpoint="b.example:8080")
     metrics.count_pois_upserted(17)
     value = registry.get_sample_value
-    assert value(m.OVERPASS_CALLS.sample_name, {m.STATUS: m.CALL_OK}) == 1
-    assert value(m.OVERPASS_CALLS.sample_name, {m.STATUS: "server_busy"}) == 1
+    assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "a.example", m.STATUS: m.CALL_OK}) == 1
+    assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "b.example:8080", m.STATUS: "server_busy"}) == 2
+    assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "a.example", m.STATUS: "server_busy"}) is None
     assert value(f"{m.OVERPASS_CALL_SECONDS.name}_sum", {m.STATUS: m.CALL_OK}) == pytest.approx(0.3)
-    assert value(f"{m.OVERPASS_CALL_SECONDS.name}_bucket", {m.STATUS: "server_busy", "le": "0.05"}) == 1
+    assert value(f"{m.OVERPASS_CALL_SECONDS.name}_bucket", {m.STATUS: "server_busy", "le": "0.05"}) == 2
     assert value(f"{m.OVERPASS_RESPONSE_BYTES.name}_count") == 1  # failures have no body size
     assert value(f"{m.OVERPASS_RESPONSE_BYTES.name}_sum") == 52_000
     assert value(m.POIS_UPSERTED.sample_name) == 17

@@ -26,18 +26,23 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from enrichment_actors import metrics as m
 from enrichment_actors.overpass_responses import ServerBusy
 from enrichment_actors.prometheus import (
+    EndpointReading,
     EnrichmentPrometheus,
     FleetCollector,
     FleetReading,
     claim_directory,
     launcher_identity,
     make_exposition_server,
+    read_endpoints,
     read_fleet,
 )
 from enrichment_actors.runtime import OVERPASS, build_runtime
 from enrichment_actors.settings import load_settings
+from middleware.backends.redis import RedisBackend
 from middleware.deferral import Defer
 from middleware.policy.breaker import BreakerStatus
+from middleware.policy.pacing import PacingLimits, PacingPolicy
+from middleware.policy.pause import PauseLimits, PausePolicy
 from middleware.policy.quota import QuotaUsage
 from middleware.retries import Retries
 from tests.support.scrape import Scrape
@@ -173,7 +178,9 @@ def test_metrics_sit_right_before_retries_with_the_redis_broker(redis_url: str) 
 def test_metrics_are_off_with_the_stub_broker() -> None:
     runtime = build_runtime(load_settings({"BROKER": "stub", "STATE_BACKEND": "memory"}))
     assert not any(isinstance(mw, EnrichmentPrometheus) for mw in runtime.broker.middleware)
-    runtime.metrics.observe_overpass_call(m.CALL_OK, 0.1)  # the actors may still call it
+    runtime.metrics.observe_overpass_call(
+        m.CALL_OK, 0.1, endpoint="a.example"
+    )  # the actors may still call it
 
 
 def _python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -207,7 +214,7 @@ from enrichment_actors.prometheus import EnrichmentPrometheus
 
 metrics = EnrichmentPrometheus(db_path=sys.argv[1])
 metrics.after_process_boot(StubBroker())
-metrics.observe_overpass_call("ok", 0.2, response_bytes=1234)
+metrics.observe_overpass_call("ok", 0.2, endpoint="a.example", response_bytes=1234)
 registry = CollectorRegistry()
 multiprocess.MultiProcessCollector(registry, path=sys.argv[1])
 print(generate_latest(registry).decode())
@@ -219,7 +226,7 @@ def test_process_boot_clears_stale_files_and_writes_multiprocess_files(tmp_path:
     done = _python(BOOT, str(tmp_path))
     assert done.returncode == 0, done.stderr
     scrape = Scrape.parse(done.stdout)
-    assert scrape.value(m.OVERPASS_CALLS.sample_name, status=m.CALL_OK) == 1
+    assert scrape.value(m.OVERPASS_CALLS.sample_name, endpoint="a.example", status=m.CALL_OK) == 1
     assert scrape.value(f"{m.OVERPASS_RESPONSE_BYTES.name}_sum") == 1234
     assert not (tmp_path / "counter_999999.db").exists()
     assert "imported before process boot" in done.stderr
@@ -314,7 +321,50 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
     end = scrape.value(m.QUOTA_WINDOW_END.name, **policy)
     assert start is not None and end == start + 86_400 and start <= time.time() < end
     assert scrape.value(m.PARKED_JOBS.name) == 1
+    assert scrape.value(m.PARKED_ORPHANS.name) == 0
     assert scrape.value(m.QUEUE_MESSAGES.name, queue=QUEUE) == 1
+
+
+def test_endpoint_gauges_and_orphans_are_exported() -> None:
+    reading = FleetReading(
+        quotas=(),
+        breakers=(),
+        permits=(),
+        parked=0,
+        queued=(),
+        endpoints=(
+            EndpointReading("overpass@a", paused=True, pause_remaining_s=12.5, pacing_interval_s=8.64),
+            EndpointReading("overpass@b", held=True),
+        ),
+        orphans=2,
+    )
+    scrape = _scrape(FleetCollector(lambda: reading))
+    assert scrape.series(m.ENDPOINT_PAUSED.name) == {
+        ((m.POLICY, "overpass@a"),): 1.0,
+        ((m.POLICY, "overpass@b"),): 0.0,
+    }
+    assert scrape.series(m.ENDPOINT_HELD.name) == {
+        ((m.POLICY, "overpass@a"),): 0.0,
+        ((m.POLICY, "overpass@b"),): 1.0,
+    }
+    assert scrape.value(m.ENDPOINT_PAUSE_REMAINING.name, policy="overpass@a") == 12.5
+    # No pacing policy on b: no interval sample rather than a made-up 0.
+    assert scrape.series(m.PACING_INTERVAL.name) == {((m.POLICY, "overpass@a"),): 8.64}
+    assert scrape.value(m.PARKED_ORPHANS.name) == 2
+
+
+def test_endpoint_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -> None:
+    backend = RedisBackend.from_url(redis_url, namespace="enrichment")
+    pauses = {name: PausePolicy(name, PauseLimits(), backend) for name in ("overpass@a", "overpass@b")}
+    pacing = {"overpass@a": PacingPolicy("overpass@a", PacingLimits(interval_s=8.64), backend)}
+    assert pauses["overpass@a"].pause(30.0, "rate_limited")
+    assert pauses["overpass@b"].hold("user_agent_rejected", "fingerprint-1")
+
+    a, b = read_endpoints(pauses, pacing)
+
+    assert (a.policy, a.paused, a.held, a.pacing_interval_s) == ("overpass@a", True, False, 8.64)
+    assert 25.0 < a.pause_remaining_s <= 30.0
+    assert (b.policy, b.paused, b.held, b.pacing_interval_s) == ("overpass@b", False, True, None)
 
 
 def test_an_unlimited_quota_exports_use_but_no_limit() -> None:

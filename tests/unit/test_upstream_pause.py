@@ -1,0 +1,219 @@
+"""What a 429, a 406 and a 403 do to an endpoint, fleet-wide: a pause read once, a hold that keeps the backlog.
+
+Against the stand-in server and the test session's Redis: the actor's own
+functions in threads (as worker threads run them) and real worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+
+from enrichment_actors import actors
+from enrichment_actors.cli import main
+from enrichment_actors.overpass_client import OverpassClient
+from enrichment_actors.overpass_pause import (
+    FORBIDDEN,
+    USER_AGENT_REJECTED,
+    HoldRelease,
+    refuses_us,
+    settings_fingerprint,
+)
+from enrichment_actors.overpass_responses import OverpassError, RateLimited, read_response
+from enrichment_actors.runtime import runtime
+from enrichment_actors.settings import load_settings
+from enrichment_actors.stub_overpass import StubOverpass
+from tests.support.workers import WorkerProcesses, eventually
+
+USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
+QUERY = '[out:json][timeout:25];nwr["amenity"](48.85,2.29,48.86,2.30);out center tags;'
+BBOX = {"south": 48.85, "west": 2.29, "north": 48.86, "east": 2.30}
+
+
+@pytest.fixture
+def stub() -> Iterator[StubOverpass]:
+    with StubOverpass(slots=16) as server:
+        yield server
+
+
+@pytest.fixture
+def client(stub: StubOverpass, monkeypatch: pytest.MonkeyPatch, redis_client: Any) -> OverpassClient:
+    """The runtime's client, pointed at the stand-in; an empty shared state."""
+    client = OverpassClient(stub.interpreter_url, user_agent=USER_AGENT, http_timeout_s=10.0)
+    monkeypatch.setattr(runtime, "_client", client)
+    return client
+
+
+@contextlib.contextmanager
+def cpu_hog() -> Iterator[None]:
+    """A thread of busy arithmetic beside the callers, until the block ends."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        total = 0
+        while not stop.is_set():
+            for i in range(10_000):
+                total = (total + i * i) % 1_000_003
+
+    hog = threading.Thread(target=spin, daemon=True)
+    hog.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        hog.join()
+
+
+# --- 429: one pause, one status read, fleet-wide ---------------------------------------------------
+
+
+def test_one_status_read_per_429_however_many_callers_meet_it(
+    stub: StubOverpass, client: OverpassClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    callers = 8
+    stub.script(*["429"] * callers)
+    start = threading.Barrier(callers)
+    pauses: list[float] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            start.wait()
+            try:
+                client.fetch(QUERY)
+            except RateLimited:
+                pauses.append(actors._rate_limit_pause_s(client))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    with cpu_hog(), caplog.at_level(logging.INFO):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    assert not errors, errors
+    assert len(pauses) == callers, "every caller met the 429"
+    # Before: each caller read /api/status (8 reads for one slow-down).
+    assert stub.stats().status_calls == 1
+    status = actors._pause_policy().status()
+    assert status.paused and status.pause_reason == "rate_limited"
+    # Every caller waits until the one pause ends.
+    minimum = min(runtime.settings.rate_limit_pause_s, actors._pause_policy().limits.max_pause_s)
+    assert all(0 < pause <= status.remaining_s + 1 for pause in pauses), (pauses, status)
+    assert max(pauses) >= minimum - 1
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "429" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_a_429_during_a_pause_reads_nothing_and_waits_for_its_end(
+    stub: StubOverpass, client: OverpassClient
+) -> None:
+    stub.script("429", "429")
+    with pytest.raises(RateLimited):
+        client.fetch(QUERY)
+    first = actors._rate_limit_pause_s(client)
+    with pytest.raises(RateLimited):
+        client.fetch(QUERY)
+    second = actors._rate_limit_pause_s(client)
+
+    assert stub.stats().status_calls == 1
+    assert second <= first  # the pause in force, not a new one
+
+
+# --- 406 / 403: the endpoint is held ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(406, USER_AGENT_REJECTED), (403, FORBIDDEN), (400, None), (429, None), (404, None), (504, None)],
+)
+def test_what_holds_an_endpoint(status: int, reason: str | None) -> None:
+    with pytest.raises(OverpassError) as raised:
+        read_response(status, b"<html><body><p>refused</p></body></html>")
+    assert refuses_us(raised.value) == reason
+
+
+def test_a_406_holds_the_endpoint_without_a_dead_letter_and_keeps_the_backlog(
+    stub: StubOverpass, redis_url: str, redis_client: Any
+) -> None:
+    stub.set_default("406")
+    jobs = 5
+    env = {"REDIS_URL": redis_url, "OVERPASS_URL": stub.interpreter_url, "SEMAPHORE_PERMITS": "2"}
+    with WorkerProcesses(env, processes=1, threads=2) as workers:
+        for index in range(jobs):
+            actors.enrich.send(bbox={**BBOX, "south": BBOX["south"] + index * 0.001}, tags=["amenity"])
+        parking = runtime.retries.parking
+        assert parking is not None
+        # Every fetch is deferred (parked), none is dead-lettered.
+        eventually(
+            lambda: parking.count() == jobs and runtime.broker.do_qsize("enrichment") == 0,
+            timeout_s=40,
+            message="every fetch parked",
+        )
+        held_logs = workers.count("is HELD for every worker")
+
+    assert runtime.broker.client.hlen("dramatiq:enrichment.XQ.msgs") == 0
+    status = actors._pause_policy().status()
+    assert status.held and status.hold_reason == USER_AGENT_REJECTED
+    user_agent = load_settings(workers.env).user_agent
+    assert status.fingerprint == settings_fingerprint(stub.interpreter_url, user_agent)
+    assert held_logs == 1, "logged once, by the worker that set the hold"
+    assert stub.stats().calls <= jobs
+
+
+# --- Lifting a hold ---------------------------------------------------------------------------------
+
+
+def _boot_a_worker() -> None:
+    """Boot a worker with the product's HoldRelease, as ``dramatiq`` does at start."""
+    broker = StubBroker()
+    broker.add_middleware(HoldRelease(actors._boot_fingerprints))
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    worker.stop()
+    broker.close()
+
+
+def test_a_worker_booting_with_other_settings_lifts_the_hold(client: OverpassClient) -> None:
+    policy = actors._pause_policy()
+    policy.hold(USER_AGENT_REJECTED, settings_fingerprint(client.interpreter_url, "stock-agent/1.0"))
+
+    _boot_a_worker()
+
+    assert not policy.status().held
+
+
+def test_a_worker_booting_with_the_same_settings_keeps_the_hold(client: OverpassClient) -> None:
+    policy = actors._pause_policy()
+    policy.hold(USER_AGENT_REJECTED, settings_fingerprint(client.interpreter_url, client.user_agent))
+
+    _boot_a_worker()
+
+    assert policy.status().held
+
+
+def test_release_hold_lifts_it_by_hand(
+    client: OverpassClient, stub: StubOverpass, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = actors._pause_policy()
+    policy.hold(FORBIDDEN, settings_fingerprint(client.interpreter_url, client.user_agent))
+    endpoint = stub.interpreter_url.split("/")[2]
+
+    assert main(["release-hold", "no-such-host:1"]) == 2
+    assert policy.status().held
+    assert main(["release-hold", endpoint]) == 0
+
+    assert not policy.status().held
+    out = capsys.readouterr().out
+    assert f"{endpoint}: hold lifted (it was held: {FORBIDDEN})" in out
+    assert main(["release-hold"]) == 0
+    assert "not held; nothing to do" in capsys.readouterr().out
