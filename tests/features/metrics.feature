@@ -38,4 +38,4 @@ Feature: Prometheus metrics of the workers
       | store_pois | 6        | 0      | 0       | 0       |
     And no message is in progress or held delayed
     And the POIs upserted and response bytes are what the stand-in server sent
-    And the fleet gauges show the breaker closed and the quota charged 10 requests and the bytes received
+    And the fleet gauges show the breaker closed and the quota charged 10 requests and every byte received
