@@ -61,13 +61,15 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
       ... def fetch(): ...
 
     Parameters:
-      backend: where the breaker state lives (Redis for a fleet).
+      backend: where the breaker state lives (Redis for a fleet); its clock says
+        when a cooldown ends (tests give a ``MemoryBackend`` a ``ManualClock``).
       limits: breaker limits by policy name; actors opt in with ``breaker=NAME``.
       verdict: maps the actor's exception (``None`` when it returned) to a
         :class:`Verdict`. Denials by other middlewares, and calls the actor
         reports never left (:func:`~middleware.usage.report_no_call`), never
         reach it: the call did not happen.
-      clock, rng: injectable time and randomness.
+      clock: this host's clock, for what is not shared state; the policies never read it.
+      rng: injectable randomness.
     """
 
     option = "breaker"

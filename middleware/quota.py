@@ -35,9 +35,10 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
       ... def fetch(): ...
 
     Parameters:
-      backend: where the counters live (Redis for a fleet).
+      backend: where the counters live (Redis for a fleet); its clock says which
+        window it is (tests give a ``MemoryBackend`` a ``ManualClock``).
       limits: quota limits by policy name; actors opt in with ``quota=NAME``.
-      clock: time source (tests inject a manual clock).
+      clock: this host's clock, for what is not shared state; the policies never read it.
       rng: randomness for the deferral jitter.
     """
 

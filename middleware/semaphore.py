@@ -48,9 +48,11 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
       ... def fetch(): ...
 
     Parameters:
-      backend: where the leases live (Redis for a fleet).
+      backend: where the leases live (Redis for a fleet); its clock says when a
+        lease lapses (tests give a ``MemoryBackend`` a ``ManualClock``).
       limits: semaphore limits by policy name; actors opt in with ``semaphore=NAME``.
-      clock, rng: injectable time and randomness.
+      clock: this host's clock, for what is not shared state; the policies never read it.
+      rng: injectable randomness.
     """
 
     option = "semaphore"
