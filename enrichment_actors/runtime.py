@@ -6,13 +6,16 @@ builds everything and sets the global broker when it is first imported: by
 on the package's first ``enrich`` or ``runtime``; and by the demo program. No
 other module imports it at import time, so they read no setting
 (tests/unit/test_imports.py).
-The Overpass client and the POI store are created lazily, once per worker
-process (after the CLI forks), and shared by its threads.
+The Overpass clients (one per endpoint) and the POI store are created
+lazily, once per worker process (after the CLI forks), and shared by its
+threads. The module-level runtime refuses to be built for a public endpoint
+without a contact (:func:`~.settings.check_startable`): no worker starts.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +28,12 @@ from middleware.backends.memory import MemoryBackend
 from middleware.breaker import CircuitBreaker, Verdict
 from middleware.callbacks import replace_stock_callbacks
 from middleware.deferral import Defer
+from middleware.pacing import Pacing
+from middleware.pause import Pause
 from middleware.policy.breaker import BreakerLimits
-from middleware.policy.quota import QuotaLimits
+from middleware.policy.pacing import PacingLimits
+from middleware.policy.pause import PauseLimits
+from middleware.policy.quota import QuotaLimits, QuotaPolicy
 from middleware.policy.semaphore import SemaphoreLimits
 from middleware.quota import Quota
 from middleware.retries import Retries
@@ -35,14 +42,15 @@ from middleware.semaphore import ConcurrencySemaphore
 from .broker import RecoveringRedisBroker
 from .jobs import JobLimits
 from .overpass_client import OverpassClient
+from .overpass_endpoints import OVERPASS, Endpoint, spread_interval
 from .overpass_responses import OverpassError
 from .prometheus import EnrichmentPrometheus
 from .redis_checks import RedisChecks, redis_clients
-from .settings import Settings, load_settings
+from .routing import ENDPOINT, EndpointReading, EndpointRouter
+from .settings import Settings, check_startable, load_settings
 from .store import PoiStore
 
-#: The policy name the Overpass actor opts into, for all three middlewares.
-OVERPASS = "overpass"
+__all__ = ["OVERPASS", "Runtime", "build_runtime", "make_backend", "overpass_verdict", "runtime"]
 
 
 def overpass_verdict(exception: BaseException | None) -> Verdict:
@@ -71,7 +79,15 @@ def overpass_verdict(exception: BaseException | None) -> Verdict:
 
 @dataclass
 class Runtime:
-    """Everything the actors need, built once per process from :class:`Settings`."""
+    """Everything the actors need, built once per process from :class:`Settings`.
+
+    Each endpoint (:attr:`endpoints`) has a policy of its name
+    (:attr:`~.overpass_endpoints.Endpoint.policy`) in each of :attr:`pause`,
+    :attr:`semaphore`, :attr:`breaker`, :attr:`pacing` and :attr:`quota`, and
+    its own client (:meth:`client`). The :attr:`router` picks the endpoint of
+    each attempt of an actor with ``route=OVERPASS`` and names it in the
+    message option ``endpoint`` (:meth:`current_endpoint`).
+    """
 
     settings: Settings
     broker: dramatiq.Broker
@@ -81,7 +97,13 @@ class Runtime:
     breaker: CircuitBreaker
     retries: Retries
     metrics: EnrichmentPrometheus
+    pause: Pause
+    pacing: Pacing
+    router: EndpointRouter
+    endpoints: tuple[Endpoint, ...]
+    #: The first endpoint's client (tests replace it); the others' are in _clients.
     _client: OverpassClient | None = None
+    _clients: dict[str, OverpassClient] = field(default_factory=dict)
     _store: PoiStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,14 +112,47 @@ class Runtime:
         s = self.settings
         return JobLimits(max_area_deg2=s.max_area_deg2, max_tags=s.max_tags, default_tags=s.default_tags)
 
-    def client(self) -> OverpassClient:
+    def endpoint(self, name: str | None = None) -> Endpoint:
+        """The endpoint named ``name`` (its host[:port] or its policy name); None: the first.
+
+        Raises:
+          KeyError: no endpoint of that name (the message says which there are).
+        """
+        if name is None:
+            return self.endpoints[0]
+        for endpoint in self.endpoints:
+            if name in (endpoint.name, endpoint.policy):
+                return endpoint
+        known = ", ".join(e.name for e in self.endpoints)
+        raise KeyError(f"No Overpass endpoint {name!r}; the endpoints are: {known}.")
+
+    def current_endpoint(self) -> Endpoint:
+        """The endpoint the router chose for the message this thread runs (the first without one)."""
+        from dramatiq.middleware import CurrentMessage
+
+        message = CurrentMessage.get_current_message()
+        name = message.options.get(ENDPOINT) if message is not None else None
+        return self.endpoint(name if isinstance(name, str) else None)
+
+    def client(self, endpoint: str | Endpoint | None = None) -> OverpassClient:
+        """The Overpass client of ``endpoint`` (a name, policy name or :class:`Endpoint`; None: the first).
+
+        One per endpoint and process, shared by its threads.
+        """
+        target = endpoint if isinstance(endpoint, Endpoint) else self.endpoint(endpoint)
+        s = self.settings
         with self._lock:
-            if self._client is None:
-                s = self.settings
-                self._client = OverpassClient(
-                    s.overpass_url, user_agent=s.user_agent, http_timeout_s=s.http_timeout_s
+            if target == self.endpoints[0]:
+                if self._client is None:
+                    self._client = OverpassClient(
+                        target.url, user_agent=s.user_agent, http_timeout_s=s.http_timeout_s
+                    )
+                return self._client
+            if target.name not in self._clients:
+                self._clients[target.name] = OverpassClient(
+                    target.url, user_agent=s.user_agent, http_timeout_s=s.http_timeout_s
                 )
-            return self._client
+            return self._clients[target.name]
 
     def store(self) -> PoiStore:
         with self._lock:
@@ -146,18 +201,20 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
     # Metrics only under the CLI (a Redis broker); the stub broker runs the
     # demo in-process, where the hooks would record nothing anyway.
     metrics = EnrichmentPrometheus()
-    if s.broker == "redis":
+    if s.broker != "stub":
         # Before Retries, so that its after-hook runs after Retries' and sees
         # whether the message was retried or dead-lettered.
         broker.add_middleware(metrics, before=Retries)
+    endpoints = s.endpoints
     breaker = CircuitBreaker(
         backend,
         {
-            OVERPASS: BreakerLimits(
+            e.policy: BreakerLimits(
                 failure_threshold=s.breaker_failure_threshold,
                 cooldown_s=s.breaker_cooldown_s,
                 probe_ttl_s=s.semaphore_lease_s,
             )
+            for e in endpoints
         },
         verdict=overpass_verdict,
         **policy_kwargs,
@@ -165,42 +222,89 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
     quota = Quota(
         backend,
         {
-            OVERPASS: QuotaLimits(
-                requests=s.quota_requests,
-                bytes=s.quota_bytes,
-                window_s=s.quota_window_s,
+            e.policy: QuotaLimits(
+                requests=e.quota_requests,
+                bytes=e.quota_bytes,
+                window_s=e.quota_window_s,
                 jitter_s=s.quota_jitter_s,
             )
+            for e in endpoints
         },
         **policy_kwargs,
     )
     semaphore = ConcurrencySemaphore(
         backend,
         {
-            OVERPASS: SemaphoreLimits(
-                permits=s.semaphore_permits,
+            e.policy: SemaphoreLimits(
+                permits=e.permits,
                 lease_s=s.semaphore_lease_s,
                 wait_s=s.semaphore_wait_s,
                 retry_min_s=s.semaphore_retry_min_s,
                 retry_max_s=s.semaphore_retry_max_s,
             )
+            for e in endpoints
         },
         **policy_kwargs,
     )
-    # Order matters (docs/architecture.md, "Order of the checks"). The permit
-    # first: the only step that waits, with nothing else held. Then the
-    # breaker and the quota, back to back and right before the call, so that
-    # no job admitted before the circuit opened, or before the bytes ran out,
-    # calls after: nothing waits between their checks and the call. The
-    # breaker before the quota: a job the breaker then denies has spent no
-    # request (a request counted and given back could make the quota refuse
-    # another job for a whole window), and a probe claim a quota denial
-    # leaves is given back at once.
-    for middleware in (semaphore, breaker, quota):
+    pause = Pause(
+        backend, {e.policy: PauseLimits(min_pause_s=s.rate_limit_pause_s) for e in endpoints}, **policy_kwargs
+    )
+    pacing = Pacing(
+        backend,
+        {e.policy: PacingLimits(interval_s=e.pacing_interval_s, burst=e.pacing_burst) for e in endpoints},
+        intervals={
+            e.policy: _budget_spread(quota.policies[e.policy], e) for e in endpoints if e.spread_budget
+        },
+        **policy_kwargs,
+    )
+
+    def read(endpoint: Endpoint) -> EndpointReading:
+        p = endpoint.policy
+        return EndpointReading(
+            pause.policies[p].status(), breaker.policies[p].state(), quota.policies[p].usage()
+        )
+
+    router = EndpointRouter({OVERPASS: endpoints}, read=read, now=backend.now, rng=policy_kwargs.get("rng"))
+    # Order matters (docs/architecture.md, "Order of the checks"). The router
+    # first: the others read the endpoint's policy names it sets. The pause
+    # next: it refuses every job of a paused or held endpoint with one read,
+    # before anything is waited for or counted. Then the permit: the only
+    # step that waits, with nothing else held. Then the breaker, the pacing
+    # and the quota, back to back and right before the call, so that no job
+    # admitted before the circuit opened, or before the bytes ran out, calls
+    # after: nothing waits between their checks and the call (a pacing wait
+    # is at most its max_wait_s; a later slot defers the job). The breaker
+    # before the quota: a job the breaker then denies has spent no request
+    # (a request counted and given back could make the quota refuse another
+    # job for a whole window), and a probe claim a quota denial leaves is
+    # given back at once. The pacing before the quota, so that a job sent
+    # to a later slot spends no request either.
+    for middleware in (router, pause, semaphore, breaker, pacing, quota):
         broker.add_middleware(middleware)
-    return Runtime(s, broker, backend, quota, semaphore, breaker, retries, metrics)
+    return Runtime(
+        s, broker, backend, quota, semaphore, breaker, retries, metrics, pause, pacing, router, endpoints
+    )
+
+
+def _budget_spread(policy: QuotaPolicy, endpoint: Endpoint) -> Callable[[], float]:
+    """The public pacing interval: what is left of the quota's window over the requests left in it.
+
+    So the day's budget lasts until midnight UTC; never below the endpoint's
+    least interval (``PACING_MIN_INTERVAL_S``). Two reads per decision.
+    """
+
+    def interval() -> float:
+        usage = policy.usage()
+        return spread_interval(
+            window_end=usage.window_end,
+            now=policy.backend.now(),
+            requests_left=usage.requests_left,
+            floor_s=endpoint.pacing_interval_s,
+        )
+
+    return interval
 
 
 # Built once, at this module's first import; the actors are declared on this broker.
-runtime = build_runtime(load_settings())
+runtime = build_runtime(check_startable(load_settings()))
 dramatiq.set_broker(runtime.broker)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from middleware.redaction import redact_url
 
 from . import __version__
+from .overpass_endpoints import Endpoint, EndpointError, EndpointSettings, require_contact, resolve_endpoints
 
 T = TypeVar("T")
 
@@ -78,11 +79,23 @@ TABLE: tuple[Setting, ...] = (
         "10000",
         "Broker commands in a million that also hand a dead worker's messages on (Dramatiq's default is 1000)",
     ),
-    Setting("OVERPASS_URL", "https://overpass-api.de/api/interpreter", "Overpass interpreter endpoint"),
+    Setting(
+        "OVERPASS_URL",
+        "https://overpass-api.de/api/interpreter",
+        "Overpass interpreter endpoint; several, comma-separated, for your own servers only (a public "
+        "instance must be the only one)",
+    ),
+    Setting(
+        "OVERPASS_PROFILE",
+        "auto",
+        "`auto` (public for the known public instances, private otherwise) or `public` (the public rules "
+        "for any URL); nothing makes a public instance private",
+    ),
     Setting(
         "OVERPASS_CONTACT",
-        "unset",
-        "Who to contact about this client (e-mail or URL); goes into the User-Agent",
+        "",
+        "Who to contact about this client (e-mail or URL); goes into the User-Agent. Required by the public "
+        "profile: workers refuse to start without it",
     ),
     Setting(
         "OVERPASS_USER_AGENT",
@@ -109,13 +122,27 @@ TABLE: tuple[Setting, ...] = (
     ),
     Setting("ENRICH_MAX_TAGS", "20", "Most tag filters one job may carry"),
     Setting(
-        "QUOTA_REQUESTS", "10000", "Overpass requests per quota window (public policy: about 10,000 a day)"
+        "QUOTA_REQUESTS",
+        "10000",
+        "Overpass requests per quota window, per endpoint (public profile: at most 10,000 a UTC day)",
     ),
-    Setting("QUOTA_BYTES", "1073741824", "Response bytes per quota window (public policy: about 1 GB a day)"),
+    Setting(
+        "QUOTA_BYTES",
+        "1000000000",
+        "Response bytes per quota window (public profile: at most 10^9 a UTC day, the operators' 1 GB)",
+    ),
     Setting("QUOTA_WINDOW_S", "86400", "Quota window, aligned to the epoch: 86400 is a UTC day"),
     Setting("QUOTA_JITTER_S", "300", "Jobs denied by the quota come back at the next window plus up to this"),
     Setting(
-        "SEMAPHORE_PERMITS", "2", "Overpass calls in flight across the fleet (public policy: 2 slots per IP)"
+        "SEMAPHORE_PERMITS",
+        "2",
+        "Overpass calls in flight across the fleet, per private endpoint (a public one gets 1)",
+    ),
+    Setting(
+        "OVERPASS_PUBLIC_PERMITS_OVERRIDE",
+        "",
+        "Calls in flight on a public endpoint instead of 1; breaks its rules (one user, one script) unless "
+        "its operators agreed",
     ),
     Setting(
         "SEMAPHORE_LEASE_S",
@@ -134,7 +161,21 @@ TABLE: tuple[Setting, ...] = (
     Setting("BREAKER_FAILURE_THRESHOLD", "3", "Consecutive upstream failures that open the circuit"),
     Setting("BREAKER_COOLDOWN_S", "60", "How long the circuit stays open before one probe"),
     Setting(
-        "RATE_LIMIT_PAUSE_S", "30", "Least pause after a 429 (the Overpass operators ask for 30 s or more)"
+        "RATE_LIMIT_PAUSE_S",
+        "30",
+        "Least pause of every worker after a 429 (the operators of the public instances ask for 30 s or more)",
+    ),
+    Setting(
+        "PACING_INTERVAL_S",
+        "0",
+        "Seconds between call starts, fleet-wide, per endpoint; 0: not paced (private) or the day's "
+        "budget spread over the rest of the day (public)",
+    ),
+    Setting("PACING_BURST", "1", "Calls that may start back to back after a quiet spell (private endpoints)"),
+    Setting(
+        "PACING_MIN_INTERVAL_S",
+        "1.0",
+        "Least interval between call starts on a public endpoint, however much budget is left",
     ),
     Setting("RETRY_MAX", "5", "Retries of a transient failure before the job is dead-lettered"),
     Setting("RETRY_MIN_BACKOFF_S", "5", "Smallest retry backoff"),
@@ -171,6 +212,9 @@ class Settings:
     broker_heartbeat_timeout_s: float
     broker_maintenance_chance: int
     overpass_url: str = dataclasses.field(repr=False)
+    overpass_urls: tuple[str, ...] = dataclasses.field(repr=False)
+    overpass_profile: str
+    overpass_contact: str
     user_agent: str
     query_timeout_s: int
     maxsize_bytes: int
@@ -185,6 +229,7 @@ class Settings:
     quota_window_s: int
     quota_jitter_s: float
     semaphore_permits: int
+    public_permits_override: int | None
     semaphore_lease_s: float
     semaphore_wait_s: float
     semaphore_retry_min_s: float
@@ -192,6 +237,9 @@ class Settings:
     breaker_failure_threshold: int
     breaker_cooldown_s: float
     rate_limit_pause_s: float
+    pacing_interval_s: float
+    pacing_burst: int
+    pacing_min_interval_s: float
     retry_max: int
     retry_min_backoff_s: float
     retry_max_backoff_s: float
@@ -203,6 +251,41 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, demo)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The Overpass endpoints, each with its profile and limits (:mod:`.overpass_endpoints`)."""
+        return resolve_endpoints(self.endpoint_settings())
+
+    def endpoint_settings(self) -> EndpointSettings:
+        """The settings the endpoints' profiles and limits come from."""
+        return EndpointSettings(
+            urls=self.overpass_urls,
+            profile=self.overpass_profile,
+            contact=self.overpass_contact,
+            public_permits_override=self.public_permits_override,
+            permits=self.semaphore_permits,
+            quota_requests=self.quota_requests,
+            quota_bytes=self.quota_bytes,
+            quota_window_s=self.quota_window_s,
+            pacing_interval_s=self.pacing_interval_s,
+            pacing_burst=self.pacing_burst,
+            pacing_min_interval_s=self.pacing_min_interval_s,
+            rate_limit_pause_s=self.rate_limit_pause_s,
+        )
+
+
+def check_startable(settings: Settings) -> Settings:
+    """``settings`` if a worker may call its endpoints with them; else SettingsError saying what to set.
+
+    Apart from :func:`load_settings`: only what makes calls (the workers, the
+    demo) needs a contact; tools that only read the fleet's state do not.
+    """
+    try:
+        require_contact(settings.endpoints, settings.overpass_contact)
+    except EndpointError as exc:
+        raise SettingsError(str(exc)) from None
+    return settings
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -245,7 +328,28 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "otherwise a permit can expire while its call is still in flight."
         )
     contact = raw["OVERPASS_CONTACT"]
-    user_agent = raw["OVERPASS_USER_AGENT"] or f"overpass-enrichment/{__version__} (+contact: {contact})"
+    # Without a contact (a private endpoint may do without) the User-Agent names
+    # the product only: no placeholder every such deployment would share.
+    user_agent = raw["OVERPASS_USER_AGENT"] or (
+        f"overpass-enrichment/{__version__} (+contact: {contact})"
+        if contact
+        else f"overpass-enrichment/{__version__}"
+    )
+    urls = tuple(url.strip() for url in raw["OVERPASS_URL"].split(",") if url.strip())
+    for url in urls:
+        if not _is_http_url(url):
+            raise SettingsError(
+                f"OVERPASS_URL={redact_url(raw['OVERPASS_URL'])!r} is not valid: expected an http(s) URL ending "
+                "in /interpreter, or several separated by commas."
+            )
+    if not urls:
+        raise SettingsError("OVERPASS_URL is empty: give an http(s) URL ending in /interpreter.")
+    raw_override = raw["OVERPASS_PUBLIC_PERMITS_OVERRIDE"]
+    permits_override = (
+        read("OVERPASS_PUBLIC_PERMITS_OVERRIDE", int, positive, "a whole number > 0, or empty")
+        if raw_override
+        else None
+    )
     retry_min = read("SEMAPHORE_RETRY_MIN_S", float, non_negative, "seconds >= 0")
     min_backoff = read("RETRY_MIN_BACKOFF_S", float, non_negative, "seconds >= 0")
     max_backoff = read(
@@ -263,7 +367,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"STAGE_TTL_S={stage_ttl:g} must exceed STORE_MAX_RETRIES x RETRY_MAX_BACKOFF_S "
             f"= {store_retries * max_backoff:g}: staged POIs would expire while their store is still retried."
         )
-    return Settings(
+    settings = Settings(
         database_url=read("DATABASE_URL", str, _is_database_url, "postgresql://... or sqlite:///path"),
         redis_url=read(
             "REDIS_URL", str, lambda v: urlsplit(v).scheme in {"redis", "rediss", "unix"}, "redis://..."
@@ -277,7 +381,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             lambda v: 0 <= v <= 1_000_000,
             "a whole number from 0 to 1000000",
         ),
-        overpass_url=read("OVERPASS_URL", str, _is_http_url, "an http(s) URL ending in /interpreter"),
+        overpass_url=urls[0],
+        overpass_urls=urls,
+        overpass_profile=read(
+            "OVERPASS_PROFILE",
+            str.lower,
+            lambda v: v in {"auto", "public"},
+            "auto or public (nothing makes a public instance private)",
+        ),
+        overpass_contact=contact,
         user_agent=user_agent,
         query_timeout_s=query_timeout,
         maxsize_bytes=read("OVERPASS_MAXSIZE_BYTES", int, positive, "a number of bytes > 0"),
@@ -294,6 +406,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         quota_window_s=read("QUOTA_WINDOW_S", int, positive, "whole seconds > 0"),
         quota_jitter_s=read("QUOTA_JITTER_S", float, non_negative, "seconds >= 0"),
         semaphore_permits=read("SEMAPHORE_PERMITS", int, positive, "a whole number > 0"),
+        public_permits_override=permits_override,
         semaphore_lease_s=lease,
         semaphore_wait_s=read("SEMAPHORE_WAIT_S", float, non_negative, "seconds >= 0"),
         semaphore_retry_min_s=retry_min,
@@ -302,7 +415,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         breaker_failure_threshold=read("BREAKER_FAILURE_THRESHOLD", int, positive, "a whole number > 0"),
         breaker_cooldown_s=read("BREAKER_COOLDOWN_S", float, positive, "seconds > 0"),
-        rate_limit_pause_s=read("RATE_LIMIT_PAUSE_S", float, non_negative, "seconds >= 0"),
+        rate_limit_pause_s=read("RATE_LIMIT_PAUSE_S", float, positive, "seconds > 0"),
+        pacing_interval_s=read("PACING_INTERVAL_S", float, non_negative, "seconds >= 0 (0: see the README)"),
+        pacing_burst=read("PACING_BURST", int, positive, "a whole number of calls > 0"),
+        pacing_min_interval_s=read("PACING_MIN_INTERVAL_S", float, positive, "seconds > 0"),
         retry_max=read("RETRY_MAX", int, non_negative, "a whole number >= 0"),
         retry_min_backoff_s=min_backoff,
         retry_max_backoff_s=max_backoff,
@@ -311,6 +427,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stage_chunk_bytes=read("STAGE_CHUNK_BYTES", int, lambda v: v >= 1024, "a number of bytes >= 1024"),
         stage_ttl_s=stage_ttl,
     )
+    try:
+        settings.endpoints  # noqa: B018 - resolving them is the check
+    except EndpointError as exc:
+        raise SettingsError(str(exc)) from None
+    return settings
 
 
 def _is_database_url(value: str) -> bool:

@@ -112,8 +112,27 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
             )
 
     def policy_for(self, broker: Broker, message: MessageProxy) -> PolicyT | None:
-        """The policy the message's actor opted into, if any."""
-        name = broker.get_actor(message.actor_name).options.get(self.option)
+        """The policy of this message: its own option of the same name, else its actor's; None: neither.
+
+        A message option lets a router pick the policy per attempt (one per
+        upstream, say). One naming a policy this middleware does not have
+        (a message sent under other settings) falls back to the actor's, with
+        a warning: admission still applies, and Dramatiq would swallow a
+        KeyError here and run the actor unchecked.
+        """
+        actor_name = broker.get_actor(message.actor_name).options.get(self.option)
+        name = message.options.get(self.option, actor_name)
+        if name is not None and name not in self.policies:
+            self.logger.warning(
+                "Message %s asks for %s=%r, which %s does not have (known: %s); using the actor's, %r.",
+                message.message_id,
+                self.option,
+                name,
+                type(self).__name__,
+                ", ".join(sorted(self.policies)) or "none",
+                actor_name,
+            )
+            name = actor_name
         return None if name is None else self.policies[name]
 
     def hold(self, message: MessageProxy, held: HeldT) -> None:

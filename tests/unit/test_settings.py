@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from enrichment_actors.settings import TABLE, SettingsError, load_settings
+from enrichment_actors.settings import TABLE, SettingsError, check_startable, load_settings
 
 
 def test_defaults_work_with_an_empty_environment() -> None:
@@ -17,7 +17,7 @@ def test_defaults_work_with_an_empty_environment() -> None:
     assert settings.semaphore_lease_s > settings.http_timeout_s
     assert (settings.quota_requests, settings.quota_bytes, settings.quota_window_s) == (
         10_000,
-        1 << 30,
+        10**9,
         86_400,
     )
     assert (settings.semaphore_permits, settings.breaker_failure_threshold, settings.breaker_cooldown_s) == (
@@ -31,6 +31,64 @@ def test_defaults_work_with_an_empty_environment() -> None:
 def test_user_agent_names_the_contact() -> None:
     assert "ops@example.org" in load_settings({"OVERPASS_CONTACT": "ops@example.org"}).user_agent
     assert load_settings({"OVERPASS_USER_AGENT": "acme/1 (ops@acme)"}).user_agent == "acme/1 (ops@acme)"
+
+
+def test_without_a_contact_the_user_agent_names_no_placeholder() -> None:
+    # The old default, "(+contact: unset)", was one stock User-Agent shared by every deployment.
+    user_agent = load_settings({"OVERPASS_URL": "http://10.0.0.5/api/interpreter"}).user_agent
+    assert "unset" not in user_agent and "contact" not in user_agent
+
+
+@pytest.mark.parametrize(
+    ("environ", "startable"),
+    [
+        ({}, False),  # the default URL is the public overpass-api.de
+        ({"OVERPASS_CONTACT": "ops@example.org"}, True),
+        ({"OVERPASS_CONTACT": "  "}, False),
+        ({"OVERPASS_URL": "http://127.0.0.1:9/api/interpreter"}, True),  # private: no contact needed
+        ({"OVERPASS_URL": "http://127.0.0.1:9/api/interpreter", "OVERPASS_PROFILE": "public"}, False),
+        (
+            {
+                "OVERPASS_URL": "http://127.0.0.1:9/api/interpreter",
+                "OVERPASS_PROFILE": "public",
+                "OVERPASS_CONTACT": "tests@localhost",
+            },
+            True,
+        ),
+        ({"OVERPASS_USER_AGENT": "acme/1"}, False),  # a User-Agent of one's own does not replace the contact
+    ],
+)
+def test_a_public_endpoint_does_not_start_without_a_contact(environ: dict[str, str], startable: bool) -> None:
+    settings = load_settings(environ)  # tools that only read state (status) load them all the same
+    if startable:
+        assert check_startable(settings) is settings
+        return
+    with pytest.raises(SettingsError) as raised:
+        check_startable(settings)
+    message = str(raised.value)
+    assert "OVERPASS_CONTACT" in message and "406" in message and "do not start" in message
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        "https://overpass-api.de/api/interpreter,https://overpass.kumi.systems/api/interpreter",
+        "https://overpass-api.de/api/interpreter,http://127.0.0.1:9/api/interpreter",
+        "http://10.0.0.1/api/interpreter,https://lz4.overpass-api.de/api/interpreter",
+    ],
+)
+def test_a_public_endpoint_among_several_is_refused_quoting_the_rule(urls: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"OVERPASS_URL": urls, "OVERPASS_CONTACT": "ops@example.org"})
+    assert "one user, one script" in str(raised.value)
+    assert "drolbr/Overpass-API issue 791" in str(raised.value)
+
+
+def test_public_profile_on_loopback_makes_several_endpoints_refused() -> None:
+    urls = "http://127.0.0.1:9/api/interpreter,http://127.0.0.1:10/api/interpreter"
+    assert len(load_settings({"OVERPASS_URL": urls}).endpoints) == 2
+    with pytest.raises(SettingsError, match="one user, one script"):
+        load_settings({"OVERPASS_URL": urls, "OVERPASS_PROFILE": "public"})
 
 
 @pytest.mark.parametrize(
@@ -52,12 +110,34 @@ def test_user_agent_names_the_contact() -> None:
         ("ENRICH_MAX_AREA_DEG2", "nan"),
         ("RETRY_MAX_BACKOFF_S", "1"),
         ("ENRICH_DEFAULT_TAGS", " , "),
+        ("OVERPASS_URL", "https://a.example/api/interpreter,ftp://b/api/interpreter"),
+        ("OVERPASS_URL", " , "),
+        (
+            "OVERPASS_URL",
+            "http://a.example/api/interpreter,http://A.example/x/api/interpreter",
+        ),  # one name twice
+        ("OVERPASS_PROFILE", "private"),  # nothing makes a public instance private
+        ("OVERPASS_PROFILE", "fast"),
+        ("OVERPASS_PUBLIC_PERMITS_OVERRIDE", "0"),
+        ("OVERPASS_PUBLIC_PERMITS_OVERRIDE", "two"),
+        ("RATE_LIMIT_PAUSE_S", "0"),
+        ("RATE_LIMIT_PAUSE_S", "10"),  # below the 30 s the public instance's operators ask for
+        ("PACING_INTERVAL_S", "-1"),
+        ("PACING_BURST", "0"),
+        ("PACING_MIN_INTERVAL_S", "0"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as raised:
         load_settings({name: value})
     assert name in str(raised.value)
+
+
+def test_a_short_pause_after_a_429_is_allowed_off_the_public_instances() -> None:
+    # The tests' stand-in server, even under OVERPASS_PROFILE=public: only a listed host insists on 30 s.
+    environ = {"OVERPASS_URL": "http://127.0.0.1:9/api/interpreter", "RATE_LIMIT_PAUSE_S": "0.5"}
+    assert load_settings(environ).rate_limit_pause_s == 0.5
+    assert load_settings({**environ, "OVERPASS_PROFILE": "public"}).rate_limit_pause_s == 0.5
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
