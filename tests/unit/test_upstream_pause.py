@@ -18,6 +18,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from enrichment_actors import actors
 from enrichment_actors.cli import main
+from enrichment_actors.jobs import InvalidJob
 from enrichment_actors.overpass_client import OverpassClient
 from enrichment_actors.overpass_pause import (
     FORBIDDEN,
@@ -26,7 +27,17 @@ from enrichment_actors.overpass_pause import (
     refuses_us,
     settings_fingerprint,
 )
-from enrichment_actors.overpass_responses import OverpassError, RateLimited, read_response
+from enrichment_actors.overpass_responses import (
+    OverpassError,
+    QueryFailed,
+    QueryRejected,
+    QueryTooLarge,
+    QueryUnsendable,
+    RateLimited,
+    ServerBusy,
+    UserAgentRejected,
+    read_response,
+)
 from enrichment_actors.runtime import runtime
 from enrichment_actors.settings import load_settings
 from enrichment_actors.stub_overpass import StubOverpass
@@ -142,6 +153,27 @@ def test_what_holds_an_endpoint(status: int, reason: str | None) -> None:
     assert refuses_us(raised.value) == reason
 
 
+@pytest.mark.parametrize(
+    ("error", "thrown"),
+    [
+        (InvalidJob, True),
+        (QueryRejected, True),
+        (QueryFailed, True),
+        (QueryTooLarge, True),
+        (QueryUnsendable, True),
+        (UserAgentRejected, False),
+        (RateLimited, False),
+        (ServerBusy, False),
+    ],
+)
+def test_permanent_answers_are_dead_lettered_without_a_traceback_and_a_406_is_not(
+    error: type[Exception], thrown: bool
+) -> None:
+    # In ``throws``: dead-lettered at once (not retryable), logged without a traceback.
+    # A 406 is turned into a hold by the actor: it must never be dead-lettered.
+    assert issubclass(error, actors.fetch_pois.options["throws"]) is thrown
+
+
 def test_a_406_holds_the_endpoint_without_a_dead_letter_and_keeps_the_backlog(
     stub: StubOverpass, redis_url: str, redis_client: Any
 ) -> None:
@@ -206,7 +238,7 @@ def test_release_hold_lifts_it_by_hand(
 ) -> None:
     policy = actors._pause_policy()
     policy.hold(FORBIDDEN, settings_fingerprint(client.interpreter_url, client.user_agent))
-    endpoint = stub.interpreter_url.split("/")[2]
+    (endpoint,) = actors.hold_targets()  # the configured endpoint's host:port
 
     assert main(["release-hold", "no-such-host:1"]) == 2
     assert policy.status().held
