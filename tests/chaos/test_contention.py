@@ -132,6 +132,8 @@ class Scenario:
     def start(self, failpoints: str = PAUSES, hog_threads: int = 1, **settings: Any) -> WorkerProcesses:
         missing = [name for name in targeted(failpoints) if name not in placed_failpoints()]
         assert not missing, f"no failpoint named {missing} in the product code: a pause there would never run"
+        # One quota window for the whole run, so that what the quota counted can be read back.
+        settings.setdefault("quota_window_s", LONG_WINDOW_S)
         self.fleet = self.chaos.workers(
             **FLEET, modules=HOG, failpoints=failpoints, cpu_hog_threads=hog_threads, **settings
         )
@@ -332,6 +334,23 @@ class Invariants:
         if not parked_allowed:
             self.check("no job left waiting", accounts.parked == 0 and accounts.queued == 0, accounts.line())
 
+    def quota_counts_every_call(self, run: Scenario) -> None:
+        """Requests counted by the quota = calls made; bytes counted >= bytes downloaded (one long window)."""
+        time.sleep(0.5)  # a charge lands as its call ends; let the last ones land
+        calls = run.chaos.stub.stats().calls
+        counted_requests, counted_bytes = run.quota_usage(requests=-1)
+        downloaded, _ = run.bytes_downloaded()
+        self.check(
+            "requests counted = calls made",
+            counted_requests == calls,
+            f"{counted_requests} counted, {calls} calls",
+        )
+        self.check(
+            "bytes counted >= bytes downloaded",
+            counted_bytes >= downloaded,
+            f"{counted_bytes} counted, {downloaded} sent",
+        )
+
     def called_once(self, run: Scenario, accounts: Accounts) -> None:
         calls = run.calls_per_job()
         twice = sorted(i for i in accounts.stored if calls[i] != 1)
@@ -393,6 +412,7 @@ def test_deferral_heavy_few_permits_lose_no_parked_job(chaos: Chaos, jobs: int) 
             f"{stats.calls} calls, outcomes {run.outcomes()}, at most {run.most_parked} parked at once; {took:.1f}s"
         )
         promises = Invariants("deferral-heavy, few permits")
+        promises.quota_counts_every_call(run)
         promises.every_job_accounted(run, accounts, parked_allowed=False)
         promises.called_once(run, accounts)
         promises.check(
@@ -614,6 +634,7 @@ def test_failures_after_the_answer_cost_no_second_call(chaos: Chaos, jobs: int) 
             f"{stats.calls} calls, {faults} log lines of injected faults, outcomes {run.outcomes()}; {took:.1f}s"
         )
         promises = Invariants("hand-off faults")
+        promises.quota_counts_every_call(run)
         promises.check("faults were injected", faults > 0, f"{faults} log lines")
         promises.every_job_accounted(run, accounts, parked_allowed=False)
         promises.called_once(run, accounts)
@@ -648,6 +669,7 @@ def test_the_semaphore_peak_stays_within_its_permits(chaos: Chaos, jobs: int) ->
             f"server's slots, outcomes {run.outcomes()}; {took:.1f}s"
         )
         promises = Invariants("semaphore peak")
+        promises.quota_counts_every_call(run)
         promises.check(
             "peak in flight <= permits",
             stats.peak_in_flight <= permits,
@@ -689,6 +711,7 @@ def test_a_permit_holds_while_its_answer_trickles_past_the_lease(chaos: Chaos) -
             f"{stats.kill_calls} kills, outcomes {run.outcomes()}; {took:.1f}s"
         )
         promises = Invariants("semaphore, trickled answers")
+        promises.quota_counts_every_call(run)
         promises.check(
             "peak in flight <= permits",
             stats.peak_in_flight <= permits,
@@ -740,6 +763,7 @@ def test_an_open_breaker_lets_one_probe_through_per_cooldown(chaos: Chaos, storm
             f"{[round(g, 2) for g in gaps]}; then {accounts.line()} {took:.1f}s after healing"
         )
         promises = Invariants("breaker probe")
+        promises.quota_counts_every_call(run)
         promises.check(
             "no calls while open but probes",
             len(storm) - len(probes) <= threshold + permits,
