@@ -152,6 +152,17 @@ class Backend(ABC):
         (see :meth:`lease_wait`)."""
 
     @abstractmethod
+    def lease_transfer(
+        self, key: str, holder: str, to_holder: str, limit: int, lease_s: float
+    ) -> float | None:
+        """Atomically hand ``holder``'s lease to ``to_holder``: drop leases that lapsed, drop
+        ``holder``'s, then grant ``to_holder`` a fresh lease of ``lease_s`` seconds exactly as
+        :meth:`lease_acquire` would (so the count never changes and a lowered cap still holds).
+        Returns the backend time it was granted at, or None; in that case, if ``holder`` held
+        a lease, it is released as :meth:`lease_release` releases it (one waiter is woken).
+        """
+
+    @abstractmethod
     def lease_count(self, key: str) -> int:
         """Number of leases that have not lapsed by the backend's now."""
 

@@ -160,10 +160,31 @@ class MemoryBackend(Backend):
             leases = self._leases.get(key, {})
             if leases.pop(holder, None) is None:
                 return False
-            tokens = min(self._wake_tokens(key) + 1, WAKE_TOKENS_KEPT)
-            self._wakes[key] = (tokens, time.monotonic() + WAKE_TOKEN_TTL_S)
-            self._woken.notify_all()
+            self._wake_one(key)
             return True
+
+    def _wake_one(self, key: str) -> None:
+        tokens = min(self._wake_tokens(key) + 1, WAKE_TOKENS_KEPT)
+        self._wakes[key] = (tokens, time.monotonic() + WAKE_TOKEN_TTL_S)
+        self._woken.notify_all()
+
+    def lease_transfer(
+        self, key: str, holder: str, to_holder: str, limit: int, lease_s: float
+    ) -> float | None:
+        with self._lock:
+            now = self._clock.now()
+            leases = self._leases.setdefault(key, {})
+            for expired in [h for h, expires in leases.items() if expires <= now]:
+                del leases[expired]
+            held = leases.pop(holder, None) is not None
+            cap = self._cap(key)
+            effective = limit if cap is None else min(limit, cap)
+            if to_holder in leases or len(leases) < effective:
+                leases[to_holder] = now + lease_s
+                return now
+            if held:
+                self._wake_one(key)
+            return None
 
     def lease_count(self, key: str) -> int:
         with self._lock:

@@ -136,6 +136,34 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
+# KEYS: leases, cap, wake list.  ARGV: from holder, to holder, limit, lease_s,
+# tokens kept, token TTL in ms.  Reply: the grant time, or nil.
+# Release and acquire in one step: the count never moves, so no other
+# process can take the permit in between, nor can the fleet go over.  When
+# the new holder gets nothing (a lowered cap), the release wakes a waiter.
+LEASE_TRANSFER = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', at(now))
+local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
+local limit = tonumber(ARGV[3])
+local cap = redis.call('GET', KEYS[2])
+if cap then limit = math.min(limit, tonumber(cap)) end
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], at(now + tonumber(ARGV[4])), ARGV[2])
+  local ttl_ms = math.ceil(tonumber(ARGV[4]) * 1000) + 60000
+  if redis.call('PTTL', KEYS[1]) < ttl_ms then redis.call('PEXPIRE', KEYS[1], ttl_ms) end
+  return at(now)
+end
+if held then
+  redis.call('LPUSH', KEYS[3], 'x')
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+end
+return false
+"""
+)
+
 # KEYS: state hash.  ARGV: expected version, JSON value.
 STATE_CAS = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -268,6 +296,7 @@ class RedisBackend(Backend):
                 ("lease_acquire", LEASE_ACQUIRE),
                 ("lease_count", LEASE_COUNT),
                 ("lease_release", LEASE_RELEASE),
+                ("lease_transfer", LEASE_TRANSFER),
                 ("state_cas", STATE_CAS),
                 ("park", PARK),
                 ("claim_due", CLAIM_DUE),
@@ -392,6 +421,14 @@ class RedisBackend(Backend):
     def lease_release(self, key: str, holder: str) -> bool:
         keys = [self._key("lease", key), self._key("lease-wake", key)]
         return bool(self._run("lease_release", keys, [holder, WAKE_TOKENS_KEPT, _ms(WAKE_TOKEN_TTL_S)]))
+
+    def lease_transfer(
+        self, key: str, holder: str, to_holder: str, limit: int, lease_s: float
+    ) -> float | None:
+        keys = [self._key("lease", key), self._key("lease-cap", key), self._key("lease-wake", key)]
+        args = [holder, to_holder, limit, repr(float(lease_s)), WAKE_TOKENS_KEPT, _ms(WAKE_TOKEN_TTL_S)]
+        granted = self._run("lease_transfer", keys, args)
+        return None if granted is None else float(_text(granted))
 
     def lease_count(self, key: str) -> int:
         return int(self._run("lease_count", [self._key("lease", key)], []))

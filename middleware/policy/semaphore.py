@@ -4,13 +4,32 @@ A permit is granted until ``lease_s`` after it was taken.  A worker that dies
 while holding one (SIGKILL, OOM, a pulled plug) cannot release it, so the
 lease expiring is what returns it; it must outlast the longest call made
 under it.
+
+Within one process a released permit goes straight to a thread of the same
+process that waits for it: one backend call moves the lease to the waiter
+with a fresh expiry (:meth:`~middleware.backends.base.Backend.lease_transfer`),
+and the waiter is woken in memory, without waiting on the backend or taking
+the lease itself.  The fleet's count never moves during the hand-off, and a
+handed-on lease lapses like any other when its process dies.
+
+Fairness: within a process, waiters are served first come, first served.
+One of them, the *leader*, waits on the backend for permits released
+elsewhere (and for lapsed leases); the others wait for a hand-off.  A
+permit is handed on within its process at most ``handoff_max`` times in a
+row; then it is released to the fleet, where the waiter blocked longest on
+the backend (whatever its process) is woken first, so no process keeps a
+permit from the others for more than ``handoff_max + 1`` calls.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
 
+from middleware.failpoints import failpoint
 from middleware.policy.base import Policy
 
 #: Longest sleep between two attempts while waiting for a permit; a release
@@ -38,6 +57,9 @@ class SemaphoreLimits:
       retry_max_s(float): Longest such delay.
       cap_ttl_s(float): How long a cap set with :meth:`SemaphorePolicy.cap`
         (e.g. learned from the server) holds before the configured permits apply again.
+      handoff_max(int): How many times in a row a released permit may go straight to a
+        waiting thread of the same process before it goes back to the fleet (see the
+        module's "Fairness"); 0 turns hand-offs off.
     """
 
     permits: int = 2
@@ -46,6 +68,7 @@ class SemaphoreLimits:
     retry_min_s: float = 0.5
     retry_max_s: float = 3.0
     cap_ttl_s: float = 3600.0
+    handoff_max: int = 8
 
     def __post_init__(self) -> None:
         if self.permits < 1:
@@ -61,6 +84,8 @@ class SemaphoreLimits:
             )
         if self.cap_ttl_s <= 0:
             raise ValueError(f"SemaphoreLimits.cap_ttl_s must be positive, got {self.cap_ttl_s}")
+        if self.handoff_max < 0:
+            raise ValueError(f"SemaphoreLimits.handoff_max must not be negative, got {self.handoff_max}")
 
 
 @dataclass(frozen=True)
@@ -72,11 +97,29 @@ class Permit:
       holder(str): Who holds it (unique per job attempt, e.g. a message id).
       acquired_at(float): When it was granted, by the backend's clock; it lapses at
         acquired_at + lease_s.
+      handoffs(int): How many hand-offs in a row, within one process, brought it here
+        (0: taken from the backend).
     """
 
     name: str
     holder: str
     acquired_at: float
+    handoffs: int = 0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A thread of this process inside :meth:`SemaphorePolicy.acquire`; fields change under the policy's lock."""
+
+    holder: str
+    woken: threading.Event = field(default_factory=threading.Event)
+    #: Waits on the backend (releases elsewhere, lapsed leases) rather than for a hand-off.
+    leader: bool = False
+    #: A releaser took it off the queue and is moving a lease to it: it must hear the outcome.
+    reserved: bool = False
+    #: The hand-off failed (the lease had lapsed, or a lowered cap): try the backend again.
+    retry: bool = False
+    permit: Permit | None = None
 
 
 class SemaphorePolicy(Policy[SemaphoreLimits]):
@@ -101,6 +144,12 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
 
     kind = "semaphore"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._local = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()  # this process's, first come first
+        self._leader: _Waiter | None = None
+
     def try_acquire(self, holder: str) -> Permit | None:
         """Take a permit if one is free right now; never waits."""
         granted_at = self._backend.lease_acquire(
@@ -112,26 +161,111 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
         """Take a permit, waiting up to ``wait_s`` real seconds (default ``limits.wait_s``)
         for one to be released.  None when none came free in time.
 
-        Never spins: every retry follows a release's wake-up or a 0.25 s wait.
+        Never spins: every retry follows a release's wake-up or a 0.25 s wait.  A
+        permit released by another thread of this process may arrive handed on
+        (see the module's docstring), with no backend call on this side.
         """
         deadline = time.monotonic() + (self._limits.wait_s if wait_s is None else wait_s)
-        permit = self.try_acquire(holder)
-        while permit is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._backend.lease_wait(self._key, min(remaining, _POLL_S))
+        # Behind threads of this process already waiting, a newcomer queues rather than takes
+        # a permit the fleet just got back: that one is for a waiter, maybe of another process.
+        if not self._waiters:
             permit = self.try_acquire(holder)
-        return permit
+            if permit is not None or deadline <= time.monotonic():
+                return permit
+        waiter = _Waiter(holder)
+        with self._local:
+            self._waiters.append(waiter)
+            if self._leader is None:
+                self._leader = waiter
+                waiter.leader = True
+        try:
+            return self._wait(waiter, deadline)
+        finally:
+            with self._local:
+                self._leave(waiter)
+
+    def _wait(self, waiter: _Waiter, deadline: float) -> Permit | None:
+        while True:
+            remaining = deadline - time.monotonic()
+            if waiter.leader:
+                if remaining <= 0:
+                    return None
+                self._backend.lease_wait(self._key, min(remaining, _POLL_S))
+                permit = self.try_acquire(waiter.holder)
+                if permit is not None:
+                    return permit
+                continue
+            # Reserved, the releaser is one backend call from setting woken, whatever happens.
+            waiter.woken.wait(max(remaining, 0.0) if not waiter.reserved else self._limits.lease_s)
+            with self._local:
+                waiter.woken.clear()
+                if waiter.permit is not None:
+                    return waiter.permit
+                if waiter.reserved or waiter.leader:
+                    continue
+                retry, waiter.retry = waiter.retry, False
+                if not retry and deadline <= time.monotonic():
+                    self._leave(waiter)  # atomically with the check: no releaser can reserve it now
+                    return None
+            if retry:
+                permit = self.try_acquire(waiter.holder)
+                if permit is not None:
+                    return permit
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` off the queue (under the lock); a leaving leader passes the role on."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if self._leader is waiter:
+            waiter.leader = False
+            self._leader = self._waiters[0] if self._waiters else None
+            if self._leader is not None:
+                self._leader.leader = True
+                self._leader.woken.set()
+
+    def _reserve_follower(self, permit: Permit) -> _Waiter | None:
+        """The first waiter of this process not waiting on the backend, taken off the queue, if
+        the permit may still be handed on here."""
+        if permit.handoffs >= self._limits.handoff_max:
+            return None
+        with self._local:
+            for waiter in self._waiters:
+                if not waiter.leader:
+                    self._waiters.remove(waiter)
+                    waiter.reserved = True
+                    return waiter
+        return None
 
     def release(self, permit: Permit) -> None:
-        """Give a permit back and wake one waiter.  Releasing twice is harmless."""
+        """Give a permit back: to a thread of this process waiting for one (the lease moves to
+        it), else to the fleet, waking one waiter.  Releasing twice is harmless."""
         if permit.name != self._name:
             raise ValueError(
                 f"permit of semaphore {permit.name!r} released to semaphore {self._name!r}: "
                 "release it to the policy that granted it"
             )
-        self._backend.lease_release(self._key, permit.holder)
+        waiter = self._reserve_follower(permit)
+        if waiter is None:
+            self._backend.lease_release(self._key, permit.holder)
+            return
+        try:
+            granted = self._backend.lease_transfer(
+                self._key, permit.holder, waiter.holder, self._limits.permits, self._limits.lease_s
+            )
+            if granted is not None:
+                waiter.permit = Permit(self._name, waiter.holder, granted, permit.handoffs + 1)
+                failpoint("semaphore.handed_off")
+        finally:
+            with self._local:
+                waiter.reserved = False
+                if waiter.permit is None:
+                    # Lapsed meanwhile, or a lowered cap: it waits again, first in line.
+                    waiter.retry = True
+                    self._waiters.appendleft(waiter)
+                    if self._leader is None:
+                        self._leader = waiter
+                        waiter.leader = True
+                waiter.woken.set()
 
     def retry_delay(self) -> float:
         """Seconds until a job that got no permit should come back."""
