@@ -16,17 +16,17 @@ import logging
 import random
 import threading
 import time
-import urllib.parse
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from middleware.admission import STATE_UNAVAILABLE
 from middleware.backends.base import BackendUnavailable
 from middleware.deferral import Defer
 from middleware.failpoints import failpoint
 from middleware.policy.backoff import jittered
-from middleware.policy.pause import HELD, PauseLimits, PausePolicy
+from middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
 from middleware.semaphore import release_permit_early
 from middleware.usage import charge_bytes, report_no_call
 
@@ -34,6 +34,7 @@ from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
 from .overpass_client import FetchResult, OverpassClient
+from .overpass_endpoints import endpoint_name
 from .overpass_pause import (
     HoldRelease,
     hold_after_rejection,
@@ -119,6 +120,7 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
         return
     query = build_query(job, timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
     client = runtime.client()
+    _defer_if_paused()
     try:
         result = _call_overpass(client, query)
     except ClientTimeout:
@@ -302,11 +304,27 @@ def _pause_policy(name: str | None = None) -> PausePolicy:
         return _fallback_pauses[name]
 
 
+def _defer_if_paused() -> None:
+    """Defer, without a call, a job the Pause middleware admitted before a pause or hold began.
+
+    Admission checks the pause first, then may wait for a permit: a job that
+    waited while another met a 429 (or a 406) would call right after it. One
+    read, right before the call, closes that gap.
+    """
+    try:
+        decision = _pause_policy().admit()
+    except BackendUnavailable as exc:
+        # As the middlewares do: no call unchecked.
+        report_no_call()
+        raise Defer(settings.semaphore_retry_max_s, reason=STATE_UNAVAILABLE) from exc
+    if not decision.allowed:
+        report_no_call()  # the quota gives the request back; the breaker hears nothing
+        raise Defer(decision.delay_s, reason=decision.reason or PAUSED)
+
+
 def _endpoint_name(client: OverpassClient) -> str:
     """The endpoint ``client`` calls, as metrics and logs name it: its host[:port], without credentials."""
-    parts = urllib.parse.urlsplit(client.interpreter_url)
-    host = parts.hostname or ""
-    return host if parts.port is None else f"{host}:{parts.port}"
+    return endpoint_name(client.interpreter_url)
 
 
 def _fingerprint(client: OverpassClient) -> str:
@@ -333,17 +351,19 @@ def _rate_limit_pause_s(client: OverpassClient | None = None) -> float:
     )
 
 
+def _endpoints() -> list[tuple[str, str, OverpassClient]]:
+    """Each endpoint's name (host[:port]), policy name and client."""
+    return [(e.name, e.policy, runtime.client(e)) for e in runtime.endpoints]
+
+
 def _boot_fingerprints() -> dict[str, tuple[PausePolicy, str]]:
     """Each endpoint's pause policy and this worker's fingerprint for it (for :class:`HoldRelease`)."""
-    pause = getattr(runtime, "pause", None)
-    names = sorted(pause.policies) if pause is not None else [OVERPASS]
-    client = runtime.client()
-    return {name: (_pause_policy(name), _fingerprint(client)) for name in names}
+    return {policy: (_pause_policy(policy), _fingerprint(client)) for _, policy, client in _endpoints()}
 
 
 def hold_targets() -> dict[str, PausePolicy]:
     """Each endpoint's pause policy, by the endpoint's name (host[:port]): what ``enrichment release-hold`` lifts."""
-    return {_endpoint_name(runtime.client()): _pause_policy(name) for name in _boot_fingerprints()}
+    return {name: _pause_policy(policy) for name, policy, _ in _endpoints()}
 
 
 # A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.

@@ -41,6 +41,9 @@ from enrichment_actors.overpass_responses import (
 from enrichment_actors.runtime import runtime
 from enrichment_actors.settings import load_settings
 from enrichment_actors.stub_overpass import StubOverpass
+from middleware.deferral import Defer
+from middleware.policy.pause import HELD, PAUSED
+from middleware.usage import take_no_call
 from tests.support.workers import WorkerProcesses, eventually
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
@@ -138,6 +141,28 @@ def test_a_429_during_a_pause_reads_nothing_and_waits_for_its_end(
 
     assert stub.stats().status_calls == 1
     assert second <= first  # the pause in force, not a new one
+
+
+@pytest.mark.parametrize("stop", ["pause", "hold", None])
+def test_a_job_admitted_before_a_pause_began_makes_no_call(client: OverpassClient, stop: str | None) -> None:
+    # Admission read the pause, then the job waited for a permit while another met a 429:
+    # the actor looks once more right before the call.
+    policy = actors._pause_policy()
+    if stop == "pause":
+        policy.pause(30.0, "rate_limited")
+    elif stop == "hold":
+        policy.hold(USER_AGENT_REJECTED, "fingerprint")
+    take_no_call()
+
+    if stop is None:
+        actors._defer_if_paused()
+        assert not take_no_call()
+        return
+    with pytest.raises(Defer) as deferred:
+        actors._defer_if_paused()
+    assert deferred.value.reason == {"pause": PAUSED, "hold": HELD}[stop]
+    assert deferred.value.delay_s >= 29.0
+    assert take_no_call(), "the quota gives the request back, the breaker hears nothing"
 
 
 # --- 406 / 403: the endpoint is held ---------------------------------------------------------------
