@@ -14,8 +14,13 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:  # the runtime reads the settings when imported: only the commands import it
+    from .overpass_endpoints import Endpoint
+    from .runtime import Runtime
 
 #: Options whose value may start with a minus sign (southern and western hemispheres).
 _SIGNED_OPTIONS = ("--bbox",)
@@ -144,12 +149,32 @@ def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
 
 def _status() -> int:
     from . import runtime
-    from .runtime import OVERPASS
 
-    usage = runtime.quota.policies[OVERPASS].usage()
-    breaker = runtime.breaker.policies[OVERPASS].state()
-    semaphore = runtime.semaphore.policies[OVERPASS]
     parked = runtime.retries.parking.count() if runtime.retries.parking else 0
+    for endpoint in runtime.endpoints:
+        for line in _endpoint_status(runtime, endpoint):
+            print(line)
+    print(f"parked jobs  {parked}")
+    return 0
+
+
+def _endpoint_status(runtime: Runtime, endpoint: Endpoint) -> list[str]:
+    """What ``enrichment status`` says of one endpoint: its profile and limits, then its live state.
+
+    Quota, breaker and permits under the lines they always had (scripts read
+    them); then the pause or hold (the hold line names the endpoint and how to
+    lift it) and the pacing.
+    """
+    from .overpass_endpoints import describe
+    from .routing import EndpointReading, readiness
+
+    policy = endpoint.policy
+    usage = runtime.quota.policies[policy].usage()
+    breaker = runtime.breaker.policies[policy].state()
+    semaphore = runtime.semaphore.policies[policy]
+    pause = runtime.pause.policies[policy].status()
+    pacing = runtime.pacing.policies[policy].status()
+    now = runtime.backend.now()
 
     def when(t: float) -> str:
         return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -157,16 +182,45 @@ def _status() -> int:
     def left(limit: int, used: int) -> str:
         return "unlimited" if limit < 0 else f"{max(0, limit - used)} left of {limit}"
 
-    print(f"quota {OVERPASS!r}  window {when(usage.window_start)} .. {when(usage.window_end)}")
-    print(f"  requests  {usage.requests_used} used, {left(usage.requests_limit, usage.requests_used)}")
-    print(f"  bytes     {usage.bytes_used} used, {left(usage.bytes_limit, usage.bytes_used)}")
-    probe = ""
-    if breaker.status.value == "open":
-        probe = f", next probe after {when(breaker.open_until)}"
-    print(f"breaker {OVERPASS!r}  {breaker.status.value} ({breaker.failures} consecutive failures{probe})")
-    print(f"semaphore {OVERPASS!r}  {semaphore.in_use()} of {semaphore.effective_permits()} permits in use")
-    print(f"parked jobs  {parked}")
-    return 0
+    kind = " (a known public instance)" if endpoint.listed else ""
+    lines = [
+        f"endpoint {endpoint.name}  {endpoint.profile.value}{kind}, policy {policy!r}",
+        f"  limits    {describe([endpoint]).split(': ', 1)[1]}",
+        f"quota {policy!r}  window {when(usage.window_start)} .. {when(usage.window_end)}",
+        f"  requests  {usage.requests_used} used, {left(usage.requests_limit, usage.requests_used)}",
+        f"  bytes     {usage.bytes_used} used, {left(usage.bytes_limit, usage.bytes_used)}",
+    ]
+    probe = f", next probe after {when(breaker.open_until)}" if breaker.status.value == "open" else ""
+    lines.append(
+        f"breaker {policy!r}  {breaker.status.value} ({breaker.failures} consecutive failures{probe})"
+    )
+    lines.append(
+        f"semaphore {policy!r}  {semaphore.in_use()} of {semaphore.effective_permits()} permits in use"
+    )
+    if pause.held:
+        lines.append(
+            f"pause {policy!r}  {endpoint.name} HELD ({pause.hold_reason or pause.reason}): no calls, jobs wait; "
+            f"fix the settings and restart the workers, or run `enrichment release-hold {endpoint.name}`"
+        )
+    if pause.paused_until is not None:
+        lines.append(
+            f"pause {policy!r}  paused until {when(pause.paused_until)} ({pause.remaining_s:.0f} s left, "
+            f"{pause.pause_reason or pause.reason})"
+        )
+    elif not pause.held:
+        lines.append(f"pause {policy!r}  not paused")
+    if pacing.interval_s > 0:
+        lines.append(
+            f"pacing {policy!r}  one call every {pacing.interval_s:.2f} s (burst {pacing.burst}), "
+            f"next free slot in {pacing.reserved_s:.1f} s"
+        )
+    else:
+        lines.append(f"pacing {policy!r}  off")
+    if len(runtime.endpoints) > 1:
+        ready = readiness(endpoint, EndpointReading(pause, breaker, usage), now)
+        state = "ready" if ready.reason is None else f"waits ({ready.reason})"
+        lines.append(f"route  {endpoint.name} {state}")
+    return lines
 
 
 def _release_hold(endpoint: str | None) -> int:

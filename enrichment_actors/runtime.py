@@ -170,10 +170,13 @@ def make_backend(settings: Settings) -> Backend:
     return RedisBackend.from_url(settings.redis_url, namespace="enrichment")
 
 
-def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
+def build_runtime(settings: Settings, *, backend: Backend | None = None, **policy_kwargs: Any) -> Runtime:
     """A broker with the metrics, quota, semaphore, breaker and retry middleware, configured by ``settings``.
 
-    ``policy_kwargs`` (``clock``, ``rng``) go to every middleware: tests inject a manual clock.
+    ``policy_kwargs`` (``clock``, ``rng``) go to every middleware. The policies
+    take their time from the backend, never from ``clock``: tests that need a
+    manual clock build a ``MemoryBackend(clock=...)`` and pass it as ``backend``
+    (it replaces the one the settings name).
     """
     s = settings
     broker: dramatiq.Broker
@@ -185,7 +188,7 @@ def build_runtime(settings: Settings, **policy_kwargs: Any) -> Runtime:
             heartbeat_timeout=int(s.broker_heartbeat_timeout_s * 1000),
             maintenance_chance=s.broker_maintenance_chance,
         )
-    backend = make_backend(s)
+    backend = backend or make_backend(s)
     broker.add_middleware(RedisChecks(lambda: redis_clients(broker, backend)))  # refuses an evicting Redis
     retries = Retries(
         backend=backend,

@@ -52,6 +52,96 @@ def test_status_reads_the_shared_state(capsys: pytest.CaptureFixture[str], redis
     assert "breaker 'overpass'  closed (0 consecutive failures)" in out
     assert "1 of 2 permits in use" in out
     assert "parked jobs  0" in out
+    # Each endpoint, its profile, and its pause and pacing (the tests' stand-in is private: not paced).
+    assert "endpoint 127.0.0.1:9  private, policy 'overpass'" in out
+    assert "pause 'overpass'  not paused" in out
+    assert "pacing 'overpass'  off" in out
+
+
+def _held(runtime: Any) -> None:
+    runtime.pause.policies["overpass"].hold("user_agent_rejected", "fp")
+
+
+def _paused(runtime: Any) -> None:
+    runtime.pause.policies["overpass"].pause(45.0, "rate_limited")
+
+
+def _paced(runtime: Any) -> None:
+    runtime.pacing.policies["overpass"].reserve()
+
+
+def _second_open(runtime: Any) -> None:
+    breaker = runtime.breaker.policies["overpass@b.example"]
+    for _ in range(3):
+        breaker.record(breaker.admit("someone"), success=False)
+
+
+PUBLIC = {"OVERPASS_URL": "https://overpass-api.de/api/interpreter", "OVERPASS_CONTACT": "ops@example.org"}
+TWO = {"OVERPASS_URL": "http://a.example/api/interpreter,http://b.example/api/interpreter"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "act", "endpoint", "expected"),
+    [
+        (
+            PUBLIC,
+            None,
+            0,
+            [
+                "endpoint overpass-api.de  public (a known public instance), policy 'overpass'",
+                "limits    1 in flight, paced to last the day (at least 1 s apart), 10,000 requests and "
+                "1,000,000,000 bytes per 86400 s",
+                "1 permits in use",
+                "pacing 'overpass'  one call every 5.76 s",  # 10,000 requests over the 57,600 s left of the day
+            ],
+        ),
+        (
+            PUBLIC,
+            _held,
+            0,
+            ["overpass-api.de HELD (user_agent_rejected)", "enrichment release-hold overpass-api.de"],
+        ),
+        (PUBLIC, _paused, 0, ["pause 'overpass'  paused until", "(45 s left, rate_limited)"]),
+        (
+            {**PUBLIC, "PACING_INTERVAL_S": "20"},
+            _paced,
+            0,
+            ["one call every 20.00 s (burst 1), next free slot in 20.0 s"],
+        ),
+        (
+            TWO,
+            None,
+            1,
+            ["endpoint b.example  private, policy 'overpass@b.example'", "route  b.example ready"],
+        ),
+        (
+            TWO,
+            _second_open,
+            1,
+            [
+                "breaker 'overpass@b.example'  open (3 consecutive failures",
+                "route  b.example waits (breaker_open)",
+            ],
+        ),
+    ],
+)
+def test_status_shows_each_endpoint_its_profile_and_live_state(
+    environ: dict[str, str], act: Any, endpoint: int, expected: list[str]
+) -> None:
+    from enrichment_actors.cli import _endpoint_status
+    from enrichment_actors.runtime import build_runtime
+    from enrichment_actors.settings import load_settings
+    from middleware.backends.memory import MemoryBackend
+    from middleware.policy.clock import ManualClock
+
+    clock = ManualClock(start=1_800_000_000.0)  # 2027-01-15 08:00 UTC
+    settings = load_settings({"BROKER": "stub", "STATE_BACKEND": "memory", **environ})
+    runtime = build_runtime(settings, backend=MemoryBackend(clock=clock))
+    if act is not None:
+        act(runtime)
+    out = "\n".join(_endpoint_status(runtime, runtime.endpoints[endpoint]))
+    for text in expected:
+        assert text in out, out
 
 
 BUENOS_AIRES = "-34.61,-58.39,-34.60,-58.38"
