@@ -92,7 +92,7 @@ def _attach_signed_values(argv: Sequence[str]) -> list[str]:
 
 
 def _fail_clearly(command: Callable[[], int]) -> int:
-    """Run ``command``; a settings error or an unreachable Redis becomes one line on stderr and status 1."""
+    """Run ``command``; a settings error or an unreachable Redis or RabbitMQ becomes one line on stderr and status 1."""
     import redis
     from dramatiq.errors import BrokerConnectionError
 
@@ -109,15 +109,25 @@ def _fail_clearly(command: Callable[[], int]) -> int:
     except BackendUnavailable as exc:
         print(f"enrichment: {_one_line(str(exc))}", file=sys.stderr)
         return 1
-    except (redis.RedisError, BrokerConnectionError) as exc:
+    except (redis.RedisError, BrokerConnectionError, ConnectionError) as exc:
         # The broker's own errors name no URL: say which one was used.
         from . import runtime
 
-        url = runtime.settings.redis_url
+        settings = runtime.settings
+        if settings.broker == "rabbitmq" and not isinstance(exc, redis.RedisError):
+            url, what, variable = settings.rabbitmq_url, "RabbitMQ", "RABBITMQ_URL (host, port, user, vhost)"
+        elif settings.broker == "rabbitmq":
+            url, what, variable = (
+                settings.state_redis_url,
+                "Redis",
+                "STATE_REDIS_URL (host, port, password, TLS)",
+            )
+        else:
+            url, what, variable = settings.redis_url, "Redis", "REDIS_URL (host, port, password, TLS)"
         reason = redact(_one_line(str(exc)), url)
         print(
-            f"enrichment: Redis at {redact(url)} cannot be reached ({reason}). "
-            "Check that the server is running and that REDIS_URL (host, port, password, TLS) points at it.",
+            f"enrichment: {what} at {redact(url)} cannot be reached ({reason}). "
+            f"Check that the server is running and that {variable} points at it.",
             file=sys.stderr,
         )
         return 1
@@ -149,12 +159,16 @@ def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
 
 def _status() -> int:
     from . import runtime
+    from .queues import queue_sizes
 
     parked = runtime.retries.parking.count() if runtime.retries.parking else 0
     for endpoint in runtime.endpoints:
         for line in _endpoint_status(runtime, endpoint):
             print(line)
     print(f"parked jobs  {parked}")
+    # Redis counts waiting, delayed and in-flight messages; RabbitMQ (AMQP) the waiting and delayed ones.
+    for queue, size in queue_sizes(runtime.broker):
+        print(f"queue {queue!r}  {size} messages ({runtime.settings.broker})")
     return 0
 
 

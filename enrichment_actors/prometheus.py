@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, q_name
 from dramatiq.middleware.prometheus import DB_PATH, HTTP_HOST, HTTP_PORT, Prometheus
 
@@ -42,6 +41,7 @@ from middleware.policy.quota import QuotaUsage
 
 from . import metrics as m
 from .metrics import Kind, MetricSpec, Outcome, final_label, is_final, outcome_of, take_noted_outcome
+from .queues import queue_sizes
 from .redis_checks import persistence_gauge, redis_clients
 
 if TYPE_CHECKING:
@@ -415,9 +415,7 @@ def read_endpoints(
 def read_fleet(runtime: Runtime) -> FleetReading:
     """Read the fleet gauges from the shared backend and the broker; raises when they cannot be reached."""
     broker = runtime.broker
-    queued: tuple[tuple[str, int], ...] = ()
-    if isinstance(broker, RedisBroker):
-        queued = tuple((queue, int(broker.do_qsize(queue))) for queue in sorted(broker.get_declared_queues()))
+    queued = queue_sizes(broker)  # Redis: waiting, delayed, in flight; RabbitMQ: waiting, delayed
     redis_servers = redis_clients(broker, runtime.backend)
     return FleetReading(
         quotas=tuple(policy.usage() for policy in runtime.quota.policies.values()),

@@ -47,7 +47,7 @@ from .overpass_responses import OverpassError
 from .prometheus import EnrichmentPrometheus
 from .redis_checks import RedisChecks, redis_clients
 from .routing import ENDPOINT, EndpointReading, EndpointRouter
-from .settings import Settings, check_startable, load_settings
+from .settings import Settings, SettingsError, check_startable, load_settings
 from .store import PoiStore
 
 __all__ = ["OVERPASS", "Runtime", "build_runtime", "make_backend", "overpass_verdict", "runtime"]
@@ -167,7 +167,34 @@ def make_backend(settings: Settings) -> Backend:
         return MemoryBackend()
     from middleware.backends.redis import RedisBackend
 
-    return RedisBackend.from_url(settings.redis_url, namespace="enrichment")
+    return RedisBackend.from_url(settings.state_redis_url, namespace="enrichment")
+
+
+def make_broker(settings: Settings) -> dramatiq.Broker:
+    """The broker ``settings.broker`` names: Redis, RabbitMQ, or the in-process stub.
+
+    On RabbitMQ every publish waits for the broker's confirmation: a message
+    put back (a retry, a released parked job) is then known to be in the queue
+    before the one it replaces is acknowledged; without it a publish buffered
+    when the connection dropped would be lost (docs/architecture.md, "RabbitMQ").
+    """
+    if settings.broker == "stub":
+        return StubBroker()
+    if settings.broker == "rabbitmq":
+        try:
+            from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        except ImportError:
+            raise SettingsError(
+                "BROKER=rabbitmq needs pika, Dramatiq's RabbitMQ client: "
+                "pip install 'overpass-enrichment[rabbitmq]' (or 'dramatiq[rabbitmq]')."
+            ) from None
+
+        return RabbitmqBroker(url=settings.rabbitmq_url, confirm_delivery=True)
+    return RecoveringRedisBroker(
+        url=settings.redis_url,
+        heartbeat_timeout=int(settings.broker_heartbeat_timeout_s * 1000),
+        maintenance_chance=settings.broker_maintenance_chance,
+    )
 
 
 def build_runtime(settings: Settings, *, backend: Backend | None = None, **policy_kwargs: Any) -> Runtime:
@@ -179,15 +206,7 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
     (it replaces the one the settings name).
     """
     s = settings
-    broker: dramatiq.Broker
-    if s.broker == "stub":
-        broker = StubBroker()
-    else:
-        broker = RecoveringRedisBroker(
-            url=s.redis_url,
-            heartbeat_timeout=int(s.broker_heartbeat_timeout_s * 1000),
-            maintenance_chance=s.broker_maintenance_chance,
-        )
+    broker = make_broker(s)
     backend = backend or make_backend(s)
     broker.add_middleware(RedisChecks(lambda: redis_clients(broker, backend)))  # refuses an evicting Redis
     retries = Retries(
@@ -201,7 +220,7 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
     broker.add_middleware(retries)
     # A deferral is not a failure: no on_failure callback for it (middleware/callbacks.py).
     replace_stock_callbacks(broker)
-    # Metrics only under the CLI (a Redis broker); the stub broker runs the
+    # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the
     # demo in-process, where the hooks would record nothing anyway.
     metrics = EnrichmentPrometheus()
     if s.broker != "stub":

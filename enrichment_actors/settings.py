@@ -63,12 +63,24 @@ TABLE: tuple[Setting, ...] = (
     Setting(
         "REDIS_URL",
         "redis://localhost:6379/0",
-        "Dramatiq broker and the fleet-wide quota/semaphore/breaker state",
+        "Dramatiq broker (`BROKER=redis`) and the fleet-wide quota/semaphore/breaker state",
     ),
     Setting(
         "BROKER",
         "redis",
-        "`redis` (workers started by the `dramatiq` CLI) or `stub` (in-process: the embedded demo)",
+        "`redis` or `rabbitmq` (workers started by the `dramatiq` CLI), or `stub` (in-process: the "
+        "embedded demo)",
+    ),
+    Setting(
+        "RABBITMQ_URL",
+        "amqp://guest:guest@localhost:5672/%2F",
+        "The RabbitMQ broker when `BROKER=rabbitmq` (amqp:// or amqps://; `%2F` is the default vhost)",
+    ),
+    Setting(
+        "STATE_REDIS_URL",
+        "",
+        "Redis of the fleet-wide state (quota, permits, breaker, pause, parked jobs); default `REDIS_URL`. "
+        "Needed with any broker: RabbitMQ holds only the queues",
     ),
     Setting(
         "STATE_BACKEND", "redis", "`redis` (shared by the fleet) or `memory` (one process only: tests, demo)"
@@ -208,6 +220,8 @@ class Settings:
     database_url: str = dataclasses.field(repr=False)
     redis_url: str = dataclasses.field(repr=False)
     broker: str
+    rabbitmq_url: str = dataclasses.field(repr=False)
+    state_redis_url: str = dataclasses.field(repr=False)
     state_backend: str
     broker_heartbeat_timeout_s: float
     broker_maintenance_chance: int
@@ -296,6 +310,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """
     env = os.environ if environ is None else environ
     raw = {row.env: env.get(row.env, "").strip() or row.default for row in TABLE}
+    # The shared state lives beside the broker unless it is put elsewhere.
+    raw["STATE_REDIS_URL"] = raw["STATE_REDIS_URL"] or raw["REDIS_URL"]
 
     def read(name: str, convert: Callable[[str], T], check: Callable[[T], bool], expect: str) -> T:
         try:
@@ -369,10 +385,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
     settings = Settings(
         database_url=read("DATABASE_URL", str, _is_database_url, "postgresql://... or sqlite:///path"),
-        redis_url=read(
-            "REDIS_URL", str, lambda v: urlsplit(v).scheme in {"redis", "rediss", "unix"}, "redis://..."
+        redis_url=read("REDIS_URL", str, _is_redis_url, "redis://..."),
+        broker=read(
+            "BROKER", str.lower, lambda v: v in {"redis", "rabbitmq", "stub"}, "redis, rabbitmq or stub"
         ),
-        broker=read("BROKER", str.lower, lambda v: v in {"redis", "stub"}, "redis or stub"),
+        rabbitmq_url=read("RABBITMQ_URL", str, _is_amqp_url, "amqp://user:pass@host:5672/vhost"),
+        state_redis_url=read("STATE_REDIS_URL", str, _is_redis_url, "redis://..."),
         state_backend=read("STATE_BACKEND", str.lower, lambda v: v in {"redis", "memory"}, "redis or memory"),
         broker_heartbeat_timeout_s=read("BROKER_HEARTBEAT_TIMEOUT_S", float, positive, "seconds > 0"),
         broker_maintenance_chance=read(
@@ -432,6 +450,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except EndpointError as exc:
         raise SettingsError(str(exc)) from None
     return settings
+
+
+def _is_redis_url(value: str) -> bool:
+    return urlsplit(value).scheme in {"redis", "rediss", "unix"}
+
+
+def _is_amqp_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in {"amqp", "amqps"} and bool(parts.hostname)
 
 
 def _is_database_url(value: str) -> bool:

@@ -83,3 +83,29 @@ def redis_client(redis_url: str) -> Iterator[object]:
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[object]:
+    """A ``rabbitmq-server`` of this session's own (tests/support/rabbitmq.py), started on first use.
+
+    Never the machine's broker on 5672: its own node, ports, epmd, config and
+    data directory, all removed afterwards. Skipped, saying why, where the
+    Debian package is missing (``make servers`` installs it).
+    """
+    from tests.support.rabbitmq import RabbitServer, rabbitmq_installed
+
+    if not rabbitmq_installed():
+        pytest.skip("rabbitmq-server is not installed: run `make servers` (as root) or apt-get install it")
+    server = RabbitServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq_server: object) -> str:
+    """AMQP URL of the session's RabbitMQ server."""
+    from tests.support.rabbitmq import RabbitServer
+
+    assert isinstance(rabbitmq_server, RabbitServer)
+    return rabbitmq_server.url

@@ -33,6 +33,17 @@ class World:
     workers: list[WorkerProcesses] = field(default_factory=list)
     db_proxy: FlakyProxy | None = None
     last_job: dict[str, Any] = field(default_factory=dict)
+    #: The broker the workers and the app use: "redis", or "rabbitmq" (then ``rabbit`` is its server).
+    broker: str = "redis"
+    rabbit: Any = None
+
+    def dead_letters(self) -> list[dramatiq.Message[Any]]:
+        """The dead-lettered messages, from whichever broker holds them."""
+        if self.broker == "rabbitmq":
+            from tests.support import rabbitmq
+
+            return [dramatiq.Message.decode(raw) for raw in rabbitmq.dead_letters(self.rabbit.url, QUEUE)]
+        return dead_letters(self.redis_url)
 
     def worker_env(self) -> dict[str, str]:
         assert self.stub is not None, "start the stand-in server first"
@@ -44,15 +55,49 @@ class World:
             "REDIS_URL": self.redis_url,
             "DATABASE_URL": database_url,
             "OVERPASS_URL": self.stub.interpreter_url,
+            "BROKER": self.broker,
+            **({"RABBITMQ_URL": self.rabbit.url} if self.rabbit is not None else {}),
             **self.settings,
         }
 
 
 @pytest.fixture
-def world(redis_url: str, postgres_url: str) -> Iterator[World]:
+def broker_kind() -> str:
+    """The broker of a scenario: Redis, unless a test module parametrises this (test_pipeline.py)."""
+    return "redis"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """RabbitMQ runs of scenarios not tagged ``@rabbitmq_fast`` are ``make chaos`` only (marked chaos and soak).
+
+    ``make test`` keeps a fast subset on RabbitMQ; every scenario runs on both brokers in ``make chaos``.
+    """
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("broker_kind") == "rabbitmq" and item.get_closest_marker("rabbitmq_fast") is None:
+            item.add_marker(pytest.mark.chaos)
+            item.add_marker(pytest.mark.soak)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rabbitmq_fast: a scenario that runs on RabbitMQ in `make test` too")
+    config.addinivalue_line(
+        "markers", "soak: long contention runs, in `make chaos` only (`make test` runs their quick sizes)"
+    )
+
+
+@pytest.fixture
+def world(
+    redis_url: str, postgres_url: str, broker_kind: str, request: pytest.FixtureRequest
+) -> Iterator[World]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    w = World(redis_url, postgres_url)
+    w = World(redis_url, postgres_url, broker=broker_kind)
+    if broker_kind == "rabbitmq":
+        from tests.support import rabbitmq
+
+        w.rabbit = request.getfixturevalue("rabbitmq_server")
+        rabbitmq.purge(w.rabbit.url, (QUEUE,))
     yield w
     for workers in w.workers:
         workers.stop()
@@ -65,11 +110,24 @@ def world(redis_url: str, postgres_url: str) -> Iterator[World]:
 
 
 @pytest.fixture
-def app() -> Any:
-    """The product, as app code imports it (its settings point at the test servers)."""
+def app(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The product, as app code imports it (its settings point at the test servers).
+
+    On RabbitMQ its actors send through a RabbitMQ broker for the scenario
+    (the package's own was built for Redis when it was first imported).
+    """
     import enrichment_actors
 
-    return enrichment_actors
+    if world.broker != "rabbitmq":
+        yield enrichment_actors
+        return
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=world.rabbit.url, confirm_delivery=True)
+    for actor in (enrichment_actors.enrich, enrichment_actors.fetch_pois, enrichment_actors.store_pois):
+        monkeypatch.setattr(actor, "broker", broker)
+    yield enrichment_actors
+    broker.close()
 
 
 @pytest.fixture
@@ -185,9 +243,12 @@ def send_raw(world: World, app: Any, arguments: str) -> None:
         raise ValueError(f"unknown arguments form: {arguments}")
 
 
-def wait_until_done(app: Any, timeout_s: float = 30.0) -> None:
+def wait_until_done(app: Any, timeout_s: float = 30.0, *, world: World | None = None) -> None:
     """Until no message is queued, in flight or parked (a retried or deferred job waits there)."""
     parking = app.runtime.retries.parking
+    if world is not None and world.broker == "rabbitmq":
+        _wait_until_settled_on_rabbitmq(world, parking, timeout_s)
+        return
     deadline = time.monotonic() + timeout_s
     while True:
         app.broker.join(QUEUE, timeout=max(1, int((deadline - time.monotonic()) * 1000)))
@@ -200,9 +261,31 @@ def wait_until_done(app: Any, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _wait_until_settled_on_rabbitmq(world: World, parking: Any, timeout_s: float) -> None:
+    """Until nothing is parked, ready or unacknowledged, twice in a row (rabbitmqctl tells the unacknowledged).
+
+    The parking lot is read first: a released message is enqueued (confirmed)
+    before it leaves the lot, and a fetch is acknowledged only after its store
+    message is confirmed; the second reading catches a message parked between
+    the two reads of the first.
+    """
+    from tests.support import rabbitmq
+
+    calm = 0
+
+    def settled() -> bool:
+        nonlocal calm
+        calm = calm + 1 if parking.count() == 0 and rabbitmq.settled(world.rabbit, (QUEUE,)) else 0
+        return calm >= 2
+
+    eventually(
+        settled, timeout_s=timeout_s, interval_s=0.2, message=f"jobs still waiting: {parking.count()} parked"
+    )
+
+
 @when("all jobs are done")
-def all_done(app: Any) -> None:
-    wait_until_done(app)
+def all_done(app: Any, world: World) -> None:
+    wait_until_done(app, world=world)
 
 
 @when("storing has failed at least twice")
@@ -243,12 +326,12 @@ def stored_match(world: World, store: Any) -> None:
 
 @then("no job is dead-lettered")
 def no_dead_letters(world: World) -> None:
-    assert dead_letters(world.redis_url) == []
+    assert world.dead_letters() == []
 
 
 @then(parsers.parse('{count:d} job is dead-lettered with an error mentioning "{reason}"'))
 def dead_lettered(world: World, count: int, reason: str) -> None:
-    assert len(dead_letters(world.redis_url)) == count
+    assert len(world.dead_letters()) == count
     logged = [line for w in world.workers for line in w.lines if "Dead-lettering message" in line]
     assert len(logged) == count and all(reason in line for line in logged), logged
 

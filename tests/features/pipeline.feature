@@ -6,6 +6,7 @@ Feature: The enrichment pipeline end to end
     Given the stand-in Overpass server is running
     And the POI table is empty
 
+  @rabbitmq_fast
   Scenario: A job stores POIs
     Given workers are running
     When I enqueue an enrich job for box "48.85,2.29,48.86,2.30" with tags "amenity,shop=bakery"
@@ -48,6 +49,7 @@ Feature: The enrichment pipeline end to end
     And every query it received has exactly 1 statement, for the key amenity"](1,2,3,4);out;//
     And no job is dead-lettered
 
+  @rabbitmq_fast
   Scenario: A 504 then success stores POIs after a retry
     Given the stand-in server will answer "504"
     And workers are running

@@ -96,7 +96,10 @@ def test_public_profile_on_loopback_makes_several_endpoints_refused() -> None:
     [
         ("DATABASE_URL", "mysql://x"),
         ("REDIS_URL", "http://x"),
-        ("BROKER", "rabbitmq"),
+        ("BROKER", "kafka"),
+        ("RABBITMQ_URL", "redis://localhost:6379/0"),
+        ("RABBITMQ_URL", "amqp://"),
+        ("STATE_REDIS_URL", "amqp://localhost"),
         ("STATE_BACKEND", "disk"),
         ("OVERPASS_URL", "ftp://x/api/interpreter"),
         ("OVERPASS_URL", "https://overpass-api.de/api/"),
@@ -146,3 +149,17 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [row.env for row in TABLE if f"`{row.env}`" not in readme]
     assert missing == []
+
+
+def test_the_state_lives_beside_the_broker_unless_put_elsewhere() -> None:
+    # RabbitMQ holds only the queues: the fleet's state is in Redis, REDIS_URL's unless STATE_REDIS_URL says.
+    rabbit = {"BROKER": "rabbitmq", "RABBITMQ_URL": "amqp://u:p@mq.example:5672/jobs"}
+    assert load_settings(rabbit).state_redis_url == "redis://localhost:6379/0"
+    assert load_settings({**rabbit, "REDIS_URL": "redis://r:6379/1"}).state_redis_url == "redis://r:6379/1"
+    settings = load_settings({**rabbit, "STATE_REDIS_URL": "redis://state:6379/2"})
+    assert (settings.broker, settings.rabbitmq_url, settings.state_redis_url) == (
+        "rabbitmq",
+        "amqp://u:p@mq.example:5672/jobs",
+        "redis://state:6379/2",
+    )
+    assert "u:p" not in repr(settings)
