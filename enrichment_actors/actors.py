@@ -95,9 +95,14 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, **unexpected: Any) ->
 
 @dramatiq.actor(
     queue_name=settings.queue,
-    quota=OVERPASS,
+    # The router picks the endpoint of each attempt and names its policies in
+    # the message options, which override these (the first endpoint's).
+    route=OVERPASS,
+    pause=OVERPASS,
     semaphore=OVERPASS,
     breaker=OVERPASS,
+    rate=OVERPASS,
+    quota=OVERPASS,
     # Permanent answers: dead-lettered at once, logged without a traceback. A 406
     # or 403 is not among them: it holds the endpoint, and the job waits.
     throws=(InvalidJob, QueryRejected, QueryFailed, QueryTooLarge, QueryUnsendable),
@@ -119,7 +124,7 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
         _hand_on(job, stage, staged)
         return
     query = build_query(job, timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
-    client = runtime.client()
+    client = runtime.client(runtime.current_endpoint())
     _defer_if_paused()
     try:
         result = _call_overpass(client, query)
@@ -131,7 +136,7 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
         # permit, still held, counted), else let it end by its own [timeout].
         failpoint("fetch.timed_out")
         try:
-            in_flight = runtime.semaphore.policies[OVERPASS].in_use()
+            in_flight = runtime.semaphore.policies[_policy_name("semaphore")].in_use()
         except BackendUnavailable as exc:
             in_flight = None
             logger.warning("Overpass call timed out; calls in flight unknown (%s): query not killed.", exc)
@@ -340,7 +345,7 @@ def _rate_limit_pause_s(client: OverpassClient | None = None) -> float:
     later, and caps the fleet's permits at the server's rate limit. One
     warning per pause, with its length.
     """
-    client = client or runtime.client()
+    client = client or runtime.client(runtime.current_endpoint())
     semaphore = _policy_name("semaphore")
     return pause_after_429(
         _pause_policy(),
