@@ -632,6 +632,9 @@ def serve_metrics() -> int:
 
     registry = prometheus_client.CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=middleware.db_path)  # type: ignore[no-untyped-call]
+    # This process imports no actor module (the CLI forks it before, and it
+    # loads only this function), so its broker knows no queue until told.
+    runtime.broker.declare_queue(runtime.settings.queue)
     registry.register(FleetCollector(lambda: read_fleet(runtime)))
     try:
         server = make_exposition_server(registry, middleware.host, middleware.port)
