@@ -292,8 +292,10 @@ class Settings:
 def check_startable(settings: Settings) -> Settings:
     """``settings`` if a worker may call its endpoints with them; else SettingsError saying what to set.
 
-    Apart from :func:`load_settings`: only what makes calls (the workers, the
-    demo) needs a contact; tools that only read the fleet's state do not.
+    Apart from :func:`load_settings`, which tests and tools call with partial
+    settings: the runtime the package builds when imported (by the workers,
+    the demo and the ``enrichment`` commands) calls it, so with a public
+    endpoint and no contact no worker starts.
     """
     try:
         require_contact(settings.endpoints, settings.overpass_contact)
