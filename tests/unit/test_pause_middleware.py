@@ -262,9 +262,6 @@ def test_pause_upstream_without_a_pause_policy_defers_only_that_message() -> Non
     assert not rig.policy.status().paused
 
 
-@pytest.mark.xfail(
-    reason="needs AdmissionMiddleware.policy_for to honour the message option (issue 9, W-C1)", strict=False
-)
 def test_a_message_option_names_the_pause_instead_of_the_actor() -> None:
     backend = MemoryBackend()
     rig = make_rig(backend, {"a": LIMITS, "b": LIMITS})
