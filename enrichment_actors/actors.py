@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ from middleware.backends.base import BackendUnavailable
 from middleware.deferral import Defer
 from middleware.failpoints import failpoint
 from middleware.policy.backoff import jittered
-from middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
+from middleware.policy.pause import HELD, PAUSED, PausePolicy
 from middleware.semaphore import release_permit_early
 from middleware.usage import charge_bytes, report_no_call
 
@@ -283,8 +282,6 @@ def _split(job: Job, stage: Stage) -> bool:
 # --- The endpoint's pause and hold (enrichment_actors/overpass_pause.py) ---------------------------
 
 _rng = random.Random()
-_fallback_pauses: dict[str, PausePolicy] = {}
-_fallback_lock = threading.Lock()
 
 
 def _policy_name(option: str) -> str:
@@ -295,18 +292,9 @@ def _policy_name(option: str) -> str:
 
 
 def _pause_policy(name: str | None = None) -> PausePolicy:
-    """The fleet-wide pause of the endpoint this attempt calls: the Pause middleware's policy, so that
-    admission sees what the actor sets; one of the same name on the fleet's backend without it."""
-    name = name or _policy_name("pause")
-    pause = getattr(runtime, "pause", None)
-    if pause is not None and name in pause.policies:
-        policy: PausePolicy = pause.policies[name]
-        return policy
-    with _fallback_lock:
-        if name not in _fallback_pauses:
-            limits = PauseLimits(min_pause_s=max(settings.rate_limit_pause_s, 0.001))
-            _fallback_pauses[name] = PausePolicy(name, limits, runtime.backend)
-        return _fallback_pauses[name]
+    """The fleet-wide pause of the endpoint this attempt calls (or of policy ``name``): the Pause
+    middleware's own, so that admission sees what the actor sets."""
+    return runtime.pause.policies[name or _policy_name("pause")]
 
 
 def _defer_if_paused() -> None:

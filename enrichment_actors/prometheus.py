@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
@@ -36,6 +36,7 @@ from dramatiq.middleware.prometheus import DB_PATH, HTTP_HOST, HTTP_PORT, Promet
 
 from middleware.backends.base import BackendUnavailable
 from middleware.deferral import Defer
+from middleware.policy.pacing import PacingPolicy
 from middleware.policy.pause import PausePolicy
 from middleware.policy.quota import QuotaUsage
 
@@ -385,16 +386,8 @@ class FleetReading:
     orphans: int = 0
 
 
-class _PacingStatus(Protocol):
-    interval_s: float
-
-
-class _Pacing(Protocol):
-    def status(self) -> _PacingStatus: ...
-
-
 def read_endpoints(
-    pauses: Mapping[str, PausePolicy], pacings: Mapping[str, _Pacing]
+    pauses: Mapping[str, PausePolicy], pacings: Mapping[str, PacingPolicy]
 ) -> tuple[EndpointReading, ...]:
     """Each endpoint's pause and hold (one read each) and pacing interval, from the shared backend.
 
@@ -430,10 +423,7 @@ def read_fleet(runtime: Runtime) -> FleetReading:
         parked=runtime.retries.parking.count() if runtime.retries.parking is not None else 0,
         queued=queued,
         persistent=persistence_gauge(redis_servers.values()) if redis_servers else None,
-        endpoints=read_endpoints(
-            getattr(getattr(runtime, "pause", None), "policies", {}),
-            getattr(getattr(runtime, "pacing", None), "policies", {}),
-        ),
+        endpoints=read_endpoints(runtime.pause.policies, runtime.pacing.policies),
         orphans=runtime.retries.parking.orphans() if runtime.retries.parking is not None else 0,
     )
 

@@ -284,10 +284,13 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
         load_settings(
             {
                 "REDIS_URL": redis_url,
+                # A private endpoint: its permits and quota are as configured.
+                "OVERPASS_URL": "http://127.0.0.1:9/api/interpreter",
                 "QUOTA_REQUESTS": "100",
                 "QUOTA_BYTES": "1000",
                 "SEMAPHORE_PERMITS": "3",
                 "BREAKER_FAILURE_THRESHOLD": "2",
+                "PACING_INTERVAL_S": "2.5",
             }
         )
     )
@@ -303,6 +306,7 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
     runtime.retries.parking.park("parked-1", b"payload", delay_s=3600)
     runtime.broker.declare_queue(QUEUE)
     runtime.broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="x", args=(), kwargs={}, options={}))
+    runtime.pause.policies[OVERPASS].hold("user_agent_rejected", "fingerprint-1")
 
     scrape = _scrape(FleetCollector(lambda: read_fleet(runtime)))
     policy = {m.POLICY: OVERPASS}
@@ -323,6 +327,9 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
     assert scrape.value(m.PARKED_JOBS.name) == 1
     assert scrape.value(m.PARKED_ORPHANS.name) == 0
     assert scrape.value(m.QUEUE_MESSAGES.name, queue=QUEUE) == 1
+    assert scrape.value(m.ENDPOINT_HELD.name, **policy) == 1
+    assert scrape.value(m.ENDPOINT_PAUSED.name, **policy) == 0
+    assert scrape.value(m.PACING_INTERVAL.name, **policy) == 2.5
 
 
 def test_endpoint_gauges_and_orphans_are_exported() -> None:
