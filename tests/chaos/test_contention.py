@@ -657,7 +657,7 @@ def test_the_semaphore_peak_stays_within_its_permits(chaos: Chaos, jobs: int) ->
     run = Scenario(chaos, jobs)
     try:
         run.start(
-            f"{PAUSES},semaphore.acquired=sleep:0-0.05,semaphore.released=sleep:0-0.05,fetch.answered=sleep:0-0.03",
+            f"{PAUSES},semaphore.acquired=sleep:0-0.05,semaphore.released=sleep:0-0.05,semaphore.handed_off=sleep:0-0.05,fetch.answered=sleep:0-0.03",
             semaphore_permits=permits,
             semaphore_wait_s=0.5,
         )
@@ -698,7 +698,7 @@ def test_a_permit_holds_while_its_answer_trickles_past_the_lease(chaos: Chaos) -
     run = Scenario(chaos, jobs)
     try:
         run.start(
-            f"{PAUSES},semaphore.acquired=sleep:0-0.05,semaphore.released=sleep:0-0.05",
+            f"{PAUSES},semaphore.acquired=sleep:0-0.05,semaphore.released=sleep:0-0.05,semaphore.handed_off=sleep:0-0.05",
             semaphore_permits=permits,
             semaphore_lease_s=4,
             overpass_http_timeout_s=3,
