@@ -16,6 +16,13 @@ of the ready ones at random (the load spreads without coordination). When
 none is ready, the least bad: the one ready soonest. The admission
 middlewares then defer the job to that time, as with a single endpoint.
 
+An endpoint can turn unready between the pick and the check (its circuit
+opens while the job waits for a permit there), or the call itself can meet a
+429 or a 406: the job is then deferred for that endpoint's reason, for as long
+as that endpoint needs. If another endpoint is ready, the router's after hook
+(which runs before Retries reads the delay) shortens the deferral to a moment,
+and the next attempt goes there.
+
 With one endpoint there is nothing to choose: the options are set without a
 read.
 """
@@ -34,11 +41,15 @@ from dramatiq.broker import Broker, MessageProxy
 
 from middleware.admission import UnknownPolicy
 from middleware.backends.base import BackendUnavailable
+from middleware.breaker import CIRCUIT_OPEN
+from middleware.deferral import Defer
 from middleware.policy.breaker import BreakerState, BreakerStatus
-from middleware.policy.pause import PauseStatus
+from middleware.policy.pause import HELD, PAUSED, PauseStatus
 from middleware.policy.quota import QuotaUsage
+from middleware.quota import QUOTA_EXHAUSTED
 
 from .overpass_endpoints import Endpoint
+from .overpass_pause import RATE_LIMITED
 
 #: Message option naming the endpoint (host[:port]) this attempt calls.
 ENDPOINT = "endpoint"
@@ -48,6 +59,14 @@ POLICY_OPTIONS = ("pause", "semaphore", "breaker", "rate", "quota")
 
 #: Actor option: the route (a group of endpoints) whose endpoint each attempt is routed to.
 ROUTE = "route"
+
+#: Deferrals that concern only the endpoint the attempt went to: when another
+#: endpoint is ready, the job comes back at once (within REROUTE_MAX_S) and is
+#: routed there, instead of waiting for this one (a cooldown, a pause, a day).
+#: Not a pacing slot or a busy permit: short waits, and hopping between two
+#: paced endpoints would spin.
+ENDPOINT_WAITS = frozenset({PAUSED, HELD, CIRCUIT_OPEN, QUOTA_EXHAUSTED, RATE_LIMITED})
+REROUTE_MAX_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,43 @@ class EndpointRouter(dramatiq.Middleware):
         message.options[ENDPOINT] = chosen.name
         for option in POLICY_OPTIONS:
             message.options[option] = chosen.policy
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if not isinstance(exception, Defer) or exception.reason not in ENDPOINT_WAITS:
+            return
+        route = broker.get_actor(message.actor_name).options.get(ROUTE)
+        endpoints = self.routes.get(route, ()) if route is not None else ()
+        if len(endpoints) < 2 or exception.delay_s <= REROUTE_MAX_S:
+            return
+        current = message.options.get(ENDPOINT)
+        try:
+            now = self.now()
+            elsewhere = [
+                e for e in endpoints if e.name != current and readiness(e, self.read(e), now).ready_at <= now
+            ]
+        except BackendUnavailable:
+            return  # the job waits for its endpoint, as with one
+        if elsewhere:
+            delay_s = self.rng.uniform(0.0, REROUTE_MAX_S)
+            self.logger.debug(
+                "Message %s waits for %s (%s, %.1fs); %s ready: back in %.2fs.",
+                message.message_id,
+                current,
+                exception.reason,
+                exception.delay_s,
+                ", ".join(e.name for e in elsewhere),
+                delay_s,
+            )
+            # Retries reads the delay after this hook (after hooks run in reverse order).
+            exception.delay_s = delay_s
+            exception.delay = int(delay_s * 1000)
 
     def pick(self, endpoints: Sequence[Endpoint], previous: str | None) -> Endpoint:
         """The endpoint for this attempt (three reads per endpoint); the previous or first one if unreadable."""

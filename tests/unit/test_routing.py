@@ -258,6 +258,43 @@ def test_an_unreadable_state_keeps_the_previous_endpoint(rig: Any) -> None:
     assert route(broker, fetch.message())[ENDPOINT] == "a.example"
 
 
+@pytest.mark.parametrize(
+    ("reason", "delay_s", "others", "rerouted"),
+    [
+        ("circuit_open", 60.0, "ready", True),  # its circuit opened while it waited for a permit there
+        ("quota_exhausted", 3_600.0, "ready", True),
+        ("paused", 30.0, "ready", True),
+        ("held", 60.0, "ready", True),
+        ("rate_limited", 30.0, "ready", True),  # the call met a 429
+        ("circuit_open", 60.0, "unready", False),  # nowhere better: it waits for its own
+        ("paced", 8.0, "ready", False),  # its reserved slot: hopping between paced endpoints would spin
+        ("no_permit", 0.8, "ready", False),
+        ("circuit_open", 0.3, "ready", False),  # back soon anyway
+    ],
+)
+def test_a_job_deferred_for_its_endpoints_sake_comes_back_at_once_when_another_is_ready(
+    rig: Any, reason: str, delay_s: float, others: str, rerouted: bool
+) -> None:
+    broker, fleet, (fetch, _) = rig
+    router = next(m for m in broker.middleware if isinstance(m, EndpointRouter))
+    if others == "unready":
+        for name in ("b.example", "c.example"):
+            fleet.readings[name] = EndpointReading(pause(until=NOW + 90), None, None)
+    # Its own endpoint is no longer ready (whatever the reason, the router reads the same state).
+    fleet.readings["a.example"] = EndpointReading(
+        None, BreakerState(BreakerStatus.OPEN, open_until=NOW + 60), None
+    )
+    message = fetch.message().copy(options={ENDPOINT: "a.example"})
+    proxy = MessageProxy(message)
+    deferral = AdmissionDenied(delay_s, reason)
+    router.after_process_message(broker, proxy, exception=deferral)
+    if rerouted:
+        assert deferral.delay_s <= 0.5 and deferral.delay == int(deferral.delay_s * 1000)
+        assert route(broker, message)[ENDPOINT] in {"b.example", "c.example"}  # where it goes next
+    else:
+        assert (deferral.delay_s, deferral.delay) == (delay_s, int(delay_s * 1000))
+
+
 def test_one_endpoint_is_routed_without_a_read() -> None:
     (only,) = resolve_endpoints(EndpointSettings(urls=("http://a.example/api/interpreter",)))
     broker = StubBroker()
