@@ -5,14 +5,17 @@ threads) on the session's Redis and PostgreSQL and the stand-in Overpass
 server, with a CPU hog thread in every worker process
 (:mod:`tests.support.hog`) and a random pause at every failpoint
 (``FAILPOINTS``: ``*=sleep:0-0.02``, plus longer pauses where a scenario's
-protocol has its race), and then checks the promises that contention
-breaks first:
+protocol has its race; some scenarios add faults: answers cut off or
+trickled past the lease, errors raised after the answer, worker processes
+killed between the releaser's steps), and then checks the promises that
+contention breaks first:
 
 - every job is stored exactly once (its POIs are there, and its box was
   called once), or dead-lettered with a reason in the log, or, when a
   quota window is spent, parked for the next one: none is lost;
 - the requests the quota counted are the calls the server received, and
-  the bytes it counted are at least the bytes the server sent;
+  the bytes it counted are at least the bytes the server sent (and a byte
+  budget is overshot by no more than the permitted calls in flight);
 - the server never had more calls in flight than there are permits;
 - an open breaker lets one probe through per cooldown.
 
