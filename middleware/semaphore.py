@@ -5,6 +5,9 @@ A permit is held from admission until the actor returns (or calls
 worker killed with ``kill -9`` comes back after the lease time even while
 other workers keep acquiring. A thread that finds no permit waits a short,
 bounded time (woken by releases, never spinning), then defers the message.
+A permit given back while another thread of this process waits goes straight
+to it (see :mod:`middleware.policy.semaphore`): the failpoint
+``semaphore.handed_off`` is between moving the lease and waking that thread.
 """
 
 from __future__ import annotations

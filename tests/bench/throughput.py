@@ -8,12 +8,14 @@ job is done when its POIs are in the table.
 
 The clock starts at the first call the stand-in server receives (idle
 Dramatiq consumers poll up to a second apart; that start-up lag is not
-throughput) and stops when the last POI is stored.
+throughput) and stops when the last POI is stored. Every worker process
+loads :mod:`tests.bench.process_tag`, so each call says which process made it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 from tests.support.workers import WorkerProcesses, eventually
 
 from .fleet import grid_boxes, send, sender
+from .process_tag import process_of
 
 #: POIs each answer carries (the stand-in server's ``pois_per_box``).
 POIS_PER_JOB = 20
@@ -45,6 +48,9 @@ class FleetRun:
     calls: int
     peak_in_flight: int
     rejected_over_slots: int
+    held: int = 0
+    #: Calls made by each worker process (by pid), largest first.
+    shares: list[int] = field(default_factory=list)
     log_counts: dict[str, int] = field(default_factory=dict)
     #: (started, ended) of every interpreter call, epoch seconds, in start order.
     timeline: list[tuple[float, float]] = field(default_factory=list, repr=False)
@@ -57,6 +63,36 @@ class FleetRun:
             return 0.0
         span = max(end for _, end in self.timeline) - self.timeline[0][0]
         return sum(end - start for start, end in self.timeline) / (permits * span) if span > 0 else 0.0
+
+    def gaps_ms(self) -> list[float]:
+        """For each call that ended, how long its slot stayed empty until the next call started
+        (each start matched once, to the earliest end before it), in ms. The last calls' slots,
+        with no job left to start, are not counted."""
+        starts = sorted(start for start, _ in self.timeline)
+        ends = sorted(end for _, end in self.timeline)
+        gaps: list[float] = []
+        i = 0
+        for end in ends:
+            while i < len(starts) and starts[i] < end:
+                i += 1
+            if i == len(starts):
+                break
+            gaps.append((starts[i] - end) * 1000)
+            i += 1
+        return gaps
+
+    def gap_summary(self) -> str:
+        gaps = self.gaps_ms()
+        if len(gaps) < 2:
+            return "no hand-off measured"
+        deciles = statistics.quantiles(gaps, n=10)
+        return f"slot empty between calls: median {statistics.median(gaps):.1f} ms, p90 {deciles[-1]:.1f} ms"
+
+    def share_summary(self) -> str:
+        total = sum(self.shares)
+        if not total:
+            return "no call"
+        return "calls per process " + "/".join(f"{n / total:.2f}" for n in self.shares)
 
     @property
     def tail_s(self) -> float:
@@ -128,13 +164,20 @@ def run_fleet(
     box_origin: tuple[float, float] = (10.0, 10.0),
     log_markers: tuple[str, ...] = (),
     verbose: bool = False,
+    modules: tuple[str, ...] = (),
 ) -> FleetRun:
     """Send ``jobs`` enrich jobs to a fresh fleet of ``module`` and time them (at most ``cap_s``)."""
     reset(env)
     stub.reset()
     expected = jobs * POIS_PER_JOB
     with WorkerProcesses(
-        fleet_env, module=module, processes=processes, threads=threads, defaults={}, verbose=verbose
+        fleet_env,
+        module=module,
+        modules=["tests.bench.process_tag", *modules],
+        processes=processes,
+        threads=threads,
+        defaults={},
+        verbose=verbose,
     ) as fleet:
         broker = sender(env.redis_url)
         send(
@@ -165,7 +208,9 @@ def run_fleet(
             capped = done_rows < expected
         stats = stub.stats()
         first_call = _first_call(stub) or 0.0
-        timeline = sorted((r.started_at, r.ended_at) for r in stub.requests if r.path == "/api/interpreter")
+        calls = [r for r in stub.requests if r.path == "/api/interpreter"]
+        timeline = sorted((r.started_at, r.ended_at) for r in calls)
+        shares = sorted(Counter(process_of(r.user_agent) for r in calls).values(), reverse=True)
         counts = {marker: fleet.count(marker) for marker in log_markers}
         broker.close()
     return FleetRun(
@@ -177,6 +222,8 @@ def run_fleet(
         calls=stats.calls,
         peak_in_flight=stats.peak_in_flight,
         rejected_over_slots=stats.rejected_over_slots,
+        held=stats.held,
+        shares=shares,
         log_counts=counts,
         timeline=timeline,
         finished_at=min(finished, deadline),
@@ -213,10 +260,14 @@ def _script_names() -> dict[str, str]:
     from middleware.backends import redis as ours
 
     names = {}
-    for attribute in dir(ours):
-        source = getattr(ours, attribute)
-        if attribute.isupper() and isinstance(source, str) and "redis.call" in source:
-            names[hashlib.sha1(source.encode()).hexdigest()] = f"middleware:{attribute.lower()}"
+    # Scripts are module constants (LEASE_ACQUIRE) or class attributes of the backend (_PAUSE_GET).
+    for namespace in (ours, ours.RedisBackend):
+        for attribute in dir(namespace):
+            source = getattr(namespace, attribute)
+            if attribute.lstrip("_").isupper() and isinstance(source, str) and "redis.call" in source:
+                names[hashlib.sha1(source.encode()).hexdigest()] = (
+                    f"middleware:{attribute.lstrip('_').lower()}"
+                )
     for path in (Path(dramatiq_redis.__file__).parent / "redis").glob("*.lua"):
         names[hashlib.sha1(path.read_bytes()).hexdigest()] = f"dramatiq:{path.stem}"
     return names
