@@ -150,10 +150,7 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
             )
         raise
     except RateLimited as exc:
-        # Not a retry: the job comes back after the fleet-wide pause, with jitter.
-        pause = _pause_policy()
-        delay_s = jittered(_rate_limit_pause_s(client), jitter_s=pause.limits.jitter_s, rng=_rng)
-        raise Defer(delay_s, reason=Outcome.RATE_LIMITED.value) from exc
+        raise _after_429(client) from exc
     except QueryTooLarge:
         if not _split(job, stage):
             raise
@@ -161,11 +158,7 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
     except OverpassError as exc:
         if refuses_us(exc) is None:
             raise
-        # Every call would be refused the same way: hold the endpoint, keep the job.
-        pause = _pause_policy()
-        hold_after_rejection(pause, exc, fingerprint=_fingerprint(client), endpoint=_endpoint_name(client))
-        delay_s = jittered(pause.limits.hold_recheck_s, jitter_s=pause.limits.jitter_s, rng=_rng)
-        raise Defer(delay_s, reason=HELD) from exc
+        raise _after_refusal(client, exc) from exc
     # The call is over and its bytes are charged (in _call_overpass, so a call
     # admitted after sees them): the next call may start while this job hands
     # its POIs on.
@@ -295,6 +288,47 @@ def _pause_policy(name: str | None = None) -> PausePolicy:
     """The fleet-wide pause of the endpoint this attempt calls (or of policy ``name``): the Pause
     middleware's own, so that admission sees what the actor sets."""
     return runtime.pause.policies[name or _policy_name("pause")]
+
+
+def _after_429(client: OverpassClient) -> Defer:
+    """Pause the endpoint for the fleet; the deferral of this job to the pause end plus jitter (not a retry)."""
+    pause = _pause_policy()
+    try:
+        pause_s = _rate_limit_pause_s(client)
+    except BackendUnavailable as exc:
+        # The fleet cannot be told; this job at least waits, and is never retried for it.
+        pause_s = settings.rate_limit_pause_s
+        logger.warning(
+            "Overpass %s answered 429 (rate limited) and the pause could not be shared (%s): only this job "
+            "pauses %.0f s.",
+            _endpoint_name(client),
+            exc,
+            pause_s,
+        )
+    return Defer(
+        jittered(pause_s, jitter_s=pause.limits.jitter_s, rng=_rng), reason=Outcome.RATE_LIMITED.value
+    )
+
+
+def _after_refusal(client: OverpassClient, error: OverpassError) -> Defer:
+    """Hold the endpoint for the fleet after a 406 or 403; the deferral of this job to the next look.
+
+    Every call would be refused the same way: no job is dead-lettered for it.
+    """
+    pause = _pause_policy()
+    try:
+        hold_after_rejection(pause, error, fingerprint=_fingerprint(client), endpoint=_endpoint_name(client))
+    except BackendUnavailable as exc:
+        logger.error(
+            "Overpass %s refused us (HTTP %s) and the hold could not be shared (%s): this job waits; the "
+            "others will meet the same answer. %s",
+            _endpoint_name(client),
+            error.status,
+            exc,
+            error,
+        )
+    delay_s = jittered(pause.limits.hold_recheck_s, jitter_s=pause.limits.jitter_s, rng=_rng)
+    return Defer(delay_s, reason=HELD)
 
 
 def _defer_if_paused() -> None:

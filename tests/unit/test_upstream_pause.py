@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -38,11 +39,13 @@ from enrichment_actors.overpass_responses import (
     UserAgentRejected,
     read_response,
 )
-from enrichment_actors.runtime import runtime
+from enrichment_actors.runtime import OVERPASS, runtime
 from enrichment_actors.settings import load_settings
 from enrichment_actors.stub_overpass import StubOverpass
+from middleware.admission import STATE_UNAVAILABLE
+from middleware.backends.redis import RedisBackend
 from middleware.deferral import Defer
-from middleware.policy.pause import HELD, PAUSED
+from middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
 from middleware.usage import take_no_call
 from tests.support.workers import WorkerProcesses, eventually
 
@@ -165,6 +168,36 @@ def test_a_job_admitted_before_a_pause_began_makes_no_call(client: OverpassClien
     assert take_no_call(), "the quota gives the request back, the breaker hears nothing"
 
 
+@pytest.fixture
+def unreachable_pause(monkeypatch: pytest.MonkeyPatch) -> PausePolicy:
+    """The endpoint's pause on a Redis that is not there (nothing listens on the port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = RedisBackend.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout_s=0.5)
+    policy = PausePolicy(OVERPASS, PauseLimits(min_pause_s=30.0), backend)
+    monkeypatch.setattr(actors, "_pause_policy", lambda name=None: policy)
+    return policy
+
+
+def test_an_unreachable_shared_state_defers_the_job_instead_of_retrying_or_calling(
+    client: OverpassClient, stub: StubOverpass, unreachable_pause: PausePolicy
+) -> None:
+    # After a 429: this job still waits the pause (a retry would call again sooner).
+    after_429 = actors._after_429(client)
+    assert after_429.reason == "rate_limited" and after_429.delay_s >= runtime.settings.rate_limit_pause_s
+    # After a 406: this job waits for the next look, never dead-lettered.
+    refused = UserAgentRejected("406", status=406)
+    after_406 = actors._after_refusal(client, refused)
+    assert after_406.reason == HELD and after_406.delay_s >= unreachable_pause.limits.hold_recheck_s
+    # Before the call: the pause cannot be read, so no call.
+    take_no_call()
+    with pytest.raises(Defer) as deferred:
+        actors._defer_if_paused()
+    assert deferred.value.reason == STATE_UNAVAILABLE and take_no_call()
+    assert stub.stats().calls == 0 and stub.stats().status_calls == 0
+
+
 # --- 406 / 403: the endpoint is held ---------------------------------------------------------------
 
 
@@ -256,6 +289,28 @@ def test_a_worker_booting_with_the_same_settings_keeps_the_hold(client: Overpass
     _boot_a_worker()
 
     assert policy.status().held
+
+
+def test_worker_processes_started_with_another_contact_lift_the_hold_and_with_the_same_keep_it(
+    stub: StubOverpass, redis_url: str, redis_client: Any
+) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "OVERPASS_URL": stub.interpreter_url,
+        "OVERPASS_CONTACT": "ops@example.org",
+    }
+    user_agent = load_settings(env).user_agent
+    policy = actors._pause_policy()
+    policy.hold(USER_AGENT_REJECTED, settings_fingerprint(stub.interpreter_url, user_agent))
+
+    with WorkerProcesses(env, processes=1, threads=1):
+        pass  # booted: same settings, the hold stays
+    assert policy.status().held
+
+    with WorkerProcesses(
+        {**env, "OVERPASS_CONTACT": "someone-reachable@example.org"}, processes=1, threads=1
+    ):
+        eventually(lambda: not policy.status().held, timeout_s=10, message="the hold lifted at boot")
 
 
 def test_release_hold_lifts_it_by_hand(
