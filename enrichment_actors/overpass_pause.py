@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 import dramatiq
 
 from middleware.backends.base import BackendUnavailable
+from middleware.failpoints import failpoint
 from middleware.policy.pause import PausePolicy, pause_length
 
 from .overpass_responses import OverpassError, UserAgentRejected
@@ -102,6 +103,7 @@ def pause_after_429(
                 remaining,
             )
         else:
+            failpoint("fetch.status_read")  # read, the pause not yet extended with it
             if status.rate_limit is not None:
                 cap_permits(status.rate_limit)
             wanted = max(pause_s, status.seconds_until_free())

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 from middleware.admission import STATE_UNAVAILABLE
 from middleware.backends.redis import RedisBackend
 from middleware.deferral import Defer
+from middleware.failpoints import configure
 from middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
 from middleware.usage import take_no_call
 from tests.support.workers import WorkerProcesses, eventually
@@ -129,6 +131,42 @@ def test_one_status_read_per_429_however_many_callers_meet_it(
     assert max(pauses) >= minimum - 1
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "429" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_callers_meeting_a_429_while_the_opener_reads_the_status_read_nothing(
+    stub: StubOverpass, client: OverpassClient
+) -> None:
+    # The opener stops between reading /api/status and extending the pause with it.
+    stub.script(*["429"] * 5)
+    configure("fetch.status_read=sleep:1.5")
+    done: dict[str, float] = {}
+    try:
+
+        def meet_429(name: str) -> None:
+            with contextlib.suppress(RateLimited):
+                client.fetch(QUERY)
+            actors._rate_limit_pause_s(client)
+            done[name] = time.monotonic()
+
+        opener = threading.Thread(target=meet_429, args=("opener",))
+        opener.start()
+        eventually(
+            lambda: stub.stats().status_calls == 1, timeout_s=10, message="the opener reads the status"
+        )
+        others = [threading.Thread(target=meet_429, args=(f"other-{i}",)) for i in range(4)]
+        with cpu_hog():
+            for thread in others:
+                thread.start()
+            for thread in others:
+                thread.join(timeout=30)
+            opener.join(timeout=30)
+    finally:
+        configure("")
+
+    assert stub.stats().status_calls == 1
+    # Each of the others returned while the opener still stood at the failpoint.
+    assert all(done[f"other-{i}"] < done["opener"] for i in range(4)), done
+    assert actors._pause_policy().status().paused
 
 
 def test_a_429_during_a_pause_reads_nothing_and_waits_for_its_end(
