@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := enrichment_actors middleware
-APT_PACKAGES := redis-server postgresql prometheus faketime
+APT_PACKAGES := redis-server postgresql prometheus faketime rabbitmq-server
 
 .PHONY: install servers demo run test unit features promtool-test check-fmt fmt lint bench chaos clean
 
@@ -22,7 +22,8 @@ $(STAMP): setup.cfg pyproject.toml
 # worker's clock in the fleet-clock tests); installed with apt-get when
 # missing and we are root (CI is), otherwise a clear message says what to do.
 # policy-rc.d keeps the packages from starting their own services: the tests
-# start theirs on free ports, and 5432/6379 belong to whoever runs this (a
+# start theirs on free ports (RabbitMQ too: its own node, epmd and data, see
+# tests/support/rabbitmq.py), and 5432/6379/5672 belong to whoever runs this (a
 # policy-rc.d that was already there, as in Docker images, is put back); the
 # units just installed are disabled too, so that they do not start at boot.
 servers:
@@ -31,6 +32,7 @@ servers:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "Installing$$missing with apt-get"; \
@@ -82,8 +84,10 @@ bench: install
 	$(PY) -m tests.bench
 
 # Fault and contention scenarios, quick and soak sizes; `-s` shows their figures.
+# With them, every pipeline and middleware scenario on RabbitMQ (`make test`
+# runs those tagged @rabbitmq_fast there; the rest are marked chaos and soak).
 chaos: install
-	$(BIN)/pytest -q -m chaos -p no:randomly tests/chaos
+	$(BIN)/pytest -q -m chaos -p no:randomly tests/chaos tests/features/test_pipeline.py tests/features/test_overpass_enrichment.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ Feature: Overpass enrichment under a fleet-wide quota, semaphore and circuit bre
     And every stored POI has the position and tags the stand-in server sent
     And the workers counted 1 "success" outcome
 
+  @rabbitmq_fast
   Scenario: Exhausted quota makes no outbound call, counts quota_denied, and the job runs after the window resets
     Given the setting QUOTA_REQUESTS is "1"
     And the setting QUOTA_WINDOW_S is "4"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from middleware.policy.breaker import BreakerStatus
@@ -12,7 +13,17 @@ from middleware.policy.quota import QuotaLimits, QuotaPolicy
 from tests.features.conftest import World, expected_pois_full
 from tests.support.workers import WorkerProcesses, eventually
 
+# Every scenario on the Redis broker and on RabbitMQ (the state stays in Redis
+# either way); on RabbitMQ, `make test` runs those tagged @rabbitmq_fast, the
+# rest are `make chaos` (tests/features/conftest.py).
+pytestmark = pytest.mark.usefixtures("broker_kind")
+
 scenarios("overpass_enrichment.feature")
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def interpreter_calls(world: World) -> list[Any]:

@@ -13,6 +13,7 @@ a 2-core machine; ``rabbitmqctl`` answers in about 0.6 s.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -134,16 +135,23 @@ class RabbitServer:
 
         deadline = time.monotonic() + self.start_timeout_s
         params = pika.URLParameters(self.url + "?connection_attempts=1&socket_timeout=2")
-        while True:
-            try:
-                pika.BlockingConnection(params).close()
-                return
-            except pika.exceptions.AMQPError as exc:
-                if self._server is None or self._server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"rabbitmq-server on 127.0.0.1:{self.amqp_port} did not start ({exc!r}):\n{self.log_tail()}"
-                    ) from None
-                time.sleep(0.2)
+        # pika logs every refused attempt as an error, with a traceback: not while waiting here.
+        quiet = logging.getLogger("pika")
+        level, quiet.level = quiet.level, logging.CRITICAL
+        try:
+            while True:
+                try:
+                    pika.BlockingConnection(params).close()
+                    return
+                except pika.exceptions.AMQPError as exc:
+                    if self._server is None or self._server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"rabbitmq-server on 127.0.0.1:{self.amqp_port} did not start ({exc!r}):\n"
+                            f"{self.log_tail()}"
+                        ) from None
+                    time.sleep(0.2)
+        finally:
+            quiet.setLevel(level)
 
     def stop(self, *, hard: bool = False) -> None:
         """Stop the node: gracefully (SIGTERM, as ``rabbitmqctl stop``) or ``hard`` (SIGKILL, a crash)."""

@@ -1,0 +1,103 @@
+"""Faults on the RabbitMQ broker: workers killed with ``kill -9`` during 300 jobs, and the broker restarted.
+
+RabbitMQ hands a message back to the queue when the connection of the
+consumer that held it closes (a killed worker, a restarted broker): at least
+once, as on Redis. What keeps that from costing Overpass calls is the stage
+(enrichment_actors/staging.py): a fetch's answer is kept in the state backend
+under the fetch message's id, so a redelivered fetch whose answer had landed
+hands it on without calling. Only a call still in flight when its worker died
+is made again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.bench.fleet import send
+from tests.chaos.conftest import POIS_PER_JOB, QUEUE, TAGS, Chaos
+from tests.support import rabbitmq
+from tests.support.workers import eventually
+
+pytestmark = pytest.mark.chaos
+
+
+def send_jobs(url: str, count: int) -> list[dict[str, Any]]:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    from tests.bench.fleet import grid_boxes
+
+    jobs = [{"bbox": box, "tags": TAGS} for box in grid_boxes(count, size_deg=0.02, origin=(40.0, 40.0))]
+    broker = RabbitmqBroker(url=url, middleware=[], confirm_delivery=True)
+    send(broker, QUEUE, "enrich", jobs)  # type: ignore[arg-type]
+    broker.close()
+    return jobs
+
+
+@pytest.fixture
+def rabbit() -> Any:
+    """A RabbitMQ server of this test's own: it is restarted, so not the session's."""
+    if not rabbitmq.rabbitmq_installed():
+        pytest.skip("rabbitmq-server is not installed: run `make servers` (as root) or apt-get install it")
+    server = rabbitmq.RabbitServer().start()
+    yield server
+    server.remove()
+
+
+# The graceful restart (``rabbitmqctl stop``, a rolling upgrade) in ``make test``; the
+# crash (SIGKILL: only confirmed, persistent messages survive) in ``make chaos``.
+@pytest.mark.parametrize("restart", ["graceful", pytest.param("hard", marks=pytest.mark.soak)])
+def test_workers_killed_and_the_broker_restarted_lose_no_job_and_make_no_extra_call(
+    chaos: Chaos, rabbit: rabbitmq.RabbitServer, restart: str
+) -> None:
+    from middleware.backends.redis import RedisBackend
+    from middleware.policy.parking import ParkingLot
+
+    chaos.stub.set_latency(0.15)
+    settings = {"broker": "rabbitmq", "rabbitmq_url": rabbit.url, "semaphore_permits": 4}
+    # The dramatiq CLI stops its other processes when one dies, and a supervisor starts it
+    # again: three one-process fleets, and a fresh one for each killed.
+    fleets = [chaos.workers(processes=1, threads=4, **settings) for _ in range(3)]
+    jobs = 300
+    send_jobs(rabbit.url, jobs)
+    kills: list[tuple[int, int]] = []
+    restarted_after = 0
+    for round_ in range(4):
+        eventually(lambda: chaos.stub.stats().in_flight > 0, timeout_s=60, message="a call in flight")
+        victim = fleets[round_ % len(fleets)]
+        pid = victim.worker_pids()[0]
+        in_flight = chaos.stub.stats().in_flight
+        victim.kill_worker(pid)
+        kills.append((pid, in_flight))
+        fleets[round_ % len(fleets)] = chaos.workers(processes=1, threads=4, **settings)
+        if round_ == 1:
+            # Mid-run, between the kills: every worker's connection drops, their
+            # unacknowledged messages go back to the queues.
+            restarted_after = chaos.stub.stats().calls
+            rabbit.restart(hard=restart == "hard")
+        time.sleep(1.0)
+    took = eventually(
+        lambda: chaos.stored() >= jobs * POIS_PER_JOB, timeout_s=240, message="every job stored"
+    )
+    parking = ParkingLot(RedisBackend.from_url(chaos.redis_url, namespace="enrichment"))
+    eventually(
+        lambda: parking.count() == 0 and rabbitmq.settled(rabbit, (QUEUE,)),
+        timeout_s=60,
+        interval_s=0.5,
+        message="nothing parked, queued or held",
+    )
+    stats = chaos.stub.stats()
+    killed_in_flight = sum(n for _, n in kills)
+    print(
+        f"\nRabbitMQ ({restart} restart after {restarted_after} calls), {len(kills)} kills "
+        f"(calls in flight at each: {[n for _, n in kills]}): {stats.calls} calls for {jobs} jobs, "
+        f"{chaos.stored()} POIs stored, done {took:.1f}s after the last kill"
+    )
+    assert chaos.stored() == jobs * POIS_PER_JOB
+    assert rabbitmq.dead_letters(rabbit.url, QUEUE) == []
+    # At most the calls in flight when a worker was killed are made again (the
+    # fleet-wide count at each kill: an upper bound of the victim's own).
+    assert jobs <= stats.calls <= jobs + killed_in_flight, (stats.calls, kills)
+    assert all(f.proc is not None and f.proc.poll() is None for f in fleets), "a fleet stopped"
