@@ -17,7 +17,19 @@ Feature: One fleet, one polite client of each Overpass instance
     And 20 enrich jobs on distinct boxes are queued
     And 2 worker processes with 4 threads are running
     When every queued job is stored
-    Then no request reached the stand-in server within 3 s after its 429 but one status read
+    Then the fleet paused at least 3 s right after the 429, and no request reached the stand-in server in the pause but one status read
+    And the stand-in server answered 1 "429" and 1 status read
+    And no job is dead-lettered
+
+  Scenario: A 429 pauses the fleet also for jobs admitted before it that linger before their call
+    Given the stand-in server answers every call with latency 100 ms
+    And the stand-in server will answer "429"
+    And the setting RATE_LIMIT_PAUSE_S is "3"
+    And the setting FAILPOINTS is "semaphore.acquired=sleep:0-0.3,quota.admitted=sleep:0-0.3"
+    And 20 enrich jobs on distinct boxes are queued
+    And 2 worker processes with 4 threads are running
+    When every queued job is stored
+    Then the fleet paused at least 3 s right after the 429, and no request reached the stand-in server in the pause but one status read
     And the stand-in server answered 1 "429" and 1 status read
     And no job is dead-lettered
 
@@ -61,6 +73,18 @@ Feature: One fleet, one polite client of each Overpass instance
     And each endpoint's quota counted the bytes it sent, within the documented bound
     And no job is dead-lettered
 
+  Scenario: Two private endpoints spend their byte budgets within the documented bound
+    Given a second stand-in Overpass server is running
+    And the workers call both stand-in servers
+    And the setting QUOTA_BYTES is "20000"
+    And 12 enrich jobs on distinct boxes are queued
+    And 2 worker processes with 4 threads are running
+    When the fleet has nothing left to do before the next quota window
+    Then each endpoint's quota counted exactly the calls it received
+    And each endpoint's quota counted the bytes it sent, within the documented bound
+    And every job is stored or parked for the next quota window
+    And no job is dead-lettered
+
   Scenario: A 406 on every call holds the endpoint: no dead letter, the backlog intact, the hold shown
     Given the stand-in server answers "406" from now on
     And the setting OVERPASS_PROFILE is "public"
@@ -74,3 +98,5 @@ Feature: One fleet, one polite client of each Overpass instance
     And the stand-in server received at most 1 call
     And enrichment status shows the endpoint held
     And the metrics show the endpoint held
+    When I run enrichment release-hold for the endpoint
+    Then enrichment status shows the endpoint not held

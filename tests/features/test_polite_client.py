@@ -49,6 +49,13 @@ class Polite:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     second: StubOverpass | None = None  # the second endpoint, when there are two
     refusal: str = ""  # what the CLI said when it refused to start
+    _expected: list[set[tuple[str, int]]] = field(default_factory=list)
+
+    def expected(self) -> list[set[tuple[str, int]]]:
+        """Each job's POIs at the stand-in (its data is deterministic: a fresh server tells)."""
+        if len(self._expected) != len(self.jobs):
+            self._expected = [expected_pois(job) for job in self.jobs]
+        return self._expected
 
 
 @pytest.fixture
@@ -165,7 +172,7 @@ def both_endpoints(world: World, polite: Polite) -> None:
 @when("every queued job is stored")
 def every_job_stored(world: World, polite: Polite, store: Any) -> None:
     """Every job's POIs are in the table, and nothing is left queued or parked."""
-    expected = set().union(*(expected_pois(job) for job in polite.jobs))
+    expected = set().union(*polite.expected())
     assert expected, "the stand-in server has no POIs for these boxes: pick others"
     started = time.monotonic()
 
@@ -197,34 +204,85 @@ def every_job_parked(world: World, polite: Polite) -> None:
     time.sleep(3)  # nothing may move while held
 
 
+def jobs_stored(polite: Polite, store: Any) -> list[int]:
+    """Indexes of the jobs whose POIs are all in the table."""
+    stored = {(row[0], row[1]) for row in store.fetch_all()}
+    return [i for i, pois in enumerate(polite.expected()) if pois <= stored]
+
+
+@when("the fleet has nothing left to do before the next quota window")
+def fleet_settled(world: World, polite: Polite, store: Any) -> None:
+    """Every job stored or parked, nothing queued, and no new call for a few seconds."""
+    stubs = [s for s in (world.stub, polite.second) if s is not None]
+    eventually(
+        lambda: (
+            queued(world.redis_url) == 0
+            and len(jobs_stored(polite, store)) + parked(world.redis_url) >= len(polite.jobs)
+        ),
+        timeout_s=SETTLE_S,
+        interval_s=0.5,
+        message=f"{len(polite.jobs)} jobs stored or parked",
+    )
+    calls = [s.stats().calls for s in stubs]
+    time.sleep(3)
+    assert [s.stats().calls for s in stubs] == calls, "calls went on after the budgets ran out"
+
+
 # --- Then: the 429 pause -----------------------------------------------------
+
+
+def pause_record(world: World, stub: StubOverpass) -> dict[str, Any]:
+    """The fleet's pause of ``stub``'s endpoint as the backend keeps it (an hour after it ends):
+    ``paused_since`` and ``paused_until`` on the Redis server's clock, this machine's clock too."""
+    from middleware.backends.redis import RedisBackend
+
+    backend = RedisBackend.from_url(world.redis_url, namespace="enrichment")
+    record = backend.pause_get(f"pause:{policy_of(world, stub)}")
+    assert record is not None and record["paused_since"] is not None, f"no pause was recorded: {record}"
+    return record
 
 
 @then(
     parsers.parse(
-        "no request reached the stand-in server within {pause_s:g} s after its 429 but one status read"
+        "the fleet paused at least {pause_s:g} s right after the 429, and no request reached the stand-in "
+        "server in the pause but one status read"
     )
 )
 def quiet_after_429(world: World, pause_s: float) -> None:
+    """Judged by the server's arrival times against the pause the backend recorded (same clock).
+
+    A call whose last pause read came before a worker stored the pause may
+    still arrive after the 429 went out: at most the other permits' calls,
+    in the milliseconds until the pause began. They are counted and printed
+    apart; from the moment the pause began, the only request is the status read.
+    """
     assert world.stub is not None
     requests = sorted(world.stub.requests, key=lambda r: r.started_at)
     first = next(r for r in requests if r.path == INTERPRETER and r.outcome == "429")
-    # The pause starts when a worker stores it, after the 429 went out: the
-    # window (answer sent, answer sent + pause) lies inside it, on the same clock.
-    inside = [r for r in requests if first.ended_at < r.started_at < first.ended_at + pause_s]
-    reads = [r for r in inside if r.path == STATUS]
-    others = [r for r in inside if r.path != STATUS]
-    after = [r for r in requests if r.path == INTERPRETER and r.started_at > first.ended_at]
-    next_call = after[0].started_at - first.ended_at if after else float("nan")
-    overlapping = [
-        r for r in requests if r.path == INTERPRETER and r.started_at < first.ended_at < r.ended_at
-    ]
+    record = pause_record(world, world.stub)
+    since, until = float(record["paused_since"]), float(record["paused_until"])
+    after_429 = [r for r in requests if r.started_at > first.ended_at]
+    before_pause = [r for r in after_429 if r.started_at < since and r.path != STATUS]
+    in_pause = [r for r in after_429 if since <= r.started_at < until]
+    reads = [r for r in after_429 if r.path == STATUS and r.started_at < until]
+    within = [r for r in after_429 if r.started_at < first.ended_at + pause_s and r.path != STATUS]
+    calls_after = [r for r in after_429 if r.path == INTERPRETER and r.started_at >= until]
+    permits = int(world.worker_env().get("SEMAPHORE_PERMITS", "2"))
+    next_call = f"{calls_after[0].started_at - until:+.2f} s from its end" if calls_after else "none"
     say(
-        f"429 pause of {pause_s:g} s: {len(others)} requests within it besides {len(reads)} status read(s); "
-        f"first call after the 429 at +{next_call:.2f} s; {len(overlapping)} call(s) already in flight at the 429"
+        f"429 pause: began {1000 * (since - first.ended_at):.0f} ms after the 429 went out and lasted "
+        f"{until - since:.2f} s (RATE_LIMIT_PAUSE_S {pause_s:g}); requests within {pause_s:g} s of the 429: "
+        f"{len(within)} besides {len(reads)} status read ({len(before_pause)} sent before the pause began, "
+        f"{len([r for r in in_pause if r.path != STATUS])} in it); first call after the pause: {next_call}"
     )
-    assert others == [], [(r.path, r.outcome, round(r.started_at - first.ended_at, 3)) for r in others]
-    assert len(reads) == 1, "the one status read belongs in the pause, right after the 429"
+    assert 0 <= since - first.ended_at < 1.0, "the pause begins as soon as a worker has the 429"
+    assert until - since >= pause_s - 0.001, f"paused {until - since:.3f} s"
+    calls_in_pause = [r for r in in_pause if r.path != STATUS]
+    assert calls_in_pause == [], [(r.path, r.outcome, round(r.started_at - since, 3)) for r in calls_in_pause]
+    assert len(reads) == 1, "one status read, in the pause, right after the 429"
+    assert len(before_pause) <= permits - 1, [
+        (r.outcome, round(r.started_at - first.ended_at, 3)) for r in before_pause
+    ]
 
 
 @then(parsers.parse('the stand-in server answered {count:d} "{outcome}" and {reads:d} status read'))
@@ -359,6 +417,13 @@ def quota_bytes_bound(world: World, polite: Polite) -> None:
         assert counted == sent, "every byte of a whole answer is charged once"
 
 
+@then("every job is stored or parked for the next quota window")
+def stored_or_parked(world: World, polite: Polite, store: Any) -> None:
+    stored, waiting = len(jobs_stored(polite, store)), parked(world.redis_url)
+    say(f"byte budgets: {stored} jobs stored, {waiting} parked for the next window, of {len(polite.jobs)}")
+    assert stored + waiting == len(polite.jobs) and waiting > 0, "the budget should run out before the jobs"
+
+
 # --- Then: the 406 hold ------------------------------------------------------
 
 
@@ -379,12 +444,11 @@ def at_most_calls(world: World, polite: Polite, count: int) -> None:
     assert stats.calls <= count, stats.served
 
 
-@then("enrichment status shows the endpoint held")
-def status_shows_hold(world: World) -> None:
-    assert world.stub is not None
+def enrichment(world: World, *args: str) -> str:
+    """Run the ``enrichment`` console script with the workers' settings; its output (it must succeed)."""
     env = {**os.environ, **FAST_SETTINGS, **world.worker_env()}
     done = subprocess.run(
-        [sys.executable, "-m", "enrichment_actors.cli", "status"],
+        [sys.executable, "-m", "enrichment_actors.cli", *args],
         check=False,
         cwd=REPO,
         env=env,
@@ -392,10 +456,30 @@ def status_shows_hold(world: World) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stdout.splitlines() if "held" in line.lower()]
-    say(f"enrichment status: {' | '.join(line.strip() for line in lines)}")
-    assert any(endpoint_of(world.stub) in line or "406" in line for line in lines), done.stdout
+    assert done.returncode == 0, f"enrichment {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+@then("enrichment status shows the endpoint held")
+def status_shows_hold(world: World) -> None:
+    assert world.stub is not None
+    held = [line.strip() for line in enrichment(world, "status").splitlines() if "HELD" in line]
+    say(f"enrichment status: {' | '.join(held)}")
+    assert any(endpoint_of(world.stub) in line and "release-hold" in line for line in held), held
+
+
+@when("I run enrichment release-hold for the endpoint")
+def release_hold(world: World) -> None:
+    assert world.stub is not None
+    said = enrichment(world, "release-hold", endpoint_of(world.stub))
+    say(f"enrichment release-hold: {said.strip()}")
+    assert "lifted" in said, said
+
+
+@then("enrichment status shows the endpoint not held")
+def status_shows_no_hold(world: World) -> None:
+    shown = enrichment(world, "status")
+    assert "HELD" not in shown, shown
 
 
 @then("the metrics show the endpoint held")
