@@ -264,7 +264,9 @@ def _demo() -> int:
     in the environment of a fresh interpreter.
     """
     env = dict(os.environ)
-    if "REDIS_URL" not in env:
+    if "REDIS_URL" not in env and "STATE_REDIS_URL" not in env:
+        # No Redis: the in-process stub broker (unless BROKER=rabbitmq names the
+        # user's RabbitMQ) and the state in this one process.
         env.setdefault("BROKER", "stub")
         env.setdefault("STATE_BACKEND", "memory")
     env.setdefault("DATABASE_URL", "sqlite:///" + os.path.abspath("var/demo.sqlite3"))

@@ -97,7 +97,7 @@ def main() -> int:
         for name, bbox, tags in BOXES:
             print(f"enqueue  {name:<42} tags={tags or 'default'}")
             enrich.send(bbox=bbox, tags=tags)
-        _wait_until_done(settings.queue)
+        _wait_until_done(settings.queue, worker=worker)
         worker.join()
     finally:
         worker.stop()
@@ -116,11 +116,16 @@ def main() -> int:
     )
     print(f"  POIs stored           : {stored}")
     print(f"  data                  : {redact_url(settings.database_url)} (table pois)")
+    print(f"  broker                : {settings.broker}")
     return 0 if tally.final.get(Outcome.SUCCESS.value) and stored else 1
 
 
-def _wait_until_done(queue: str, timeout_s: float = 120.0) -> None:
-    """Until nothing is queued or parked: retried and deferred jobs wait in the parking lot, not the queue."""
+def _wait_until_done(queue: str, timeout_s: float = 120.0, *, worker: dramatiq.Worker | None = None) -> None:
+    """Until nothing is queued, in ``worker``'s hands or parked: retried and deferred jobs wait in the parking lot.
+
+    RabbitMQ's counts (AMQP tells ready messages only) leave out what the
+    worker holds unacknowledged: ``worker.join()`` waits for that.
+    """
     parking = runtime.retries.parking
     deadline = time.monotonic() + timeout_s
 
@@ -130,6 +135,8 @@ def _wait_until_done(queue: str, timeout_s: float = 120.0) -> None:
             runtime.broker.join(queue, fail_fast=False, timeout=remaining_ms)
         else:
             runtime.broker.join(queue, timeout=remaining_ms)
+            if worker is not None:
+                worker.join()
 
     while time.monotonic() < deadline:
         join()
