@@ -34,7 +34,9 @@ Feature: One fleet, one polite client of each Overpass instance
     And no job is dead-lettered
 
   Scenario: The public profile keeps one call in flight fleet-wide and spaces the calls
-    Given the stand-in server answers every call with latency 200 ms
+    # Calls that take 1.5 s would overlap under a second permit (the pacing lets
+    # one start every second); the instant ones are followed as soon as the pacing allows.
+    Given the stand-in server will answer "stall:1.5, ok, stall:1.5, ok, stall:1.5, ok, stall:1.5, ok"
     And the setting OVERPASS_PROFILE is "public"
     And the setting PACING_MIN_INTERVAL_S is "1"
     And the setting PACING_INTERVAL_S is "1"
