@@ -101,3 +101,54 @@ def test_workers_killed_and_the_broker_restarted_lose_no_job_and_make_no_extra_c
     # fleet-wide count at each kill: an upper bound of the victim's own).
     assert jobs <= stats.calls <= jobs + killed_in_flight, (stats.calls, kills)
     assert all(f.proc is not None and f.proc.poll() is None for f in fleets), "a fleet stopped"
+
+
+def test_a_job_deferred_past_consumer_timeout_waits_parked_not_held(chaos: Chaos) -> None:
+    """RabbitMQ closes the channel of a consumer that holds a delivery unacknowledged past
+    ``consumer_timeout`` (and hands every delivery of that channel back). Dramatiq's delay
+    queue holds a delayed message unacknowledged until it is due; the product parks every
+    wait in the state backend instead. A job the quota defers for longer than the timeout
+    comes back after the window without a channel ever being closed, and one call each."""
+    if not rabbitmq.rabbitmq_installed():
+        pytest.skip("rabbitmq-server is not installed: run `make servers` (as root) or apt-get install it")
+    from middleware.backends.redis import RedisBackend
+    from middleware.policy.parking import ParkingLot
+
+    timeout_ms, window_s = 2000, 8
+    server = rabbitmq.RabbitServer(consumer_timeout_ms=timeout_ms).start()
+    try:
+        fleet = chaos.workers(
+            processes=1,
+            threads=2,
+            broker="rabbitmq",
+            rabbitmq_url=server.url,
+            quota_requests=1,
+            quota_window_s=window_s,
+        )
+        time.sleep(
+            window_s - time.time() % window_s + 0.05
+        )  # the start of a window: the second job waits ~8 s
+        send_jobs(server.url, 2)
+        parking = ParkingLot(RedisBackend.from_url(chaos.redis_url, namespace="enrichment"))
+        parked_seen = 0
+
+        def stored_both() -> bool:
+            nonlocal parked_seen
+            parked_seen = max(parked_seen, parking.count())
+            return chaos.stored() >= 2 * POIS_PER_JOB
+
+        eventually(stored_both, timeout_s=4 * window_s, interval_s=0.2, message="both jobs stored")
+        eventually(
+            lambda: rabbitmq.settled(server, (QUEUE,)), timeout_s=20, interval_s=0.5, message="settled"
+        )
+        closed = fleet.count("PRECONDITION_FAILED") + fleet.count("acknowledgement on channel")
+        print(
+            f"\nconsumer_timeout {timeout_ms} ms, a job deferred up to {window_s} s: {closed} channels closed"
+        )
+        assert closed == 0, fleet.tail()
+        assert chaos.stub.stats().calls == 2
+        assert rabbitmq.dead_letters(server.url, QUEUE) == []
+    finally:
+        for fleet_ in chaos.fleets:
+            fleet_.stop()
+        server.remove()

@@ -46,9 +46,13 @@ class RabbitServer:
 
     Parameters:
       start_timeout_s: how long :meth:`start` waits for the AMQP port to answer.
+      consumer_timeout_ms: RabbitMQ's ``consumer_timeout`` (default: the server's, 30 min):
+        a delivery held unacknowledged longer closes its channel. Checked on each
+        channel tick, here every second (the server's default: every minute).
     """
 
-    def __init__(self, *, start_timeout_s: float = 90.0) -> None:
+    def __init__(self, *, start_timeout_s: float = 90.0, consumer_timeout_ms: int | None = None) -> None:
+        self.consumer_timeout_ms = consumer_timeout_ms
         self.amqp_port = free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -71,7 +75,10 @@ class RabbitServer:
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             # The test server's disk is whatever /tmp has: never block publishers for it.
             "disk_free_limit.absolute = 1MB\n"
+            + (f"consumer_timeout = {self.consumer_timeout_ms}\n" if self.consumer_timeout_ms else "")
         )
+        if self.consumer_timeout_ms:
+            (self.base / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 1000}]}].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
         (self.base / "enabled_plugins").write_text("[].\n")
         if self._as_user:
