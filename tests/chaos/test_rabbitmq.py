@@ -152,3 +152,36 @@ def test_a_job_deferred_past_consumer_timeout_waits_parked_not_held(chaos: Chaos
         for fleet_ in chaos.fleets:
             fleet_.stop()
         server.remove()
+
+
+@pytest.mark.parametrize(
+    ("killed_at", "calls"),
+    [
+        ("fetch.handed_off", 1),  # the answer staged and handed on: the redelivered fetch makes no call
+        ("fetch.answered", 2),  # the answer in hand, not yet staged: the redelivered fetch calls again
+    ],
+)
+def test_a_redelivered_fetch_calls_again_only_if_its_answer_had_not_landed(
+    chaos: Chaos, rabbitmq_server: rabbitmq.RabbitServer, killed_at: str, calls: int
+) -> None:
+    """A worker killed (SIGKILL, by a failpoint) while it holds the fetch: RabbitMQ hands the
+    fetch to the next worker at once, and the stage decides whether it calls again."""
+    from tests.support.workers import WorkerProcesses
+
+    rabbitmq_url = rabbitmq_server.url
+    rabbitmq.purge(rabbitmq_url, (QUEUE,))
+    settings = {"broker": "rabbitmq", "rabbitmq_url": rabbitmq_url}
+    dying = WorkerProcesses(
+        {**chaos.env(**settings), "FAILPOINTS": f"{killed_at}=kill:1"}, processes=1, threads=1
+    )
+    chaos.fleets.append(dying.start())
+    send_jobs(rabbitmq_url, 1)
+    eventually(
+        lambda: dying.proc is not None and dying.proc.poll() is not None, timeout_s=30, message="killed"
+    )
+    assert chaos.stub.stats().calls == 1
+    chaos.workers(processes=1, threads=1, **settings)
+    eventually(lambda: chaos.stored() >= POIS_PER_JOB, timeout_s=30, message="the job stored")
+    eventually(lambda: rabbitmq.settled(rabbitmq_server, (QUEUE,)), timeout_s=20, interval_s=0.5)
+    assert chaos.stub.stats().calls == calls
+    assert chaos.stored() == POIS_PER_JOB
