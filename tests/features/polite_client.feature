@@ -47,6 +47,14 @@ Feature: One fleet, one polite client of each Overpass instance
     And the calls it received started at least 1 s apart, less a tolerance of 0.2 s
     And no job is dead-lettered
 
+  Scenario: By default the public profile spreads what is left of the day's budget over the rest of the day
+    Given the setting OVERPASS_PROFILE is "public"
+    And 3 enrich jobs on distinct boxes are queued
+    And 2 worker processes with 2 threads are running
+    When every queued job is stored
+    Then the calls it received started at least the rest of the UTC day over the requests left apart, less 0.2 s
+    And the metrics show that pacing interval
+
   Scenario: The public profile does not start without a contact
     Given the setting OVERPASS_PROFILE is "public"
     And the setting OVERPASS_CONTACT is empty

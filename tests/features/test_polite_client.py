@@ -27,6 +27,7 @@ import redis
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from enrichment_actors import metrics as m
+from enrichment_actors.overpass_endpoints import PUBLIC_DAILY_REQUESTS, PUBLIC_WINDOW_S
 from enrichment_actors.stub_overpass import RecordedRequest, StubOverpass
 from tests.bench.fleet import grid_boxes, send, sender
 from tests.features.conftest import QUEUE, World, dead_letters, expected_pois
@@ -127,6 +128,16 @@ def by_endpoint(world: World, found: Scrape, name: str, stub: StubOverpass, **la
     return found.value(name, **{m.POLICY: policy_of(world, stub)}, **labels)
 
 
+def situation(world: World) -> str:
+    """Where the jobs are, and the workers' last lines: what a timed-out wait reports."""
+    served = None if world.stub is None else world.stub.stats().served
+    tail = world.workers[0].tail(30) if world.workers else ""
+    return (
+        f"{queued(world.redis_url)} queued, {parked(world.redis_url)} parked, "
+        f"{len(dead_letters(world.redis_url))} dead-lettered; the stand-in served {served}\n{tail}"
+    )
+
+
 # --- Given -------------------------------------------------------------------
 
 
@@ -185,9 +196,7 @@ def every_job_stored(world: World, polite: Polite, store: Any) -> None:
     except AssertionError:
         stored = {(row[0], row[1]) for row in store.fetch_all()}
         raise AssertionError(
-            f"after {SETTLE_S:.0f} s: {len(expected & stored)}/{len(expected)} POIs stored, "
-            f"{queued(world.redis_url)} queued, {parked(world.redis_url)} parked, "
-            f"{len(dead_letters(world.redis_url))} dead-lettered\n{world.workers[0].tail()}"
+            f"after {SETTLE_S:.0f} s: {len(expected & stored)}/{len(expected)} POIs stored, {situation(world)}"
         ) from None
     say(f"{len(polite.jobs)} jobs stored in {time.monotonic() - started:.1f} s")
 
@@ -195,12 +204,14 @@ def every_job_stored(world: World, polite: Polite, store: Any) -> None:
 @when("every queued job waits parked")
 def every_job_parked(world: World, polite: Polite) -> None:
     """Every fetch is parked (deferred) and nothing moves for a few seconds: the backlog is waiting."""
-    eventually(
-        lambda: parked(world.redis_url) == len(polite.jobs) and queued(world.redis_url) == 0,
-        timeout_s=30,
-        interval_s=0.25,
-        message=f"{len(polite.jobs)} jobs parked",
-    )
+    try:
+        eventually(
+            lambda: parked(world.redis_url) == len(polite.jobs) and queued(world.redis_url) == 0,
+            timeout_s=30,
+            interval_s=0.25,
+        )
+    except AssertionError:
+        raise AssertionError(f"not all {len(polite.jobs)} jobs parked: {situation(world)}") from None
     time.sleep(3)  # nothing may move while held
 
 
@@ -214,15 +225,18 @@ def jobs_stored(polite: Polite, store: Any) -> list[int]:
 def fleet_settled(world: World, polite: Polite, store: Any) -> None:
     """Every job stored or parked, nothing queued, and no new call for a few seconds."""
     stubs = [s for s in (world.stub, polite.second) if s is not None]
-    eventually(
-        lambda: (
-            queued(world.redis_url) == 0
-            and len(jobs_stored(polite, store)) + parked(world.redis_url) >= len(polite.jobs)
-        ),
-        timeout_s=SETTLE_S,
-        interval_s=0.5,
-        message=f"{len(polite.jobs)} jobs stored or parked",
-    )
+    try:
+        eventually(
+            lambda: (
+                queued(world.redis_url) == 0
+                and len(jobs_stored(polite, store)) + parked(world.redis_url) >= len(polite.jobs)
+            ),
+            timeout_s=SETTLE_S,
+            interval_s=0.5,
+        )
+    except AssertionError:
+        stored = len(jobs_stored(polite, store))
+        raise AssertionError(f"{stored} of {len(polite.jobs)} jobs stored, {situation(world)}") from None
     calls = [s.stats().calls for s in stubs]
     time.sleep(3)
     assert [s.stats().calls for s in stubs] == calls, "calls went on after the budgets ran out"
@@ -324,6 +338,48 @@ def spaced_calls(world: World, interval_s: float, tolerance_s: float) -> None:
         f"median {sorted(gaps)[len(gaps) // 2]:.3f} s (tolerance {tolerance_s:g} s)"
     )
     assert min(gaps) >= interval_s - tolerance_s, [round(g, 3) for g in gaps]
+
+
+def _spread_s(at: float, requests_left: int) -> float:
+    """What is left of the UTC day at ``at`` over ``requests_left``: the public profile's default interval."""
+    return (PUBLIC_WINDOW_S - at % PUBLIC_WINDOW_S) / requests_left
+
+
+@then(
+    parsers.parse(
+        "the calls it received started at least the rest of the UTC day over the requests left apart, "
+        "less {tolerance_s:g} s"
+    )
+)
+def spread_budget(world: World, tolerance_s: float) -> None:
+    """Between call k and call k+1 the budget has PUBLIC_DAILY_REQUESTS - k requests left (the quota
+    counts each call at admission); the interval is taken at call k+1, when the least day is left."""
+    assert world.stub is not None
+    starts = [r.started_at for r in interpreter_calls(world.stub)]
+    assert len(starts) >= 2, "too few calls to measure a gap"
+    pairs = [
+        (b - a, _spread_s(b, PUBLIC_DAILY_REQUESTS - k))
+        for k, (a, b) in enumerate(itertools.pairwise(starts))
+    ]
+    say(
+        "public profile, budget spread over the day: gaps "
+        + ", ".join(f"{gap:.2f} s (interval {interval:.2f} s)" for gap, interval in pairs)
+    )
+    assert all(gap >= interval - tolerance_s for gap, interval in pairs), pairs
+
+
+@then("the metrics show that pacing interval")
+def pacing_metric(world: World) -> None:
+    assert world.stub is not None
+    found = scrape_workers(world)
+    shown = by_endpoint(world, found, m.PACING_INTERVAL.name, world.stub)
+    calls = len(interpreter_calls(world.stub))
+    expected = _spread_s(time.time(), PUBLIC_DAILY_REQUESTS - calls)
+    assert shown is not None and abs(shown - expected) < 0.5, (
+        shown,
+        expected,
+        found.lines(m.PACING_INTERVAL.name),
+    )
 
 
 @then(parsers.parse('workers refuse to start, saying "{text}"'))
