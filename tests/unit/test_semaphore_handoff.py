@@ -410,7 +410,9 @@ def test_a_permit_handed_on_in_a_killed_process_still_lapses(
     out, _ = child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL, out
     first = json.loads(out.strip().splitlines()[0])
-    leases = redis_client.zrange("middleware:lease:semaphore:api", 0, -1, withscores=True)
+    leases = redis_client.zrange(
+        RedisBackend(redis_client).key("lease", "semaphore:api"), 0, -1, withscores=True
+    )
     assert len(leases) == 1, leases
     holder, expires = leases[0]
     assert holder.decode() != first["holder"]  # moved to a waiter...
