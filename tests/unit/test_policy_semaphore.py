@@ -163,6 +163,8 @@ def test_waiting_never_spins() -> None:
 
 
 def test_a_waiter_that_gets_a_permit_still_counts_one_acquire_per_wake() -> None:
+    """The only waiter of its process waits on the backend (a release here finds no other thread
+    to hand the permit to), so it is woken and takes the lease itself."""
     backend = CountingBackend()
     policy = semaphore(backend, permits=1)
     held = policy.try_acquire("holder")
@@ -198,6 +200,7 @@ def test_a_permit_is_released_only_to_its_own_semaphore() -> None:
         pytest.param({"wait_s": -1.0}, "wait_s", id="negative wait"),
         pytest.param({"retry_min_s": 4.0}, "retry_min_s <= retry_max_s", id="min above max"),
         pytest.param({"cap_ttl_s": 0.0}, "cap_ttl_s", id="zero cap ttl"),
+        pytest.param({"handoff_max": -1}, "handoff_max", id="negative hand-offs"),
     ],
 )
 def test_limits_refuse_nonsense(fields: dict[str, float], message: str) -> None:
