@@ -46,6 +46,9 @@ os.environ.update(
     OVERPASS_URL="http://127.0.0.1:9/api/interpreter",
 )
 
+# Redis Cluster and Sentinel topologies (session fixtures redis_cluster, redis_sentinel).
+pytest_plugins = ["tests.support.redis_topologies"]
+
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=REDIS_PORT)
 postgresql_proc = pg_factories.postgresql_proc(host="127.0.0.1", port=PG_PORT)
 

@@ -4,15 +4,22 @@ Each multi-step primitive is one Lua script, so it is atomic and costs one
 round trip.  Every script that needs "now" reads the server's ``TIME``, so
 the whole fleet shares one clock whatever its hosts' clocks say (scripts are
 replicated by their effects, the default since Redis 5, so ``TIME`` is
-allowed before writes).  Keys are ``<namespace>:<kind>:<key>``; the kinds are
+allowed before writes).  Keys are ``<namespace>:<kind>:{<key>}``; the kinds are
 ``counter``, ``lease`` (a sorted set of holder -> expiry), ``lease-cap``,
 ``lease-wake`` (the wake-up list :meth:`RedisBackend.lease_wait` blocks on),
 ``state`` (a hash of version and JSON value), ``park-due`` (a sorted set of
 member -> due time), ``park-payload`` and ``park-token`` (hashes of member ->
 payload and member -> token of its parking) and ``park-orphans`` (a counter).
 The quota's window counters are named inside the script from the server's
-time (``counter:<key>:<window start>:<name>``): a standalone Redis or a
-primary with replicas, as for Dramatiq's Redis broker, not Redis Cluster.
+time (``counter:{<key>}:<window start>:<name>``).
+
+The ``{<key>}`` is a Redis Cluster hash tag: every key of one policy (its
+leases, cap and wake list; its parked members, payloads and tokens; its
+window counters) hashes to one slot, so each script touches one slot, as a
+cluster demands, and the same names work on a standalone Redis, a primary
+with replicas behind Sentinel, or a Redis Cluster (see
+:meth:`RedisBackend.from_url`).  Releases before the hash tags named keys
+``<namespace>:<kind>:<key>``: state kept under the old names is not read.
 """
 
 from __future__ import annotations
@@ -24,8 +31,11 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
+import redis.cluster
+import redis.sentinel
 
 from middleware.backends.base import (
     PAUSE_KEPT_S,
@@ -48,31 +58,33 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function at(seconds) return string.format('%.6f', seconds) end
 """
 
-# ARGV: key prefix, window_s, TTL in ms, n, then n names, n limits, n increments.
+# KEYS: the counters' prefix (``<namespace>:counter:{<key>}``: the counters
+# named here share its hash tag, so a cluster routes the script to their slot).
+# ARGV: window_s, TTL in ms, n, then n names, n limits, n increments.
 # Reply: admitted (0/1), window start, now, then the n values.
 WINDOW_ADMIT = (
     _NOW
     + """
 local sec = tonumber(t[1])
-local window = tonumber(ARGV[2])
+local window = tonumber(ARGV[1])
 local start = sec - (sec % window)
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[3])
 local keys, values = {}, {}
 for i = 1, n do
-  keys[i] = ARGV[1] .. ':' .. string.format('%d', start) .. ':' .. ARGV[4 + i]
+  keys[i] = KEYS[1] .. ':' .. string.format('%d', start) .. ':' .. ARGV[3 + i]
   values[i] = tonumber(redis.call('GET', keys[i]) or '0')
 end
 local admitted = 1
 for i = 1, n do
-  local limit = tonumber(ARGV[4 + n + i])
+  local limit = tonumber(ARGV[3 + n + i])
   if limit >= 0 and values[i] >= limit then admitted = 0 end
 end
 if admitted == 1 then
   for i = 1, n do
-    local increment = tonumber(ARGV[4 + 2 * n + i])
+    local increment = tonumber(ARGV[3 + 2 * n + i])
     if increment ~= 0 then
       values[i] = redis.call('INCRBY', keys[i], increment)
-      if redis.call('PTTL', keys[i]) == -1 then redis.call('PEXPIRE', keys[i], ARGV[3]) end
+      if redis.call('PTTL', keys[i]) == -1 then redis.call('PEXPIRE', keys[i], ARGV[2]) end
     end
   end
 end
@@ -220,6 +232,15 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
+#: A window counter's key as :func:`~middleware.backends.base.window_key` makes it
+#: (``<key>:<window start>:<name>``): its hash tag is ``<key>``, the tag of the
+#: counters WINDOW_ADMIT names, so a refund reaches the counter it admitted on.
+_WINDOW_COUNTER = re.compile(r"^(?P<key>.*):(?P<start>\d+):(?P<name>[^:]+)$", re.DOTALL)
+
+#: How long a park waits for replicas to confirm it (``WAIT``) before it is
+#: reported as failed (and retried: parking the same member again is harmless).
+PARK_WAIT_S = 2.0
+
 #: Error replies that mean "not now" rather than "never": a replica after a
 #: failover (READONLY), a full memory (OOM), a server loading its data
 #: (LOADING, a ConnectionError in redis-py already), a replica cut off from
@@ -249,15 +270,42 @@ def _redacted(url: str) -> str:
     return redact_url(url)
 
 
+class RedisTopologyError(ValueError):
+    """The Redis the backend was given is not the topology it was told: fix the settings."""
+
+
+def _sentinel_addresses(sentinels: Sequence[str] | str) -> list[tuple[str, int]]:
+    """``host:port`` entries (a list, or one comma-separated string) as (host, port) pairs."""
+    entries = sentinels.split(",") if isinstance(sentinels, str) else list(sentinels)
+    addresses = []
+    for entry in (item.strip() for item in entries):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise RedisTopologyError(f"A Sentinel address must be host:port, got {entry!r}.")
+        addresses.append((host.strip("[]"), int(port)))
+    if not addresses:
+        raise RedisTopologyError("Sentinel needs at least one host:port.")
+    return addresses
+
+
 class RedisBackend(Backend):
     """Every primitive of :class:`~middleware.backends.base.Backend` on a Redis server (5 or later).
 
     The server's clock is the fleet's clock: hosts whose clocks disagree still
-    agree on leases, windows, cooldowns and due times.
+    agree on leases, windows, cooldowns and due times.  A standalone Redis, a
+    primary found through Sentinel, or a Redis Cluster: every key of one
+    policy carries the hash tag ``{<key>}``, so each script stays in one slot.
 
     Examples:
       >>> backend = RedisBackend.from_url("redis://127.0.0.1:6380/0")  # doctest: +SKIP
       >>> backend.ping()  # doctest: +SKIP
+
+      A Redis Cluster (the URL names any node) or the primary Sentinel names::
+
+        backend = RedisBackend.from_url("redis://node-1:7000", cluster=True)
+        backend = RedisBackend.from_url(
+            "redis://:secret@/0", sentinels=["s1:26379", "s2:26379"], sentinel_master="mymaster"
+        )
 
       Or with a client you already have (it must not decode responses:
       parked payloads are bytes)::
@@ -265,22 +313,44 @@ class RedisBackend(Backend):
         backend = RedisBackend(redis.Redis(host="cache", socket_timeout=5), namespace="enrich")
 
     Parameters:
-      client(redis.Redis): The client to use.  Give it a ``socket_timeout``
-        so that a stalled server raises instead of hanging a worker.
+      client(redis.Redis | redis.cluster.RedisCluster): The client to use.
+        Give it a ``socket_timeout`` so that a stalled server raises instead
+        of hanging a worker.
       namespace(str): Prefix of every key, so several deployments can share
         one database.  Defaults to ``"middleware"``.
+      park_replicas(int): Replicas that must hold a park before it counts as
+        done (``WAIT``), so a failover cannot lose a parked job.  Defaults to
+        0 (a standalone Redis); :meth:`from_url` makes it 1 with Sentinel.
     """
 
-    def __init__(self, client: redis.Redis[bytes], *, namespace: str = "middleware") -> None:
-        settings = client.connection_pool.connection_kwargs
+    def __init__(
+        self,
+        client: redis.Redis[bytes] | redis.cluster.RedisCluster[bytes],
+        *,
+        namespace: str = "middleware",
+        park_replicas: int = 0,
+    ) -> None:
+        self._cluster = isinstance(client, redis.cluster.RedisCluster)
+        if isinstance(client, redis.cluster.RedisCluster):
+            settings: dict[str, Any] = dict(client.nodes_manager.connection_kwargs)
+        else:
+            settings = client.connection_pool.connection_kwargs
         if settings.get("decode_responses"):
             raise ValueError(
                 "RedisBackend needs a client made with decode_responses=False: parked payloads are bytes. "
                 "Create a separate client for it, e.g. RedisBackend.from_url(url)."
             )
-        self.client = client
+        if park_replicas < 0:
+            raise ValueError(f"park_replicas must be >= 0, got {park_replicas}")
+        self.client: Any = client
         self.namespace = namespace
+        self.park_replicas = park_replicas
+        self._settings = settings
+        self._sentinel: redis.sentinel.Sentinel | None = None
+        self._sentinel_master = ""
         self._where = self._describe(settings)
+        if self._cluster:
+            self._where = f"Redis Cluster via {self._where}"
         socket_timeout = settings.get("socket_timeout", settings.get("orig_socket_timeout"))
         # BLPOP must return before the socket read times out, or a quiet wait
         # would look like a dead server.
@@ -289,7 +359,7 @@ class RedisBackend(Backend):
         else:
             self._longest_block_s = 4.5
         self._scripts: dict[str, Callable[..., Any]] = {
-            name: client.register_script(source)
+            name: self.client.register_script(source)  # type: ignore[union-attr]  # both have it
             for name, source in [
                 ("window_admit", WINDOW_ADMIT),
                 ("counter_add", COUNTER_ADD),
@@ -306,17 +376,122 @@ class RedisBackend(Backend):
 
     @classmethod
     def from_url(
-        cls, url: str, *, namespace: str = "middleware", socket_timeout_s: float = 5.0
+        cls,
+        url: str,
+        *,
+        namespace: str = "middleware",
+        socket_timeout_s: float = 5.0,
+        cluster: bool = False,
+        sentinels: Sequence[str] | str = (),
+        sentinel_master: str = "mymaster",
+        park_replicas: int | None = None,
     ) -> RedisBackend:
         """A backend on a new client for ``url`` (``redis://[:password@]host:port/db``,
         ``rediss://`` for TLS, ``unix:///path.sock``).  Connecting and every reply time
-        out after ``socket_timeout_s``."""
+        out after ``socket_timeout_s``.
+
+        With ``cluster=True`` the URL names one node of a Redis Cluster (the
+        client learns the others from it; it must answer now, or this raises
+        :class:`RedisTopologyError`).  With ``sentinels`` (``host:port``
+        entries, or one comma-separated string) the URL's host is ignored: the
+        primary is the one the Sentinels name ``sentinel_master``, found again
+        after a failover; the URL still gives password, database and TLS.
+        ``park_replicas`` (default: 1 with Sentinel, else 0) replicas must
+        confirm each park.  Call :meth:`check_topology` at start to fail early
+        on a wrong topology.
+        """
+        timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
+        if cluster and sentinels:
+            raise RedisTopologyError("Give either a Redis Cluster or Sentinels, not both.")
+        if cluster:
+            try:
+                client: Any = redis.cluster.RedisCluster.from_url(url, **timeouts)
+            except (redis.exceptions.RedisClusterException, redis.RedisError) as error:
+                reason = redact(str(error), secrets=[urlsplit(url).password])
+                raise RedisTopologyError(
+                    f"No Redis Cluster answers at {_redacted(url)} ({reason}). Check that the URL names a "
+                    "node of the cluster (cluster-enabled yes) that is up, or leave the cluster setting off "
+                    "for a standalone Redis."
+                ) from None
+            backend = cls(client, namespace=namespace, park_replicas=park_replicas or 0)
+            backend._where = f"Redis Cluster via {_redacted(url)}"
+            return backend
+        if sentinels:
+            addresses = _sentinel_addresses(sentinels)
+            options = redis.connection.parse_url(url) if "://" in url else {}
+            kwargs = {
+                name: options[name]
+                for name in ("username", "password", "db")
+                if options.get(name) is not None
+            }
+            if urlsplit(url).scheme == "rediss":
+                kwargs["ssl"] = True
+            sentinel = redis.sentinel.Sentinel(
+                addresses, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            )
+            client = sentinel.master_for(sentinel_master, **timeouts, **kwargs)
+            replicas = 1 if park_replicas is None else park_replicas
+            backend = cls(client, namespace=namespace, park_replicas=replicas)
+            backend._sentinel, backend._sentinel_master = sentinel, sentinel_master
+            where = ",".join(f"{host}:{port}" for host, port in addresses)
+            backend._where = f"the primary {sentinel_master!r} of the Sentinels {where}"
+            return backend
         client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
-        backend = cls(client, namespace=namespace)
+        backend = cls(client, namespace=namespace, park_replicas=park_replicas or 0)
         backend._where = _redacted(url)
         return backend
+
+    def check_topology(self) -> None:
+        """Check that the server is the topology this backend was made for; raise
+        :class:`RedisTopologyError` naming the fix if not, :class:`BackendUnavailable`
+        when it cannot be reached.  Run it once at start: a cluster node used as a
+        standalone Redis would otherwise answer some keys and refuse others (MOVED)."""
+        if self._sentinel is not None:
+            self._check_sentinels()
+            return
+        with self._reachable():
+            try:
+                info = self.client.info("server") if not self._cluster else {}
+                if not self._cluster:
+                    info.update(self.client.info("cluster"))
+            except redis.ResponseError:
+                return  # INFO renamed away (a managed service): nothing to check
+        mode = _text(info.get("redis_mode", "standalone")) if info else "cluster"
+        if not self._cluster and (mode == "cluster" or info.get("cluster_enabled")):
+            raise RedisTopologyError(
+                f"Redis at {self._where} is a node of a Redis Cluster: as a standalone Redis it would refuse "
+                "the keys of other nodes (MOVED). Tell the product it is a cluster (REDIS_CLUSTER=true)."
+            )
+        if mode == "sentinel":
+            raise RedisTopologyError(
+                f"{self._where} is a Redis Sentinel, not a Redis server. Give the Sentinels as REDIS_SENTINELS "
+                "(host:port,...) and the name of the primary they watch as REDIS_SENTINEL_MASTER."
+            )
+
+    def _check_sentinels(self) -> None:
+        assert self._sentinel is not None
+        known: set[str] = set()
+        errors = []
+        for sentinel in self._sentinel.sentinels:
+            try:
+                known.update(_text(name) for name in sentinel.sentinel_masters())  # type: ignore[no-untyped-call]
+            except redis.RedisError as error:
+                errors.append(f"{type(error).__name__}: {error}")
+        if not known and errors:
+            raise BackendUnavailable(
+                f"No Sentinel of {self._where} can be reached ({'; '.join(errors)}). "
+                "Check REDIS_SENTINELS (host:port,...) and that the Sentinels are running."
+            )
+        if self._sentinel_master not in known:
+            raise RedisTopologyError(
+                f"The Sentinels of {self._where} know no primary named {self._sentinel_master!r} "
+                f"(they know: {', '.join(sorted(known)) or 'none'}). Set REDIS_SENTINEL_MASTER to the name "
+                "in their 'sentinel monitor' line."
+            )
+        with self._reachable():
+            self.client.ping()
 
     @staticmethod
     def _describe(settings: dict[str, Any]) -> str:
@@ -331,10 +506,15 @@ class RedisBackend(Backend):
         # redis-py's error text can name the URL: the message (logged, and kept
         # in a message's last_error and traceback) shows it with the password
         # masked, and a cause that shows it is not chained.
-        password = self.client.connection_pool.connection_kwargs.get("password")
+        password = self._settings.get("password")
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as error:
+            raise RedisTopologyError(
+                f"Redis at {self._where} redirects to another node ({error}): it is a Redis Cluster. "
+                "Tell the product it is a cluster (REDIS_CLUSTER=true)."
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError) as error:
             reason = redact(str(error), secrets=[password])
             raise BackendUnavailable(
                 f"Redis at {self._where} cannot be reached ({reason}). "
@@ -357,11 +537,19 @@ class RedisBackend(Backend):
         return self._reachable()
 
     def key(self, kind: str, key: str) -> str:
-        """The full name of ``key`` of ``kind`` in this backend's namespace."""
-        return self._key(kind, key)
+        """The full name of ``key`` of ``kind`` in this backend's namespace:
+        ``<namespace>:<kind>:{<key>}``, the hash tag keeping one policy's keys in one slot."""
+        return self._counter_key(key) if kind == "counter" else self._key(kind, key)
 
     def _key(self, kind: str, key: str) -> str:
-        return f"{self.namespace}:{kind}:{key}"
+        return f"{self.namespace}:{kind}:{{{key}}}"
+
+    def _counter_key(self, key: str) -> str:
+        # A window counter keeps the tag of the window's key, as WINDOW_ADMIT names it.
+        window = _WINDOW_COUNTER.match(key)
+        if window is None:
+            return self._key("counter", key)
+        return f"{self._key('counter', window['key'])}:{window['start']}:{window['name']}"
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         with self._reachable():
@@ -387,8 +575,9 @@ class RedisBackend(Backend):
         check_counter_arguments(names, limits, increments)
         if int(window_s) != window_s or window_s <= 0:
             raise ValueError(f"window_s must be a positive whole number of seconds, got {window_s}")
+        if any(":" in name for name in names):
+            raise ValueError(f"window_admit names must not contain ':' (a window counter's key), got {names}")
         args = [
-            self._key("counter", key),
             int(window_s),
             _ms(ttl_s),
             len(names),
@@ -396,19 +585,21 @@ class RedisBackend(Backend):
             *limits,
             *increments,
         ]
-        reply = self._run("window_admit", [], args)
+        reply = self._run("window_admit", [self._key("counter", key)], args)
         return WindowCounts(
             bool(reply[0]), float(_text(reply[1])), float(_text(reply[2])), [int(v) for v in reply[3:]]
         )
 
     def counter_add(self, key: str, amount: int, ttl_s: float) -> int:
-        return int(self._run("counter_add", [self._key("counter", key)], [amount, _ms(ttl_s)]))
+        return int(self._run("counter_add", [self._counter_key(key)], [amount, _ms(ttl_s)]))
 
     def counters_get(self, keys: Sequence[str]) -> list[int]:
         if not keys:
             return []
+        names = [self._counter_key(key) for key in keys]
         with self._reachable():
-            values = self.client.mget([self._key("counter", key) for key in keys])
+            # A cluster answers MGET only for keys of one slot: one GET per slot's node.
+            values = self.client.mget_nonatomic(names) if self._cluster else self.client.mget(names)
         return [int(value or 0) for value in values]
 
     # -- leases -------------------------------------------------------------
@@ -475,7 +666,25 @@ class RedisBackend(Backend):
         return [self._key("park-due", key), self._key("park-payload", key), self._key("park-token", key)]
 
     def park(self, key: str, member: str, payload: bytes, delay_s: float, token: str) -> None:
-        self._run("park", self._park_keys(key), [member, payload, repr(float(delay_s)), token])
+        args = [member, payload, repr(float(delay_s)), token]
+        if not self.park_replicas:
+            self._run("park", self._park_keys(key), args)
+            return
+        # WAIT counts the writes of its own connection: the park and the WAIT go
+        # down one pipeline.  Until replicas hold it, a failover could lose the
+        # parked job after the worker acknowledged its message: too few is an
+        # error, and the caller parks again (the same member, harmlessly).
+        with self._reachable():
+            pipe = self.client.pipeline(transaction=False)
+            self._scripts["park"](keys=self._park_keys(key), args=args, client=pipe)
+            pipe.execute_command("WAIT", self.park_replicas, _ms(PARK_WAIT_S))
+            confirmed = int(pipe.execute()[-1])
+        if confirmed < self.park_replicas:
+            raise BackendUnavailable(
+                f"Redis at {self._where} holds the parked {member!r} but {confirmed} of "
+                f"{self.park_replicas} replicas confirmed it within {PARK_WAIT_S:g}s: a failover could lose "
+                "it. Check that the replicas are up and in sync; the park is tried again."
+            )
 
     def claim_due(self, key: str, limit: int, claim_s: float) -> tuple[list[ParkedClaim], list[str]]:
         if limit <= 0:

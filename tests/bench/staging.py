@@ -58,7 +58,7 @@ def truncate():
 stage = _stage("fetch:bench")
 staged = stage.put_pois(pois, chunk_bytes=runtime.settings.stage_chunk_bytes)
 client = redis.Redis.from_url(runtime.settings.redis_url)
-redis_bytes = client.memory_usage("enrichment:stage:fetch:bench", samples=0)
+redis_bytes = client.memory_usage("enrichment:stage:{fetch:bench}", samples=0)
 messages = [store_pois.message(job=job, stage=stage.key, chunk=i) for i in range(staged.chunks)]
 message_bytes = max(len(m.encode()) for m in messages)
 whole = store_pois.message(job=job, pois=pois).encode()

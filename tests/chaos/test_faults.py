@@ -23,8 +23,8 @@ from tests.support.workers import eventually
 
 pytestmark = pytest.mark.chaos
 
-PARKED = "enrichment:park-due:parked"
-PARKED_PAYLOADS = "enrichment:park-payload:parked"
+PARKED = "enrichment:park-due:{parked}"
+PARKED_PAYLOADS = "enrichment:park-payload:{parked}"
 
 
 def query_of(job: dict[str, object]) -> str:

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from middleware.backends import Backend, BackendUnavailable, MemoryBackend
 from middleware.backends.base import WAKE_TOKENS_KEPT, ParkedClaim
-from middleware.backends.redis import RedisBackend
+from middleware.backends.redis import RedisBackend, RedisTopologyError
 from middleware.policy.clock import ManualClock
+from tests.support.redis_topologies import MASTER
 
 NOW = 1_700_000_000.0
 
@@ -31,11 +33,23 @@ class Timed:
     advance: Callable[[float], None]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel"])
 def timed(request: pytest.FixtureRequest) -> Timed:
+    """Every backend and Redis topology: memory, one Redis, a 3-master Redis Cluster, Sentinel."""
     if request.param == "memory":
         clock = ManualClock(NOW)
         return Timed(MemoryBackend(clock=clock), clock.advance)
+    if request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return Timed(RedisBackend.from_url(cluster.url, cluster=True), time.sleep)
+    if request.param == "redis-sentinel":
+        sentinel = request.getfixturevalue("redis_sentinel")
+        sentinel.flush()
+        backend = RedisBackend.from_url(
+            "redis://127.0.0.1/0", sentinels=sentinel.sentinels, sentinel_master=MASTER
+        )
+        return Timed(backend, time.sleep)
     client = request.getfixturevalue("redis_client")
     return Timed(RedisBackend(client), time.sleep)
 
@@ -489,7 +503,7 @@ def test_namespaces_keep_deployments_apart(redis_client: redis.Redis[bytes]) -> 
     green = RedisBackend(redis_client, namespace="green")
     blue.counter_add("requests", 5, ttl_s=60)
     assert green.counters_get(["requests"]) == [0]
-    assert redis_client.get("blue:counter:requests") == b"5"
+    assert redis_client.get("blue:counter:{requests}") == b"5"
 
 
 def test_a_client_that_decodes_responses_is_refused(redis_url: str) -> None:
@@ -507,7 +521,7 @@ def test_from_url_reaches_the_server(redis_url: str, redis_client: redis.Redis[b
     backend = RedisBackend.from_url(redis_url, namespace="n", socket_timeout_s=1.0)
     backend.ping()
     backend.counter_add("c", 2, ttl_s=60)
-    assert redis_client.get("n:counter:c") == b"2"
+    assert redis_client.get("n:counter:{c}") == b"2"
 
 
 def _closed_port() -> int:
@@ -589,3 +603,63 @@ def test_importing_the_backends_package_does_not_import_redis() -> None:
         "from middleware.backends import RedisBackend; assert 'redis' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", check], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+# -- topologies ----------------------------------------------------------------
+
+
+def test_a_cluster_node_given_as_a_standalone_redis_fails_the_start_check(redis_cluster: Any) -> None:
+    backend = RedisBackend.from_url(redis_cluster.url)
+    with pytest.raises(RedisTopologyError, match="REDIS_CLUSTER=true"):
+        backend.check_topology()
+
+
+def test_a_standalone_redis_given_as_a_cluster_fails_at_once(redis_url: str) -> None:
+    with pytest.raises(RedisTopologyError, match="No Redis Cluster answers"):
+        RedisBackend.from_url(redis_url, cluster=True)
+
+
+def test_sentinels_that_do_not_know_the_primary_fail_the_start_check(redis_sentinel: Any) -> None:
+    backend = RedisBackend.from_url(
+        "redis://127.0.0.1/0", sentinels=redis_sentinel.sentinels, sentinel_master="other"
+    )
+    with pytest.raises(RedisTopologyError, match="know no primary named 'other' \\(they know: mymaster\\)"):
+        backend.check_topology()
+
+
+def test_a_sentinel_given_as_a_redis_url_fails_the_start_check(redis_sentinel: Any) -> None:
+    backend = RedisBackend.from_url(f"redis://{redis_sentinel.sentinels.split(',')[0]}/0")
+    with pytest.raises(RedisTopologyError, match="REDIS_SENTINELS"):
+        backend.check_topology()
+
+
+@pytest.mark.parametrize("timed", ["redis", "redis-cluster", "redis-sentinel"], indirect=True)
+def test_the_right_topology_passes_the_start_check(timed: Timed) -> None:
+    assert isinstance(timed.backend, RedisBackend)
+    timed.backend.check_topology()
+
+
+def test_one_policys_keys_share_a_cluster_hash_tag(redis_client: redis.Redis[bytes]) -> None:
+    backend = RedisBackend(redis_client, namespace="n")
+    kinds = ("lease", "lease-cap", "lease-wake", "park-due", "park-payload", "pause", "hold", "counter")
+    names = [backend.key(kind, "semaphore:api") for kind in kinds]
+    names.append(backend.key("counter", "semaphore:api:1700000000:requests"))
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert len({key_slot(backend.key("lease", f"semaphore:{n}").encode()) for n in range(20)}) > 1
+
+
+def test_a_park_no_replica_confirmed_is_an_error_to_retry(redis_client: redis.Redis[bytes]) -> None:
+    backend = RedisBackend(redis_client, park_replicas=1)  # a standalone server: no replica will answer
+    with pytest.raises(BackendUnavailable, match="0 of 1 replicas confirmed"):
+        backend.park("lot", "m", b"payload", 1.0, "t")
+
+
+def test_a_park_on_sentinel_waits_for_the_replica(redis_sentinel: Any) -> None:
+    redis_sentinel.flush()
+    backend = RedisBackend.from_url(
+        "redis://127.0.0.1/0", sentinels=redis_sentinel.sentinels, sentinel_master=MASTER
+    )
+    assert backend.park_replicas == 1
+    backend.park("lot", "m", b"payload", 0.0, "t")  # returns only once the replica has it
+    replica = redis.Redis(host="127.0.0.1", port=redis_sentinel.replica_ports[0])
+    assert replica.hget(backend.key("park-payload", "lot"), "m") == b"payload"

@@ -28,6 +28,7 @@ from middleware.backends.redis import RedisBackend
 from middleware.failpoints import FailpointError, configure
 from middleware.policy.parking import ParkingLot
 from middleware.retries import Retries
+from tests.support.contention import spin
 from tests.support.workers import eventually
 
 QUEUE = "parked-work"
@@ -57,8 +58,8 @@ def message(message_id: str) -> dramatiq.Message[Any]:
 
 def parked_ids(client: redis.Redis[bytes], namespace: str) -> set[str]:
     """Members parked with their payload (a member without one could never be released)."""
-    due = {member.decode() for member in client.zrange(f"{namespace}:park-due:parked", 0, -1)}
-    payloads = {member.decode() for member in client.hkeys(f"{namespace}:park-payload:parked")}
+    due = {member.decode() for member in client.zrange(f"{namespace}:park-due:{{parked}}", 0, -1)}
+    payloads = {member.decode() for member in client.hkeys(f"{namespace}:park-payload:{{parked}}")}
     return due & payloads
 
 
@@ -70,13 +71,6 @@ def queued_ids(broker: StubBroker) -> set[str]:
         except queue.Empty:
             return found
         found.add(dramatiq.Message.decode(encoded).message_id)
-
-
-def hog(stop: threading.Event) -> None:
-    """Busy arithmetic: competes with the releaser for the interpreter, as a worker parsing a large body does."""
-    n = 0
-    while not stop.is_set():
-        n = (n * 31 + 7) % 1_000_003
 
 
 @pytest.mark.parametrize(
@@ -113,7 +107,7 @@ def test_a_release_never_erases_a_parking_made_since(
             retries.schedule(broker, dramatiq.Message.decode(encoded), rng.uniform(0, 0.02))
             rounds[0] += 1
 
-    threads = [threading.Thread(target=hog, args=(stop_hogs,)) for _ in range(3)]
+    threads = [threading.Thread(target=spin, args=(stop_hogs,)) for _ in range(3)]
     threads += [threading.Thread(target=consume, args=(seed,)) for seed in range(3)]
     releaser = threading.Thread(target=release)
     for thread in [*threads, releaser]:

@@ -97,7 +97,7 @@ def test_a_chunk_that_expired_is_reported_not_taken_for_stored() -> None:
 def test_redis_stages_expire_with_the_ttl(redis_client: Any, redis_url: str) -> None:
     stage = Stage(RedisStash(RedisBackend.from_url(redis_url, namespace="test")), "fetch:m3", ttl_s=120)
     stage.put_pois([POI], chunk_bytes=1024)
-    assert 115_000 < redis_client.pttl("test:stage:fetch:m3") <= 120_000
+    assert 115_000 < redis_client.pttl("test:stage:{fetch:m3}") <= 120_000
 
 
 def test_a_message_over_the_bound_is_refused_at_send() -> None:
