@@ -6,7 +6,9 @@ Procfile's ``dramatiq`` is found without activating anything) and then:
 
 - unless ``REDIS_URL`` is set, starts a ``redis-server`` of its own on a free
   loopback port, with its data in ``var/local-run/redis`` (append-only file
-  on, ``noeviction``: what the workers ask of a production Redis);
+  on, ``noeviction``: what the workers ask of a production Redis), so queued
+  and parked jobs outlive a restart; ``LOCAL_RUN_DIR`` puts it elsewhere (two
+  runs at once need two);
 - unless ``OVERPASS_URL`` is set, starts the stand-in Overpass server (in
   this process, on a free loopback port) and points the workers at it, with
   ``OVERPASS_CONTACT=local-run@localhost`` unless set: nothing reaches a
@@ -37,7 +39,7 @@ from middleware.redaction import redact_url
 
 from .stub_overpass import StubOverpass
 
-#: Where the local run keeps its files (``var/`` is ignored by git).
+#: Where the local run keeps its files (``var/`` is ignored by git); ``LOCAL_RUN_DIR`` moves it.
 STATE_DIR = Path("var") / "local-run"
 #: The contact the local run sends to the stand-in server.
 LOCAL_CONTACT = "local-run@localhost"
@@ -129,8 +131,9 @@ def main() -> int:
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", os.defpath)])
     with ExitStack() as stack:
         if not env.get("REDIS_URL"):
-            env["REDIS_URL"] = stack.enter_context(local_redis(STATE_DIR / "redis"))
-            redis_note = "started for this run, data in var/local-run/redis"
+            data_dir = Path(env.get("LOCAL_RUN_DIR") or STATE_DIR) / "redis"
+            env["REDIS_URL"] = stack.enter_context(local_redis(data_dir))
+            redis_note = f"started for this run, data in {data_dir}"
         else:
             redis_note = "from REDIS_URL"
         if not env.get("OVERPASS_URL"):

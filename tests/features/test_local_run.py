@@ -89,6 +89,8 @@ def make_run(local_run: LocalRun, processes: int) -> None:
         WORKER_THREADS="2",
         dramatiq_prom_port=str(free_port()),
         dramatiq_prom_db=str(local_run.database.parent / "prometheus"),
+        # Not the repository's var/local-run: a developer's own `make run` may be using it.
+        LOCAL_RUN_DIR=str(local_run.database.parent / "local-run"),
         PYTHONUNBUFFERED="1",
     )
     local_run.proc = subprocess.Popen(
