@@ -235,7 +235,14 @@ def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
 def _stage(key: str | None = None) -> Stage:
     """The stage of the fetch message running now (or the one named ``key``)."""
     s = runtime.settings
-    return Stage(stash_for(s.state_backend, s.state_redis_url), key or stage_key(), ttl_s=s.stage_ttl_s)
+    stash = stash_for(
+        s.state_backend,
+        s.state_redis_url,
+        cluster=s.redis_cluster,
+        sentinels=s.redis_sentinels,
+        sentinel_master=s.redis_sentinel_master,
+    )
+    return Stage(stash, key or stage_key(), ttl_s=s.stage_ttl_s)
 
 
 def _hand_on(job: Job, stage: Stage, staged: Staged) -> None:

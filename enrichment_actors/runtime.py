@@ -14,6 +14,7 @@ without a contact (:func:`~.settings.check_startable`): no worker starts.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.base import Backend
+from middleware.backends.base import Backend, BackendUnavailable
 from middleware.backends.memory import MemoryBackend
 from middleware.breaker import CircuitBreaker, Verdict
 from middleware.callbacks import replace_stock_callbacks
@@ -167,7 +168,19 @@ def make_backend(settings: Settings) -> Backend:
         return MemoryBackend()
     from middleware.backends.redis import RedisBackend
 
-    return RedisBackend.from_url(settings.state_redis_url, namespace="enrichment")
+    backend = RedisBackend.from_url(
+        settings.state_redis_url,
+        namespace="enrichment",
+        cluster=settings.redis_cluster,
+        sentinels=settings.redis_sentinels,
+        sentinel_master=settings.redis_sentinel_master,
+    )
+    # A wrong topology (a cluster node taken for one Redis, Sentinels that do
+    # not know the primary) fails here, at start; an unreachable one is waited
+    # for like any outage.
+    with contextlib.suppress(BackendUnavailable):
+        backend.check_topology()
+    return backend
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:

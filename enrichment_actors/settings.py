@@ -85,6 +85,21 @@ TABLE: tuple[Setting, ...] = (
     Setting(
         "STATE_BACKEND", "redis", "`redis` (shared by the fleet) or `memory` (one process only: tests, demo)"
     ),
+    Setting(
+        "REDIS_CLUSTER",
+        "false",
+        "`true`: `STATE_REDIS_URL` names a node of a Redis Cluster (the broker must then be RabbitMQ or "
+        "another Redis: Dramatiq's Redis broker cannot run on a cluster)",
+    ),
+    Setting(
+        "REDIS_SENTINELS",
+        "",
+        "`host:port,...` of Redis Sentinels: the state lives on the primary they name; `STATE_REDIS_URL` "
+        "then gives only password and database. Each park waits for one replica (`WAIT`)",
+    ),
+    Setting(
+        "REDIS_SENTINEL_MASTER", "mymaster", "The primary's name in the Sentinels' `sentinel monitor` line"
+    ),
     Setting("BROKER_HEARTBEAT_TIMEOUT_S", "60", "Messages of a worker silent this long are handed to others"),
     Setting(
         "BROKER_MAINTENANCE_CHANCE",
@@ -261,6 +276,9 @@ class Settings:
     message_max_bytes: int
     stage_chunk_bytes: int
     stage_ttl_s: float
+    redis_cluster: bool = False
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = "mymaster"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, demo)."""
@@ -446,12 +464,38 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         message_max_bytes=read("MESSAGE_MAX_BYTES", int, lambda v: v >= 4096, "a number of bytes >= 4096"),
         stage_chunk_bytes=read("STAGE_CHUNK_BYTES", int, lambda v: v >= 1024, "a number of bytes >= 1024"),
         stage_ttl_s=stage_ttl,
+        redis_cluster=read("REDIS_CLUSTER", _flag, lambda v: v is not None, "true or false"),
+        redis_sentinels=read(
+            "REDIS_SENTINELS", _addresses, lambda v: v is not None, "host:port,host:port,..."
+        ),
+        redis_sentinel_master=read("REDIS_SENTINEL_MASTER", str, bool, "a name"),
     )
+    if settings.redis_cluster and settings.redis_sentinels:
+        raise SettingsError(
+            "REDIS_CLUSTER=true and REDIS_SENTINELS are both set: a Redis is one or the other."
+        )
     try:
         settings.endpoints  # noqa: B018 - resolving them is the check
     except EndpointError as exc:
         raise SettingsError(str(exc)) from None
     return settings
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in {"true", "1", "yes"}:
+        return True
+    if value.lower() in {"false", "0", "no"}:
+        return False
+    raise ValueError(value)
+
+
+def _addresses(value: str) -> tuple[str, ...]:
+    entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+    for entry in entries:
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(value)
+    return entries
 
 
 def _is_redis_url(value: str) -> bool:

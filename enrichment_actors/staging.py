@@ -348,21 +348,38 @@ def retry_until_reachable(what: str, work: Callable[[], Any], *, max_pause_s: fl
             pause_s = min(pause_s * 2, max_pause_s)
 
 
-_stashes: dict[tuple[str, str], Stash] = {}
+_stashes: dict[tuple[str, str, bool, tuple[str, ...], str], Stash] = {}
 _stashes_lock = threading.Lock()
 
 
-def stash_for(state_backend: str, redis_url: str) -> Stash:
-    """The process's stash for these settings: memory, or one Redis client shared by the threads."""
+def stash_for(
+    state_backend: str,
+    redis_url: str,
+    *,
+    cluster: bool = False,
+    sentinels: Sequence[str] = (),
+    sentinel_master: str = "mymaster",
+) -> Stash:
+    """The process's stash for these settings: memory, or one Redis client shared by the threads
+    (on a Redis Cluster or the primary of Sentinels as :meth:`RedisBackend.from_url` takes them)."""
     with _stashes_lock:
-        stash = _stashes.get((state_backend, redis_url))
+        where = (state_backend, redis_url, cluster, tuple(sentinels), sentinel_master)
+        stash = _stashes.get(where)
         if stash is None:
             stash = (
                 MemoryStash()
                 if state_backend == "memory"
-                else RedisStash(RedisBackend.from_url(redis_url, namespace="enrichment"))
+                else RedisStash(
+                    RedisBackend.from_url(
+                        redis_url,
+                        namespace="enrichment",
+                        cluster=cluster,
+                        sentinels=sentinels,
+                        sentinel_master=sentinel_master,
+                    )
+                )
             )
-            _stashes[(state_backend, redis_url)] = stash
+            _stashes[where] = stash
         return stash
 
 
