@@ -119,3 +119,34 @@ def test_an_unreachable_rabbitmq_is_one_clear_line_without_the_password(
     assert "RabbitMQ at amqp://guest:***@127.0.0.1:" in lines[0] and "cannot be reached" in lines[0]
     assert "RABBITMQ_URL" in lines[0]
     assert "s3cret" not in done.stdout + done.stderr
+
+
+def test_the_fleet_gauges_count_the_rabbitmq_queue(
+    rabbitmq_server: object, redis_url: str, postgres_url: str, redis_client: object
+) -> None:
+    """The workers' exposition reads the queue from RabbitMQ and the rest from the state's Redis."""
+    from tests.support.rabbitmq import RabbitServer
+    from tests.support.scrape import scrape
+    from tests.support.workers import WorkerProcesses, eventually
+
+    assert isinstance(rabbitmq_server, RabbitServer)
+    url = rabbitmq_server.url
+    purge(url, ("gauged",))
+    env = {
+        "BROKER": "rabbitmq",
+        "RABBITMQ_URL": url,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": postgres_url,
+        "ENRICH_QUEUE": "gauged",
+    }
+    with WorkerProcesses(env, processes=1, threads=1) as workers:
+
+        def gauge() -> float | None:
+            try:
+                return scrape(workers.metrics_url).value("enrichment_queue_messages", queue="gauged")
+            except OSError:  # the exposition is not listening yet
+                return None
+
+        eventually(lambda: gauge() == 0, timeout_s=30, message="the queue gauge")
+        assert scrape(workers.metrics_url).value("enrichment_state_backend_up") == 1
+    purge(url, ("gauged",))
