@@ -33,6 +33,7 @@ servers:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
+	command -v redis-sentinel >/dev/null || missing="$$missing redis-sentinel"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "Installing$$missing with apt-get"; \
