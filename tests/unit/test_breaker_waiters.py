@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import dramatiq
@@ -27,32 +26,11 @@ from middleware.policy.semaphore import SemaphoreLimits
 from middleware.retries import Retries
 from middleware.semaphore import ConcurrencySemaphore
 from middleware.usage import report_no_call
+from tests.support.contention import cpu_hog
 from tests.support.workers import eventually
 
 #: A probe claim far longer than the test may take: the old code made waiters wait for it.
 PROBE_TTL_S = 60.0
-
-
-@contextmanager
-def cpu_hog(threads: int = 1) -> Iterator[None]:
-    """Threads doing busy arithmetic in this process while the block runs, as a parsing worker would."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        total = 0
-        while not stop.is_set():
-            for i in range(10_000):
-                total = (total + i * i) % 1_000_003
-
-    hogs = [threading.Thread(target=spin, name=f"cpu-hog-{i}", daemon=True) for i in range(threads)]
-    for hog in hogs:
-        hog.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for hog in hogs:
-            hog.join()
 
 
 @pytest.fixture(params=["memory", "redis"])

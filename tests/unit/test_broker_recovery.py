@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from enrichment_actors.broker import RecoveringRedisBroker
 from middleware import failpoints
+from tests.support.contention import spin
 from tests.support.proxy import FlakyProxy
 from tests.support.workers import eventually
 
@@ -130,13 +131,6 @@ def test_dramatiqs_own_broker_leaves_them_to_the_worker_that_never_got_them(
         assert len(run.seen) == MESSAGES - stranded
 
 
-def _hog(stop: threading.Event) -> None:
-    total = 0
-    while not stop.is_set():
-        for i in range(10_000):
-            total = (total + i * i) % 1_000_003
-
-
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
 @pytest.mark.parametrize(
     "pauses",
@@ -160,7 +154,7 @@ def test_checks_never_take_back_a_message_the_worker_holds(
     run = _Run(broker, threads=8 // workers, work_s=0.02, workers=workers)
     run.send(200)
     stop = threading.Event()
-    hog = threading.Thread(target=_hog, args=(stop,), daemon=True)
+    hog = threading.Thread(target=spin, args=(stop,), daemon=True)
     hog.start()
     try:
         with run:

@@ -34,6 +34,7 @@ from enrichment_actors.overpass_responses import (
 from enrichment_actors.overpass_status import SlotStatus, StatusUnavailable
 from enrichment_actors.stub_overpass import TRICKLE_BYTES, StubOverpass
 from tests.fixture_manifest import OWN_ROOT
+from tests.support.contention import cpu_hog
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
 QUERY = '[out:json][timeout:25];nwr["amenity"](46.50,6.62,46.52,6.65);out center tags;'
@@ -539,7 +540,7 @@ def test_a_trickled_body_ends_by_the_deadline(stub: StubOverpass) -> None:
     whole = len(sent_bytes(stub, "ok"))
     assert whole / TRICKLE_BYTES * pause_s > 10 * deadline_s
     stub.script(f"trickle:{pause_s}")
-    hog = CpuHog()
+    hog = cpu_hog()
     started = time.monotonic()
 
     with hog, pytest.raises(ClientTimeout, match="deadline") as raised:
@@ -572,27 +573,6 @@ def test_the_connection_of_a_call_past_its_deadline_is_not_reused(stub: StubOver
     result = client.fetch(STUB_QUERY)
 
     assert result.parsed.pois
-
-
-class CpuHog:
-    """A thread doing busy arithmetic in this process while the block runs."""
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-
-    def _spin(self) -> None:
-        x = 0
-        while not self._stop.is_set():
-            x = (x * 31 + 7) % 1_000_003
-
-    def __enter__(self) -> CpuHog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def test_a_compressed_answer_is_read_decoded(stand_in: StandIn, session: requests.Session) -> None:

@@ -6,8 +6,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -16,6 +15,7 @@ from middleware.backends import Backend, MemoryBackend
 from middleware.backends.redis import RedisBackend
 from middleware.policy.clock import ManualClock
 from middleware.policy.pacing import PacingLimits, PacingPolicy, PacingStatus, Reservation
+from tests.support.contention import cpu_hog
 
 NOW = 1_700_000_000.0
 
@@ -38,26 +38,6 @@ def timed(request: pytest.FixtureRequest) -> Timed:
         return Timed(MemoryBackend(clock=clock), clock.advance)
     client = request.getfixturevalue("redis_client")
     return Timed(RedisBackend(client), time.sleep)
-
-
-@contextmanager
-def cpu_hog() -> Iterator[None]:
-    """A thread doing busy arithmetic in this process while the block runs, as a parsing worker would."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        total = 0
-        while not stop.is_set():
-            for i in range(10_000):
-                total = (total + i * i) % 1_000_003
-
-    hog = threading.Thread(target=spin, name="cpu-hog", daemon=True)
-    hog.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        hog.join()
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from middleware.policy.pause import (
     pause_length,
     read_status,
 )
+from tests.support.contention import cpu_hog
 from tests.support.workers import eventually
 
 NOW = 1_700_000_000.0
@@ -366,28 +366,6 @@ def test_redis_keeps_an_ended_pause_for_status_pages_only(redis_client: redis.Re
 
 
 # -- concurrent openers -----------------------------------------------------------
-
-
-@contextmanager
-def cpu_hog(threads: int = 1) -> Iterator[None]:
-    """Threads doing busy arithmetic in this process while the block runs, as a parsing worker would."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        total = 0
-        while not stop.is_set():
-            for i in range(10_000):
-                total = (total + i * i) % 1_000_003
-
-    hogs = [threading.Thread(target=spin, name=f"cpu-hog-{i}", daemon=True) for i in range(threads)]
-    for hog in hogs:
-        hog.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for hog in hogs:
-            hog.join()
 
 
 def pause_together(policies: list[PausePolicy], seconds: float) -> list[bool]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dramatiq
@@ -31,6 +29,7 @@ from middleware.quota import Quota
 from middleware.retries import Retries
 from middleware.semaphore import ConcurrencySemaphore, release_permit_early
 from middleware.usage import charge_bytes, report_no_call
+from tests.support.contention import cpu_hog
 from tests.support.workers import eventually
 
 #: The size of every answer in these tests.
@@ -43,28 +42,6 @@ class NotSent(Exception):
 
 class CutOff(Exception):
     """The answer broke off after some bytes had arrived."""
-
-
-@contextmanager
-def cpu_hog(threads: int = 1) -> Iterator[None]:
-    """Threads doing busy arithmetic in this process while the block runs, as a parsing worker would."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        total = 0
-        while not stop.is_set():
-            for i in range(10_000):
-                total = (total + i * i) % 1_000_003
-
-    hogs = [threading.Thread(target=spin, name=f"cpu-hog-{i}", daemon=True) for i in range(threads)]
-    for hog in hogs:
-        hog.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for hog in hogs:
-            hog.join()
 
 
 @dataclass

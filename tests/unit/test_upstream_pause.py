@@ -49,6 +49,7 @@ from middleware.deferral import Defer
 from middleware.failpoints import configure
 from middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
 from middleware.usage import take_no_call
+from tests.support.contention import cpu_hog
 from tests.support.workers import WorkerProcesses, eventually
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
@@ -68,26 +69,6 @@ def client(stub: StubOverpass, monkeypatch: pytest.MonkeyPatch, redis_client: An
     client = OverpassClient(stub.interpreter_url, user_agent=USER_AGENT, http_timeout_s=10.0)
     monkeypatch.setattr(runtime, "_client", client)
     return client
-
-
-@contextlib.contextmanager
-def cpu_hog() -> Iterator[None]:
-    """A thread of busy arithmetic beside the callers, until the block ends."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        total = 0
-        while not stop.is_set():
-            for i in range(10_000):
-                total = (total + i * i) % 1_000_003
-
-    hog = threading.Thread(target=spin, daemon=True)
-    hog.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        hog.join()
 
 
 # --- 429: one pause, one status read, fleet-wide ---------------------------------------------------
