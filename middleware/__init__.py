@@ -1,1 +1,1 @@
-"""Reusable Dramatiq middleware: fleet-wide quota, semaphore and circuit breaker."""
+"""Reusable Dramatiq middleware: fleet-wide quota, semaphore, circuit breaker, pause and pacing."""

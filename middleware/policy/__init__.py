@@ -1,4 +1,4 @@
-"""Pure policy code: quota, semaphore, circuit breaker, backoff and parking, over a storage backend."""
+"""Pure policy code: quota, semaphore, circuit breaker, pause, pacing, backoff and parking, over a storage backend."""
 
 from middleware.policy.backoff import exponential_backoff, jittered
 from middleware.policy.breaker import (
@@ -12,7 +12,9 @@ from middleware.policy.breaker import (
     record,
 )
 from middleware.policy.clock import Clock, ManualClock, SystemClock
+from middleware.policy.pacing import PacingLimits, PacingPolicy, PacingStatus, Reservation
 from middleware.policy.parking import ParkingLot
+from middleware.policy.pause import PauseDecision, PauseLimits, PausePolicy, PauseStatus
 from middleware.policy.quota import QuotaDecision, QuotaLimits, QuotaPolicy, QuotaUsage, window_bounds
 from middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
 
@@ -24,12 +26,20 @@ __all__ = [
     "BreakerStatus",
     "Clock",
     "ManualClock",
+    "PacingLimits",
+    "PacingPolicy",
+    "PacingStatus",
     "ParkingLot",
+    "PauseDecision",
+    "PauseLimits",
+    "PausePolicy",
+    "PauseStatus",
     "Permit",
     "QuotaDecision",
     "QuotaLimits",
     "QuotaPolicy",
     "QuotaUsage",
+    "Reservation",
     "SemaphoreLimits",
     "SemaphorePolicy",
     "SystemClock",

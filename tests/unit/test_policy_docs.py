@@ -15,6 +15,7 @@ MODULES = [
     "middleware.policy.clock",
     "middleware.policy.pacing",
     "middleware.policy.parking",
+    "middleware.policy.pause",
     "middleware.policy.quota",
     "middleware.policy.semaphore",
 ]
