@@ -341,8 +341,9 @@ def spaced_calls(world: World, interval_s: float, tolerance_s: float) -> None:
 
 
 def _spread_s(at: float, requests_left: int) -> float:
-    """What is left of the UTC day at ``at`` over ``requests_left``: the public profile's default interval."""
-    return (PUBLIC_WINDOW_S - at % PUBLIC_WINDOW_S) / requests_left
+    """What is left of the UTC day at ``at`` over ``requests_left``, never below PACING_MIN_INTERVAL_S
+    (its default, 1 s: the floor in the day's last hours): the public profile's default interval."""
+    return max(1.0, (PUBLIC_WINDOW_S - at % PUBLIC_WINDOW_S) / requests_left)
 
 
 @then(
