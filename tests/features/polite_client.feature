@@ -110,3 +110,13 @@ Feature: One fleet, one polite client of each Overpass instance
     And the metrics show the endpoint held
     When I run enrichment release-hold for the endpoint
     Then enrichment status shows the endpoint not held
+
+  Scenario: A 406 hold on a private endpoint lifts when workers start with other settings
+    Given the stand-in server answers "406" from now on
+    And 2 enrich jobs on distinct boxes are queued
+    And 1 worker processes with 2 threads are running
+    When every queued job waits parked
+    Then enrichment status shows the endpoint held
+    When the workers restart with the setting OVERPASS_CONTACT "someone-else@example.org"
+    Then enrichment status shows the endpoint not held
+    And no job is dead-lettered

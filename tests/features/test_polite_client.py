@@ -533,6 +533,17 @@ def release_hold(world: World) -> None:
     assert "lifted" in said, said
 
 
+@when(parsers.parse('the workers restart with the setting {name} "{value}"'))
+def restart_with(world: World, name: str, value: str) -> None:
+    """Stop the fleet and start one like it with one setting changed (a new contact: a new fingerprint)."""
+    old = world.workers[-1]
+    old.stop()
+    world.settings[name] = value
+    world.workers.append(
+        WorkerProcesses(world.worker_env(), processes=old.processes, threads=old.threads).start()
+    )
+
+
 @then("enrichment status shows the endpoint not held")
 def status_shows_no_hold(world: World) -> None:
     shown = enrichment(world, "status")
