@@ -66,6 +66,8 @@ class WorkerProcesses:
       processes, threads: as the CLI's ``--processes`` and ``--threads``.
       defaults: settings beneath ``env`` (default :data:`FAST_SETTINGS`; benchmarks pass their own).
       verbose: the CLI's ``--verbose``.
+      prefix: a command the CLI runs under, say ``["ip", "netns", "exec", "host1", "env", ...]``
+        (tests/support/hosts.py); it must exec the CLI, not fork it, for signals and PIDs to reach it.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class WorkerProcesses:
         threads: int = 4,
         defaults: Mapping[str, str] = FAST_SETTINGS,
         verbose: bool = False,
+        prefix: Sequence[str] = (),
     ) -> None:
         self._own_prom_db = None if "dramatiq_prom_db" in env else tempfile.mkdtemp(prefix="dramatiq-prom-")
         metrics_env = {
@@ -91,6 +94,7 @@ class WorkerProcesses:
         self.processes = processes
         self.threads = threads
         self.verbose = verbose
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
@@ -102,7 +106,7 @@ class WorkerProcesses:
 
     def start(self, timeout_s: float = 60.0) -> WorkerProcesses:
         command = [
-            sys.executable, "-m", "dramatiq", self.module, *self.modules,
+            *self.prefix, sys.executable, "-m", "dramatiq", self.module, *self.modules,
             "--processes", str(self.processes), "--threads", str(self.threads),
             "--worker-shutdown-timeout", "5000", *(["--verbose"] if self.verbose else []),
         ]  # fmt: skip
