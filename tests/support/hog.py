@@ -10,7 +10,7 @@ themselves, so the worker threads, the parking releaser and the heartbeat
 all compete with them. ``CPU_HOG_THREADS=0`` loads it and starts none.
 
 The hog never stops by itself: it is a daemon thread, and ends with its
-process.
+process. The tests' own process gets its hog from :mod:`tests.support.contention`.
 
 Examples:
   >>> WorkerProcesses(env, modules=["tests.support.hog"])  # doctest: +SKIP
@@ -22,16 +22,10 @@ import logging
 import os
 import threading
 
+from tests.support.contention import spin
+
 #: The environment variable saying how many hog threads each process runs.
 ENV = "CPU_HOG_THREADS"
-
-
-def spin() -> None:
-    """Busy arithmetic forever: a pure-Python loop, as a thread parsing JSON would be."""
-    total = 0
-    while True:
-        for i in range(10_000):
-            total = (total + i * i) % 1_000_003
 
 
 def start(threads: int) -> list[threading.Thread]:
