@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := enrichment_actors middleware
-APT_PACKAGES := redis-server postgresql prometheus faketime rabbitmq-server
+# The Debian packages of the servers the tests start themselves (promtool is
+# in prometheus); `make servers SERVERS=...` checks and installs only some.
+SERVERS := redis-server postgresql prometheus faketime rabbitmq-server redis-sentinel
 
 .PHONY: install servers demo run test unit features promtool-test check-fmt fmt lint bench chaos clean
 
@@ -28,12 +30,14 @@ $(STAMP): setup.cfg pyproject.toml
 # units just installed are disabled too, so that they do not start at boot.
 servers:
 	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
-	command -v faketime >/dev/null || missing="$$missing faketime"; \
-	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
-	command -v redis-sentinel >/dev/null || missing="$$missing redis-sentinel"; \
+	for package in $(SERVERS); do \
+	  case $$package in \
+	    postgresql) ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 ;; \
+	    prometheus) command -v promtool >/dev/null ;; \
+	    rabbitmq-server) test -x /usr/lib/rabbitmq/bin/rabbitmq-server ;; \
+	    *) command -v $$package >/dev/null ;; \
+	  esac || missing="$$missing $$package"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "Installing$$missing with apt-get"; \
@@ -48,14 +52,16 @@ servers:
 	  fi; \
 	fi
 
-demo: install
+# The demo runs embedded (stub broker, state in memory, SQLite): no server.
+demo: $(STAMP)
 	$(BIN)/enrichment demo
 
 # The Procfile under honcho, from the virtualenv (no need to activate it), on
 # a Redis of its own (unless REDIS_URL is set) and against the stand-in
 # Overpass server (unless OVERPASS_URL is set); Ctrl-C stops everything it
 # started. See enrichment_actors/local_run.py.
-run: install
+run: $(STAMP)
+	@$(MAKE) --no-print-directory servers SERVERS=redis-server
 	$(PY) -m enrichment_actors.local_run
 
 # Every test: unit, behaviour (pytest-bdd), the chaos scenarios and the quick
