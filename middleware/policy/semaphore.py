@@ -68,7 +68,7 @@ class SemaphoreLimits:
     retry_min_s: float = 0.5
     retry_max_s: float = 3.0
     cap_ttl_s: float = 3600.0
-    handoff_max: int = 8
+    handoff_max: int = 4
 
     def __post_init__(self) -> None:
         if self.permits < 1:
