@@ -390,7 +390,7 @@ PACING_INTERVAL = MetricSpec(
 QUEUE_MESSAGES = MetricSpec(
     "enrichment_queue_messages",
     Kind.GAUGE,
-    "Messages in the broker queue: waiting, delayed or in flight (not parked ones).",
+    "Messages in the broker queue (not parked ones): on Redis waiting, delayed or in flight; on RabbitMQ waiting or delayed.",
     (QUEUE,),
     fleet=True,
 )

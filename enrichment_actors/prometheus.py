@@ -42,7 +42,7 @@ from middleware.policy.quota import QuotaUsage
 
 from . import metrics as m
 from .metrics import Kind, MetricSpec, Outcome, final_label, is_final, outcome_of, take_noted_outcome
-from .queues import queue_sizes
+from .queues import QueuesUnreachable, queue_sizes
 from .redis_checks import persistence_gauge, redis_clients
 
 if TYPE_CHECKING:
@@ -408,7 +408,13 @@ def read_endpoints(
 def read_fleet(runtime: Runtime) -> FleetReading:
     """Read the fleet gauges from the shared backend and the broker; raises when they cannot be reached."""
     broker = runtime.broker
-    queued = queue_sizes(broker)  # Redis: waiting, delayed, in flight; RabbitMQ: waiting, delayed
+    try:
+        queued = queue_sizes(broker)  # Redis: waiting, delayed, in flight; RabbitMQ: waiting, delayed
+    except QueuesUnreachable as exc:
+        # The broker is down, not the shared state: the fleet gauges still
+        # tell the truth, only the queue sizes are missing.
+        logger.warning("Queue sizes left out of the fleet gauges: %s", exc)
+        queued = ()
     redis_servers = redis_clients(broker, runtime.backend)
     return FleetReading(
         quotas=tuple(policy.usage() for policy in runtime.quota.policies.values()),

@@ -100,11 +100,15 @@ TABLE: tuple[Setting, ...] = (
     Setting(
         "REDIS_SENTINEL_MASTER", "mymaster", "The primary's name in the Sentinels' `sentinel monitor` line"
     ),
-    Setting("BROKER_HEARTBEAT_TIMEOUT_S", "60", "Messages of a worker silent this long are handed to others"),
+    Setting(
+        "BROKER_HEARTBEAT_TIMEOUT_S",
+        "60",
+        "Messages of a worker silent this long are handed to others (Redis broker only)",
+    ),
     Setting(
         "BROKER_MAINTENANCE_CHANCE",
         "10000",
-        "Broker commands in a million that also hand a dead worker's messages on (Dramatiq's default is 1000)",
+        "Broker commands in a million that also hand a dead worker's messages on (Dramatiq's default is 1000; Redis broker only)",
     ),
     Setting(
         "OVERPASS_URL",

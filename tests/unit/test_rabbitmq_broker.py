@@ -150,3 +150,23 @@ def test_the_fleet_gauges_count_the_rabbitmq_queue(
         eventually(lambda: gauge() == 0, timeout_s=30, message="the queue gauge")
         assert scrape(workers.metrics_url).value("enrichment_state_backend_up") == 1
     purge(url, ("gauged",))
+
+
+def test_an_unreachable_rabbitmq_leaves_the_fleet_gauges_of_the_shared_state(redis_url: str) -> None:
+    """The broker is down, not Redis: the quota, breaker and permits still read; only the queue sizes go."""
+    from enrichment_actors.prometheus import read_fleet
+    from enrichment_actors.runtime import build_runtime
+
+    settings = load_settings(
+        {
+            "BROKER": "rabbitmq",
+            "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F",
+            "REDIS_URL": redis_url,
+            "OVERPASS_URL": "http://127.0.0.1:9/api/interpreter",
+        }
+    )
+    runtime = build_runtime(settings)
+    runtime.broker.declare_queue("enrichment")
+    reading = read_fleet(runtime)
+    assert reading.queued == ()
+    assert reading.quotas and reading.breakers and reading.permits
