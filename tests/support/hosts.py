@@ -6,9 +6,12 @@ host side ``10.250.<n>.2``. A host has no default route, so its processes
 reach only its own loopback and that /30. The servers (Redis, PostgreSQL, the
 stand-in server) stay on the root namespace's loopback; a :class:`Forwarder`
 bound on ``10.250.<n>.1`` carries each host's connections to them (and counts
-them per host). A host's processes run under ``ip netns exec`` with
-libfaketime preloaded (``FAKETIME="+5s"``): network namespaces share the
-machine's clock, libfaketime gives each host its own.
+them per host). A host's processes run under ``ip netns exec`` with their
+wall clock moved by seconds (``skewed_clock/sitecustomize.py``): network
+namespaces share the machine's clock. Not libfaketime: version 0.9.10 hangs
+Python's timed waits (``threading.Event().wait(1)`` never returns with the
+monotonic clock faked, ``time.sleep`` fails with EINVAL without), which
+stalls a worker's parking releaser.
 
 Making namespaces needs root and ``ip``; :func:`unavailable` says why they
 cannot be made, so that a test can skip with that reason.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import os
 import shutil
 import socket
@@ -34,15 +36,8 @@ from pathlib import Path
 #: Every namespace and veth this module makes starts with this: leftovers of a killed run are found by it.
 PREFIX = "oeh"
 LOCK_PATH = Path("/tmp/overpass-enrichment-hosts.lock")
-
-
-def faketime_library() -> str | None:
-    """The multi-threaded libfaketime (Debian's ``faketime`` package), or None."""
-    found = sorted(
-        glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
-        + glob.glob("/usr/lib/faketime/libfaketimeMT.so.1")
-    )
-    return found[0] if found else None
+#: On PYTHONPATH, its sitecustomize moves a Python process's ``time.time`` by ``SKEWED_CLOCK_S``.
+SKEWED_CLOCK = Path(__file__).resolve().parent / "skewed_clock"
 
 
 def unavailable() -> str | None:
@@ -53,8 +48,6 @@ def unavailable() -> str | None:
         return "making network namespaces (ip netns add) needs root; run as root (CI does)"
     if shutil.which("ip") is None:
         return "the `ip` command (iproute2) is missing: apt-get install iproute2"
-    if faketime_library() is None:
-        return "libfaketime is missing: apt-get install faketime (the Makefile installs it)"
     return None
 
 
@@ -97,12 +90,10 @@ class Host:
         return f"10.250.{self.index}.1"
 
     def prefix(self) -> list[str]:
-        """A command prefix that runs a program on this host with this host's clock."""
-        library = faketime_library()
-        assert library is not None
+        """A command prefix that runs a Python program on this host with this host's wall clock."""
         return [
             "ip", "netns", "exec", self.name,
-            "env", f"LD_PRELOAD={library}", f"FAKETIME={self.skew_s:+g}s", "FAKETIME_DONT_RESET=1",
+            "env", f"PYTHONPATH={SKEWED_CLOCK}", f"SKEWED_CLOCK_S={self.skew_s:g}",
         ]  # fmt: skip
 
     def clock_offset(self) -> float:
