@@ -195,6 +195,17 @@ class Backend(ABC):
     def state_cas(self, key: str, version: int, value: dict[str, Any]) -> bool:
         """Write value iff the current version == version; the new version is version + 1."""
 
+    def state_get_now(self, key: str) -> tuple[int, dict[str, Any] | None, float]:
+        """Return (version, value, now): :meth:`state_get` and :meth:`now` in one round trip.
+
+        A policy that decides by the clock (a breaker's cooldown) reads both on
+        every admission; backends with a server override this so the pair costs
+        one round trip, not two.  ``now`` is read with the state, never before
+        it, so a decision cannot use a time older than the state it reads.
+        """
+        version, value = self.state_get(key)
+        return version, value, self.now()
+
     # -- parking lot (deferred work held outside worker memory) -------------
 
     @abstractmethod

@@ -232,6 +232,13 @@ class MemoryBackend(Backend):
         value: dict[str, Any] | None = json.loads(encoded)
         return version, value
 
+    def state_get_now(self, key: str) -> tuple[int, dict[str, Any] | None, float]:
+        with self._lock:
+            version, encoded = self._states.get(key, (0, "null"))
+            now = self._clock.now()
+        value: dict[str, Any] | None = json.loads(encoded)
+        return version, value, now
+
     def state_cas(self, key: str, version: int, value: dict[str, Any]) -> bool:
         encoded = json.dumps(value)
         with self._lock:

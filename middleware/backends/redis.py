@@ -184,6 +184,14 @@ redis.call('HSET', KEYS[1], 'version', current + 1, 'value', ARGV[2])
 return 1
 """
 
+# KEYS: state hash.  Returns {version, value, seconds, microseconds}: the state and
+# the server's TIME in one round trip (a breaker's admission needs both).
+STATE_GET_NOW = """
+local state = redis.call('HMGET', KEYS[1], 'version', 'value')
+local t = redis.call('TIME')
+return {state[1] or false, state[2] or false, t[1], t[2]}
+"""
+
 # KEYS: due set, payload hash, token hash.  ARGV: member, payload, delay_s, token.
 PARK = (
     _NOW
@@ -368,6 +376,7 @@ class RedisBackend(Backend):
                 ("lease_release", LEASE_RELEASE),
                 ("lease_transfer", LEASE_TRANSFER),
                 ("state_cas", STATE_CAS),
+                ("state_get_now", STATE_GET_NOW),
                 ("park", PARK),
                 ("claim_due", CLAIM_DUE),
                 ("unpark", UNPARK),
@@ -656,6 +665,14 @@ class RedisBackend(Backend):
             return 0, None
         value: dict[str, Any] = json.loads(encoded)
         return int(version), value
+
+    def state_get_now(self, key: str) -> tuple[int, dict[str, Any] | None, float]:
+        version, encoded, seconds, microseconds = self._run("state_get_now", [self._key("state", key)], [])
+        now = int(seconds) + int(microseconds) / 1_000_000
+        if version is None or encoded is None:
+            return 0, None, now
+        value: dict[str, Any] = json.loads(encoded)
+        return int(version), value, now
 
     def state_cas(self, key: str, version: int, value: dict[str, Any]) -> bool:
         return bool(self._run("state_cas", [self._key("state", key)], [version, json.dumps(value)]))

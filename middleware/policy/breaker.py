@@ -234,7 +234,10 @@ class BreakerPolicy(Policy[BreakerLimits]):
 
     Cooldowns and probe claims are reckoned by the backend's clock
     (:meth:`~middleware.backends.base.Backend.now`), the same for every host:
-    a host whose clock runs ahead cannot end a cooldown early.
+    a host whose clock runs ahead cannot end a cooldown early.  The state and
+    that clock are read together (:meth:`~middleware.backends.base.Backend.state_get_now`):
+    a closed breaker's admission, and a success that changes nothing, cost one
+    round trip; a transition adds its compare-and-set.
     """
 
     kind = "breaker"
@@ -242,6 +245,12 @@ class BreakerPolicy(Policy[BreakerLimits]):
     def _read(self) -> tuple[int, BreakerState]:
         version, value = self._backend.state_get(self._key)
         return version, BreakerState() if value is None else BreakerState.from_dict(value)
+
+    def _read_now(self) -> tuple[int, BreakerState, float]:
+        # The state and the backend's clock in one round trip: an admission of a
+        # closed breaker (nothing to write) and a plain success cost one each.
+        version, value, now = self._backend.state_get_now(self._key)
+        return version, BreakerState() if value is None else BreakerState.from_dict(value), now
 
     def _write(self, version: int, before: BreakerState, after: BreakerState) -> bool:
         # Unchanged state is not written: a closed breaker's success is one read.
@@ -256,8 +265,7 @@ class BreakerPolicy(Policy[BreakerLimits]):
     def admit(self, holder: str) -> Admission:
         """Whether ``holder`` may make a call now; a denial's retry_at carries jitter."""
         for _ in range(_MAX_CAS_ATTEMPTS):
-            version, state = self._read()
-            now = self._backend.now()
+            version, state, now = self._read_now()
             after, admission = decide(state, now=now, holder=holder, limits=self._limits)
             if self._write(version, state, after):
                 if admission.retry_at is None:
@@ -271,12 +279,12 @@ class BreakerPolicy(Policy[BreakerLimits]):
         if not admission.allowed:
             return
         for _ in range(_MAX_CAS_ATTEMPTS):
-            version, state = self._read()
+            version, state, now = self._read_now()
             after = record(
                 state,
                 generation=admission.generation,
                 success=success,
-                now=self._backend.now(),
+                now=now,
                 limits=self._limits,
             )
             if self._write(version, state, after):

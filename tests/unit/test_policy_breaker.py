@@ -233,11 +233,20 @@ class CountingBackend(MemoryBackend):
         super().__init__(clock=clock or ManualClock(T))
         self.reads = 0
         self.writes = 0
+        self.clock_reads = 0
         self.before_next_cas: Callable[[], None] | None = None
 
     def state_get(self, key: str) -> tuple[int, dict[str, Any] | None]:
         self.reads += 1
         return super().state_get(key)
+
+    def state_get_now(self, key: str) -> tuple[int, dict[str, Any] | None, float]:
+        self.reads += 1
+        return super().state_get_now(key)
+
+    def now(self) -> float:
+        self.clock_reads += 1
+        return super().now()
 
     def state_cas(self, key: str, version: int, value: dict[str, Any]) -> bool:
         self.writes += 1
@@ -310,9 +319,64 @@ def test_the_hot_path_is_a_single_read() -> None:
     backend = CountingBackend()
     policy = breaker(backend)
     admission = policy.admit("job")
-    assert (backend.reads, backend.writes) == (1, 0)
+    assert (backend.reads, backend.writes, backend.clock_reads) == (1, 0, 0)
     policy.record(admission, success=True)
-    assert (backend.reads, backend.writes) == (2, 0)
+    assert (backend.reads, backend.writes, backend.clock_reads) == (2, 0, 0)
+
+
+class CountingRedis(redis.Redis):  # type: ignore[type-arg]
+    """A Redis client that counts the commands it sends (one command, one round trip here)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[str] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+
+@pytest.mark.parametrize(
+    ("failures_before", "success", "expected"),
+    [
+        # closed, nothing to change: one script for the admission, one for the outcome
+        (0, True, ["EVALSHA", "EVALSHA"]),
+        # a success after a failure resets the count: the outcome adds its compare-and-set
+        (1, True, ["EVALSHA", "EVALSHA", "EVALSHA"]),
+        # a failure below the threshold: the same
+        (0, False, ["EVALSHA", "EVALSHA", "EVALSHA"]),
+    ],
+)
+def test_a_closed_breaker_costs_one_round_trip_per_step_on_redis(
+    redis_url: str, failures_before: int, success: bool, expected: list[str]
+) -> None:
+    client = CountingRedis.from_url(redis_url)
+    client.flushdb()
+    try:
+        policy = breaker(RedisBackend(client))
+        for _ in range(failures_before):
+            policy.record(policy.admit("earlier"), success=False)
+        policy.record(policy.admit("warm"), success=True)  # loads the scripts
+        for _ in range(failures_before):
+            policy.record(policy.admit("earlier"), success=False)
+        client.commands.clear()
+        policy.record(policy.admit("job"), success=success)
+        # No separate TIME, no HMGET: the state and the server's clock come in one script.
+        assert client.commands == expected
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def test_state_get_now_reads_the_state_and_the_server_clock(redis_client: redis.Redis[bytes]) -> None:
+    backend = RedisBackend(redis_client)
+    version, value, now = backend.state_get_now("api")
+    assert (version, value) == (0, None)
+    assert abs(now - backend.now()) < 5
+    assert backend.state_cas("api", 0, {"status": "open"})
+    version, value, _ = backend.state_get_now("api")
+    assert (version, value) == (1, {"status": "open"})
+    assert (version, value) == backend.state_get("api")
 
 
 @pytest.mark.parametrize("seed", range(10))
