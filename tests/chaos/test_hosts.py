@@ -82,7 +82,7 @@ class Fleet:
             to_stub = self._forward(host, self.chaos.stub.port, marker=INTERPRETER)
             self.stub_forwarders[host.name] = to_stub
             env = {
-                **self.chaos.env(broker_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, **settings),
+                **self.chaos.env(**{"broker_heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S, **settings}),
                 "REDIS_URL": to_redis.url("redis", urlsplit(self.chaos.redis_url).path),
                 "DATABASE_URL": database._replace(
                     netloc=f"{database.username}@{to_db.host}:{to_db.port}"
@@ -223,3 +223,39 @@ def test_two_skewed_hosts_send_one_probe_per_cooldown(fleet: Fleet) -> None:
     assert len(probes) <= storm_s / cooldown + 1
     assert fleet.chaos.stored() == jobs * POIS_PER_JOB
     assert fleet.chaos.dead_letters() == []
+
+
+def test_a_heartbeat_timeout_below_the_skew_hands_a_live_hosts_messages_on(fleet: Fleet) -> None:
+    """Dramatiq's heartbeats carry each host's clock: why the skew must stay below ``BROKER_HEARTBEAT_TIMEOUT_S``.
+
+    The host 5 s ahead reads the other's heartbeats as 10 s old, more than 3 s: it
+    takes that live worker's unacknowledged messages for a dead one's, and jobs run on both.
+    """
+    limit, jobs = 40, 60
+    fleet.chaos.replace_stub(latency_s=0.2)
+    fleet.start(
+        processes=1,
+        threads=4,
+        broker_heartbeat_timeout_s=3,
+        quota_requests=limit,
+        quota_window_s=100_000_000,
+        semaphore_permits=3,
+        semaphore_wait_s=5,
+    )
+    fleet.chaos.send_jobs(jobs)
+    client = redis.Redis.from_url(fleet.chaos.redis_url)
+    eventually(
+        lambda: client.zcard(PARKED) >= jobs - limit and fleet.chaos.stored() >= limit * POIS_PER_JOB,
+        timeout_s=120,
+        message=f"{limit} jobs stored and {jobs - limit} parked",
+    )
+    time.sleep(1.0)
+    calls = [r.query for r in fleet.chaos.stub.requests if r.path == "/api/interpreter"]
+    parked = {query_of(dramatiq.Message.decode(raw).kwargs) for raw in client.hvals(PARKED_PAYLOADS)}
+    twice = len(calls) - len(set(calls)) + len(set(calls) & parked)
+    print(
+        f"\ntwo hosts {SKEWS_S} s, heartbeat timeout 3 s: {len(calls)} calls, {len(parked)} parked "
+        f"for {jobs - limit} due: {twice} jobs run on both hosts"
+    )
+    assert twice > 0, "the host behind kept its messages although its heartbeats looked 10 s old"
+    client.close()
