@@ -16,6 +16,7 @@ over.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.proxy import FlakyProxy
 from tests.support.workers import free_port
 
 HOST = "127.0.0.1"
@@ -65,6 +67,9 @@ def _server_args(port: int, directory: Path, *extra: str) -> list[str]:
         "no",
         "--protected-mode",
         "no",
+        # A replica's first sync starts at once, not after the default 5 s.
+        "--repl-diskless-sync-delay",
+        "0",
         *extra,
     ]
 
@@ -145,8 +150,23 @@ class RedisClusterSetup(_Processes):
 class SentinelSetup(_Processes):
     """A primary, ``replicas`` replicas and ``sentinels`` Sentinels watching it as ``mymaster``."""
 
-    def __init__(self, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        replicas: int = 1,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        *,
+        through_proxy: bool = False,
+        failover_timeout_ms: int = 10_000,
+    ) -> None:
         super().__init__("redis-sentinel")
+        #: With ``through_proxy``, each replica reaches the primary through a
+        #: :class:`FlakyProxy` (in :attr:`proxies`): ``down()`` stalls replication.
+        #: The Sentinels point such a replica at the primary itself once
+        #: ``failover_timeout_ms`` has passed: a stall must come before.
+        self.through_proxy = through_proxy
+        self.failover_timeout_ms = failover_timeout_ms
+        self.proxies: list[FlakyProxy] = []
         self.primary_port = free_port()
         self.replica_ports = [free_port() for _ in range(replicas)]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
@@ -164,13 +184,14 @@ class SentinelSetup(_Processes):
                 _server_args(self.primary_port, self.directory), f"primary-{self.primary_port}"
             )
             for port in self.replica_ports:
-                args = _server_args(port, self.directory, "--replicaof", HOST, str(self.primary_port))
+                upstream = self.primary_port
+                if self.through_proxy:
+                    self.proxies.append(FlakyProxy(HOST, self.primary_port).up())
+                    upstream = self.proxies[-1].port
+                args = _server_args(port, self.directory, "--replicaof", HOST, str(upstream))
                 self.by_port[port] = self.spawn(args, f"replica-{port}")
             primary = redis.Redis(host=HOST, port=self.primary_port)
-            _wait(
-                lambda: primary.info("replication")["connected_slaves"] == len(self.replica_ports),
-                "the replicas to connect",
-            )
+            _wait(lambda: self._online(primary) == len(self.replica_ports), "the replicas to sync")
             quorum = len(self.sentinel_ports) // 2 + 1
             program = shutil.which("redis-sentinel")
             for port in self.sentinel_ports:
@@ -179,7 +200,7 @@ class SentinelSetup(_Processes):
                     f"port {port}\nbind {HOST}\nprotected-mode no\ndir {self.directory}\n"
                     f"sentinel monitor {MASTER} {HOST} {self.primary_port} {quorum}\n"
                     f"sentinel down-after-milliseconds {MASTER} {self.down_after_ms}\n"
-                    f"sentinel failover-timeout {MASTER} 10000\n"
+                    f"sentinel failover-timeout {MASTER} {self.failover_timeout_ms}\n"
                     f"sentinel parallel-syncs {MASTER} 1\n"
                 )
                 args = [program, str(conf)] if program else ["redis-server", str(conf), "--sentinel"]
@@ -200,6 +221,12 @@ class SentinelSetup(_Processes):
             raise
         return self
 
+    @staticmethod
+    def _online(primary: redis.Redis[bytes]) -> int:
+        info = primary.info("replication")
+        replicas = [value for name, value in info.items() if re.fullmatch(r"slave\d+", name)]
+        return sum(1 for value in replicas if value["state"] == "online")
+
     def primary(self) -> tuple[str, int]:
         """The primary the Sentinels name now."""
         with redis.Redis(host=HOST, port=self.sentinel_ports[0]) as sentinel:
@@ -213,6 +240,15 @@ class SentinelSetup(_Processes):
         self.by_port[port].kill()
         self.by_port[port].wait(timeout=10)
         return port
+
+    def restart(self, port: int) -> None:
+        """Start the server of ``port`` again, empty: the Sentinels make it a replica of the primary."""
+        self.by_port[port] = self.spawn(_server_args(port, self.directory), f"restarted-{port}")
+
+    def remove(self) -> None:
+        for proxy in self.proxies:
+            proxy.down()
+        super().remove()
 
     def flush(self) -> None:
         host, port = self.primary()
