@@ -59,3 +59,57 @@ def test_the_state_lives_on_the_primary_the_sentinels_name(redis_sentinel: Any) 
     assert isinstance(backend, RedisBackend) and backend.park_replicas == 1
     backend.counter_add("c", 3, ttl_s=60)
     assert backend.counters_get(["c"]) == [3]
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_workers_keep_the_state_on_the_topology_and_the_queues_on_the_broker(
+    topology: str, redis_url: str, postgres_url: str, redis_client: Any, request: pytest.FixtureRequest
+) -> None:
+    # Dramatiq's Redis broker cannot run on a cluster: the queues stay on the session's Redis.
+    from enrichment_actors import actors
+    from enrichment_actors.store import PoiStore
+    from enrichment_actors.stub_overpass import StubOverpass
+    from tests.support.workers import WorkerProcesses, eventually
+
+    if topology == "cluster":
+        setup = request.getfixturevalue("redis_cluster")
+        where = {"STATE_REDIS_URL": setup.url, "REDIS_CLUSTER": "true"}
+    else:
+        setup = request.getfixturevalue("redis_sentinel")
+        where = {"STATE_REDIS_URL": "redis://127.0.0.1/0", "REDIS_SENTINELS": setup.sentinels}
+    setup.flush()
+    state = make_backend(load_settings({**where, "REDIS_URL": redis_url}))
+    assert isinstance(state, RedisBackend)
+    store = PoiStore(postgres_url)
+    store.ensure_schema()
+    store.model.delete().execute()
+    with StubOverpass(slots=2) as stub:
+        env = {
+            **where,
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": postgres_url,
+            "OVERPASS_URL": stub.interpreter_url,
+        }
+        with WorkerProcesses(env, processes=1, threads=2):
+            for index in range(3):
+                box = {
+                    "south": 48.85 + index * 0.01,
+                    "west": 2.29,
+                    "north": 48.855 + index * 0.01,
+                    "east": 2.30,
+                }
+                actors.enrich.send(bbox=box, tags=["amenity"])
+            eventually(
+                lambda: stub.stats().calls >= 3 and store.count() > 0, timeout_s=60, message="jobs stored"
+            )
+            eventually(
+                lambda: redis_client.llen("dramatiq:enrichment") == 0,
+                timeout_s=30,
+                message="the queue drained",
+            )
+    store.close()
+    window = int(state.now()) // 86_400 * 86_400
+    assert (
+        state.counters_get([f"quota:overpass:{window}:requests"])[0] >= 3
+    )  # the quota counted on the topology
+    assert not list(redis_client.scan_iter("enrichment:*"))  # nothing of the state on the broker's Redis
