@@ -39,7 +39,7 @@ from middleware.backends.redis import RedisBackend
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of stage keys in the Redis namespace (``enrichment:stage:fetch:<message id>``).
+#: Prefix of stage keys in the Redis namespace (``enrichment:stage:{fetch:<message id>}``).
 KIND = "stage"
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
