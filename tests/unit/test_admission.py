@@ -71,6 +71,9 @@ class ErringBackend(MemoryBackend):
     def state_get(self, *args: Any, **kwargs: Any) -> Any:
         raise self._err()
 
+    def state_get_now(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._err()
+
 
 @pytest.mark.parametrize(
     "make",

@@ -543,6 +543,7 @@ PRIMITIVE_CALLS: list[tuple[str, Callable[[Backend], object]]] = [
     ("lease_set_cap", lambda b: b.lease_set_cap("k", 1, ttl_s=60)),
     ("lease_get_cap", lambda b: b.lease_get_cap("k")),
     ("state_get", lambda b: b.state_get("k")),
+    ("state_get_now", lambda b: b.state_get_now("k")),
     ("state_cas", lambda b: b.state_cas("k", 0, {})),
     ("park", lambda b: b.park("k", "m", b"p", 0, "t")),
     ("claim_due", lambda b: b.claim_due("k", 1, 1)),
