@@ -14,7 +14,6 @@ without a contact (:func:`~.settings.check_startable`): no worker starts.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.base import Backend, BackendUnavailable
+from middleware.backends.base import Backend
 from middleware.backends.memory import MemoryBackend
 from middleware.breaker import CircuitBreaker, Verdict
 from middleware.callbacks import replace_stock_callbacks
@@ -47,6 +46,7 @@ from .overpass_endpoints import OVERPASS, Endpoint, spread_interval
 from .overpass_responses import OverpassError
 from .prometheus import EnrichmentPrometheus
 from .redis_checks import RedisChecks, redis_clients
+from .redis_topology import TopologyCheck
 from .routing import ENDPOINT, EndpointReading, EndpointRouter
 from .settings import Settings, SettingsError, check_startable, load_settings
 from .store import PoiStore
@@ -168,19 +168,15 @@ def make_backend(settings: Settings) -> Backend:
         return MemoryBackend()
     from middleware.backends.redis import RedisBackend
 
-    backend = RedisBackend.from_url(
+    # Its topology is checked at worker boot (redis_topology.TopologyCheck):
+    # importing the product connects to nothing.
+    return RedisBackend.from_url(
         settings.state_redis_url,
         namespace="enrichment",
         cluster=settings.redis_cluster,
         sentinels=settings.redis_sentinels,
         sentinel_master=settings.redis_sentinel_master,
     )
-    # A wrong topology (a cluster node taken for one Redis, Sentinels that do
-    # not know the primary) fails here, at start; an unreachable one is waited
-    # for like any outage.
-    with contextlib.suppress(BackendUnavailable):
-        backend.check_topology()
-    return backend
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
@@ -222,6 +218,7 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
     broker = make_broker(s)
     backend = backend or make_backend(s)
     broker.add_middleware(RedisChecks(lambda: redis_clients(broker, backend)))  # refuses an evicting Redis
+    broker.add_middleware(TopologyCheck(backend))  # refuses a wrong Redis topology
     retries = Retries(
         backend=backend,
         max_retries=s.retry_max,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
 
+from enrichment_actors.redis_checks import EXIT_UNSAFE_REDIS, UnsafeRedis
+from enrichment_actors.redis_topology import TopologyCheck
 from enrichment_actors.runtime import make_backend
 from enrichment_actors.settings import SettingsError, load_settings
 from enrichment_actors.staging import stash_for
-from middleware.backends.redis import RedisBackend, RedisTopologyError
+from middleware.backends.redis import RedisBackend
 from middleware.policy.parking import ParkingLot
 from tests.support.redis_topologies import MASTER
+from tests.support.workers import free_port
 
 
 @pytest.mark.parametrize(
@@ -42,14 +46,39 @@ def test_the_state_lives_on_the_cluster_the_settings_name(redis_cluster: Any) ->
 
 def test_a_cluster_node_set_as_a_plain_redis_fails_at_start(redis_cluster: Any) -> None:
     settings = load_settings({"STATE_REDIS_URL": redis_cluster.url})
-    with pytest.raises(RedisTopologyError, match=r"is a node of a Redis Cluster.*REDIS_CLUSTER=true"):
-        make_backend(settings)
+    with pytest.raises(UnsafeRedis, match=r"is a node of a Redis Cluster.*REDIS_CLUSTER=true") as refused:
+        TopologyCheck(make_backend(settings)).check()
+    assert refused.value.code == EXIT_UNSAFE_REDIS
 
 
 def test_sentinels_without_the_named_primary_fail_at_start(redis_sentinel: Any) -> None:
     settings = load_settings({"REDIS_SENTINELS": redis_sentinel.sentinels, "REDIS_SENTINEL_MASTER": "nope"})
-    with pytest.raises(RedisTopologyError, match="REDIS_SENTINEL_MASTER"):
-        make_backend(settings)
+    with pytest.raises(UnsafeRedis, match="REDIS_SENTINEL_MASTER"):
+        TopologyCheck(make_backend(settings)).check()
+
+
+def test_an_unreachable_state_redis_is_waited_for_not_refused() -> None:
+    TopologyCheck(RedisBackend.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=1)).check()
+
+
+def test_a_worker_given_a_cluster_node_as_a_plain_redis_exits_at_boot(
+    redis_cluster: Any, redis_url: str
+) -> None:
+    from tests.support.workers import WorkerProcesses
+
+    fleet = WorkerProcesses(
+        {"REDIS_URL": redis_url, "STATE_REDIS_URL": redis_cluster.url}, processes=1, threads=1
+    )
+    try:
+        with pytest.raises(RuntimeError, match="exited during start"):
+            fleet.start(timeout_s=60)
+        assert fleet.proc is not None
+        fleet.proc.wait(timeout=30)
+        assert fleet.proc.returncode == EXIT_UNSAFE_REDIS
+        time.sleep(0.2)
+        assert fleet.count("is a node of a Redis Cluster") >= 1, fleet.tail()
+    finally:
+        fleet.stop()
 
 
 def test_the_state_lives_on_the_primary_the_sentinels_name(redis_sentinel: Any) -> None:
