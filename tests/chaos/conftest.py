@@ -75,12 +75,6 @@ class Chaos:
             client.close()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "soak: long contention runs, in `make chaos` only (`make test` runs their quick sizes)"
-    )
-
-
 def reset_servers(redis_url: str, database_url: str) -> None:
     from enrichment_actors.store import PoiStore
 

@@ -79,13 +79,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.soak)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "rabbitmq_fast: a scenario that runs on RabbitMQ in `make test` too")
-    config.addinivalue_line(
-        "markers", "soak: long contention runs, in `make chaos` only (`make test` runs their quick sizes)"
-    )
-
-
 @pytest.fixture
 def world(
     redis_url: str, postgres_url: str, broker_kind: str, request: pytest.FixtureRequest
