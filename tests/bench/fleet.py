@@ -19,7 +19,14 @@ def sender(redis_url: str) -> RedisBroker:
     return broker
 
 
-def send(broker: RedisBroker, queue: str, actor: str, jobs: Iterable[Mapping[str, Any]]) -> int:
+def rabbitmq_sender(url: str) -> dramatiq.Broker:
+    """The same on RabbitMQ, each publish confirmed as the product's are (``confirm_delivery``)."""
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    return RabbitmqBroker(url=url, middleware=[], confirm_delivery=True)
+
+
+def send(broker: dramatiq.Broker, queue: str, actor: str, jobs: Iterable[Mapping[str, Any]]) -> int:
     """Enqueue one ``actor`` message per job (its keyword arguments); returns how many."""
     sent = 0
     for kwargs in jobs:

@@ -28,7 +28,7 @@ import redis
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.support.workers import WorkerProcesses, eventually
 
-from .fleet import grid_boxes, send, sender
+from .fleet import grid_boxes, rabbitmq_sender, send, sender
 from .process_tag import process_of
 
 #: POIs each answer carries (the stand-in server's ``pois_per_box``).
@@ -165,8 +165,13 @@ def run_fleet(
     log_markers: tuple[str, ...] = (),
     verbose: bool = False,
     modules: tuple[str, ...] = (),
+    rabbitmq_url: str | None = None,
 ) -> FleetRun:
-    """Send ``jobs`` enrich jobs to a fresh fleet of ``module`` and time them (at most ``cap_s``)."""
+    """Send ``jobs`` enrich jobs to a fresh fleet of ``module`` and time them (at most ``cap_s``).
+
+    With ``rabbitmq_url`` the jobs go through that RabbitMQ (the fleet must be given
+    ``BROKER=rabbitmq`` and the same URL in ``fleet_env``); the state stays in Redis.
+    """
     reset(env)
     stub.reset()
     expected = jobs * POIS_PER_JOB
@@ -179,7 +184,7 @@ def run_fleet(
         defaults={},
         verbose=verbose,
     ) as fleet:
-        broker = sender(env.redis_url)
+        broker = sender(env.redis_url) if rabbitmq_url is None else rabbitmq_sender(rabbitmq_url)
         send(
             broker,
             queue,
