@@ -17,6 +17,7 @@ from pytest_bdd import given, parsers, then, when
 
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.support.proxy import FlakyProxy
+from tests.support.scrape import Scrape, scrape
 from tests.support.workers import WorkerProcesses, eventually
 
 QUEUE = "enrichment"
@@ -339,3 +340,18 @@ def query_statements(world: World, count: int, key: str) -> None:
     for request in world.stub.requests:
         assert request.query.count("nwr[") == count
         assert request.query == build_query(job, timeout_s=5, maxsize_bytes=67108864)
+
+
+def scrape_workers(world: World) -> Scrape:
+    """Scrape the (first) fleet's metrics, waiting for its exposition process to listen."""
+    found: list[Scrape] = []
+
+    def answered() -> bool:
+        try:
+            found.append(scrape(world.workers[0].metrics_url))
+        except OSError:
+            return False
+        return True
+
+    eventually(answered, timeout_s=10, message=f"an answer from {world.workers[0].metrics_url}")
+    return found[-1]

@@ -12,26 +12,10 @@ from enrichment_actors.overpass_responses import OverpassError
 from enrichment_actors.runtime import OVERPASS
 from enrichment_actors.stub_overpass import StubOverpass
 from middleware.policy.breaker import BreakerStatus
-from tests.features.conftest import QUEUE, World
-from tests.support.scrape import Scrape, sample_key, scrape
-from tests.support.workers import eventually
+from tests.features.conftest import QUEUE, World, scrape_workers
+from tests.support.scrape import Scrape, sample_key
 
 scenarios("metrics.feature")
-
-
-def _scrape(world: World) -> Scrape:
-    """Scrape the (only) workers' endpoint, waiting for the exposition process to listen."""
-    found: list[Scrape] = []
-
-    def answered() -> bool:
-        try:
-            found.append(scrape(world.workers[0].metrics_url))
-        except OSError:
-            return False
-        return True
-
-    eventually(answered, timeout_s=10, message=f"an answer from {world.workers[0].metrics_url}")
-    return found[-1]
 
 
 def _rows(datatable: list[list[str]]) -> list[dict[str, str]]:
@@ -67,7 +51,7 @@ def job_outcomes(world: World, datatable: list[list[str]]) -> None:
         ]: float(r["count"])
         for r in _rows(datatable)
     }
-    found = _scrape(world)
+    found = scrape_workers(world)
     paused = m.Outcome.PAUSED.value
     outcomes = {
         labels: v
@@ -82,7 +66,7 @@ def overpass_calls(world: World, datatable: list[list[str]]) -> None:
     by_status = {((m.STATUS, r["status"]),): float(r["count"]) for r in _rows(datatable)}
     endpoint = (m.ENDPOINT, _endpoint(world))
     expected = {(endpoint, *labels): count for labels, count in by_status.items()}
-    found = _scrape(world)
+    found = scrape_workers(world)
     assert _nonzero(found, m.OVERPASS_CALLS.sample_name) == expected, "\n".join(
         found.lines(m.OVERPASS_CALLS.name)
     )
@@ -96,7 +80,7 @@ def overpass_calls(world: World, datatable: list[list[str]]) -> None:
 
 @then("the stock Dramatiq metrics count each retry once")
 def stock_metrics(world: World, datatable: list[list[str]]) -> None:
-    found = _scrape(world)
+    found = scrape_workers(world)
     columns = {
         "messages": m.MESSAGES,
         "errors": m.MESSAGE_ERRORS,
@@ -112,7 +96,7 @@ def stock_metrics(world: World, datatable: list[list[str]]) -> None:
 
 @then("no message is in progress or held delayed")
 def nothing_in_flight(world: World) -> None:
-    found = _scrape(world)
+    found = scrape_workers(world)
     in_progress = found.series(m.MESSAGES_IN_PROGRESS.name)
     assert in_progress and set(in_progress.values()) == {0.0}, found.lines(m.MESSAGES_IN_PROGRESS.name)
     # Retries parks its waits in Redis, so usually no message was ever held delayed.
@@ -148,7 +132,7 @@ def _what_the_stub_sent(world: World) -> tuple[int, int, int, int]:
 @then("the POIs upserted and response bytes are what the stand-in server sent")
 def pois_and_bytes(world: World) -> None:
     answers, pois, response_bytes, _ = _what_the_stub_sent(world)
-    found = _scrape(world)
+    found = scrape_workers(world)
     assert answers == 6 and pois > 0
     assert found.value(m.POIS_UPSERTED.sample_name) == pois
     assert found.value(f"{m.OVERPASS_RESPONSE_BYTES.name}_count") == answers
@@ -157,7 +141,7 @@ def pois_and_bytes(world: World) -> None:
 
 @then("the fleet gauges show the breaker closed and the quota charged 10 requests and every byte received")
 def fleet_gauges(world: World) -> None:
-    found = _scrape(world)
+    found = scrape_workers(world)
     policy = OVERPASS
     assert found.value(m.STATE_BACKEND_UP.name) == 1
     assert found.value(m.BREAKER_STATE.name, **{m.POLICY: policy, m.STATE: BreakerStatus.CLOSED.value}) == 1

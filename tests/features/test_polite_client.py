@@ -30,8 +30,8 @@ from enrichment_actors import metrics as m
 from enrichment_actors.overpass_endpoints import PUBLIC_DAILY_REQUESTS, PUBLIC_WINDOW_S
 from enrichment_actors.stub_overpass import RecordedRequest, StubOverpass
 from tests.bench.fleet import grid_boxes, send, sender
-from tests.features.conftest import QUEUE, World, dead_letters, expected_pois
-from tests.support.scrape import Scrape, scrape
+from tests.features.conftest import QUEUE, World, dead_letters, expected_pois, scrape_workers
+from tests.support.scrape import Scrape
 from tests.support.workers import FAST_SETTINGS, REPO, WorkerProcesses, eventually
 
 scenarios("polite_client.feature")
@@ -96,21 +96,6 @@ def queued(redis_url: str) -> int:
         return int(client.hlen(f"dramatiq:{QUEUE}.msgs")) + int(client.hlen(f"dramatiq:{QUEUE}.DQ.msgs"))
     finally:
         client.close()
-
-
-def scrape_workers(world: World) -> Scrape:
-    """Scrape the (first) fleet's metrics, waiting for its exposition process to listen."""
-    found: list[Scrape] = []
-
-    def answered() -> bool:
-        try:
-            found.append(scrape(world.workers[0].metrics_url))
-        except OSError:
-            return False
-        return True
-
-    eventually(answered, timeout_s=10, message=f"an answer from {world.workers[0].metrics_url}")
-    return found[-1]
 
 
 def policy_of(world: World, stub: StubOverpass) -> str:
