@@ -69,7 +69,7 @@ run: $(STAMP)
 # rule tests. Benchmarks are `make bench`; the long (soak) contention runs,
 # `make chaos`.
 test: install
-	$(BIN)/pytest -q -m "not bench and not soak"
+	$(BIN)/pytest -q -m "not bench and not soak" --durations=15
 	$(MAKE) --no-print-directory promtool-test
 
 promtool-test: servers

@@ -225,6 +225,7 @@ def test_two_skewed_hosts_send_one_probe_per_cooldown(fleet: Fleet) -> None:
     assert fleet.chaos.dead_letters() == []
 
 
+@pytest.mark.soak  # make chaos: it shows why the skew must stay below the heartbeat timeout
 def test_a_heartbeat_timeout_below_the_skew_hands_a_live_hosts_messages_on(fleet: Fleet) -> None:
     """Dramatiq's heartbeats carry each host's clock: why the skew must stay below ``BROKER_HEARTBEAT_TIMEOUT_S``.
 

@@ -48,7 +48,10 @@ def rabbit() -> Any:
 
 # The graceful restart (``rabbitmqctl stop``, a rolling upgrade) in ``make test``; the
 # crash (SIGKILL: only confirmed, persistent messages survive) in ``make chaos``.
-@pytest.mark.parametrize("restart", ["graceful", pytest.param("hard", marks=pytest.mark.soak)])
+# Both restarts are soak-sized (make chaos): make test keeps the redelivery and
+# consumer_timeout scenarios on RabbitMQ and the fast pipeline subset.
+@pytest.mark.soak
+@pytest.mark.parametrize("restart", ["graceful", "hard"])
 def test_workers_killed_and_the_broker_restarted_lose_no_job_and_make_no_extra_call(
     chaos: Chaos, rabbit: rabbitmq.RabbitServer, restart: str
 ) -> None:

@@ -45,6 +45,8 @@ def _until_done(work: Callable[[], object], stop: threading.Event) -> bool:
     return False
 
 
+# make chaos; make test keeps the fast park-waits-for-the-replica tests in tests/unit/test_backends.py.
+@pytest.mark.soak
 def test_no_acknowledged_park_is_lost_to_a_failover_and_the_quota_loss_is_bounded() -> None:
     setup = SentinelSetup(
         replicas=1, sentinels=3, down_after_ms=1000, through_proxy=True, failover_timeout_ms=120_000
