@@ -29,6 +29,10 @@ from middleware.policy.pause import HELD, PAUSED, PausePolicy
 from middleware.semaphore import release_permit_early
 from middleware.usage import charge_bytes, report_no_call
 
+from .coverage.claims import TileClaims
+from .coverage.cover import TileCover
+from .coverage.cover import members as file_by_tile
+from .coverage.ledger import Answer
 from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
@@ -62,6 +66,7 @@ from .staging import (
     stage_key,
     stash_for,
 )
+from .store import PersistenceError
 
 logger = logging.getLogger(__name__)
 settings = runtime.settings
@@ -78,18 +83,57 @@ def retry_when(retries: int, exception: BaseException) -> bool:
 
 
 @dramatiq.actor(queue_name=settings.queue, throws=(InvalidJob,), max_retries=settings.retry_max)
-def enrich(bbox: Any = None, tags: Any = None, *args: Any, **unexpected: Any) -> None:
-    """Fill the POIs of ``bbox`` (south, west, north, east) matching ``tags`` (default: the usual POI families)."""
+def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, **unexpected: Any) -> None:
+    """Fill the POIs of ``bbox`` (south, west, north, east) matching ``tags`` (default: the usual POI families).
+
+    With the coverage ledger (``ENRICH_COVERAGE``), only the tiles of the box
+    that are neither fresh nor being fetched by another job are fetched;
+    ``force=True`` fetches fresh tiles too.
+    """
     if args or unexpected:
         names = ", ".join([f"positional argument {a!r}" for a in args] + sorted(unexpected))
-        raise InvalidJob(f"enrich takes bbox= and tags= only; unexpected: {names}.")
+        raise InvalidJob(f"enrich takes bbox=, tags= and force= only; unexpected: {names}.")
+    if not isinstance(force, bool):
+        raise InvalidJob(f"force must be true or false, got {type(force).__name__}.")
     job = validate_job(bbox, tags, limits=runtime.job_limits)
     # An id derived from this message's: a redelivered enrich sends the same
     # fetch, which finds its staged answer instead of calling again.
-    fetch = fetch_pois.message(**job.as_message())
-    runtime.broker.enqueue(
-        fetch.copy(message_id=derived_message_id(f"enrich:{current_message_id()}", "fetch", 0))
+    fetch_id = derived_message_id(f"enrich:{current_message_id()}", "fetch", 0)
+    arguments = job.as_message()
+    if settings.coverage:
+        cover = _tiles_to_fetch(job, owner=fetch_id, force=force)
+        if cover is None:
+            return
+        arguments.update(tiles=cover.ids, owner=fetch_id, force=force)
+    runtime.broker.enqueue(fetch_pois.message(**arguments).copy(message_id=fetch_id))
+
+
+def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
+    """The tiles of ``job`` that are not fresh (unless ``force``) and that ``owner`` could claim; None: no fetch.
+
+    The job's outcome is noted when it ends here: ``fresh`` or ``coalesced``.
+    """
+    cover = TileCover.of_job(job, tile_deg=settings.tile_deg, owner=owner)
+    fresh = (
+        set() if force else runtime.store().fresh_tiles(cover.tagset, cover.ids, max_age_s=settings.fresh_s)
     )
+    needed = [tile for tile in cover.ids if tile not in fresh]
+    if not needed:
+        logger.info("Every tile of %s is fresh: no call.", job.bbox)
+        note_outcome(Outcome.FRESH)
+        return None
+    claimed = _claims().claim(cover.tagset, needed, owner=owner)
+    if not claimed:
+        logger.info(
+            "The %d tiles %s still needs are being fetched by other jobs: no call.", len(needed), job.bbox
+        )
+        note_outcome(Outcome.COALESCED)
+        return None
+    return cover.only(claimed)
+
+
+def _claims() -> TileClaims:
+    return TileClaims(runtime.backend, ttl_s=settings.claim_ttl_s)
 
 
 @dramatiq.actor(
@@ -110,9 +154,22 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, **unexpected: Any) ->
     min_backoff=int(settings.retry_min_backoff_s * 1000),
     max_backoff=int(settings.retry_max_backoff_s * 1000),
 )
-def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
-    """One Overpass call for an already validated job; stages the POIs and hands them to store_pois."""
+def fetch_pois(
+    bbox: dict[str, float],
+    tags: list[str],
+    depth: int = 0,
+    *,
+    tiles: list[str] | None = None,
+    owner: str | None = None,
+    force: bool = False,
+) -> None:
+    """One Overpass call for an already validated job; stages the POIs and hands them to store_pois.
+
+    With ``tiles`` (set by enrich), the call asks for those tiles, which
+    ``owner`` claimed, and the answer is filed by tile in the coverage ledger.
+    """
     job = validate_job(bbox, tags, depth=depth, limits=runtime.job_limits)
+    cover = None if tiles is None else TileCover.from_message(tiles, job.tags, owner)
     stage = _stage()
     staged = stage.load()
     if staged is not None:
@@ -120,9 +177,14 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
         # call, only the hand-off of what was not handed on yet.
         report_no_call()
         release_permit_early()
-        _hand_on(job, stage, staged)
+        _hand_on(job, stage, staged, cover, force)
         return
-    query = build_query(job, timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
+    if cover is not None and _fresh_since_claimed(cover, force):
+        return
+    if cover is not None:
+        query = cover.query(timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
+    else:
+        query = build_query(job, timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
     client = runtime.client(runtime.current_endpoint())
     _defer_if_paused()
     try:
@@ -152,7 +214,7 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
     except RateLimited as exc:
         raise _after_429(client) from exc
     except QueryTooLarge:
-        if not _split(job, stage):
+        if not _split(job, stage, cover, force):
             raise
         return
     except OverpassError as exc:
@@ -165,10 +227,38 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
     release_permit_early()
     failpoint("fetch.answered")
     chunk_bytes = runtime.settings.stage_chunk_bytes
+    answer = None if cover is None else cover.answer(stage.key, result.parsed.osm_base).as_json()
     staged = retry_until_reachable(
-        "stage the fetched POIs", lambda: stage.put_pois(result.parsed.pois, chunk_bytes=chunk_bytes)
+        "stage the fetched POIs",
+        lambda: stage.put_pois(result.parsed.pois, chunk_bytes=chunk_bytes, answer=answer),
     )
-    _hand_on(job, stage, staged)
+    _hand_on(job, stage, staged, cover, force)
+
+
+def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
+    """Renew the claims of ``cover``; True (and no call) when its tiles were all fetched since enrich claimed them.
+
+    A claim that expired while its job waited (a long deferral) may have let
+    another job fetch the tiles: the ledger says so, and this job ends ``fresh``.
+    """
+    try:
+        _claims().claim(cover.tagset, cover.ids, owner=cover.owner)
+    except BackendUnavailable as exc:
+        logger.warning("Could not renew the tile claims (%s); fetching anyway.", exc)
+    if force:
+        return False
+    try:
+        fresh = runtime.store().fresh_tiles(cover.tagset, cover.ids, max_age_s=settings.fresh_s)
+    except PersistenceError as exc:
+        logger.warning("Could not read the coverage ledger (%s); fetching anyway.", exc)
+        return False
+    if len(fresh) < len(cover.tiles):
+        return False
+    report_no_call()
+    release_permit_early()
+    _claims().release(cover.tagset, cover.ids, owner=cover.owner)
+    note_outcome(Outcome.FRESH)
+    return True
 
 
 @dramatiq.actor(
@@ -179,26 +269,59 @@ def fetch_pois(bbox: dict[str, float], tags: list[str], depth: int = 0) -> None:
     max_backoff=int(settings.retry_max_backoff_s * 1000),
 )
 def store_pois(
-    job: dict[str, Any], stage: str | None = None, chunk: int = 0, pois: list[list[Any]] | None = None
+    job: dict[str, Any],
+    stage: str | None = None,
+    chunk: int = 0,
+    pois: list[list[Any]] | None = None,
+    ledger: bool = False,
 ) -> None:
     """Upsert one staged chunk of fetched POIs; retried on database errors without calling Overpass again.
 
     ``pois`` is the form of messages sent before answers were staged: the POIs themselves.
+    With ``ledger``, the chunk's elements are filed by tile in the coverage
+    ledger, and the store step that lands the last chunk finishes the answer.
     """
     if stage is None:
         runtime.metrics.count_pois_upserted(runtime.store().upsert(pois or []))
         return
-    answer = _stage(stage)
-    rows = answer.load_chunk(chunk)
+    staged = _stage(stage)
+    rows = staged.load_chunk(chunk)
+    answer = _staged_answer(staged) if ledger else None
     if rows is None:
-        # A copy of a message handed on twice (its sender died before noting it sent).
+        # A copy of a message handed on twice (its sender died before noting it
+        # sent), or a retry of the step that stored the last chunk and died
+        # before finishing the answer.
+        if answer is not None and staged.unfinished():
+            _finish(staged, answer)
         logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, stage)
         return
-    stored = runtime.store().upsert(rows)
+    members = None if answer is None else file_by_tile(answer.tiles, rows)
+    stored = runtime.store().upsert(rows, answer=answer, members=members)
     failpoint("store.upserted")
-    answer.mark_stored(chunk)
+    complete = staged.mark_stored(chunk)
     runtime.metrics.count_pois_upserted(stored)
     logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, stage)
+    if answer is not None and complete:
+        failpoint("store.before_finish")
+        _finish(staged, answer)
+
+
+def _staged_answer(staged: Stage) -> Answer:
+    data = staged.load_answer()
+    if data is None:
+        raise StagedAnswerMissing(f"The answer of {staged.key} is gone (STAGE_TTL_S); send the job again.")
+    return Answer.from_json(data)
+
+
+def _finish(staged: Stage, answer: Answer) -> None:
+    """The whole answer has landed: the ledger drops what it no longer holds; the claims go back."""
+    deleted = runtime.store().finish_answer(answer)
+    runtime.metrics.count_pois_deleted(deleted)
+    retry_until_reachable("note an answer finished", staged.mark_finished)
+    if answer.owner is not None:
+        _claims().release(answer.tagset, answer.tiles, owner=answer.owner)
+    if deleted:
+        logger.info("%d POIs gone upstream were deleted: %s.", deleted, staged.key)
 
 
 def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
@@ -245,19 +368,23 @@ def _stage(key: str | None = None) -> Stage:
     return Stage(stash, key or stage_key(), ttl_s=s.stage_ttl_s)
 
 
-def _hand_on(job: Job, stage: Stage, staged: Staged) -> None:
+def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, force: bool) -> None:
     """Send what the stage holds and was not sent yet, noting each send: a retry sends only the rest.
 
     Each message has an id derived from the stage, so a copy sent twice (the
     sender died between sending and noting) is the same job, not a new one.
     """
     if staged.children:
-        children = job.split(settings.min_tile_deg)
-        messages = [fetch_pois.message(**child.as_message()) for child in children]
+        messages = _children(job, cover, force)
         role = "child"
     else:
         message = job.as_message()
-        messages = [store_pois.message(job=message, stage=stage.key, chunk=i) for i in range(staged.chunks)]
+        messages = [
+            store_pois.message(job=message, stage=stage.key, chunk=i, ledger=True)
+            if cover is not None
+            else store_pois.message(job=message, stage=stage.key, chunk=i)
+            for i in range(staged.chunks)
+        ]
         role = "chunk"
     for index in staged.pending:
         derived = messages[index].copy(message_id=derived_message_id(stage.key, role, index))
@@ -269,13 +396,30 @@ def _hand_on(job: Job, stage: Stage, staged: Staged) -> None:
     failpoint("fetch.handed_off")
 
 
-def _split(job: Job, stage: Stage) -> bool:
-    """Send the four quarters of a too-large job; False when it is already at the smallest tile."""
-    children = job.split(settings.min_tile_deg)
+def _children(job: Job, cover: TileCover | None, force: bool) -> list[dramatiq.Message[Any]]:
+    """The fetches a too-large job splits into: its tiles in up to four groups, else its box in quarters.
+
+    One tile too large is split into quarter boxes, as without the ledger:
+    those are fetched and stored, but the tile is not marked fetched.
+    """
+    if cover is not None and len(cover.tiles) > 1:
+        child = {**job.as_message(), "depth": job.depth + 1, "owner": cover.owner, "force": force}
+        return [fetch_pois.message(**child, tiles=group.ids) for group in cover.split()]
+    if cover is not None:
+        job = Job(cover.tiles[0].bbox, job.tags, job.depth)
+    return [fetch_pois.message(**child.as_message()) for child in job.split(settings.min_tile_deg)]
+
+
+def _split(job: Job, stage: Stage, cover: TileCover | None, force: bool) -> bool:
+    """Send the parts of a too-large job; False when it is already at the smallest tile."""
+    children = _children(job, cover, force)
     if children:
-        logger.info("Query too large for %s: split into %d tiles.", job.bbox, len(children))
+        logger.info("Query too large for %s: split into %d parts.", job.bbox, len(children))
         staged = retry_until_reachable("note the split", lambda: stage.put_split(len(children)))
-        _hand_on(job, stage, staged)
+        _hand_on(job, stage, staged, cover, force)
+        if cover is not None and len(cover.tiles) == 1:
+            # Its quarters are fetched without the ledger: the tile stays not fetched, and free.
+            _claims().release(cover.tagset, cover.ids, owner=cover.owner)
     return bool(children)
 
 
@@ -398,6 +542,45 @@ def _boot_fingerprints() -> dict[str, tuple[PausePolicy, str]]:
 def hold_targets() -> dict[str, PausePolicy]:
     """Each endpoint's pause policy, by the endpoint's name (host[:port]): what ``enrichment release-hold`` lifts."""
     return {name: _pause_policy(policy) for name, policy, _ in _endpoints()}
+
+
+class ClaimRelease(dramatiq.Middleware):
+    """Gives back the tile claims of a fetch that failed for good (dead-lettered or skipped).
+
+    The tiles stay not fetched, so the next ``enrich`` for them fetches them
+    at once instead of being coalesced into a job that will never land.
+    """
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if message.failed:
+            self._release(message)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._release(message)
+
+    @staticmethod
+    def _release(message: dramatiq.MessageProxy) -> None:
+        kwargs = message.kwargs or {}
+        if message.actor_name != fetch_pois.actor_name or not kwargs.get("tiles"):
+            return
+        try:
+            job = validate_job(kwargs.get("bbox"), kwargs.get("tags"), depth=kwargs.get("depth", 0))
+            cover = TileCover.from_message(kwargs.get("tiles"), job.tags, kwargs.get("owner"))
+        except InvalidJob:
+            return
+        _claims().release(cover.tagset, cover.ids, owner=cover.owner)
+
+
+# After Retries in the hooks that run after a message (they run in reverse order): it has decided by then.
+if not any(isinstance(m, ClaimRelease) for m in runtime.broker.middleware):
+    runtime.broker.add_middleware(ClaimRelease(), before=type(runtime.retries))
 
 
 # A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.

@@ -197,7 +197,14 @@ def build_query(job: Job, *, timeout_s: int, maxsize_bytes: int) -> str:
 
         [out:json][timeout:25][maxsize:67108864];(nwr["shop"="bakery"](48.85,2.29,48.86,2.3););out center tags;
     """
-    statements = "".join(f"nwr{tag.ql()}({part.ql()});" for part in job.bbox.parts() for tag in job.tags)
+    return build_union_query(job.bbox.parts(), job.tags, timeout_s=timeout_s, maxsize_bytes=maxsize_bytes)
+
+
+def build_union_query(
+    boxes: Sequence[BBox], tags: Sequence[TagFilter], *, timeout_s: int, maxsize_bytes: int
+) -> str:
+    """The Overpass QL of the union of ``boxes`` (none crossing the antimeridian) for each tag filter."""
+    statements = "".join(f"nwr{tag.ql()}({box.ql()});" for box in boxes for tag in tags)
     return f"[out:json][timeout:{timeout_s}][maxsize:{maxsize_bytes}];({statements});out center tags;"
 
 

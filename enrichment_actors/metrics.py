@@ -76,6 +76,10 @@ class Outcome(enum.StrEnum):
     PERSISTENCE_ERROR = "persistence_error"
     #: An unexpected error of ours (a bug, the broker unreachable); retried.
     INTERNAL_ERROR = "internal_error"
+    #: Every tile of the job was fetched within ENRICH_FRESH_S: no call (final).
+    FRESH = "fresh"
+    #: Every tile the job still needed is being fetched by another job: no call (final).
+    COALESCED = "coalesced"
     #: A middleware dropped the message before the actor ran (Dramatiq's AgeLimit: older than ``max_age``) (final).
     SKIPPED = "skipped"
 
@@ -224,6 +228,11 @@ OVERPASS_RESPONSE_BYTES = MetricSpec(
     buckets=_RESPONSE_BYTES,
 )
 POIS_UPSERTED = MetricSpec("enrichment_pois_upserted", Kind.COUNTER, "POI rows inserted or updated.")
+POIS_DELETED = MetricSpec(
+    "enrichment_pois_deleted",
+    Kind.COUNTER,
+    "POI rows deleted because a tile fetched again no longer returned them (coverage ledger).",
+)
 
 # Dramatiq's stock metrics, declared again so that they stay right for our actors.
 MESSAGES = MetricSpec(
@@ -402,6 +411,7 @@ WORKER_METRICS: tuple[MetricSpec, ...] = (
     OVERPASS_CALL_SECONDS,
     OVERPASS_RESPONSE_BYTES,
     POIS_UPSERTED,
+    POIS_DELETED,
     MESSAGES,
     MESSAGE_ERRORS,
     MESSAGE_RETRIES,
@@ -453,7 +463,13 @@ def take_noted_outcome() -> Outcome | None:
 
 def is_final(outcome: Outcome, *, failed: bool) -> bool:
     """Whether ``outcome`` ends its job (label ``final``): dead-lettered, dropped, stored, or split into new jobs."""
-    return failed or outcome in (Outcome.SUCCESS, Outcome.SPLIT, Outcome.SKIPPED)
+    return failed or outcome in (
+        Outcome.SUCCESS,
+        Outcome.SPLIT,
+        Outcome.SKIPPED,
+        Outcome.FRESH,
+        Outcome.COALESCED,
+    )
 
 
 _DEFERRAL_OUTCOMES = {

@@ -67,11 +67,14 @@ class ParsedResponse:
       skipped: Elements without a position (no lat/lon, no or empty
         ``center``) and elements that are not POIs (e.g. ``area``).
       remark: An informational remark the server added, if any.
+      osm_base: ``osm3s.timestamp_osm_base``: the state of the OSM data the
+        answer reflects (ISO 8601), if the server said.
     """
 
     pois: list[Poi]
     skipped: int
     remark: str | None
+    osm_base: str | None = None
 
 
 class OverpassError(Exception):
@@ -328,7 +331,14 @@ def _read(status: int, body: bytes) -> ParsedResponse:
         remark = str(remark).strip()
         if _is_runtime_error(remark):
             raise _runtime_error(remark)
-    return ParsedResponse(pois=pois, skipped=skipped, remark=remark or None)
+    osm3s = document.get("osm3s")
+    osm_base = osm3s.get("timestamp_osm_base") if isinstance(osm3s, dict) else None
+    return ParsedResponse(
+        pois=pois,
+        skipped=skipped,
+        remark=remark or None,
+        osm_base=osm_base if isinstance(osm_base, str) else None,
+    )
 
 
 def classify(status: int, body: bytes) -> str:

@@ -142,6 +142,11 @@ class EnrichmentPrometheus(Prometheus):
         if self._recorders is not None:
             self._recorders.pois.inc(count)
 
+    def count_pois_deleted(self, count: int) -> None:
+        """``count`` POI rows left ``pois``: a tile fetched again no longer returned them."""
+        if self._recorders is not None and count:
+            self._recorders.pois_deleted.inc(count)
+
     # --- Message hooks --------------------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
@@ -245,6 +250,7 @@ class _Recorders:
         self.call_seconds: Histogram = _declare(m.OVERPASS_CALL_SECONDS, registry)
         self.response_bytes: Histogram = _declare(m.OVERPASS_RESPONSE_BYTES, registry)
         self.pois: Counter = _declare(m.POIS_UPSERTED, registry)
+        self.pois_deleted: Counter = _declare(m.POIS_DELETED, registry)
         self.messages: Counter = _declare(m.MESSAGES, registry)
         self.errors: Counter = _declare(m.MESSAGE_ERRORS, registry)
         self.retries: Counter = _declare(m.MESSAGE_RETRIES, registry)

@@ -153,6 +153,28 @@ TABLE: tuple[Setting, ...] = (
     ),
     Setting("ENRICH_MAX_TAGS", "20", "Most tag filters one job may carry"),
     Setting(
+        "ENRICH_COVERAGE",
+        "true",
+        "`true`: jobs are cut into tiles and the coverage ledger skips fresh tiles and coalesces tiles "
+        'being fetched; `false`: every job fetches its own box (docs/architecture.md, "Coverage")',
+    ),
+    Setting(
+        "ENRICH_TILE_DEG",
+        "0.02",
+        "Side of the global tile grid, in degrees (must divide 180 on the 1e-7 grid: 0.01, 0.02, 0.05...)",
+    ),
+    Setting("ENRICH_FRESH_S", "86400", "A tile fetched this many seconds ago or less is fresh: no call"),
+    Setting(
+        "ENRICH_CLAIM_TTL_S",
+        "3600",
+        "How long a tile claim outlives its leader's last attempt (a dead worker's claim expires then)",
+    ),
+    Setting(
+        "REFRESH_BUDGET_SHARE",
+        "0.2",
+        "Most of QUOTA_REQUESTS a day that `enrichment refresh` may spend (per run: the share of one interval)",
+    ),
+    Setting(
         "QUOTA_REQUESTS",
         "10000",
         "Overpass requests per quota window, per endpoint (public profile: at most 10,000 a UTC day)",
@@ -280,6 +302,11 @@ class Settings:
     message_max_bytes: int
     stage_chunk_bytes: int
     stage_ttl_s: float
+    coverage: bool = True
+    tile_deg: float = 0.02
+    fresh_s: float = 86400.0
+    claim_ttl_s: float = 3600.0
+    refresh_budget_share: float = 0.2
     redis_cluster: bool = False
     redis_sentinels: tuple[str, ...] = ()
     redis_sentinel_master: str = "mymaster"
@@ -443,6 +470,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_area_deg2=read("ENRICH_MAX_AREA_DEG2", float, positive, "square degrees > 0"),
         min_tile_deg=read("ENRICH_MIN_TILE_DEG", float, positive, "degrees > 0"),
         max_tags=read("ENRICH_MAX_TAGS", int, positive, "a whole number > 0"),
+        coverage=read("ENRICH_COVERAGE", _flag, lambda v: v is not None, "true or false"),
+        tile_deg=read("ENRICH_TILE_DEG", float, _whole_tiles, "degrees that divide 180 into whole tiles"),
+        fresh_s=read("ENRICH_FRESH_S", float, non_negative, "seconds >= 0"),
+        claim_ttl_s=read("ENRICH_CLAIM_TTL_S", float, positive, "seconds > 0"),
+        refresh_budget_share=read(
+            "REFRESH_BUDGET_SHARE", float, lambda v: 0 <= v <= 1, "a share from 0 to 1"
+        ),
         quota_requests=read("QUOTA_REQUESTS", int, non_negative, "a whole number >= 0"),
         quota_bytes=read("QUOTA_BYTES", int, non_negative, "a number of bytes >= 0"),
         quota_window_s=read("QUOTA_WINDOW_S", int, positive, "whole seconds > 0"),
@@ -483,6 +517,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except EndpointError as exc:
         raise SettingsError(str(exc)) from None
     return settings
+
+
+def _whole_tiles(degrees: float) -> bool:
+    units = round(degrees * 10_000_000)
+    return units > 0 and (1_800_000_000 % units) == 0
 
 
 def _flag(value: str) -> bool:

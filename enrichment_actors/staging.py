@@ -275,14 +275,39 @@ class Stage:
         sent = frozenset(int(n[5:]) for n in names if n.startswith("sent:"))
         return Staged(int(counts.get("chunks", b"0")), int(counts.get("children", b"0")), sent)
 
-    def put_pois(self, pois: Iterable[Sequence[Any]], *, chunk_bytes: int) -> Staged:
-        """Stage an answer, one round trip per chunk; the count is written last (the answer is complete)."""
+    def put_pois(
+        self, pois: Iterable[Sequence[Any]], *, chunk_bytes: int, answer: Mapping[str, Any] | None = None
+    ) -> Staged:
+        """Stage an answer, one round trip per chunk; the count is written last (the answer is complete).
+
+        ``answer`` (what the coverage ledger needs of it: tiles, tag set,
+        timestamp) is written with the count.
+        """
         count = 0
         for index, chunk in enumerate(encode_chunks(pois, chunk_bytes)):
             self.stash.put(self.key, {f"chunk:{index}": chunk}, self.ttl_s)
             count = index + 1
-        self.stash.put(self.key, {"chunks": str(count).encode()}, self.ttl_s)
+        last = {"chunks": str(count).encode()}
+        if answer is not None:
+            last["answer"] = _ENCODER.encode(dict(answer)).encode()
+        self.stash.put(self.key, last, self.ttl_s)
         return Staged(count, 0, frozenset())
+
+    def load_answer(self) -> dict[str, Any] | None:
+        """What :meth:`put_pois` was given as ``answer``; ``None`` for an answer staged without one."""
+        data = self.stash.get(self.key, "answer")
+        return None if data is None else dict(json.loads(data))
+
+    def unfinished(self) -> bool:
+        """Every chunk is stored and the answer was not marked finished (:meth:`mark_finished`) yet."""
+        names, _ = self.stash.look(self.key, [])
+        return (
+            "chunks" in names and "finished" not in names and not any(n.startswith("chunk:") for n in names)
+        )
+
+    def mark_finished(self) -> None:
+        """The whole answer is in the database and the ledger: nothing is left to do for it."""
+        self.stash.put(self.key, {"finished": b"1"}, self.ttl_s)
 
     def put_split(self, children: int) -> Staged:
         """Record that this fetch split its box into ``children`` jobs (sent next)."""

@@ -15,20 +15,23 @@ import datetime as dt
 import io
 import json
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import peewee
 from playhouse import db_url
 
 from middleware.redaction import redact, redact_url
 
+from .coverage.ledger import Answer, Ledger
+
 #: One POI as the parser produces it: (element_type, osm_id, lat, lon, tags).
 PoiRow = tuple[str, int, float, float, dict[str, str]]
 
 _BATCH = 500
+T = TypeVar("T")
 
-_COLUMNS = "element_type, osm_id, lat, lon, tags, refreshed_at"
+_COLUMNS = "element_type, osm_id, lat, lon, tags, refreshed_at, osm_base"
 #: Rows of one upsert on their way in; private to the connection, emptied at commit.
 _STAGING = "pois_incoming"
 _CREATE_STAGING = (
@@ -39,7 +42,9 @@ _MERGE_STAGING = (
     f"INSERT INTO pois ({_COLUMNS}) "
     f"SELECT DISTINCT ON (element_type, osm_id) {_COLUMNS} FROM {_STAGING} "
     "ON CONFLICT (element_type, osm_id) DO UPDATE SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, "
-    "tags = EXCLUDED.tags, refreshed_at = EXCLUDED.refreshed_at"
+    "tags = EXCLUDED.tags, refreshed_at = EXCLUDED.refreshed_at, osm_base = EXCLUDED.osm_base "
+    # An older answer (an earlier timestamp_osm_base) never overwrites a newer one.
+    "WHERE pois.osm_base IS NULL OR EXCLUDED.osm_base IS NULL OR pois.osm_base <= EXCLUDED.osm_base"
 )
 #: COPY's text format: backslash, tab, newline and carriage return are escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -88,6 +93,8 @@ class PoiModel(peewee.Model):
     lon = peewee.DoubleField()
     tags = TagsField()
     refreshed_at = peewee.DateTimeField(index=True)
+    #: ``osm3s.timestamp_osm_base`` of the answer that wrote the row (ISO 8601, so it sorts as text).
+    osm_base = peewee.CharField(max_length=32, null=True)
 
     class Meta:
         table_name = "pois"
@@ -132,32 +139,88 @@ class PoiStore:
         self.url = url
         self.database = open_database(url)
         self.model = _model_bound_to(self.database)
+        self.ledger = Ledger(self.database, self.model)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
     def ensure_schema(self) -> None:
-        """Create table ``pois`` when it is missing (idempotent)."""
+        """Create tables ``pois``, ``coverage`` and ``coverage_elements`` when missing; upgrade an older
+        ``pois`` in place (idempotent)."""
         if self._schema_ready:
             return
         with self._schema_lock:
-            self.database.create_tables([self.model], safe=True)
+            if self._schema_ready:
+                return
+            with self.database.atomic():
+                self.database.create_tables([self.model], safe=True)
+                columns = {column.name for column in self.database.get_columns("pois")}
+                if "osm_base" not in columns:
+                    # Releases before the coverage ledger had no osm_base: added, NULL for the rows there.
+                    database: Any = self.database
+                    database.execute_sql("ALTER TABLE pois ADD COLUMN osm_base VARCHAR(32)")
+                self.ledger.create_tables()
             self._schema_ready = True
 
-    def upsert(self, pois: Iterable[Sequence[Any]], *, refreshed_at: dt.datetime | None = None) -> int:
+    def upsert(
+        self,
+        pois: Iterable[Sequence[Any]],
+        *,
+        refreshed_at: dt.datetime | None = None,
+        answer: Answer | None = None,
+        members: Mapping[str, Iterable[tuple[str, int]]] | None = None,
+    ) -> int:
         """Insert or update ``pois`` in one transaction; returns how many rows were written.
+
+        With ``answer``, the rows carry its ``timestamp_osm_base`` (a row a
+        newer answer wrote is left as it is) and ``members`` (which elements
+        each tile returned) goes into the coverage ledger in the same transaction.
 
         Raises:
           PersistenceError: the database is unreachable or refused the rows.
         """
         now = refreshed_at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        osm_base = answer.osm_base if answer is not None else None
         pois = list(pois)
+
+        def work() -> None:
+            if isinstance(self.database, peewee.PostgresqlDatabase):
+                self._copy_and_merge(pois, now, osm_base)
+            else:
+                self._insert_many(pois, now, osm_base)
+            if answer is not None and members is not None:
+                self.ledger.note_elements(answer, members)
+
+        self._in_transaction(work, f"store {len(pois)} POIs")
+        return len(pois)
+
+    def finish_answer(self, answer: Answer) -> int:
+        """Every chunk of ``answer`` is stored: update the ledger, delete what left; POIs deleted."""
+        return self._in_transaction(lambda: self.ledger.finish(answer), "finish an answer")
+
+    def fresh_tiles(self, tagset: str, tiles: Sequence[str], *, max_age_s: float) -> set[str]:
+        """Those of ``tiles`` fetched for ``tagset`` at most ``max_age_s`` ago."""
+        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=max_age_s)
+        return self._in_transaction(
+            lambda: self.ledger.fresh_tiles(tagset, tiles, since), "read the coverage"
+        )
+
+    def _transaction(self) -> Any:
+        """A transaction; on SQLite one that takes the write lock at once.
+
+        A deferred SQLite transaction that reads and then writes fails with
+        "database is locked" when another writer got in between, whatever the
+        busy timeout: an immediate one waits its turn.
+        """
+        if isinstance(self.database, peewee.SqliteDatabase):
+            return self.database.atomic(lock_type="IMMEDIATE")
+        return self.database.atomic()
+
+    def _in_transaction(self, work: Callable[[], T], what: str) -> T:
+        """``work()`` in one transaction; a database error becomes a :class:`PersistenceError` without secrets."""
         try:
             self.ensure_schema()
-            with self.database.atomic():
-                if isinstance(self.database, peewee.PostgresqlDatabase):
-                    self._copy_and_merge(pois, now)
-                else:
-                    self._insert_many(pois, now)
+            with self._transaction():
+                return work()
         except peewee.PeeweeException as exc:
             self._drop_connection()
             # The message is logged and kept in the message's last_error on every
@@ -165,13 +228,12 @@ class PoiStore:
             cause = str(exc)
             reason = redact(cause, self.url)
             error = PersistenceError(
-                f"Could not store {len(pois)} POIs in {redact_url(self.url)}: {reason}. "
-                "The fetched POIs are kept in the store message and retried; check DATABASE_URL and the server."
+                f"Could not {what} in {redact_url(self.url)}: {reason}. "
+                "The fetched POIs are kept staged and retried; check DATABASE_URL and the server."
             )
             raise error from (exc if reason == cause else None)
-        return len(pois)
 
-    def _insert_many(self, pois: list[Sequence[Any]], now: dt.datetime) -> None:
+    def _insert_many(self, pois: list[Sequence[Any]], now: dt.datetime, osm_base: str | None) -> None:
         model = self.model
         rows = [
             {
@@ -181,16 +243,20 @@ class PoiStore:
                 "lon": p[3],
                 "tags": p[4],
                 "refreshed_at": now,
+                "osm_base": osm_base,
             }
             for p in pois
         ]
+        incoming = peewee.EXCLUDED.osm_base
         for start in range(0, len(rows), _BATCH):
             model.insert_many(rows[start : start + _BATCH]).on_conflict(
                 conflict_target=[model.element_type, model.osm_id],
-                preserve=[model.lat, model.lon, model.tags, model.refreshed_at],
+                preserve=[model.lat, model.lon, model.tags, model.refreshed_at, model.osm_base],
+                # An older answer (an earlier timestamp_osm_base) never overwrites a newer one.
+                where=(model.osm_base.is_null() | incoming.is_null() | (model.osm_base <= incoming)),
             ).execute()
 
-    def _copy_and_merge(self, pois: list[Sequence[Any]], now: dt.datetime) -> None:
+    def _copy_and_merge(self, pois: list[Sequence[Any]], now: dt.datetime, osm_base: str | None) -> None:
         """PostgreSQL: COPY the rows into a session-local staging table, then one INSERT ... ON CONFLICT.
 
         Building a multi-row INSERT in Python (peewee) costs four times what
@@ -198,7 +264,7 @@ class PoiStore:
         """
         lines = io.StringIO()
         write = lines.write
-        refreshed = f"\t{now.isoformat(' ')}\n"
+        refreshed = f"\t{now.isoformat(' ')}\t{_copy_text(osm_base)}\n"
         for kind, osm_id, lat, lon, tags in pois:
             encoded = _encode_tags(tags)
             if "\\" in encoded:

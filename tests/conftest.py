@@ -42,6 +42,10 @@ os.environ.update(
     BROKER="redis",
     STATE_BACKEND="redis",
     OVERPASS_CONTACT="tests@localhost",
+    # The suites of the fetch pipeline count the calls each job makes: they run
+    # beneath the coverage ledger, which tests/features/coverage.feature and the
+    # coverage unit tests switch on.
+    ENRICH_COVERAGE="false",
     # Nothing in the suite may reach the public server.
     OVERPASS_URL="http://127.0.0.1:9/api/interpreter",
 )

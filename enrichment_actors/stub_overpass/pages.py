@@ -15,14 +15,16 @@ import time
 _COPYRIGHT = (
     "The data included in this document is from www.openstreetmap.org. The data is made available under ODbL."
 )
+#: What ``osm3s.timestamp_osm_base`` says unless the stub is told another state of the data.
+OSM_BASE = "2025-01-01T21:21:00Z"
 _JSON_HEAD = (
-    "{\n"
+    "{{\n"
     '  "version": 0.6,\n'
     '  "generator": "Overpass API 0.7.62 7c32a7d5",\n'
-    '  "osm3s": {\n'
-    '    "timestamp_osm_base": "2025-01-01T21:21:00Z",\n'
+    '  "osm3s": {{\n'
+    '    "timestamp_osm_base": "{osm_base}",\n'
     f'    "copyright": "{_COPYRIGHT}"\n'
-    "  },\n"
+    "  }},\n"
     '  "elements": [\n\n'
 )
 TIMEOUT_REMARK = 'runtime error: Query timed out in "query" at line 3 after 25 seconds.'
@@ -42,9 +44,9 @@ BLOCKS_REMARK = (
 )
 
 
-def json_document(elements: list[str], remark: str | None = None) -> bytes:
+def json_document(elements: list[str], remark: str | None = None, *, osm_base: str = OSM_BASE) -> bytes:
     tail = "\n\n  ]\n}\n" if remark is None else f'\n\n  ],\n"remark": {json_string(remark)}\n}}\n'
-    return (_JSON_HEAD + ",\n".join(elements) + tail).encode("utf-8")
+    return (_JSON_HEAD.format(osm_base=osm_base) + ",\n".join(elements) + tail).encode("utf-8")
 
 
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')

@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -26,6 +27,7 @@ from .pages import (
     ERROR_RESPONSES,
     HTML,
     OOM_REMARK,
+    OSM_BASE,
     STATUS_SERVER_DOWN,
     TIMEOUT_REMARK,
     error_page,
@@ -265,6 +267,8 @@ class StubOverpass:
         self._refuse_duplicates = refuse_duplicates
         self._accepted_texts: dict[str, list[float]] = {}
         self._pois_per_box = pois_per_box
+        self._removed: set[tuple[str, int]] = set()
+        self._osm_base = OSM_BASE
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified whenever a call ends
         self._latency_s = float(latency_s)
@@ -368,6 +372,14 @@ class StubOverpass:
         with self._lock:
             self._latency_s = float(seconds)
 
+    def edit_data(self, *, removed: Iterable[tuple[str, int]] = (), osm_base: str | None = None) -> None:
+        """Change the OSM data the stub answers from: ``removed`` elements are gone from then on (added to
+        those removed before), and answers say ``osm_base`` as their ``timestamp_osm_base``."""
+        with self._lock:
+            self._removed.update((str(kind), int(osm_id)) for kind, osm_id in removed)
+            if osm_base is not None:
+                self._osm_base = osm_base
+
     def reset(self) -> None:
         """Clear the script, the default outcome, the counters and the recorded requests."""
         with self._lock:
@@ -375,6 +387,8 @@ class StubOverpass:
             self._default = Outcome("ok")
             self._recorded.clear()
             self._accepted_texts.clear()
+            self._removed.clear()
+            self._osm_base = OSM_BASE
             self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -543,11 +557,18 @@ class StubOverpass:
         pois = None if outcome.name == "oom-remark" else find_pois(parsed, self._pois_per_box)
         if pois is None:
             return ("oom-remark", 200, "application/json", json_document([], OOM_REMARK))
-        elements = [poi.to_json() for poi in pois]
+        with self._lock:
+            removed, osm_base = set(self._removed), self._osm_base
+        elements = [poi.to_json() for poi in pois if (poi.kind, poi.osm_id) not in removed]
         if outcome.name == "partial-remark":
             half = elements[: (len(elements) + 1) // 2]
-            return (outcome.name, 200, "application/json", json_document(half, TIMEOUT_REMARK))
-        return (outcome.name, 200, "application/json", json_document(elements))
+            return (
+                outcome.name,
+                200,
+                "application/json",
+                json_document(half, TIMEOUT_REMARK, osm_base=osm_base),
+            )
+        return (outcome.name, 200, "application/json", json_document(elements, osm_base=osm_base))
 
     def _status(self, handler: _Handler) -> None:
         now = time.time()
@@ -609,6 +630,14 @@ class StubOverpass:
             parsed = [parse_outcome(o) for o in outcomes]
             default = request.get("default")
             latency = request.get("latency_s")
+            removed = request.get("removed", [])
+            if not isinstance(removed, list) or not all(
+                isinstance(r, list) and len(r) == 2 and isinstance(r[1], int) for r in removed
+            ):
+                raise ValueError('"removed" must be a list of [type, id] pairs such as [["node", 12]]')
+            osm_base = request.get("osm_base")
+            if removed or osm_base is not None:
+                self.edit_data(removed=[(str(kind), osm_id) for kind, osm_id in removed], osm_base=osm_base)
             if default is not None:
                 self.set_default(str(default))
             if latency is not None:
