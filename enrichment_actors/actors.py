@@ -119,13 +119,15 @@ def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
     )
     needed = [tile for tile in cover.ids if tile not in fresh]
     if not needed:
-        logger.info("Every tile of %s is fresh: no call.", job.bbox)
+        logger.info("Every tile of %s is fresh: no call (fresh).", job.bbox)
         note_outcome(Outcome.FRESH)
         return None
     claimed = _claims().claim(cover.tagset, needed, owner=owner)
     if not claimed:
         logger.info(
-            "The %d tiles %s still needs are being fetched by other jobs: no call.", len(needed), job.bbox
+            "The %d tiles %s still needs are being fetched by other jobs: no call (coalesced).",
+            len(needed),
+            job.bbox,
         )
         note_outcome(Outcome.COALESCED)
         return None
@@ -257,6 +259,9 @@ def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
     report_no_call()
     release_permit_early()
     _claims().release(cover.tagset, cover.ids, owner=cover.owner)
+    logger.info(
+        "The %d tiles of this fetch were fetched since it was sent: no call (fresh).", len(cover.tiles)
+    )
     note_outcome(Outcome.FRESH)
     return True
 

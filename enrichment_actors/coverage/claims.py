@@ -12,12 +12,16 @@ is fetched by the next job that asks for it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 
 from middleware.backends.base import Backend, BackendUnavailable
 
 logger = logging.getLogger(__name__)
+
+#: The longest a claim step (one job claiming its tiles) may hold the set's lock, should it die midway.
+_STEP_S = 10.0
 
 
 def _key(tagset: str, tile: str) -> str:
@@ -34,6 +38,8 @@ class TileClaims:
       ['1:0:0', '1:0:1']
       >>> claims.claim("t", ["1:0:1", "1:0:2"], owner="b")
       ['1:0:2']
+      >>> claims.claim("t", ["1:0:0", "1:0:1"], owner="a")  # a renewal
+      ['1:0:0', '1:0:1']
       >>> claims.release("t", ["1:0:0", "1:0:1"], owner="a")
       >>> claims.claim("t", ["1:0:1"], owner="b")
       ['1:0:1']
@@ -53,11 +59,21 @@ class TileClaims:
         Raises:
           BackendUnavailable: the backend cannot be reached.
         """
-        return [
-            tile
-            for tile in tiles
-            if self.backend.lease_acquire(_key(tagset, tile), owner, 1, self.ttl_s) is not None
-        ]
+        # Identical jobs sent at once would otherwise share the tiles out among
+        # themselves, one claim each, and all call: whoever holds the claim step
+        # for this very set of tiles claims them all, and the others, finding
+        # the step taken, leave the tiles to it.
+        step = "set:" + hashlib.sha256("\n".join(sorted(tiles)).encode()).hexdigest()[:16]
+        if self.backend.lease_acquire(_key(tagset, step), owner, 1, _STEP_S) is None:
+            return []
+        try:
+            return [
+                tile
+                for tile in tiles
+                if self.backend.lease_acquire(_key(tagset, tile), owner, 1, self.ttl_s) is not None
+            ]
+        finally:
+            self.backend.lease_release(_key(tagset, step), owner)
 
     def release(self, tagset: str, tiles: Iterable[str], *, owner: str) -> None:
         """Give back ``owner``'s claims of ``tiles`` (a claim another holds now is left alone).
