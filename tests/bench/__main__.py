@@ -28,7 +28,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 from middleware.policy.semaphore import SemaphoreLimits
 from tests.support.workers import REPO
 
-from . import parsing, staging, storage
+from . import parsing, replay, staging, storage
 from .servers import PostgresServer, RedisServer
 from .throughput import (
     POIS_PER_JOB,
@@ -493,6 +493,51 @@ def staged_answers(env: Environment, min_bytes: int) -> tuple[list[Row], list[st
     ], lines
 
 
+def coverage_replay(env: Environment, *, quick: bool) -> Measured:
+    """Issue 10: the app-traffic replay with the coverage ledger, beside the same replay without it."""
+    jobs = 400 if quick else 2000
+    with_ledger = replay.replay(env, coverage=True, jobs=jobs)
+    without = replay.replay(env, coverage=False, jobs=jobs)
+    shape = (
+        f"{jobs:,} jobs over {with_ledger.distinct_tiles} distinct tiles (Zipf-like), 2 processes x 8 threads"
+    )
+    lines = [
+        f"with the ledger: {with_ledger.calls:,} calls, {with_ledger.pois:,} POIs stored, "
+        f"{with_ledger.outcomes['fresh']:,} jobs fresh, {with_ledger.outcomes['coalesced']:,} coalesced, "
+        f"{with_ledger.elapsed_s:.1f} s",
+        f"without it: {without.calls:,} calls, {without.pois:,} POIs stored, {without.elapsed_s:.1f} s",
+    ]
+    rows = [
+        Row(
+            "Replay: calls per distinct tile, with the ledger",
+            f"{with_ledger.calls_per_tile:.2f}",
+            "<= 1.0",
+            with_ledger.calls_per_tile <= 1.0,
+            shape,
+        ),
+        Row(
+            "Replay: calls per distinct tile, without it",
+            f"{without.calls_per_tile:.2f}",
+            "(comparison)",
+            None,
+            shape,
+        ),
+        Row(
+            "Replay: POIs stored per request, with the ledger",
+            f"{with_ledger.pois_per_call:.1f}",
+            "(figure)",
+            None,
+        ),
+        Row(
+            "Replay: POIs stored per request, without it",
+            f"{without.pois_per_call:.2f}",
+            "(comparison)",
+            None,
+        ),
+    ]
+    return Measured(rows, lines)
+
+
 def _placed(rows: list[Row]) -> list[Row]:
     """``rows`` in run order, but each row with ``beside`` right after that figure (when measured)."""
     figures = {row.figure for row in rows}
@@ -540,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             ("Middleware overhead", lambda: overhead(env, 300 if args.quick else 1000)),
             ("Upsert rate", lambda: Measured(*upserts(env, 10_000 if args.quick else 50_000))),
             ("Parse rate and memory", lambda: Measured(*parse(5_000_000 if args.quick else 50_000_000))),
+            ("Coverage replay", lambda: coverage_replay(env, quick=args.quick)),
             (
                 "Staged answers",
                 lambda: Measured(*staged_answers(env, 5_000_000 if args.quick else 50_000_000)),
@@ -624,6 +670,14 @@ Targets are what we aim at, never pass/fail tests.
 - **Upsert rate**: the same POIs (from the stand-in server, real tags),
   500 per transaction as one job stores them, into the same emptied table.
 - **Parse rate**: best of 3; memory in a fresh process per parser.
+- **Coverage replay** (`tests/bench/replay.py`): 2,000 `enrich` jobs, each
+  a map view (a quarter to a half of a tile) inside one of 100 tiles of
+  0.02 degrees, the tile drawn with weight 1/rank^1.1 (seeded), sent in 10
+  bursts over 5 s to 2 processes x 8 threads, the stand-in answering after
+  50 ms with `SEMAPHORE_PERMITS=8`; the same replay with
+  `ENRICH_COVERAGE=false`. "Distinct tiles" counts those drawn at least
+  once. Every other fleet here runs with `ENRICH_COVERAGE=false`: its jobs
+  are distinct boxes that must each make their call.
 - **Staged answers**: the parse benchmark's body, staged as `fetch_pois`
   stages it and stored chunk by chunk by `store_pois` in a fresh process
   (tracemalloc peak of the whole store), against the same POIs as one

@@ -125,6 +125,9 @@ def product_env(env: Environment, stub: StubOverpass, **settings: Any) -> dict[s
         "QUOTA_REQUESTS": "100000000",
         "QUOTA_BYTES": "1000000000000",
         "OVERPASS_QUERY_TIMEOUT_S": "10",
+        # Every job here is its own box and must make its call: the coverage
+        # ledger is measured by the app-traffic replay (tests/bench/replay.py).
+        "ENRICH_COVERAGE": "false",
         **{name.upper(): str(value) for name, value in settings.items()},
     }
 
