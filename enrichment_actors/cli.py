@@ -1,4 +1,4 @@
-"""The ``enrichment`` console script: enqueue, status, demo, stub-overpass.
+"""The ``enrichment`` console script: enqueue, status, coverage, refresh, release-hold, demo, stub-overpass.
 
 Failures a user can fix (an invalid job or setting, an unreachable Redis)
 end in one line on stderr saying what to check, and a non-zero exit status;
@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import __version__
 
 if TYPE_CHECKING:  # the runtime reads the settings when imported: only the commands import it
+    from .coverage.ledger import Ledger, TileCoverage
     from .overpass_endpoints import Endpoint
     from .runtime import Runtime
 
 #: Options whose value may start with a minus sign (southern and western hemispheres).
 _SIGNED_OPTIONS = ("--bbox",)
 _NEGATIVE_NUMBER = re.compile(r"-\.?\d")
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DAY_S = 86400
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +53,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     commands.add_parser("status", help="live quota, breaker and permit state from the shared backend")
+
+    coverage = commands.add_parser(
+        "coverage", help="what the coverage ledger holds for the tiles of a box (reads the database only)"
+    )
+    coverage.add_argument(
+        "--bbox", required=True, metavar="S,W,N,E", help="south,west,north,east in degrees (Overpass order)"
+    )
+    coverage.add_argument(
+        "--tags",
+        metavar="KEY[=VALUE],...",
+        help="only this tag set, comma-separated (default: every tag set)",
+    )
+
+    refresh = commands.add_parser(
+        "refresh", help="re-enqueue the stalest tiles (force), within REFRESH_BUDGET_SHARE of the daily quota"
+    )
+    refresh.add_argument(
+        "--older-than",
+        required=True,
+        type=_duration,
+        metavar="DURATION",
+        help="refresh tiles fetched longer ago than this: 30s, 15m, 1h, 7d or plain seconds",
+    )
+    refresh.add_argument(
+        "--limit",
+        type=_count,
+        metavar="N",
+        help="most tiles per run (default and ceiling: the refresh budget of one run)",
+    )
+    refresh.add_argument(
+        "--every",
+        type=_interval,
+        metavar="DURATION",
+        help="run again after this long, until stopped (the Procfile's clock process)",
+    )
     commands.add_parser("demo", help="run the main job end to end on embedded defaults")
 
     release = commands.add_parser(
@@ -67,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail_clearly(lambda: _enqueue(args.bbox, args.tags))
     if args.command == "status":
         return _fail_clearly(_status)
+    if args.command == "coverage":
+        return _fail_clearly(lambda: _coverage(args.bbox, args.tags))
+    if args.command == "refresh":
+        return _fail_clearly(lambda: _refresh(args.older_than, args.limit, args.every))
     if args.command == "demo":
         return _demo()
     if args.command == "release-hold":
@@ -91,13 +138,49 @@ def _attach_signed_values(argv: Sequence[str]) -> list[str]:
     return [arg for arg in args if arg != ""]
 
 
+def _duration(text: str) -> float:
+    """``30s``, ``15m``, ``1h``, ``7d`` or plain seconds, in seconds (argparse type).
+
+    Examples:
+      >>> _duration("7d"), _duration("1.5h"), _duration("90")
+      (604800.0, 5400.0, 90.0)
+    """
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: a number of seconds, or with s, m, h or d (30s, 15m, 1h, 7d)"
+        )
+    return float(found[1]) * _UNIT_S[found[2]]
+
+
+def _interval(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the interval must be longer than 0 s")
+    return seconds
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
 def _fail_clearly(command: Callable[[], int]) -> int:
-    """Run ``command``; a settings error or an unreachable Redis or RabbitMQ becomes one line on stderr and status 1."""
+    """Run ``command``; a settings error or an unreachable Redis, RabbitMQ or database becomes one line on stderr.
+
+    Status 2 for a settings error, 1 for a server that cannot be reached.
+    """
+    import peewee
     import redis
     from dramatiq.errors import BrokerConnectionError
 
     from middleware.backends.base import BackendUnavailable
-    from middleware.redaction import redact
+    from middleware.redaction import redact, redact_url
 
     from .settings import SettingsError
 
@@ -108,6 +191,16 @@ def _fail_clearly(command: Callable[[], int]) -> int:
         return 2
     except BackendUnavailable as exc:
         print(f"enrichment: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except peewee.PeeweeException as exc:
+        from . import runtime
+
+        url = runtime.settings.database_url
+        print(
+            f"enrichment: the database at {redact_url(url)} cannot be used ({redact(_one_line(str(exc)), url)}). "
+            "Check that the server is running and that DATABASE_URL points at it.",
+            file=sys.stderr,
+        )
         return 1
     except (redis.RedisError, BrokerConnectionError, ConnectionError) as exc:
         # The broker's own errors name no URL: say which one was used.
@@ -137,16 +230,23 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
-    from . import enrich, runtime
-    from .jobs import InvalidJob, validate_job
-
+def _parse_bbox(bbox_text: str) -> dict[str, float] | None:
+    """``S,W,N,E`` as the actors' box; None (saying why on stderr) unless four numbers."""
     try:
         south, west, north, east = (float(part) for part in bbox_text.split(","))
     except ValueError:
         print(f"--bbox {bbox_text!r}: expected four numbers south,west,north,east", file=sys.stderr)
+        return None
+    return {"south": south, "west": west, "north": north, "east": east}
+
+
+def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
+    from . import enrich, runtime
+    from .jobs import InvalidJob, validate_job
+
+    bbox = _parse_bbox(bbox_text)
+    if bbox is None:
         return 2
-    bbox = {"south": south, "west": west, "north": north, "east": east}
     try:
         validate_job(bbox, tags, limits=runtime.job_limits)
     except InvalidJob as exc:
@@ -170,6 +270,152 @@ def _status() -> int:
     for queue, size in queue_sizes(runtime.broker):
         print(f"queue {queue!r}  {size} messages ({runtime.settings.broker})")
     return 0
+
+
+def _coverage(bbox_text: str, tags_text: str | None) -> int:
+    """What the ledger holds for the tiles of a box: one line per (tile, tag set), then a summary."""
+    from . import runtime
+    from .coverage.tiles import Tile, tagset_key, tile_units, tiles_of
+    from .jobs import InvalidJob, validate_job
+
+    bbox = _parse_bbox(bbox_text)
+    if bbox is None:
+        return 2
+    tags = None if tags_text is None else [tag.strip() for tag in tags_text.split(",")]
+    try:
+        job = validate_job(bbox, tags, limits=runtime.job_limits)
+    except InvalidJob as exc:
+        print(f"enrichment coverage: {exc}", file=sys.stderr)
+        return 2
+    settings = runtime.settings
+    tiles = [tile.id for tile in tiles_of(job.bbox, tile_units(settings.tile_deg))]
+    store = runtime.store()
+    store.ensure_schema()
+    rows = store.ledger.tiles(tiles)
+    if tags is not None:
+        wanted = tagset_key(job.tags)
+        rows = [row for row in rows if row.tagset == wanted]
+    now = _utcnow()
+    fresh_tiles: set[str] = set()
+    for row in rows:
+        age_s = (now - row.fetched_at).total_seconds()
+        fresh = age_s <= settings.fresh_s
+        if fresh:
+            fresh_tiles.add(row.tile)
+        print(
+            f"{row.tile}  {Tile.parse(row.tile).bbox.ql()}  {','.join(row.tags)}  "
+            f"fetched {_age(age_s)} ago ({'fresh' if fresh else 'stale'})  "
+            f"osm_base {row.osm_base or '-'}  {row.pois} POIs  {row.calls:.2f} calls"
+        )
+    covered = {row.tile for row in rows}
+    print(
+        f"{len(covered)} of {len(tiles)} tiles covered, {len(fresh_tiles)} fresh, "
+        f"{sum(row.pois for row in rows)} POIs, {sum(row.calls for row in rows):.2f} calls spent"
+    )
+    return 0
+
+
+def _utcnow() -> dt.datetime:
+    """Now in UTC, naive, as the ledger stores its times."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _age(seconds: float) -> str:
+    """``42 s``, ``5 min``, ``3 h``, ``12 d``: whole units, rounded down."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", _DAY_S), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def _refresh_budget(share: float, quota_requests: int, interval_s: float) -> int:
+    """Most tiles one refresh run may send: ``share`` of the daily ``quota_requests``, over one interval.
+
+    Examples:
+      >>> _refresh_budget(0.2, 10_000, 86400), _refresh_budget(0.2, 10_000, 3600)
+      (2000, 84)
+    """
+    # Rounded first: 0.07 * 100 is 7.000000000000001, whose ceiling would be 8.
+    return math.ceil(round(share * quota_requests * interval_s / _DAY_S, 6))
+
+
+def _refresh(older_than_s: float, limit: int | None, every_s: float | None) -> int:
+    """Send the stalest tiles again (``force=True``); once, or every ``every_s`` until SIGTERM or Ctrl-C."""
+    from . import enrich, runtime
+    from .coverage.tiles import Tile, tile_units
+
+    settings = runtime.settings
+    if not settings.coverage:
+        print(
+            "enrichment refresh: ENRICH_COVERAGE is false, so no fetch updates the coverage ledger "
+            "and the same tiles would be sent on every run; set ENRICH_COVERAGE=true.",
+            file=sys.stderr,
+        )
+        return 2
+    interval_s = _DAY_S if every_s is None else every_s
+    budget = _refresh_budget(settings.refresh_budget_share, settings.quota_requests, interval_s)
+    if limit is not None and limit > budget:
+        print(
+            f"enrichment refresh: --limit {limit} is above the refresh budget of {budget} tiles per run "
+            f"(REFRESH_BUDGET_SHARE={settings.refresh_budget_share:g} of QUOTA_REQUESTS="
+            f"{settings.quota_requests} a day, over {interval_s:g} s); sending at most {budget}.",
+            file=sys.stderr,
+        )
+    limit = budget if limit is None else min(limit, budget)
+    units = tile_units(settings.tile_deg)
+    store = runtime.store()
+
+    def run() -> None:
+        store.ensure_schema()
+        cutoff = _utcnow() - dt.timedelta(seconds=older_than_s)
+        stale = _stale_count(store.ledger, cutoff, units)
+        rows = _stalest_on_grid(store.ledger, cutoff, limit, units)
+        for row in rows:
+            enrich.send(bbox=Tile.parse(row.tile).bbox.as_dict(), tags=list(row.tags), force=True)
+        print(f"refresh: sent {len(rows)} of {stale} stale tiles (limit {limit})", flush=True)
+
+    if every_s is None:
+        run()
+        return 0
+    stop = threading.Event()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        while not stop.is_set():
+            run()
+            stop.wait(every_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _stale_count(ledger: Ledger, cutoff: dt.datetime, units: int) -> int:
+    """How many (tile, tag set) rows of the current grid were fetched before ``cutoff``."""
+    model = ledger.coverage
+    return int(model.select().where((model.fetched_at < cutoff) & model.tile.startswith(f"{units}:")).count())
+
+
+def _stalest_on_grid(ledger: Ledger, cutoff: dt.datetime, limit: int, units: int) -> list[TileCoverage]:
+    """Up to ``limit`` of the stalest rows, of the current grid only.
+
+    Rows written under another ``ENRICH_TILE_DEG`` are passed over: a fetch
+    now files its answer under this grid's tiles, so they would never become
+    fresh and would be sent again on every run.
+    """
+    prefix = f"{units}:"
+    asked = limit
+    while True:
+        rows = ledger.stalest(cutoff, asked)
+        ours = [row for row in rows if row.tile.startswith(prefix)]
+        if len(ours) >= limit or len(rows) < asked:
+            return ours[:limit]
+        asked *= 2
 
 
 def _endpoint_status(runtime: Runtime, endpoint: Endpoint) -> list[str]:
