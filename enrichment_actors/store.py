@@ -183,12 +183,15 @@ class PoiStore:
         pois = list(pois)
 
         def work() -> None:
-            if isinstance(self.database, peewee.PostgresqlDatabase):
-                self._copy_and_merge(pois, now, osm_base)
-            else:
-                self._insert_many(pois, now, osm_base)
+            rows, kept = pois, None
             if answer is not None and members is not None:
-                self.ledger.note_elements(answer, members)
+                rows, kept = self.ledger.current(answer, members, pois)
+            if isinstance(self.database, peewee.PostgresqlDatabase):
+                self._copy_and_merge(rows, now, osm_base)
+            else:
+                self._insert_many(rows, now, osm_base)
+            if answer is not None and kept is not None:
+                self.ledger.note_elements(answer, kept)
 
         self._in_transaction(work, f"store {len(pois)} POIs")
         return len(pois)

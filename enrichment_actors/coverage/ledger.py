@@ -54,6 +54,7 @@ class CoverageElementModel(peewee.Model):
     element_type = peewee.CharField(max_length=8)
     osm_id = peewee.BigIntegerField()
     answer = peewee.CharField(max_length=80)
+    osm_base = peewee.CharField(max_length=32, null=True)
 
     class Meta:
         table_name = "coverage_elements"
@@ -142,21 +143,44 @@ class Ledger:
             fresh.update(row.tile for row in query)
         return fresh
 
-    def _newer(self, answer: Answer) -> set[str]:
-        """Tiles of ``answer`` that hold a newer answer (a later ``timestamp_osm_base``): it must not touch them."""
+    def _newer(self, answer: Answer, *, or_as_new: bool = False) -> set[str]:
+        """Tiles of ``answer`` that hold a newer answer (a later ``timestamp_osm_base``): it must not touch them.
+
+        With ``or_as_new``, also those another answer of the same timestamp
+        finished (the same data: finishing again would only drop its rows).
+        """
         if answer.osm_base is None:
             return set()
         model = self.coverage
+        newer = model.osm_base > answer.osm_base
+        if or_as_new:
+            newer = newer | ((model.osm_base == answer.osm_base) & (model.answer != answer.key))
         query = model.select(model.tile).where(
-            (model.tagset == answer.tagset)
-            & model.tile.in_(list(answer.tiles))
-            & (model.osm_base > answer.osm_base)
+            (model.tagset == answer.tagset) & model.tile.in_(list(answer.tiles)) & newer
         )
         return {row.tile for row in query}
 
-    def note_elements(self, answer: Answer, members: Mapping[str, Iterable[tuple[str, int]]]) -> None:
-        """Record which elements of one chunk each tile returned (call inside the chunk's upsert transaction)."""
+    def current(
+        self, answer: Answer, members: Mapping[str, Iterable[tuple[str, int]]], pois: Sequence[Sequence[Any]]
+    ) -> tuple[list[Sequence[Any]], dict[str, list[tuple[str, int]]]]:
+        """The POIs of one chunk that may be written, and the tiles' elements to note.
+
+        Tiles that hold a newer answer are left out, and so are POIs filed
+        only under such tiles: an older answer landing late must not bring
+        back a POI the newer one dropped.
+        """
         newer = self._newer(answer)
+        kept = {tile: sorted(set(elements)) for tile, elements in members.items() if tile not in newer}
+        if not newer:
+            return list(pois), kept
+        wanted = {element for elements in kept.values() for element in elements}
+        filed = {element for elements in members.values() for element in elements}
+        rows = [p for p in pois if (p[0], p[1]) in wanted or (p[0], p[1]) not in filed]
+        return rows, kept
+
+    def note_elements(self, answer: Answer, members: Mapping[str, Iterable[tuple[str, int]]]) -> None:
+        """Record which elements each tile returned (call with what :meth:`current` kept, in the chunk's
+        upsert transaction)."""
         rows = [
             {
                 "tile": tile,
@@ -164,16 +188,17 @@ class Ledger:
                 "element_type": kind,
                 "osm_id": osm_id,
                 "answer": answer.key,
+                "osm_base": answer.osm_base,
             }
             for tile, elements in members.items()
-            if tile not in newer
-            for kind, osm_id in elements
+            # An element twice in one chunk would make ON CONFLICT touch its row twice (an error).
+            for kind, osm_id in sorted(set(elements))
         ]
         model = self.elements
         for start in range(0, len(rows), _BATCH):
             model.insert_many(rows[start : start + _BATCH]).on_conflict(
                 conflict_target=[model.tile, model.tagset, model.element_type, model.osm_id],
-                preserve=[model.answer],
+                preserve=[model.answer, model.osm_base],
             ).execute()
 
     def finish(self, answer: Answer, *, now: dt.datetime | None = None) -> int:
@@ -192,7 +217,7 @@ class Ledger:
                     & (cov.answer == answer.key)
                 )
             }
-            newer = self._newer(answer)
+            newer = self._newer(answer, or_as_new=True)
             targets = [t for t in answer.tiles if t not in done and t not in newer]
             if not targets:
                 return 0
@@ -200,6 +225,9 @@ class Ledger:
             for start in range(0, len(targets), _BATCH):
                 batch = targets[start : start + _BATCH]
                 stale = (el.tagset == answer.tagset) & el.tile.in_(batch) & (el.answer != answer.key)
+                if answer.osm_base is not None:
+                    # Rows of an answer as new or newer, still landing, are not this one's to judge.
+                    stale &= el.osm_base.is_null() | (el.osm_base < answer.osm_base)
                 gone.update((row.element_type, row.osm_id) for row in el.select().where(stale))
                 el.delete().where(stale).execute()
             deleted = self._delete_orphans(gone)
