@@ -11,10 +11,12 @@ hand-off failed.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -36,6 +38,7 @@ from .coverage.ledger import Answer
 from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
+from .overpass_adiff import adiff_query, read_adiff
 from .overpass_client import FetchResult, OverpassClient
 from .overpass_endpoints import endpoint_name
 from .overpass_pause import (
@@ -49,11 +52,13 @@ from .overpass_responses import (
     ClientTimeout,
     DuplicateQuery,
     OverpassError,
+    ParsedResponse,
     QueryFailed,
     QueryRejected,
     QueryTooLarge,
     QueryUnsendable,
     RateLimited,
+    read_response,
 )
 from .runtime import OVERPASS, runtime
 from .staging import (
@@ -164,11 +169,14 @@ def fetch_pois(
     tiles: list[str] | None = None,
     owner: str | None = None,
     force: bool = False,
+    diff: bool = True,
 ) -> None:
     """One Overpass call for an already validated job; stages the POIs and hands them to store_pois.
 
     With ``tiles`` (set by enrich), the call asks for those tiles, which
     ``owner`` claimed, and the answer is filed by tile in the coverage ledger.
+    A forced fetch of tiles the ledger holds asks only for what changed since
+    (an augmented diff), unless ``diff`` is false (the server refused one).
     """
     job = validate_job(bbox, tags, depth=depth, limits=runtime.job_limits)
     cover = None if tiles is None else TileCover.from_message(tiles, job.tags, owner)
@@ -183,14 +191,12 @@ def fetch_pois(
         return
     if cover is not None and _fresh_since_claimed(cover, force):
         return
-    if cover is not None:
-        query = cover.query(timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
-    else:
-        query = build_query(job, timeout_s=settings.query_timeout_s, maxsize_bytes=settings.maxsize_bytes)
+    since = _diff_since(cover, force) if cover is not None and diff else None
+    query, read = _query(job, cover, since)
     client = runtime.client(runtime.current_endpoint())
     _defer_if_paused()
     try:
-        result = _call_overpass(client, query)
+        result = _call_overpass(client, query, read)
     except ClientTimeout:
         # The query may keep running upstream, holding a slot, until killed. But
         # kill_my_queries ends every query of our address, the healthy calls of
@@ -219,6 +225,11 @@ def fetch_pois(
         if not _split(job, stage, cover, force):
             raise
         return
+    except (QueryRejected, QueryFailed) as exc:
+        if since is None or cover is None:
+            raise
+        _fall_back_to_whole(job, stage, cover, force, f"since {since}: {exc}")
+        return
     except OverpassError as exc:
         if refuses_us(exc) is None:
             raise
@@ -228,13 +239,75 @@ def fetch_pois(
     # its POIs on.
     release_permit_early()
     failpoint("fetch.answered")
-    chunk_bytes = runtime.settings.stage_chunk_bytes
-    answer = None if cover is None else cover.answer(stage.key, result.parsed.osm_base).as_json()
-    staged = retry_until_reachable(
+    _hand_on(job, stage, _stage_answer(stage, result, cover, since), cover, force)
+
+
+def _query(
+    job: Job, cover: TileCover | None, since: str | None
+) -> tuple[str, Callable[[int, bytes], ParsedResponse]]:
+    """The query text of this fetch and the reader of its answer: the job's box, its tiles, or their diff."""
+    limits = {"timeout_s": settings.query_timeout_s, "maxsize_bytes": settings.maxsize_bytes}
+    if cover is None:
+        return build_query(job, **limits), read_response
+    if since is None:
+        return cover.query(**limits), read_response
+    return adiff_query(cover.query(**limits), since), functools.partial(read_adiff, tags=cover.tags)
+
+
+def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, since: str | None) -> Staged:
+    """Stage a successful answer: its POIs in chunks, and for the ledger its tiles and what is gone."""
+    parsed = result.parsed
+    answer = None if cover is None else cover.answer(stage.key, parsed.osm_base, diff=since is not None)
+    if cover is not None and since is not None:
+        logger.info(
+            "Refreshed %d tiles from an augmented diff since %s: %d POIs to write, %d gone.",
+            len(cover.tiles),
+            since,
+            len(parsed.pois),
+            len(parsed.gone),
+        )
+    chunk_bytes = settings.stage_chunk_bytes
+    return retry_until_reachable(  # type: ignore[no-any-return]
         "stage the fetched POIs",
-        lambda: stage.put_pois(result.parsed.pois, chunk_bytes=chunk_bytes, answer=answer),
+        lambda: stage.put_pois(
+            parsed.pois,
+            chunk_bytes=chunk_bytes,
+            answer=None if answer is None else answer.as_json(),
+            gone=parsed.gone,
+        ),
     )
+
+
+def _fall_back_to_whole(job: Job, stage: Stage, cover: TileCover, force: bool, why: str) -> None:
+    """Hand on one whole fetch of ``cover``: the server refused the augmented diff (no history that far back)."""
+    logger.warning("Overpass refused the augmented diff %s. Fetching the tiles whole.", why)
+    staged = retry_until_reachable("note the fallback", lambda: stage.put_split(1, fallback=True))
     _hand_on(job, stage, staged, cover, force)
+
+
+def _diff_since(cover: TileCover, force: bool) -> str | None:
+    """When a forced fetch of ``cover`` may ask only for changes: the oldest ``timestamp_osm_base`` of its tiles.
+
+    None (a whole fetch) unless ``ENRICH_REFRESH_DIFF`` is on, every tile is in
+    the ledger with a timestamp, and the oldest is at most
+    ``ENRICH_DIFF_MAX_AGE_S`` old (a diff over a long time is no smaller).
+    """
+    if not force or not settings.refresh_diff:
+        return None
+    try:
+        bases = runtime.store().tile_bases(cover.tagset, cover.ids)
+    except PersistenceError as exc:
+        logger.warning("Could not read the coverage ledger (%s); fetching the tiles whole.", exc)
+        return None
+    known = [bases.get(tile) for tile in cover.ids]
+    if not known or any(base is None for base in known):
+        return None
+    since = min(base for base in known if base is not None)
+    try:
+        age_s = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(since)).total_seconds()
+    except ValueError:
+        return None
+    return since if age_s <= settings.diff_max_age_s else None
 
 
 def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
@@ -320,7 +393,8 @@ def _staged_answer(staged: Stage) -> Answer:
 
 def _finish(staged: Stage, answer: Answer) -> None:
     """The whole answer has landed: the ledger drops what it no longer holds; the claims go back."""
-    deleted = runtime.store().finish_answer(answer)
+    gone = retry_until_reachable("read the elements gone", staged.load_gone) if answer.diff else []
+    deleted = runtime.store().finish_answer(answer, gone=gone)
     runtime.metrics.count_pois_deleted(deleted)
     retry_until_reachable("note an answer finished", staged.mark_finished)
     if answer.owner is not None:
@@ -329,7 +403,9 @@ def _finish(staged: Stage, answer: Answer) -> None:
         logger.info("%d POIs gone upstream were deleted: %s.", deleted, staged.key)
 
 
-def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
+def _call_overpass(
+    client: OverpassClient, query: str, read: Callable[[int, bytes], ParsedResponse] = read_response
+) -> FetchResult:
     """``client.fetch(query)``, charged to the quota and recorded in the metrics, whatever its outcome.
 
     Every body byte received is charged, a failed call's too (a remark after
@@ -341,7 +417,7 @@ def _call_overpass(client: OverpassClient, query: str) -> FetchResult:
     started = time.monotonic()
     endpoint = _endpoint_name(client)
     try:
-        result = client.fetch(query)
+        result = client.fetch(query, read=read)
     except OverpassError as exc:
         charge_bytes(exc.response_bytes)
         if not exc.request_sent:
@@ -380,7 +456,7 @@ def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, fo
     sender died between sending and noting) is the same job, not a new one.
     """
     if staged.children:
-        messages = _children(job, cover, force)
+        messages = _children(job, cover, force, fallback=staged.fallback)
         role = "child"
     else:
         message = job.as_message()
@@ -396,17 +472,26 @@ def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, fo
         runtime.broker.enqueue(derived)
         retry_until_reachable("note a hand-off", functools.partial(stage.mark_sent, index))
         failpoint("fetch.sent")
-    if staged.children:
+    if staged.children and not staged.fallback:
         note_outcome(Outcome.SPLIT)
     failpoint("fetch.handed_off")
 
 
-def _children(job: Job, cover: TileCover | None, force: bool) -> list[dramatiq.Message[Any]]:
+def _children(
+    job: Job, cover: TileCover | None, force: bool, *, fallback: bool = False
+) -> list[dramatiq.Message[Any]]:
     """The fetches a too-large job splits into: its tiles in up to four groups, else its box in quarters.
 
     One tile too large is split into quarter boxes, as without the ledger:
-    those are fetched and stored, but the tile is not marked fetched.
+    those are fetched and stored, but the tile is not marked fetched. With
+    ``fallback``: one whole fetch of the tiles, for a refused augmented diff.
     """
+    if fallback and cover is not None:
+        return [
+            fetch_pois.message(
+                **job.as_message(), tiles=cover.ids, owner=cover.owner, force=force, diff=False
+            )
+        ]
     if cover is not None and len(cover.tiles) > 1:
         child = {**job.as_message(), "depth": job.depth + 1, "owner": cover.owner, "force": force}
         return [fetch_pois.message(**child, tiles=group.ids) for group in cover.split()]

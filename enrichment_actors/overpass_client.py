@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -140,8 +140,11 @@ class OverpassClient:
             session.mount("https://", adapter)
         self._session = session
 
-    def fetch(self, query: str) -> FetchResult:
-        """POST ``query`` as form field ``data`` and read the POIs of the answer.
+    def fetch(
+        self, query: str, *, read: Callable[[int, bytes], ParsedResponse] = read_response
+    ) -> FetchResult:
+        """POST ``query`` as form field ``data`` and read the POIs of the answer (with ``read``: an
+        augmented diff is read by :func:`~.overpass_adiff.read_adiff`).
 
         The whole call ends by its deadline, ``http_timeout_s`` after it
         started, however slowly the server sends the body (only a server
@@ -197,7 +200,7 @@ class OverpassClient:
             timed_out = isinstance(exc, _DeadlinePassed) or (watchdog is not None and watchdog.fired)
             raise self._transport_error(exc, started, len(body), timed_out=timed_out) from exc
         duration_s = time.monotonic() - started
-        parsed = read_response(response.status_code, bytes(body))
+        parsed = read(response.status_code, bytes(body))
         return FetchResult(
             parsed=parsed, response_bytes=len(body), duration_s=duration_s, status=response.status_code
         )

@@ -75,6 +75,8 @@ class ParsedResponse:
     skipped: int
     remark: str | None
     osm_base: str | None = None
+    #: Of an augmented diff (:mod:`.overpass_adiff`): elements deleted, or that no longer match the query.
+    gone: tuple[tuple[str, int], ...] = ()
 
 
 class OverpassError(Exception):

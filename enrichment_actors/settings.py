@@ -170,6 +170,17 @@ TABLE: tuple[Setting, ...] = (
         "How long a tile claim outlives its leader's last attempt (a dead worker's claim expires then)",
     ),
     Setting(
+        "ENRICH_REFRESH_DIFF",
+        "true",
+        "`true`: a forced fetch (refresh) of tiles in the ledger asks only for what changed since they were "
+        "fetched (an augmented diff); `false`: it fetches them whole",
+    ),
+    Setting(
+        "ENRICH_DIFF_MAX_AGE_S",
+        "2592000",
+        "Tiles last fetched longer ago than this (30 days) are fetched whole rather than as a diff",
+    ),
+    Setting(
         "REFRESH_BUDGET_SHARE",
         "0.2",
         "Most of QUOTA_REQUESTS a day that `enrichment refresh` may spend (per run: the share of one interval)",
@@ -307,6 +318,8 @@ class Settings:
     fresh_s: float = 86400.0
     claim_ttl_s: float = 3600.0
     refresh_budget_share: float = 0.2
+    refresh_diff: bool = True
+    diff_max_age_s: float = 2592000.0
     redis_cluster: bool = False
     redis_sentinels: tuple[str, ...] = ()
     redis_sentinel_master: str = "mymaster"
@@ -474,6 +487,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tile_deg=read("ENRICH_TILE_DEG", float, _whole_tiles, "degrees that divide 180 into whole tiles"),
         fresh_s=read("ENRICH_FRESH_S", float, non_negative, "seconds >= 0"),
         claim_ttl_s=read("ENRICH_CLAIM_TTL_S", float, positive, "seconds > 0"),
+        refresh_diff=read("ENRICH_REFRESH_DIFF", _flag, lambda v: v is not None, "true or false"),
+        diff_max_age_s=read("ENRICH_DIFF_MAX_AGE_S", float, non_negative, "seconds >= 0"),
         refresh_budget_share=read(
             "REFRESH_BUDGET_SHARE", float, lambda v: 0 <= v <= 1, "a share from 0 to 1"
         ),

@@ -238,6 +238,7 @@ class Staged:
     chunks: int
     children: int
     sent: frozenset[int]
+    fallback: bool = False
 
     @property
     def pending(self) -> list[int]:
@@ -273,10 +274,16 @@ class Stage:
         if not counts:
             return None
         sent = frozenset(int(n[5:]) for n in names if n.startswith("sent:"))
-        return Staged(int(counts.get("chunks", b"0")), int(counts.get("children", b"0")), sent)
+        chunks, children = int(counts.get("chunks", b"0")), int(counts.get("children", b"0"))
+        return Staged(chunks, children, sent, "fallback" in names)
 
     def put_pois(
-        self, pois: Iterable[Sequence[Any]], *, chunk_bytes: int, answer: Mapping[str, Any] | None = None
+        self,
+        pois: Iterable[Sequence[Any]],
+        *,
+        chunk_bytes: int,
+        answer: Mapping[str, Any] | None = None,
+        gone: Sequence[Sequence[Any]] = (),
     ) -> Staged:
         """Stage an answer, one round trip per chunk; the count is written last (the answer is complete).
 
@@ -290,8 +297,16 @@ class Stage:
         last = {"chunks": str(count).encode()}
         if answer is not None:
             last["answer"] = _ENCODER.encode(dict(answer)).encode()
+        if gone:
+            # An augmented diff's elements gone upstream: read once, by the step that finishes the answer.
+            last["gone"] = _pack([_ENCODER.encode(list(key)) for key in gone])
         self.stash.put(self.key, last, self.ttl_s)
         return Staged(count, 0, frozenset())
+
+    def load_gone(self) -> list[tuple[str, int]]:
+        """The elements :meth:`put_pois` was given as ``gone``."""
+        data = self.stash.get(self.key, "gone")
+        return [] if data is None else [(str(kind), int(osm_id)) for kind, osm_id in decode_chunk(data)]
 
     def load_answer(self) -> dict[str, Any] | None:
         """What :meth:`put_pois` was given as ``answer``; ``None`` for an answer staged without one."""
@@ -309,10 +324,12 @@ class Stage:
         """The whole answer is in the database and the ledger: nothing is left to do for it."""
         self.stash.put(self.key, {"finished": b"1"}, self.ttl_s)
 
-    def put_split(self, children: int) -> Staged:
-        """Record that this fetch split its box into ``children`` jobs (sent next)."""
-        self.stash.put(self.key, {"children": str(children).encode()}, self.ttl_s)
-        return Staged(0, children, frozenset())
+    def put_split(self, children: int, *, fallback: bool = False) -> Staged:
+        """Record that this fetch split its box into ``children`` jobs (sent next); ``fallback``: it hands
+        on one full fetch instead of the augmented diff the server refused."""
+        fields = {"children": str(children).encode(), **({"fallback": b"1"} if fallback else {})}
+        self.stash.put(self.key, fields, self.ttl_s)
+        return Staged(0, children, frozenset(), fallback)
 
     def mark_sent(self, index: int) -> None:
         """Message ``index`` was handed on: a retry does not send it again."""

@@ -196,9 +196,13 @@ class PoiStore:
         self._in_transaction(work, f"store {len(pois)} POIs")
         return len(pois)
 
-    def finish_answer(self, answer: Answer) -> int:
+    def finish_answer(self, answer: Answer, *, gone: Sequence[tuple[str, int]] = ()) -> int:
         """Every chunk of ``answer`` is stored: update the ledger, delete what left; POIs deleted."""
-        return self._in_transaction(lambda: self.ledger.finish(answer), "finish an answer")
+        return self._in_transaction(lambda: self.ledger.finish(answer, gone=gone), "finish an answer")
+
+    def tile_bases(self, tagset: str, tiles: Sequence[str]) -> dict[str, str | None]:
+        """The ``timestamp_osm_base`` each of ``tiles`` was last fetched at (those the ledger holds)."""
+        return self._in_transaction(lambda: self.ledger.bases(tagset, tiles), "read the coverage")
 
     def fresh_tiles(self, tagset: str, tiles: Sequence[str], *, max_age_s: float) -> set[str]:
         """Those of ``tiles`` fetched for ``tagset`` at most ``max_age_s`` ago."""

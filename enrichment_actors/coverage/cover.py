@@ -67,8 +67,8 @@ class TileCover:
             rectangles(self.tiles), self.tags, timeout_s=timeout_s, maxsize_bytes=maxsize_bytes
         )
 
-    def answer(self, key: str, osm_base: str | None) -> Answer:
-        """The ledger's view of this fetch's answer, staged under ``key``."""
+    def answer(self, key: str, osm_base: str | None, *, diff: bool = False) -> Answer:
+        """The ledger's view of this fetch's answer (an augmented diff with ``diff``), staged under ``key``."""
         return Answer(
             key=key,
             tagset=self.tagset,
@@ -76,6 +76,7 @@ class TileCover:
             tiles=tuple(self.ids),
             osm_base=osm_base,
             owner=self.owner,
+            diff=diff,
         )
 
 

@@ -74,10 +74,13 @@ class Answer:
     calls: float = 1.0
     #: The leader whose tile claims the answer gives back once it has landed.
     owner: str | None = None
+    #: An augmented diff: what it does not name is unchanged (only ``gone`` elements leave).
+    diff: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
             "owner": self.owner,
+            "diff": self.diff,
             "key": self.key,
             "tagset": self.tagset,
             "tags": list(self.tags),
@@ -96,6 +99,7 @@ class Answer:
             osm_base=data.get("osm_base"),
             calls=float(data.get("calls", 1.0)),
             owner=data.get("owner"),
+            diff=bool(data.get("diff", False)),
         )
 
 
@@ -201,9 +205,25 @@ class Ledger:
                 preserve=[model.answer, model.osm_base],
             ).execute()
 
-    def finish(self, answer: Answer, *, now: dt.datetime | None = None) -> int:
+    def bases(self, tagset: str, tiles: Sequence[str]) -> dict[str, str | None]:
+        """The ``timestamp_osm_base`` each of ``tiles`` was last fetched at, for those the ledger holds."""
+        model = self.coverage
+        found: dict[str, str | None] = {}
+        for start in range(0, len(tiles), _BATCH):
+            query = model.select(model.tile, model.osm_base).where(
+                (model.tagset == tagset) & model.tile.in_(list(tiles[start : start + _BATCH]))
+            )
+            found.update((row.tile, row.osm_base) for row in query)
+        return found
+
+    def finish(
+        self, answer: Answer, *, gone: Sequence[tuple[str, int]] = (), now: dt.datetime | None = None
+    ) -> int:
         """The whole answer has landed: drop what it no longer holds, mark its tiles fetched; returns POIs deleted.
 
+        A full answer no longer holds what an earlier answer filed and it did
+        not; an augmented diff (``answer.diff``) no longer holds ``gone``, nor
+        the earlier rows of the elements it moved to another tile.
         Idempotent: a second call for the same answer changes nothing.
         """
         now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -221,19 +241,30 @@ class Ledger:
             targets = [t for t in answer.tiles if t not in done and t not in newer]
             if not targets:
                 return 0
-            gone: set[tuple[str, int]] = set()
+            dropped: set[tuple[str, int]] = set()
+            keys = peewee.Tuple(el.element_type, el.osm_id)
             for start in range(0, len(targets), _BATCH):
                 batch = targets[start : start + _BATCH]
-                stale = (el.tagset == answer.tagset) & el.tile.in_(batch) & (el.answer != answer.key)
+                earlier = (el.tagset == answer.tagset) & el.tile.in_(batch) & (el.answer != answer.key)
                 if answer.osm_base is not None:
                     # Rows of an answer as new or newer, still landing, are not this one's to judge.
-                    stale &= el.osm_base.is_null() | (el.osm_base < answer.osm_base)
-                gone.update((row.element_type, row.osm_id) for row in el.select().where(stale))
+                    earlier &= el.osm_base.is_null() | (el.osm_base < answer.osm_base)
+                if answer.diff:
+                    mine = el.select(el.element_type, el.osm_id).where(
+                        (el.tagset == answer.tagset) & (el.answer == answer.key)
+                    )
+                    changed = keys.in_(mine)
+                    if gone:
+                        changed |= keys.in_(sorted(set(gone)))
+                    stale = earlier & changed
+                else:
+                    stale = earlier
+                dropped.update((row.element_type, row.osm_id) for row in el.select().where(stale))
                 el.delete().where(stale).execute()
-            deleted = self._delete_orphans(gone)
+            deleted = self._delete_orphans(dropped)
             counts = dict(
                 el.select(el.tile, peewee.fn.COUNT(el.osm_id))
-                .where((el.tagset == answer.tagset) & el.tile.in_(targets) & (el.answer == answer.key))
+                .where((el.tagset == answer.tagset) & el.tile.in_(targets))
                 .group_by(el.tile)
                 .tuples()
             )

@@ -176,3 +176,14 @@ def find_pois(query: Query, limit: int | None = None) -> list[Poi] | None:
                 found[poi.sort_key()] = poi
     ordered = [found[key] for key in sorted(found)]
     return ordered if limit is None else ordered[:limit]
+
+
+def candidates(query: Query) -> list[Poi] | None:
+    """Every POI in any statement's box, whatever its tags, in Overpass order; None when a box is too big."""
+    if any(_cell_count(s.box) > MAX_CELLS_PER_BOX for s in query.statements):
+        return None
+    found: dict[tuple[int, int], Poi] = {}
+    for box in dict.fromkeys(statement.box for statement in query.statements):
+        for poi in _pois_in_box(box):
+            found[poi.sort_key()] = poi
+    return [found[key] for key in sorted(found)]

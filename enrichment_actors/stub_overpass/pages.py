@@ -49,6 +49,25 @@ def json_document(elements: list[str], remark: str | None = None, *, osm_base: s
     return (_JSON_HEAD.format(osm_base=osm_base) + ",\n".join(elements) + tail).encode("utf-8")
 
 
+_XML_HEAD = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<osm version="0.6" generator="Overpass API 0.7.62 7c32a7d5">\n'
+    f"<note>{_COPYRIGHT}</note>\n"
+    '<meta osm_base="{osm_base}"/>\n\n'
+)
+
+
+def xml_document(blocks: list[str], *, osm_base: str = OSM_BASE) -> bytes:
+    """An ``[out:xml]`` document of ``blocks`` (elements or an augmented diff's actions)."""
+    return (_XML_HEAD.format(osm_base=osm_base) + "".join(blocks) + "\n</osm>\n").encode("utf-8")
+
+
+def xml_attribute(text: str) -> str:
+    """An XML attribute value in double quotes, escaped as Overpass escapes it."""
+    escaped = text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+    return f'"{escaped}"'
+
+
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 
 

@@ -70,6 +70,11 @@ class Statement:
         tags = poi.tags
         return all(key in tags and (value is None or tags[key] == value) for key, value in self.filters)
 
+    def contains(self, poi: Poi) -> bool:
+        """The POI lies in this statement's box (edges included)."""
+        box = self.box
+        return box.south <= poi.lat_e7 <= box.north and any(w <= poi.lon_e7 <= e for w, e in box.lon_ranges())
+
 
 @dataclass(frozen=True)
 class Query:

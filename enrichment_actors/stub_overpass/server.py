@@ -12,14 +12,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .lattice import find_pois
+from .history import ADIFF, History
 from .outcomes import DUPLICATES_ACCEPTED, NEEDS_QUERY, TRICKLE_BYTES, Outcome, parse_outcome
 from .pages import (
     BLOCKS_REMARK,
@@ -27,13 +27,13 @@ from .pages import (
     ERROR_RESPONSES,
     HTML,
     OOM_REMARK,
-    OSM_BASE,
     STATUS_SERVER_DOWN,
     TIMEOUT_REMARK,
     error_page,
     iso,
     json_document,
     lighttpd_page,
+    xml_document,
 )
 from .queries import QueryError, parse_query, query_settings
 
@@ -267,8 +267,7 @@ class StubOverpass:
         self._refuse_duplicates = refuse_duplicates
         self._accepted_texts: dict[str, list[float]] = {}
         self._pois_per_box = pois_per_box
-        self._removed: set[tuple[str, int]] = set()
-        self._osm_base = OSM_BASE
+        self._history = History()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified whenever a call ends
         self._latency_s = float(latency_s)
@@ -372,13 +371,23 @@ class StubOverpass:
         with self._lock:
             self._latency_s = float(seconds)
 
-    def edit_data(self, *, removed: Iterable[tuple[str, int]] = (), osm_base: str | None = None) -> None:
-        """Change the OSM data the stub answers from: ``removed`` elements are gone from then on (added to
-        those removed before), and answers say ``osm_base`` as their ``timestamp_osm_base``."""
-        with self._lock:
-            self._removed.update((str(kind), int(osm_id)) for kind, osm_id in removed)
-            if osm_base is not None:
-                self._osm_base = osm_base
+    def edit_data(
+        self,
+        *,
+        removed: Iterable[tuple[str, int]] = (),
+        restored: Iterable[tuple[str, int]] = (),
+        retagged: Mapping[tuple[str, int], Mapping[str, str]] | None = None,
+        osm_base: str | None = None,
+    ) -> None:
+        """Change the OSM data the stub answers from, as of ``osm_base`` (a later one starts a new version,
+        which ``[adiff:"T"]`` queries compare with the version current at T): ``removed`` elements are gone,
+        ``restored`` ones back, ``retagged`` ones have those tags instead of their own."""
+        self._history.edit(removed=removed, restored=restored, retagged=retagged, osm_base=osm_base)
+
+    def elements(self, query: str) -> list[tuple[str, int]]:
+        """The elements a plain (non-diff) ``query`` would get now, without counting it as a call."""
+        found = self._history.answer(parse_query(query))
+        return [] if found is None else [(poi.kind, poi.osm_id) for poi in found]
 
     def reset(self) -> None:
         """Clear the script, the default outcome, the counters and the recorded requests."""
@@ -387,8 +396,7 @@ class StubOverpass:
             self._default = Outcome("ok")
             self._recorded.clear()
             self._accepted_texts.clear()
-            self._removed.clear()
-            self._osm_base = OSM_BASE
+            self._history.reset()
             self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -554,12 +562,17 @@ class StubOverpass:
             return ("400", 400, HTML, error_page(str(error)))
         if outcome.name == "timeout-remark":
             return (outcome.name, 200, "application/json", json_document([], TIMEOUT_REMARK))
-        pois = None if outcome.name == "oom-remark" else find_pois(parsed, self._pois_per_box)
+        diff = ADIFF.search(query)
+        if diff is not None and outcome.name not in ("oom-remark", "partial-remark"):
+            actions = self._history.adiff(parsed, diff.group(1))
+            if actions is not None:
+                body = xml_document(actions, osm_base=self._history.current.osm_base)
+                return (outcome.name, 200, "application/osm3s+xml", body)
+        pois = None if outcome.name == "oom-remark" else self._history.answer(parsed, self._pois_per_box)
         if pois is None:
             return ("oom-remark", 200, "application/json", json_document([], OOM_REMARK))
-        with self._lock:
-            removed, osm_base = set(self._removed), self._osm_base
-        elements = [poi.to_json() for poi in pois if (poi.kind, poi.osm_id) not in removed]
+        osm_base = self._history.current.osm_base
+        elements = [poi.to_json() for poi in pois]
         if outcome.name == "partial-remark":
             half = elements[: (len(elements) + 1) // 2]
             return (

@@ -77,3 +77,32 @@ Feature: Coverage: no request is spent twice on data we hold or are fetching
     And I enqueue the same job again
     Then within 15 seconds the database holds exactly the POIs the stand-in server has for that job
     And no job ended as coalesced
+
+  Scenario: A refresh asks only for what changed and applies creates, modifies and deletes
+    Given the setting ENRICH_DIFF_MAX_AGE_S is "1000000000"
+    And 1 POI of the job's box is missing upstream
+    And workers are running
+    When I enqueue an enrich job for box "48.00,2.00,48.04,2.04" with tags "amenity"
+    And all jobs are done
+    And upstream, as of "2025-01-02T08:00:00Z", the missing POI is added, 2 POIs are deleted and 1 loses its tag
+    And I enqueue the same job again with force
+    And all jobs are done
+    Then the stand-in server received 2 calls
+    And the last call asked for an augmented diff since "2025-01-01T21:21:00Z"
+    And the database holds exactly what the stand-in server now has for that job
+    And the workers counted 3 POIs deleted
+    And the ledger holds 4 tiles as of "2025-01-02T08:00:00Z"
+
+  Scenario: A server that refuses the diff gets one whole fetch instead
+    Given the setting ENRICH_DIFF_MAX_AGE_S is "1000000000"
+    And workers are running
+    When I enqueue an enrich job for box "48.00,2.00,48.04,2.04" with tags "amenity"
+    And all jobs are done
+    And 3 POIs of that job are deleted upstream
+    And the stand-in server is set to answer "400" next
+    And I enqueue the same job again with force
+    And all jobs are done
+    Then the stand-in server received 3 calls
+    And the last call asked for the tiles whole
+    And the 3 deleted POIs are not in the database
+    And no job is dead-lettered

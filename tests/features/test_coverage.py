@@ -53,6 +53,68 @@ def answer_next(world: World, outcome: str) -> None:
     world.stub.script(outcome)
 
 
+@given(parsers.parse("{count:d} POI of the job's box is missing upstream"))
+def missing_upstream(world: World, count: int) -> None:
+    assert world.stub is not None
+    box = {"south": 48.00, "west": 2.00, "north": 48.04, "east": 2.04}
+    missing = sorted(expected_pois({"bbox": box, "tags": ["amenity"]}))[-count:]
+    world.settings["_missing"] = repr(missing)
+    world.stub.edit_data(removed=missing)  # in the first version: never there
+
+
+@when(
+    parsers.parse(
+        'upstream, as of "{osm_base}", the missing POI is added, {deleted:d} POIs are deleted and {retagged:d} loses its tag'
+    )
+)
+def upstream_changes(world: World, osm_base: str, deleted: int, retagged: int) -> None:
+    assert world.stub is not None
+    present = sorted(expected_pois(world.last_job) - set(eval(world.settings["_missing"])))
+    gone, lost = present[:deleted], present[deleted : deleted + retagged]
+    world.stub.edit_data(
+        restored=eval(world.settings["_missing"]),
+        removed=gone,
+        retagged={key: {"shop": "bakery"} for key in lost},
+        osm_base=osm_base,
+    )
+
+
+@then(parsers.parse('the last call asked for an augmented diff since "{since}"'))
+def asked_for_diff(world: World, since: str) -> None:
+    assert world.stub is not None
+    last = [r for r in world.stub.requests if r.path == "/api/interpreter"][-1]
+    assert last.query.startswith(f'[out:xml][adiff:"{since}"]'), last.query
+
+
+@then("the last call asked for the tiles whole")
+def asked_whole(world: World) -> None:
+    assert world.stub is not None
+    calls = [r for r in world.stub.requests if r.path == "/api/interpreter"]
+    assert "[adiff:" in calls[-2].query and calls[-2].outcome == "400", calls[-2]
+    assert calls[-1].query.startswith("[out:json]"), calls[-1].query
+
+
+@then("the database holds exactly what the stand-in server now has for that job")
+def stored_now(world: World, store: Any) -> None:
+    from enrichment_actors.jobs import build_query, validate_job
+
+    assert world.stub is not None
+    job = validate_job(world.last_job["bbox"], world.last_job["tags"])
+    # Those with a position: a way printed without a centre is no POI.
+    now = set(world.stub.elements(build_query(job, timeout_s=5, maxsize_bytes=1 << 26))) & expected_pois(
+        world.last_job
+    )
+    assert now
+    assert {(row[0], row[1]) for row in store.fetch_all()} == now
+
+
+@then(parsers.parse('the ledger holds {tiles:d} tiles as of "{osm_base}"'))
+def ledger_as_of(store: Any, tiles: int, osm_base: str) -> None:
+    rows = list(store.ledger.coverage.select())
+    assert len(rows) == tiles
+    assert {row.osm_base for row in rows} == {osm_base}
+
+
 @when("a call is in flight at the stand-in server")
 def call_in_flight(world: World) -> None:
     assert world.stub is not None
