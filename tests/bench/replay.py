@@ -110,3 +110,45 @@ def replay(env: Environment, *, coverage: bool, jobs: int = 2000, tiles: int = 1
             broker.close()
         calls = stub.stats().calls
     return ReplayResult(jobs, distinct, calls, stored(env), elapsed, outcomes)
+
+
+@dataclass(frozen=True)
+class RefreshBytes:
+    pois: int
+    changed: int
+    whole_bytes: int
+    diff_bytes: int
+
+
+def refresh_bytes(*, changed: int = 3) -> RefreshBytes:
+    """The body of a whole refetch of one tile against the augmented diff of a refresh, ``changed`` POIs edited.
+
+    One deleted, one retagged out of the tag set, the rest given a new name.
+    """
+    from enrichment_actors.coverage.cover import TileCover
+    from enrichment_actors.jobs import validate_job
+    from enrichment_actors.overpass_adiff import adiff_query, read_adiff
+    from enrichment_actors.overpass_client import OverpassClient
+    from enrichment_actors.stub_overpass.pages import OSM_BASE
+
+    tile = Tile(tile_units(TILE_DEG), 6942, 9117)  # 48.84 N, 2.34 E
+    job = validate_job(tile.bbox.as_dict(), ["amenity", "shop"])
+    query = TileCover((tile,), job.tags, owner="bench").query(timeout_s=25, maxsize_bytes=1 << 26)
+    with StubOverpass() as stub:
+        client = OverpassClient(stub.interpreter_url, user_agent="bench", http_timeout_s=30)
+        whole = client.fetch(query)
+        pois = whole.parsed.pois
+        first, second, *others = [(p.element_type, p.osm_id, p.tags) for p in pois[:changed]]
+        stub.edit_data(
+            removed=[first[:2]],
+            retagged={
+                second[:2]: {"building": "yes"},
+                **{(kind, osm_id): {**tags, "name": "Renamed"} for kind, osm_id, tags in others},
+            },
+            osm_base="2025-01-08T00:00:00Z",
+        )
+        diff = client.fetch(
+            adiff_query(query, OSM_BASE), read=lambda status, body: read_adiff(status, body, job.tags)
+        )
+    assert len(diff.parsed.gone) == 2 and len(diff.parsed.pois) == changed - 2
+    return RefreshBytes(len(pois), changed, whole.response_bytes, diff.response_bytes)
