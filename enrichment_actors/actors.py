@@ -266,7 +266,7 @@ def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, si
             len(parsed.pois),
             len(parsed.gone),
         )
-    chunk_bytes = settings.stage_chunk_bytes
+    chunk_bytes = runtime.settings.stage_chunk_bytes  # read at call time: tests replace the settings
     return retry_until_reachable(  # type: ignore[no-any-return]
         "stage the fetched POIs",
         lambda: stage.put_pois(
@@ -635,10 +635,14 @@ def hold_targets() -> dict[str, PausePolicy]:
 
 
 class ClaimRelease(dramatiq.Middleware):
-    """Gives back the tile claims of a fetch that failed for good (dead-lettered or skipped).
+    """Gives back the tile claims of a fetch that failed for good (dead-lettered or skipped), and keeps
+    those of a deferred fetch until it comes back.
 
-    The tiles stay not fetched, so the next ``enrich`` for them fetches them
-    at once instead of being coalesced into a job that will never land.
+    The tiles of a failed fetch stay not fetched, so the next ``enrich`` for
+    them fetches them at once instead of being coalesced into a job that will
+    never land. A fetch deferred (the quota spent, a pause, no permit) keeps
+    its claims for its delay plus ``ENRICH_CLAIM_TTL_S``: it still holds them
+    when it comes back, however long it waited.
     """
 
     def after_process_message(
@@ -651,21 +655,37 @@ class ClaimRelease(dramatiq.Middleware):
     ) -> None:
         if message.failed:
             self._release(message)
+        elif isinstance(exception, Defer):
+            self._renew(message, exception.delay_s)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._release(message)
 
     @staticmethod
-    def _release(message: dramatiq.MessageProxy) -> None:
+    def _cover(message: dramatiq.MessageProxy) -> TileCover | None:
         kwargs = message.kwargs or {}
         if message.actor_name != fetch_pois.actor_name or not kwargs.get("tiles"):
-            return
+            return None
         try:
             job = validate_job(kwargs.get("bbox"), kwargs.get("tags"), depth=kwargs.get("depth", 0))
-            cover = TileCover.from_message(kwargs.get("tiles"), job.tags, kwargs.get("owner"))
+            return TileCover.from_message(kwargs.get("tiles"), job.tags, kwargs.get("owner"))
         except InvalidJob:
+            return None
+
+    def _release(self, message: dramatiq.MessageProxy) -> None:
+        cover = self._cover(message)
+        if cover is not None:
+            _claims().release(cover.tagset, cover.ids, owner=cover.owner)
+
+    def _renew(self, message: dramatiq.MessageProxy, delay_s: float) -> None:
+        cover = self._cover(message)
+        if cover is None:
             return
-        _claims().release(cover.tagset, cover.ids, owner=cover.owner)
+        claims = TileClaims(runtime.backend, ttl_s=delay_s + settings.claim_ttl_s)
+        try:
+            claims.claim(cover.tagset, cover.ids, owner=cover.owner)
+        except BackendUnavailable as exc:
+            logger.warning("Could not keep the tile claims of a deferred fetch (%s).", exc)
 
 
 # After Retries in the hooks that run after a message (they run in reverse order): it has decided by then.

@@ -4,7 +4,7 @@ A claim is a lease of one holder (the backend's ``lease_acquire`` with a
 limit of 1, timed by the backend's clock) under ``tile:<tag set>:<tile>``,
 held by the job that fetches the tile, its *leader*. The leader takes it when
 its ``enrich`` runs, takes it again (renewing it) on every attempt of its
-fetch, and gives it back once the answer has landed or the fetch failed for
+fetch and, when the fetch is deferred, for the delay too, and gives it back once the answer has landed or the fetch failed for
 good. Another job for the tile meanwhile ends as ``coalesced``. A leader whose
 worker died leaves its claim to expire after ``ENRICH_CLAIM_TTL_S``; the tile
 is fetched by the next job that asks for it.

@@ -64,6 +64,20 @@ Feature: Coverage: no request is spent twice on data we hold or are fetching
     And the 3 deleted POIs are still in the database
     And 1 job is dead-lettered with an error mentioning "cut off"
 
+  Scenario: A leader deferred for longer than the claim TTL keeps its tiles
+    Given the setting ENRICH_CLAIM_TTL_S is "2"
+    And the setting RATE_LIMIT_PAUSE_S is "6"
+    And the stand-in server will answer "429"
+    And workers are running
+    When I enqueue an enrich job for box "48.00,2.00,48.04,2.04" with tags "amenity"
+    And the stand-in server has answered 1 call
+    And 3 seconds pass
+    And I enqueue the same job again
+    And all jobs are done
+    Then the stand-in server received 2 calls
+    And 1 job ended as coalesced
+    And the database holds exactly the POIs the stand-in server has for that job
+
   Scenario: A worker killed while holding a tile claim does not block the tile past the claim's expiry
     Given the setting ENRICH_CLAIM_TTL_S is "3"
     And the setting BROKER_HEARTBEAT_TIMEOUT_S is "120"

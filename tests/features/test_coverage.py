@@ -115,6 +115,18 @@ def ledger_as_of(store: Any, tiles: int, osm_base: str) -> None:
     assert {row.osm_base for row in rows} == {osm_base}
 
 
+@when(parsers.parse("the stand-in server has answered {count:d} call"))
+def answered_calls(world: World, count: int) -> None:
+    assert world.stub is not None
+    stub = world.stub
+    eventually(lambda: stub.stats().calls >= count and stub.stats().in_flight == 0, timeout_s=15)
+
+
+@when(parsers.parse("{seconds:d} seconds pass"))
+def seconds_pass(seconds: int) -> None:
+    time.sleep(seconds)
+
+
 @when("a call is in flight at the stand-in server")
 def call_in_flight(world: World) -> None:
     assert world.stub is not None

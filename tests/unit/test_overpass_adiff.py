@@ -1,6 +1,6 @@
 """Augmented diffs (enrichment_actors/overpass_adiff.py): recorded ones, the stand-in's, and their failures.
 
-The recorded files (tests/fixtures/overpass/adiff/, SOURCES.md says where each
+The recorded files (tests/fixtures/adiff/, SOURCES.md says where each
 comes from) are one public server's output and three outputs of Overpass's
 own test suite, in the current and an older layout; the stand-in's diffs are
 checked against the same reader, so the two cannot drift apart.
@@ -18,7 +18,7 @@ from enrichment_actors.overpass_adiff import adiff_query, read_adiff
 from enrichment_actors.overpass_responses import BadResponse, QueryRejected, QueryTimedOut, RateLimited
 from enrichment_actors.stub_overpass import StubOverpass
 
-ADIFFS = Path(__file__).resolve().parents[1] / "fixtures" / "overpass" / "adiff"
+ADIFFS = Path(__file__).resolve().parents[1] / "fixtures" / "adiff"
 
 #: file -> (osm_base, POIs to write, elements gone, elements without a position)
 RECORDED = [
