@@ -41,9 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     enqueue = commands.add_parser("enqueue", help="send one enrich job")
-    enqueue.add_argument(
-        "--bbox", required=True, metavar="S,W,N,E", help="south,west,north,east in degrees (Overpass order)"
-    )
+    _add_bbox(enqueue)
     enqueue.add_argument(
         "--tag",
         action="append",
@@ -57,9 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     coverage = commands.add_parser(
         "coverage", help="what the coverage ledger holds for the tiles of a box (reads the database only)"
     )
-    coverage.add_argument(
-        "--bbox", required=True, metavar="S,W,N,E", help="south,west,north,east in degrees (Overpass order)"
-    )
+    _add_bbox(coverage)
     coverage.add_argument(
         "--tags",
         metavar="KEY[=VALUE],...",
@@ -122,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve_forever(args.port, host=args.host, latency_s=args.latency, slots=args.slots)
     return 0
+
+
+def _add_bbox(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--bbox", required=True, metavar="S,W,N,E", help="south,west,north,east in degrees (Overpass order)"
+    )
 
 
 def _attach_signed_values(argv: Sequence[str]) -> list[str]:

@@ -125,6 +125,7 @@ def test_workers_killed_mid_call_lose_no_job_and_give_their_permits_back(chaos: 
     assert chaos.dead_letters() == []
 
 
+@pytest.mark.soak  # make chaos: the contention suite's breaker scenario keeps one probe per cooldown in make test
 def test_a_storm_of_504s_opens_the_breaker_with_one_probe_per_cooldown(chaos: Chaos) -> None:
     cooldown = 2.0
     chaos.stub.set_default("504")
@@ -214,6 +215,7 @@ def _invalid_payloads(count: int) -> list[dict[str, object]]:
     return [{"bbox": box, "tags": ["na\ud800me"]}, {"bbox": {**box, "south": int("9" * 401)}}, *found]
 
 
+@pytest.mark.soak  # make chaos: tests/unit/test_jobs.py refuses the same payloads in make test
 def test_a_thousand_bad_jobs_are_refused_by_name_without_a_call_or_a_retry(chaos: Chaos) -> None:
     from tests.bench.fleet import send, sender
 

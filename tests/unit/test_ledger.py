@@ -5,8 +5,7 @@ repeated and out-of-order answers, and the in-place upgrade of a ``pois`` table 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -32,21 +31,6 @@ X = ("node", 1, 48.85, 2.25, {"amenity": "cafe"})  # A
 Y = ("node", 2, 48.85, 2.35, {"amenity": "bar"})  # B
 Z = ("way", 3, 48.95, 2.25, {"amenity": "school"})  # C
 EDGE = ("node", 4, 48.85, 2.3, {"amenity": "bench"})  # on the edge of A and B: both
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PoiStore]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'pois.sqlite3'}"
-    poi_store = PoiStore(url)
-    poi_store.ensure_schema()
-    poi_store.ledger.elements.delete().execute()
-    poi_store.ledger.coverage.delete().execute()
-    poi_store.model.delete().execute()
-    yield poi_store
-    poi_store.close()
 
 
 def answer(

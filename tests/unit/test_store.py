@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,19 +13,6 @@ POIS = [
     ("way", 1, 48.851, 2.291, {"shop": "bakery"}),
     ("relation", 7, 48.852, 2.292, {}),
 ]
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PoiStore]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'pois.sqlite3'}"
-    poi_store = PoiStore(url)
-    poi_store.ensure_schema()
-    poi_store.model.delete().execute()
-    yield poi_store
-    poi_store.close()
 
 
 def test_upsert_stores_every_poi_keyed_by_type_and_id(store: PoiStore) -> None:
