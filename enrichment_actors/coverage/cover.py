@@ -14,7 +14,7 @@ from typing import Any
 
 from ..jobs import InvalidJob, Job, TagFilter, build_union_query
 from .ledger import Answer
-from .tiles import Tile, assign, normalise_tags, rectangles, split_tiles, tagset_key, tile_units, tiles_of
+from .tiles import Tile, TileIndex, normalise_tags, rectangles, split_tiles, tagset_key, tile_units, tiles_of
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,10 @@ class TileCover:
 
 def members(tile_ids: Sequence[str], rows: Iterable[Sequence[Any]]) -> dict[str, list[tuple[str, int]]]:
     """Which of ``rows`` (element_type, osm_id, lat, lon, ...) each tile holds."""
-    tiles = [Tile.parse(tile_id) for tile_id in tile_ids]
+    index = TileIndex([Tile.parse(tile_id) for tile_id in tile_ids])
     filed: dict[str, list[tuple[str, int]]] = {tile_id: [] for tile_id in tile_ids}
     for row in rows:
-        for tile in assign(tiles, float(row[2]), float(row[3])):
+        for tile in index.assign(float(row[2]), float(row[3])):
             filed[tile.id].append((str(row[0]), int(row[1])))
     return filed
 

@@ -90,6 +90,39 @@ def tiles_of(box: BBox, units: int) -> list[Tile]:
     return sorted(found)
 
 
+class TileIndex:
+    """Files positions under ``tiles``: what :func:`assign` does, for many POIs at a constant cost each.
+
+    The cells holding a position are computed from it (one, or two or four
+    on an edge or a corner) and looked up; only a position outside every
+    tile is compared with each.
+    """
+
+    def __init__(self, tiles: Sequence[Tile]) -> None:
+        self.tiles = list(tiles)
+        self._order = {tile: i for i, tile in enumerate(self.tiles)}
+        self._units = self.tiles[0].units if self.tiles else 0
+
+    def assign(self, lat: float, lon: float) -> list[Tile]:
+        if not self.tiles:
+            return []
+        lat_e7, lon_e7 = round(lat * GRID), round(lon * GRID)
+        units = self._units
+        rows, cols = 180 * GRID // units, 360 * GRID // units
+        row, on_row_edge = divmod(lat_e7 + _LAT0, units)
+        col, on_col_edge = divmod(lon_e7 + _LON0, units)
+        # A closed box holds its edges: on an edge, the cell below or to the west holds it too.
+        row_options = {r for r in (row, row - 1 if on_row_edge == 0 else row) if 0 <= r < rows}
+        col_options = {c % cols for c in (col, col - 1 if on_col_edge == 0 else col)}
+        inside = [
+            tile for r in row_options for c in col_options if (tile := Tile(units, r, c)) in self._order
+        ]
+        if inside:
+            return sorted(inside, key=self._order.__getitem__)
+        distances = [tile.distance_units(lat_e7, lon_e7) for tile in self.tiles]
+        return [self.tiles[distances.index(min(distances))]]
+
+
 def assign(tiles: Sequence[Tile], lat: float, lon: float) -> list[Tile]:
     """The tiles of ``tiles`` a POI at (lat, lon) belongs to.
 
@@ -98,12 +131,7 @@ def assign(tiles: Sequence[Tile], lat: float, lon: float) -> list[Tile]:
     centre lies outside them all (it was returned because it crosses one)
     belongs to the nearest.
     """
-    if not tiles:
-        return []
-    lat_e7, lon_e7 = round(lat * GRID), round(lon * GRID)
-    distances = [tile.distance_units(lat_e7, lon_e7) for tile in tiles]
-    inside = [tile for tile, distance in zip(tiles, distances, strict=True) if distance == 0]
-    return inside or [tiles[distances.index(min(distances))]]
+    return TileIndex(tiles).assign(lat, lon)
 
 
 def rectangles(tiles: Iterable[Tile]) -> list[BBox]:
@@ -186,6 +214,7 @@ def split_tiles(tiles: Sequence[Tile]) -> list[list[Tile]]:
 
 __all__ = [
     "Tile",
+    "TileIndex",
     "TileSizeError",
     "assign",
     "normalise_tags",

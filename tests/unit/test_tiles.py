@@ -12,6 +12,7 @@ import pytest
 from enrichment_actors.coverage.cover import TileCover
 from enrichment_actors.coverage.tiles import (
     Tile,
+    TileIndex,
     TileSizeError,
     assign,
     normalise_tags,
@@ -462,3 +463,38 @@ def test_a_cover_names_its_tiles_and_normalised_tags() -> None:
     assert answer.tiles == tuple(cover.ids)
     assert answer.tags == ("amenity", "shop")
     assert answer.owner == "o"
+
+
+def _assign_by_distance(tiles: list[Tile], lat: float, lon: float) -> list[Tile]:
+    """The definition: every tile at distance 0, else the nearest one."""
+    lat_e7, lon_e7 = round(lat * 10_000_000), round(lon * 10_000_000)
+    distances = [tile.distance_units(lat_e7, lon_e7) for tile in tiles]
+    inside = [tile for tile, d in zip(tiles, distances, strict=True) if d == 0]
+    return inside or [tiles[distances.index(min(distances))]]
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        pytest.param((48.0, 2.0, 48.1, 2.1), id="mid-latitudes"),
+        pytest.param((-1.0, 179.9, -0.9, -179.9), id="antimeridian"),
+        pytest.param((89.9, -0.1, 90.0, 0.1), id="north-pole"),
+        pytest.param((-90.0, 10.0, -89.9, 10.1), id="south-pole"),
+    ],
+)
+def test_the_tile_index_files_every_position_as_the_distance_rule_does(box: tuple[float, ...]) -> None:
+    import random
+
+    south, west, north, east = box
+    units = tile_units(0.02)
+    tiles = tiles_of(BBox(south, west, north, east), units)[::2]  # a sparse set: some positions fall outside
+    index = TileIndex(tiles)
+    rng = random.Random(7)
+    lats = [rng.uniform(south - 0.05, north + 0.05) for _ in range(300)]
+    lons = [rng.uniform(west - 0.05, west + 0.15) for _ in range(300)]
+    # Edges and corners of the grid exactly, where a closed box shares a position with its neighbours.
+    lats += [round(south + 0.02 * k, 2) for k in range(6)] * 6
+    lons += [round(west + 0.02 * k, 2) for k in range(6) for _ in range(6)]
+    for raw_lat, raw_lon in zip(lats, lons, strict=True):
+        lat, lon = max(-90.0, min(90.0, raw_lat)), (raw_lon + 180.0) % 360.0 - 180.0
+        assert index.assign(lat, lon) == _assign_by_distance(tiles, lat, lon), (lat, lon)
