@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from middleware.backends.base import Backend, BackendUnavailable
+from middleware.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +68,13 @@ class TileClaims:
         if self.backend.lease_acquire(_key(tagset, step), owner, 1, _STEP_S) is None:
             return []
         try:
-            return [
-                tile
-                for tile in tiles
-                if self.backend.lease_acquire(_key(tagset, tile), owner, 1, self.ttl_s) is not None
-            ]
+            failpoint("claims.step_taken")
+            held = []
+            for tile in tiles:
+                if self.backend.lease_acquire(_key(tagset, tile), owner, 1, self.ttl_s) is not None:
+                    held.append(tile)
+                failpoint("claims.tile_claimed")
+            return held
         finally:
             self.backend.lease_release(_key(tagset, step), owner)
 
