@@ -317,7 +317,7 @@ def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
     another job fetch the tiles: the ledger says so, and this job ends ``fresh``.
     """
     try:
-        _claims().claim(cover.tagset, cover.ids, owner=cover.owner)
+        _claims().renew(cover.tagset, cover.ids, owner=cover.owner)
     except BackendUnavailable as exc:
         logger.warning("Could not renew the tile claims (%s); fetching anyway.", exc)
     if force:
@@ -681,9 +681,8 @@ class ClaimRelease(dramatiq.Middleware):
         cover = self._cover(message)
         if cover is None:
             return
-        claims = TileClaims(runtime.backend, ttl_s=delay_s + settings.claim_ttl_s)
         try:
-            claims.claim(cover.tagset, cover.ids, owner=cover.owner)
+            _claims().renew(cover.tagset, cover.ids, owner=cover.owner, ttl_s=delay_s + settings.claim_ttl_s)
         except BackendUnavailable as exc:
             logger.warning("Could not keep the tile claims of a deferred fetch (%s).", exc)
 

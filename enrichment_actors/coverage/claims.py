@@ -69,14 +69,25 @@ class TileClaims:
             return []
         try:
             failpoint("claims.step_taken")
-            held = []
-            for tile in tiles:
-                if self.backend.lease_acquire(_key(tagset, tile), owner, 1, self.ttl_s) is not None:
-                    held.append(tile)
-                failpoint("claims.tile_claimed")
-            return held
+            return self.renew(tagset, tiles, owner=owner)
         finally:
             self.backend.lease_release(_key(tagset, step), owner)
+
+    def renew(
+        self, tagset: str, tiles: Sequence[str], *, owner: str, ttl_s: float | None = None
+    ) -> list[str]:
+        """Take again (for ``ttl_s``, default the claims' TTL) the claims of ``tiles`` that ``owner`` holds or
+        that are free; the tiles ``owner`` now holds. The leader's own renewals need no claim step.
+
+        Raises:
+          BackendUnavailable: the backend cannot be reached.
+        """
+        held = []
+        for tile in tiles:
+            if self.backend.lease_acquire(_key(tagset, tile), owner, 1, ttl_s or self.ttl_s) is not None:
+                held.append(tile)
+            failpoint("claims.tile_claimed")
+        return held
 
     def release(self, tagset: str, tiles: Iterable[str], *, owner: str) -> None:
         """Give back ``owner``'s claims of ``tiles`` (a claim another holds now is left alone).

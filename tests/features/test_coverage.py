@@ -6,12 +6,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from tests.features.conftest import World, expected_pois, scrape_workers, wait_until_done
 from tests.support.workers import WorkerProcesses, eventually
 
 scenarios("coverage.feature")
+
+
+@pytest.fixture
+def upstream() -> dict[str, list[tuple[str, int]]]:
+    """What a scenario changed upstream: the POIs ``deleted``, the POI ``missing`` from the first version."""
+    return {}
 
 
 @given("the POI table and the coverage ledger are empty")
@@ -39,11 +46,11 @@ def enqueue_forced(world: World, app: Any) -> None:
 
 
 @when(parsers.parse("{count:d} POIs of that job are deleted upstream"))
-def delete_upstream(world: World, count: int) -> None:
+def delete_upstream(world: World, count: int, upstream: dict[str, list[tuple[str, int]]]) -> None:
     assert world.stub is not None
     gone = sorted(expected_pois(world.last_job))[:count]
     assert len(gone) == count
-    world.settings["_deleted"] = repr(gone)
+    upstream["deleted"] = gone
     world.stub.edit_data(removed=gone, osm_base="2025-01-02T08:00:00Z")
 
 
@@ -54,11 +61,11 @@ def answer_next(world: World, outcome: str) -> None:
 
 
 @given(parsers.parse("{count:d} POI of the job's box is missing upstream"))
-def missing_upstream(world: World, count: int) -> None:
+def missing_upstream(world: World, count: int, upstream: dict[str, list[tuple[str, int]]]) -> None:
     assert world.stub is not None
     box = {"south": 48.00, "west": 2.00, "north": 48.04, "east": 2.04}
     missing = sorted(expected_pois({"bbox": box, "tags": ["amenity"]}))[-count:]
-    world.settings["_missing"] = repr(missing)
+    upstream["missing"] = missing
     world.stub.edit_data(removed=missing)  # in the first version: never there
 
 
@@ -67,12 +74,14 @@ def missing_upstream(world: World, count: int) -> None:
         'upstream, as of "{osm_base}", the missing POI is added, {deleted:d} POIs are deleted and {retagged:d} loses its tag'
     )
 )
-def upstream_changes(world: World, osm_base: str, deleted: int, retagged: int) -> None:
+def upstream_changes(
+    world: World, osm_base: str, deleted: int, retagged: int, upstream: dict[str, list[tuple[str, int]]]
+) -> None:
     assert world.stub is not None
-    present = sorted(expected_pois(world.last_job) - set(eval(world.settings["_missing"])))
+    present = sorted(expected_pois(world.last_job) - set(upstream["missing"]))
     gone, lost = present[:deleted], present[deleted : deleted + retagged]
     world.stub.edit_data(
-        restored=eval(world.settings["_missing"]),
+        restored=upstream["missing"],
         removed=gone,
         retagged={key: {"shop": "bakery"} for key in lost},
         osm_base=osm_base,
@@ -182,23 +191,23 @@ def _deleted(world: World) -> set[tuple[str, int]]:
 
 
 @then(parsers.parse("the {count:d} deleted POIs are not in the database"))
-def deleted_gone(world: World, store: Any, count: int) -> None:
+def deleted_gone(world: World, store: Any, count: int, upstream: dict[str, list[tuple[str, int]]]) -> None:
     stored = {(row[0], row[1]) for row in store.fetch_all()}
-    assert len(_deleted(world)) == count
-    assert not stored & _deleted(world)
+    assert len(set(upstream["deleted"])) == count
+    assert not stored & set(upstream["deleted"])
 
 
 @then("every other POI of that job is in the database")
-def others_kept(world: World, store: Any) -> None:
+def others_kept(world: World, store: Any, upstream: dict[str, list[tuple[str, int]]]) -> None:
     stored = {(row[0], row[1]) for row in store.fetch_all()}
-    assert stored == expected_pois(world.last_job) - _deleted(world)
+    assert stored == expected_pois(world.last_job) - set(upstream["deleted"])
 
 
 @then(parsers.parse("the {count:d} deleted POIs are still in the database"))
-def deleted_kept(world: World, store: Any, count: int) -> None:
+def deleted_kept(world: World, store: Any, count: int, upstream: dict[str, list[tuple[str, int]]]) -> None:
     stored = {(row[0], row[1]) for row in store.fetch_all()}
-    assert len(_deleted(world)) == count
-    assert _deleted(world) <= stored
+    assert len(set(upstream["deleted"])) == count
+    assert set(upstream["deleted"]) <= stored
 
 
 @then(parsers.parse("the workers counted {count:d} POIs deleted"))
