@@ -34,7 +34,7 @@ from middleware.usage import charge_bytes, report_no_call
 from .coverage.claims import TileClaims
 from .coverage.cover import TileCover
 from .coverage.cover import members as file_by_tile
-from .coverage.ledger import Answer
+from .coverage.ledger import Answer, fetch_time, read_osm_base
 from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
@@ -257,7 +257,15 @@ def _query(
 def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, since: str | None) -> Staged:
     """Stage a successful answer: its POIs in chunks, and for the ledger its tiles and what is gone."""
     parsed = result.parsed
-    answer = None if cover is None else cover.answer(stage.key, parsed.osm_base, diff=since is not None)
+    answer = None
+    if cover is not None:
+        osm_base, unusable = read_osm_base(parsed.osm_base)
+        if unusable:
+            logger.warning(
+                "Overpass sent an unusable timestamp_osm_base %.60r: this answer is ordered by its fetch time.",
+                parsed.osm_base,
+            )
+        answer = cover.answer(stage.key, osm_base, fetched_at=fetch_time(), diff=since is not None)
     if cover is not None and since is not None:
         logger.info(
             "Refreshed %d tiles from an augmented diff since %s: %d POIs to write, %d gone.",
@@ -286,11 +294,13 @@ def _fall_back_to_whole(job: Job, stage: Stage, cover: TileCover, force: bool, w
 
 
 def _diff_since(cover: TileCover, force: bool) -> str | None:
-    """When a forced fetch of ``cover`` may ask only for changes: the oldest ``timestamp_osm_base`` of its tiles.
+    """When a forced fetch of ``cover`` may ask only for changes: the one ``timestamp_osm_base`` of its tiles.
 
     None (a whole fetch) unless ``ENRICH_REFRESH_DIFF`` is on, every tile is in
-    the ledger with a timestamp, and the oldest is at most
-    ``ENRICH_DIFF_MAX_AGE_S`` old (a diff over a long time is no smaller).
+    the ledger with the *same* timestamp, at most ``ENRICH_DIFF_MAX_AGE_S`` old
+    (a diff over a long time is no smaller). One diff since the oldest of
+    several timestamps would miss an element created after it, fetched into
+    a newer tile and deleted since: it is at neither end of that diff.
     """
     if not force or not settings.refresh_diff:
         return None
@@ -299,14 +309,13 @@ def _diff_since(cover: TileCover, force: bool) -> str | None:
     except PersistenceError as exc:
         logger.warning("Could not read the coverage ledger (%s); fetching the tiles whole.", exc)
         return None
-    known = [bases.get(tile) for tile in cover.ids]
-    if not known or any(base is None for base in known):
+    known = {bases.get(tile) for tile in cover.ids}
+    if len(known) != 1 or None in known:
         return None
-    since = min(base for base in known if base is not None)
-    try:
-        age_s = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(since)).total_seconds()
-    except ValueError:
+    since, unusable = read_osm_base(known.pop())
+    if since is None or unusable:
         return None
+    age_s = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(since)).total_seconds()
     return since if age_s <= settings.diff_max_age_s else None
 
 

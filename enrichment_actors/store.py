@@ -14,13 +14,17 @@ import contextlib
 import datetime as dt
 import io
 import json
+import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import peewee
 from playhouse import db_url
 
+from middleware.failpoints import failpoint
 from middleware.redaction import redact, redact_url
 
 from .coverage.ledger import Answer, Ledger
@@ -28,23 +32,37 @@ from .coverage.ledger import Answer, Ledger
 #: One POI as the parser produces it: (element_type, osm_id, lat, lon, tags).
 PoiRow = tuple[str, int, float, float, dict[str, str]]
 
+logger = logging.getLogger(__name__)
+
 _BATCH = 500
 T = TypeVar("T")
 
-_COLUMNS = "element_type, osm_id, lat, lon, tags, refreshed_at, osm_base"
+_COLUMNS = "element_type, osm_id, lat, lon, tags, refreshed_at, osm_base, version"
 #: Rows of one upsert on their way in; private to the connection, emptied at commit.
 _STAGING = "pois_incoming"
 _CREATE_STAGING = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE pois INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
-# DISTINCT ON: a key twice in one batch would make ON CONFLICT touch a row twice (an error).
+# DISTINCT ON: a key twice in one batch would make ON CONFLICT touch a row twice (an error). ORDER BY:
+# rows are locked in key order, as the ledger's finish locks them (no deadlock between the two).
 _MERGE_STAGING = (
     f"INSERT INTO pois ({_COLUMNS}) "
-    f"SELECT DISTINCT ON (element_type, osm_id) {_COLUMNS} FROM {_STAGING} "
+    f"SELECT DISTINCT ON (element_type, osm_id) {_COLUMNS} FROM {_STAGING} ORDER BY element_type, osm_id "
     "ON CONFLICT (element_type, osm_id) DO UPDATE SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, "
-    "tags = EXCLUDED.tags, refreshed_at = EXCLUDED.refreshed_at, osm_base = EXCLUDED.osm_base "
-    # An older answer (an earlier timestamp_osm_base) never overwrites a newer one.
-    "WHERE pois.osm_base IS NULL OR EXCLUDED.osm_base IS NULL OR pois.osm_base <= EXCLUDED.osm_base"
+    "tags = EXCLUDED.tags, refreshed_at = EXCLUDED.refreshed_at, osm_base = EXCLUDED.osm_base, "
+    "version = EXCLUDED.version "
+    # An older answer never overwrites a newer one's row (the row is locked all the same).
+    "WHERE pois.version IS NULL OR EXCLUDED.version IS NULL OR pois.version <= EXCLUDED.version"
+)
+#: SQLSTATEs of a transaction PostgreSQL aborted to let another go first: run it again.
+_RETRY_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+_TRANSACTION_ATTEMPTS = 5
+#: Columns added since a table's first release: (table, column, SQL type), added in place when missing.
+_ADDED_COLUMNS = (
+    ("pois", "osm_base", "VARCHAR(32)"),
+    ("pois", "version", "VARCHAR(64)"),
+    ("coverage", "version", "VARCHAR(64)"),
+    ("coverage_elements", "version", "VARCHAR(64)"),
 )
 #: COPY's text format: backslash, tab, newline and carriage return are escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -73,6 +91,15 @@ def _copy_text(value: Any) -> str:
     return text.translate(_COPY_ESCAPES) if isinstance(value, str) else text
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error as peewee wraps it (the driver's error is its first argument)."""
+    for error in (exc, exc.args[0] if exc.args else None, exc.__cause__):
+        code = getattr(error, "pgcode", None)
+        if code:
+            return str(code)
+    return None
+
+
 class TagsField(peewee.Field):
     """Tags as JSONB on PostgreSQL and JSON text on SQLite (the column type is set per database)."""
 
@@ -95,6 +122,8 @@ class PoiModel(peewee.Model):
     refreshed_at = peewee.DateTimeField(index=True)
     #: ``osm3s.timestamp_osm_base`` of the answer that wrote the row (ISO 8601, so it sorts as text).
     osm_base = peewee.CharField(max_length=32, null=True)
+    #: The :attr:`~.coverage.ledger.Answer.version` of that answer: an older one never overwrites the row.
+    version = peewee.CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "pois"
@@ -153,12 +182,12 @@ class PoiStore:
                 return
             with self.database.atomic():
                 self.database.create_tables([self.model], safe=True)
-                columns = {column.name for column in self.database.get_columns("pois")}
-                if "osm_base" not in columns:
-                    # Releases before the coverage ledger had no osm_base: added, NULL for the rows there.
-                    database: Any = self.database
-                    database.execute_sql("ALTER TABLE pois ADD COLUMN osm_base VARCHAR(32)")
                 self.ledger.create_tables()
+                database: Any = self.database
+                for table, column, sql_type in _ADDED_COLUMNS:
+                    # NULL for the rows an older release wrote: they count as older than any answer.
+                    if column not in {c.name for c in self.database.get_columns(table)}:
+                        database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
             self._schema_ready = True
 
     def upsert(
@@ -180,6 +209,7 @@ class PoiStore:
         """
         now = refreshed_at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         osm_base = answer.osm_base if answer is not None else None
+        version = answer.version if answer is not None else None
         pois = list(pois)
 
         def work() -> None:
@@ -187,11 +217,12 @@ class PoiStore:
             if answer is not None and members is not None:
                 rows, kept = self.ledger.current(answer, members, pois)
             if isinstance(self.database, peewee.PostgresqlDatabase):
-                self._copy_and_merge(rows, now, osm_base)
+                self._copy_and_merge(rows, now, osm_base, version)
             else:
-                self._insert_many(rows, now, osm_base)
+                self._insert_many(rows, now, osm_base, version)
             if answer is not None and kept is not None:
                 self.ledger.note_elements(answer, kept)
+            failpoint("store.chunk_written")
 
         self._in_transaction(work, f"store {len(pois)} POIs")
         return len(pois)
@@ -226,8 +257,20 @@ class PoiStore:
         """``work()`` in one transaction; a database error becomes a :class:`PersistenceError` without secrets."""
         try:
             self.ensure_schema()
-            with self._transaction():
-                return work()
+            for attempt in range(1, _TRANSACTION_ATTEMPTS + 1):
+                try:
+                    with self._transaction():
+                        return work()
+                except Exception as exc:
+                    # PostgreSQL ended it so that another could go on: nothing was written; again.
+                    # (peewee leaves the driver's deadlock and serialization errors unwrapped.)
+                    if _sqlstate(exc) not in _RETRY_SQLSTATES:
+                        raise
+                    if attempt == _TRANSACTION_ATTEMPTS:
+                        raise peewee.OperationalError(exc) from exc
+                    logger.info("Transaction to %s aborted (%s); running it again.", what, _sqlstate(exc))
+                    time.sleep(random.uniform(0, 0.01 * attempt))
+            raise AssertionError("unreachable")
         except peewee.PeeweeException as exc:
             self._drop_connection()
             # The message is logged and kept in the message's last_error on every
@@ -240,7 +283,9 @@ class PoiStore:
             )
             raise error from (exc if reason == cause else None)
 
-    def _insert_many(self, pois: list[Sequence[Any]], now: dt.datetime, osm_base: str | None) -> None:
+    def _insert_many(
+        self, pois: list[Sequence[Any]], now: dt.datetime, osm_base: str | None, version: str | None
+    ) -> None:
         model = self.model
         rows = [
             {
@@ -251,19 +296,29 @@ class PoiStore:
                 "tags": p[4],
                 "refreshed_at": now,
                 "osm_base": osm_base,
+                "version": version,
             }
             for p in pois
         ]
-        incoming = peewee.EXCLUDED.osm_base
+        incoming = peewee.EXCLUDED.version
         for start in range(0, len(rows), _BATCH):
             model.insert_many(rows[start : start + _BATCH]).on_conflict(
                 conflict_target=[model.element_type, model.osm_id],
-                preserve=[model.lat, model.lon, model.tags, model.refreshed_at, model.osm_base],
-                # An older answer (an earlier timestamp_osm_base) never overwrites a newer one.
-                where=(model.osm_base.is_null() | incoming.is_null() | (model.osm_base <= incoming)),
+                preserve=[
+                    model.lat,
+                    model.lon,
+                    model.tags,
+                    model.refreshed_at,
+                    model.osm_base,
+                    model.version,
+                ],
+                # An older answer never overwrites a newer one's row.
+                where=(model.version.is_null() | incoming.is_null() | (model.version <= incoming)),
             ).execute()
 
-    def _copy_and_merge(self, pois: list[Sequence[Any]], now: dt.datetime, osm_base: str | None) -> None:
+    def _copy_and_merge(
+        self, pois: list[Sequence[Any]], now: dt.datetime, osm_base: str | None, version: str | None
+    ) -> None:
         """PostgreSQL: COPY the rows into a session-local staging table, then one INSERT ... ON CONFLICT.
 
         Building a multi-row INSERT in Python (peewee) costs four times what
@@ -271,7 +326,7 @@ class PoiStore:
         """
         lines = io.StringIO()
         write = lines.write
-        refreshed = f"\t{now.isoformat(' ')}\t{_copy_text(osm_base)}\n"
+        refreshed = f"\t{now.isoformat(' ')}\t{_copy_text(osm_base)}\t{_copy_text(version)}\n"
         for kind, osm_id, lat, lon, tags in pois:
             encoded = _encode_tags(tags)
             if "\\" in encoded:

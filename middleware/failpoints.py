@@ -23,14 +23,16 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import random
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["FailpointError", "configure", "failpoint"]
+__all__ = ["FailpointError", "configure", "failpoint", "hooked"]
 
 #: The environment variable every process reads its failpoints from.
 ENV = "FAILPOINTS"
@@ -45,9 +47,12 @@ class _Action:
     kind: str
     low: float
     high: float
+    callback: Callable[[], None] | None = None
 
     def run(self, name: str, rng: random.Random) -> None:
-        if self.kind == "sleep":
+        if self.callback is not None:
+            self.callback()
+        elif self.kind == "sleep":
             time.sleep(rng.uniform(self.low, self.high))
         elif self.kind == "raise" and rng.random() < self.low:
             raise FailpointError(f"fault injected at failpoint {name!r}")
@@ -90,6 +95,28 @@ def configure(spec: str | None) -> None:
         rules.append((pattern, _parse_action(action, rule)))
     _rules[:] = rules
     _cache.clear()
+
+
+@contextlib.contextmanager
+def hooked(name: str, callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback`` at failpoint ``name`` (in the thread that reaches it) while the block runs.
+
+    For tests in one process that must stop one thread between two steps of
+    a protocol, exactly there, while another runs: the callback waits on an
+    event the test sets. The configured rules stay in force beside it.
+
+    Examples:
+      >>> with hooked("ledger.finish.checked", lambda: None):
+      ...     failpoint("ledger.finish.checked")
+    """
+    rule = (name, _Action("call", 0.0, 0.0, callback))
+    _rules.append(rule)
+    _cache.clear()
+    try:
+        yield
+    finally:
+        _rules.remove(rule)
+        _cache.clear()
 
 
 def failpoint(name: str) -> None:

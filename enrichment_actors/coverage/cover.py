@@ -67,8 +67,20 @@ class TileCover:
             rectangles(self.tiles), self.tags, timeout_s=timeout_s, maxsize_bytes=maxsize_bytes
         )
 
-    def answer(self, key: str, osm_base: str | None, *, diff: bool = False) -> Answer:
-        """The ledger's view of this fetch's answer (an augmented diff with ``diff``), staged under ``key``."""
+    def answer(
+        self,
+        key: str,
+        osm_base: str | None,
+        *,
+        fetched_at: str,
+        diff: bool = False,
+        kept: Iterable[tuple[str, int]] = (),
+    ) -> Answer:
+        """The ledger's view of this fetch's answer (an augmented diff with ``diff``), staged under ``key``.
+
+        ``osm_base`` as :func:`~.ledger.read_osm_base` reads it; ``fetched_at`` as :func:`~.ledger.fetch_time`
+        gives it; ``kept``: the elements the answer named but the parser could not use.
+        """
         return Answer(
             key=key,
             tagset=self.tagset,
@@ -77,6 +89,8 @@ class TileCover:
             osm_base=osm_base,
             owner=self.owner,
             diff=diff,
+            fetched_at=fetched_at,
+            kept=tuple(sorted(set(kept))),
         )
 
 

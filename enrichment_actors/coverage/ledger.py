@@ -13,23 +13,94 @@ Two tables beside ``pois``, created with it (PostgreSQL and SQLite):
 An answer lands in chunks, out of order, on different workers: each chunk
 writes its elements' rows (in the transaction of its upsert), and the worker
 that stores the last chunk *finishes* the answer: the rows of its tiles that
-an earlier answer wrote and this one did not are the elements gone upstream;
+an older answer wrote and this one did not are the elements gone upstream;
 they are removed, and so are their POIs that no other tile or tag set holds.
-An answer older than what a tile holds (an earlier ``timestamp_osm_base``)
-writes nothing to it, and a partial or failed answer never finishes, so
-it deletes nothing.
+A partial or failed answer never finishes, so it deletes nothing.
+
+Answers are ordered by their *version* (:attr:`Answer.version`): the
+``timestamp_osm_base`` of their data, then the time they were fetched. An
+answer older than what a tile holds writes nothing to it, nor to a row a
+newer answer wrote. docs/architecture.md, "The deletion rule", says why
+the locks below make the rule hold under any interleaving of transactions:
+
+1. a chunk takes its tiles' locks *shared*, a finish *exclusive* (PostgreSQL
+   advisory locks, in key order): a tile's rows do not change under a finish;
+2. both then lock the ``pois`` rows they touch, in key order (the chunk by
+   its upsert, the finish by ``SELECT ... FOR UPDATE``), *before* writing or
+   deleting ``coverage_elements`` rows of those elements;
+3. a finish asks "does anyone else hold it?" in a statement after it holds
+   the row lock: every writer of a holder of that element has committed by
+   then, or will write its ``pois`` row again after this one commits.
+
+On SQLite one writer runs at a time (``BEGIN IMMEDIATE``): no locks needed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import peewee
 
+from middleware.failpoints import failpoint
+
+logger = logging.getLogger(__name__)
+
 _BATCH = 400
+#: The width of the ``osm_base`` columns; a longer timestamp is not one.
+OSM_BASE_MAX = 32
+#: The width of the ``version`` columns: a timestamp, "|", a fetch time with microseconds.
+VERSION_MAX = 64
+_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def read_osm_base(raw: object) -> tuple[str | None, bool]:
+    """``timestamp_osm_base`` as the ledger keeps it, and whether it was unusable.
+
+    One rule per odd value: empty or missing means a server without
+    replication (None, not unusable); a time without a zone is UTC; any
+    readable time becomes ``YYYY-MM-DDTHH:MM:SSZ`` (so timestamps sort as
+    text); anything else, or longer than the column, is None and unusable.
+
+    Examples:
+      >>> read_osm_base("2026-12-01T10:00:00Z")
+      ('2026-12-01T10:00:00Z', False)
+      >>> read_osm_base("2026-12-01T10:00:00")
+      ('2026-12-01T10:00:00Z', False)
+      >>> read_osm_base("2026-12-01T11:00:00+01:00")
+      ('2026-12-01T10:00:00Z', False)
+      >>> read_osm_base("")
+      (None, False)
+      >>> read_osm_base("yesterday")
+      (None, True)
+    """
+    if raw is None or raw == "":
+        return None, False
+    if not isinstance(raw, str) or len(raw) > OSM_BASE_MAX:
+        return None, True
+    try:
+        when = dt.datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None, True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime(_TIMESTAMP), False
+
+
+def fetch_time(when: dt.datetime | None = None) -> str:
+    """A fetch time as answers carry it: UTC with microseconds, sortable as text."""
+    when = when or dt.datetime.now(dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tile_lock_key(tagset: str, tile: str) -> int:
+    """The PostgreSQL advisory lock (a signed 64-bit number) of one tile and tag set."""
+    digest = hashlib.blake2b(f"coverage\n{tagset}\n{tile}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class CoverageModel(peewee.Model):
@@ -42,6 +113,8 @@ class CoverageModel(peewee.Model):
     pois = peewee.IntegerField()
     calls = peewee.DoubleField()
     answer = peewee.CharField(max_length=80)
+    #: :attr:`Answer.version` of the answer that wrote the row (NULL: written by an older release).
+    version = peewee.CharField(max_length=VERSION_MAX, null=True)
 
     class Meta:
         table_name = "coverage"
@@ -55,6 +128,7 @@ class CoverageElementModel(peewee.Model):
     osm_id = peewee.BigIntegerField()
     answer = peewee.CharField(max_length=80)
     osm_base = peewee.CharField(max_length=32, null=True)
+    version = peewee.CharField(max_length=VERSION_MAX, null=True)
 
     class Meta:
         table_name = "coverage_elements"
@@ -76,11 +150,28 @@ class Answer:
     owner: str | None = None
     #: An augmented diff: what it does not name is unchanged (only ``gone`` elements leave).
     diff: bool = False
+    #: When it was fetched (:func:`fetch_time`): orders answers of one ``osm_base``, or of none.
+    fetched_at: str = ""
+    #: Elements the answer named but the parser dropped (unusable position...): their rows are kept.
+    kept: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def version(self) -> str:
+        """What orders answers, as text: the data's timestamp, then the fetch time.
+
+        Without a ``timestamp_osm_base`` (a server without replication) the
+        fetch time stands for it: the data is no newer than the moment it
+        was fetched. The answer with the greater version is the newer one;
+        of two answers of the same timestamp, the one fetched later.
+        """
+        return f"{self.osm_base or self.fetched_at}|{self.fetched_at}"
 
     def as_json(self) -> dict[str, Any]:
         return {
             "owner": self.owner,
             "diff": self.diff,
+            "fetched_at": self.fetched_at,
+            "kept": [list(key) for key in self.kept],
             "key": self.key,
             "tagset": self.tagset,
             "tags": list(self.tags),
@@ -100,6 +191,8 @@ class Answer:
             calls=float(data.get("calls", 1.0)),
             owner=data.get("owner"),
             diff=bool(data.get("diff", False)),
+            fetched_at=str(data.get("fetched_at") or ""),
+            kept=tuple((str(kind), int(osm_id)) for kind, osm_id in data.get("kept") or ()),
         )
 
 
@@ -147,20 +240,51 @@ class Ledger:
             fresh.update(row.tile for row in query)
         return fresh
 
-    def _newer(self, answer: Answer, *, or_as_new: bool = False) -> set[str]:
-        """Tiles of ``answer`` that hold a newer answer (a later ``timestamp_osm_base``): it must not touch them.
+    @property
+    def _postgres(self) -> bool:
+        return isinstance(self.database, peewee.PostgresqlDatabase)
 
-        With ``or_as_new``, also those another answer of the same timestamp
-        finished (the same data: finishing again would only drop its rows).
+    def lock_tiles(self, tagset: str, tiles: Iterable[str], *, exclusive: bool) -> None:
+        """Take the transaction's locks of ``tiles`` (PostgreSQL; nothing on SQLite, one writer at a time).
+
+        In key order, so that two transactions never wait on each other in a
+        circle: chunks take them shared (they write side by side), a finish
+        exclusive (no chunk writes a tile's rows while it judges them).
         """
-        if answer.osm_base is None:
-            return set()
+        if not self._postgres:
+            return
+        keys = sorted({tile_lock_key(tagset, tile) for tile in tiles})
+        if not keys:
+            return
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        database: Any = self.database
+        # A function scan returns the array in order, and each row's lock is taken as it is read.
+        database.execute_sql(f"SELECT count({function}(key)) FROM unnest(%s::bigint[]) AS key", (keys,))
+
+    def _lock_pois(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Lock the ``pois`` rows of ``keys`` (sorted) in key order, as upserts write them (PostgreSQL)."""
+        if not self._postgres:
+            return
+        pois = self.pois
+        poi_keys = peewee.Tuple(pois.element_type, pois.osm_id)  # type: ignore[attr-defined]
+        for start in range(0, len(keys), _BATCH):
+            batch = list(keys[start : start + _BATCH])
+            query = (
+                pois.select(pois.element_type, pois.osm_id)  # type: ignore[attr-defined]
+                .where(poi_keys.in_(batch))
+                .order_by(pois.element_type, pois.osm_id)  # type: ignore[attr-defined]
+                .for_update()
+            )
+            list(query.tuples())
+
+    def _newer(self, answer: Answer) -> set[str]:
+        """Tiles of ``answer`` that hold a newer answer (a greater :attr:`Answer.version`): it must not touch them."""
         model = self.coverage
-        newer = model.osm_base > answer.osm_base
-        if or_as_new:
-            newer = newer | ((model.osm_base == answer.osm_base) & (model.answer != answer.key))
         query = model.select(model.tile).where(
-            (model.tagset == answer.tagset) & model.tile.in_(list(answer.tiles)) & newer
+            (model.tagset == answer.tagset)
+            & model.tile.in_(list(answer.tiles))
+            & model.version.is_null(False)
+            & (model.version > answer.version)
         )
         return {row.tile for row in query}
 
@@ -171,8 +295,11 @@ class Ledger:
 
         Tiles that hold a newer answer are left out, and so are POIs filed
         only under such tiles: an older answer landing late must not bring
-        back a POI the newer one dropped.
+        back a POI the newer one dropped. Call it in the chunk's transaction:
+        it takes the shared locks of the tiles the chunk files elements under.
         """
+        filed_tiles = sorted(tile for tile, elements in members.items() if elements)
+        self.lock_tiles(answer.tagset, filed_tiles, exclusive=False)
         newer = self._newer(answer)
         kept = {tile: sorted(set(elements)) for tile, elements in members.items() if tile not in newer}
         if not newer:
@@ -184,7 +311,7 @@ class Ledger:
 
     def note_elements(self, answer: Answer, members: Mapping[str, Iterable[tuple[str, int]]]) -> None:
         """Record which elements each tile returned (call with what :meth:`current` kept, in the chunk's
-        upsert transaction)."""
+        upsert transaction, after the POIs: their rows are locked first). A row a newer answer wrote stays."""
         rows = [
             {
                 "tile": tile,
@@ -193,16 +320,19 @@ class Ledger:
                 "osm_id": osm_id,
                 "answer": answer.key,
                 "osm_base": answer.osm_base,
+                "version": answer.version,
             }
-            for tile, elements in members.items()
+            for tile in sorted(members)
             # An element twice in one chunk would make ON CONFLICT touch its row twice (an error).
-            for kind, osm_id in sorted(set(elements))
+            for kind, osm_id in sorted(set(members[tile]))
         ]
         model = self.elements
+        incoming = peewee.EXCLUDED.version
         for start in range(0, len(rows), _BATCH):
             model.insert_many(rows[start : start + _BATCH]).on_conflict(
                 conflict_target=[model.tile, model.tagset, model.element_type, model.osm_id],
-                preserve=[model.answer, model.osm_base],
+                preserve=[model.answer, model.osm_base, model.version],
+                where=(model.version.is_null() | (model.version <= incoming)),
             ).execute()
 
     def bases(self, tagset: str, tiles: Sequence[str]) -> dict[str, str | None]:
@@ -221,83 +351,115 @@ class Ledger:
     ) -> int:
         """The whole answer has landed: drop what it no longer holds, mark its tiles fetched; returns POIs deleted.
 
-        A full answer no longer holds what an earlier answer filed and it did
+        A full answer no longer holds what an older answer filed and it did
         not; an augmented diff (``answer.diff``) no longer holds ``gone``, nor
-        the earlier rows of the elements it moved to another tile.
-        Idempotent: a second call for the same answer changes nothing.
+        the earlier rows of the elements it moved to another tile. Elements
+        the parser dropped (``answer.kept``) keep their rows. Idempotent: a
+        second call for the same answer, or a call after a newer answer
+        finished, changes nothing.
         """
-        now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         with self.database.atomic():
-            cov, el = self.coverage, self.elements
-            done = {
-                row.tile
-                for row in cov.select(cov.tile).where(
-                    (cov.tagset == answer.tagset)
-                    & cov.tile.in_(list(answer.tiles))
-                    & (cov.answer == answer.key)
-                )
-            }
-            newer = self._newer(answer, or_as_new=True)
-            targets = [t for t in answer.tiles if t not in done and t not in newer]
-            if not targets:
-                return 0
-            dropped: set[tuple[str, int]] = set()
-            keys = peewee.Tuple(el.element_type, el.osm_id)
-            for start in range(0, len(targets), _BATCH):
-                batch = targets[start : start + _BATCH]
-                earlier = (el.tagset == answer.tagset) & el.tile.in_(batch) & (el.answer != answer.key)
-                if answer.osm_base is not None:
-                    # Rows of an answer as new or newer, still landing, are not this one's to judge.
-                    earlier &= el.osm_base.is_null() | (el.osm_base < answer.osm_base)
-                if answer.diff:
-                    mine = el.select(el.element_type, el.osm_id).where(
-                        (el.tagset == answer.tagset) & (el.answer == answer.key)
-                    )
-                    changed = keys.in_(mine)
-                    if gone:
-                        changed |= keys.in_(sorted(set(gone)))
-                    stale = earlier & changed
-                else:
-                    stale = earlier
-                dropped.update((row.element_type, row.osm_id) for row in el.select().where(stale))
-                el.delete().where(stale).execute()
-            deleted = self._delete_orphans(dropped)
-            counts = dict(
-                el.select(el.tile, peewee.fn.COUNT(el.osm_id))
-                .where((el.tagset == answer.tagset) & el.tile.in_(targets))
-                .group_by(el.tile)
-                .tuples()
-            )
-            share = answer.calls / len(answer.tiles)
-            rows = [
-                {
-                    "tile": tile,
-                    "tagset": answer.tagset,
-                    "tags": "\n".join(answer.tags),
-                    "fetched_at": now,
-                    "osm_base": answer.osm_base,
-                    "outcome": "ok",
-                    "pois": int(counts.get(tile, 0)),
-                    "calls": share,
-                    "answer": answer.key,
-                }
-                for tile in targets
-            ]
-            for start in range(0, len(rows), _BATCH):
-                cov.insert_many(rows[start : start + _BATCH]).on_conflict(
-                    conflict_target=[cov.tile, cov.tagset],
-                    preserve=[cov.tags, cov.fetched_at, cov.osm_base, cov.outcome, cov.pois, cov.answer],
-                    update={cov.calls: cov.calls + peewee.EXCLUDED.calls},
-                ).execute()
-            return deleted
+            return self._finish(answer, gone, now or dt.datetime.now(dt.UTC).replace(tzinfo=None))
 
-    def _delete_orphans(self, gone: set[tuple[str, int]]) -> int:
-        """Delete the POIs of ``gone`` that no tile or tag set holds any more; how many."""
+    def _finish(self, answer: Answer, gone: Sequence[tuple[str, int]], now: dt.datetime) -> int:
+        cov, el = self.coverage, self.elements
+        self.lock_tiles(answer.tagset, answer.tiles, exclusive=True)
+        done = {
+            row.tile
+            for row in cov.select(cov.tile).where(
+                (cov.tagset == answer.tagset) & cov.tile.in_(list(answer.tiles)) & (cov.answer == answer.key)
+            )
+        }
+        newer = self._newer(answer)
+        targets = [t for t in answer.tiles if t not in done and t not in newer]
+        if not targets:
+            return 0
+        stale = [self._stale(answer, targets[i : i + _BATCH], gone) for i in range(0, len(targets), _BATCH)]
+        candidates = sorted(
+            {(row.element_type, row.osm_id) for where in stale for row in el.select().where(where)}
+        )
+        # The POI rows first, as a chunk's upsert does, then the ledger rows.
+        self._lock_pois(candidates)
+        for where in stale:
+            el.delete().where(where).execute()
+        failpoint("ledger.finish.unfiled")
+        deleted = self._delete_orphans(candidates)
+        failpoint("ledger.finish.checked")
+        self._mark_fetched(answer, targets, now)
+        return deleted
+
+    def _stale(self, answer: Answer, tiles: Sequence[str], gone: Sequence[tuple[str, int]]) -> Any:
+        """Which rows of ``tiles`` finishing ``answer`` removes: older answers' rows it no longer holds."""
+        el = self.elements
+        keys = peewee.Tuple(el.element_type, el.osm_id)
+        # Rows of an answer as new or newer, still landing, are not this one's to judge.
+        stale = (
+            (el.tagset == answer.tagset)
+            & el.tile.in_(list(tiles))
+            & (el.answer != answer.key)
+            & (el.version.is_null() | (el.version < answer.version))
+        )
+        if answer.kept:
+            stale &= ~keys.in_(sorted(set(answer.kept)))
+        if not answer.diff:
+            return stale
+        mine = el.select(el.element_type, el.osm_id).where(
+            (el.tagset == answer.tagset) & (el.answer == answer.key)
+        )
+        changed = keys.in_(mine)
+        if gone:
+            changed |= keys.in_(sorted(set(gone)))
+        return stale & changed
+
+    def _mark_fetched(self, answer: Answer, targets: Sequence[str], now: dt.datetime) -> None:
+        cov, el = self.coverage, self.elements
+        counts = dict(
+            el.select(el.tile, peewee.fn.COUNT(el.osm_id))
+            .where((el.tagset == answer.tagset) & el.tile.in_(list(targets)))
+            .group_by(el.tile)
+            .tuples()
+        )
+        share = answer.calls / len(answer.tiles)
+        rows = [
+            {
+                "tile": tile,
+                "tagset": answer.tagset,
+                "tags": "\n".join(answer.tags),
+                "fetched_at": now,
+                "osm_base": answer.osm_base,
+                "outcome": "ok",
+                "pois": int(counts.get(tile, 0)),
+                "calls": share,
+                "answer": answer.key,
+                "version": answer.version,
+            }
+            for tile in targets
+        ]
+        for start in range(0, len(rows), _BATCH):
+            cov.insert_many(rows[start : start + _BATCH]).on_conflict(
+                conflict_target=[cov.tile, cov.tagset],
+                preserve=[
+                    cov.tags,
+                    cov.fetched_at,
+                    cov.osm_base,
+                    cov.outcome,
+                    cov.pois,
+                    cov.answer,
+                    cov.version,
+                ],
+                update={cov.calls: cov.calls + peewee.EXCLUDED.calls},
+            ).execute()
+
+    def _delete_orphans(self, candidates: Sequence[tuple[str, int]]) -> int:
+        """Delete the POIs of ``candidates`` (their rows locked) that no tile or tag set holds any more; how many.
+
+        The holders are read in a statement of their own, after the locks:
+        it sees every holder committed by a writer that had the row before us.
+        """
         el, pois = self.elements, self.pois
-        candidates = sorted(gone)
         deleted = 0
         for start in range(0, len(candidates), _BATCH):
-            batch = candidates[start : start + _BATCH]
+            batch = list(candidates[start : start + _BATCH])
             keys = peewee.Tuple(el.element_type, el.osm_id)
             held = {
                 (r.element_type, r.osm_id)
@@ -349,4 +511,13 @@ def _bind(model: type[peewee.Model], database: peewee.Database) -> Any:
     return type(f"Bound{model.__name__}", (model,), {"Meta": meta, "__module__": __name__})
 
 
-__all__ = ["Answer", "CoverageElementModel", "CoverageModel", "Ledger", "TileCoverage"]
+__all__ = [
+    "Answer",
+    "CoverageElementModel",
+    "CoverageModel",
+    "Ledger",
+    "TileCoverage",
+    "fetch_time",
+    "read_osm_base",
+    "tile_lock_key",
+]

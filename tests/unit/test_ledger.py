@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from enrichment_actors.coverage.cover import members
-from enrichment_actors.coverage.ledger import Answer, TileCoverage
+from enrichment_actors.coverage.ledger import Answer, TileCoverage, fetch_time, read_osm_base
 from enrichment_actors.coverage.tiles import tagset_key, tile_units, tiles_of
 from enrichment_actors.jobs import BBox, TagFilter
 from enrichment_actors.store import PoiStore
@@ -390,3 +390,70 @@ def test_an_element_twice_in_one_chunk_is_filed_once(store: PoiStore) -> None:
     assert store.finish_answer(first) == 0
     assert keys(store) == {key(X)}
     assert coverage(store)[A, AMENITY].pois == 1
+
+
+# --- Odd timestamp_osm_base values: one rule each (each of these failed before the ledger ordered answers by
+# --- their version: the timestamp, then the fetch time) ---
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        ("2026-12-01T10:00:00Z", ("2026-12-01T10:00:00Z", False)),
+        # No time zone: UTC.
+        ("2026-12-01T10:00:00", ("2026-12-01T10:00:00Z", False)),
+        ("2026-12-01T11:30:00+01:30", ("2026-12-01T10:00:00Z", False)),
+        ("2026-12-01 10:00:00Z", ("2026-12-01T10:00:00Z", False)),
+        # No replication: no timestamp, and nothing unusual.
+        ("", (None, False)),
+        (None, (None, False)),
+        # Unusable: stored as none, and counted.
+        ("2026-12-01T10:00:00.000000000000000000Z", (None, True)),
+        ("now", (None, True)),
+        ("2026-13-01T10:00:00Z", (None, True)),
+        (20261201, (None, True)),
+    ],
+)
+def test_each_odd_osm_base_is_read_by_one_rule(raw: object, read: tuple[str | None, bool]) -> None:
+    assert read_osm_base(raw) == read
+
+
+def at(minute: int) -> str:
+    return fetch_time(dt.datetime(2026, 12, 1, 10, minute, tzinfo=dt.UTC))
+
+
+@pytest.mark.parametrize("osm_base", [None, BASE], ids=["no-replication", "same-base"])
+def test_a_later_answer_of_the_same_or_no_osm_base_replaces_the_earlier_one(
+    store: PoiStore, osm_base: str | None
+) -> None:
+    first = Answer("a1", AMENITY, ("amenity",), tuple(TILES), osm_base, fetched_at=at(0))
+    land(store, first, [X, Y])
+    renamed = ("node", 1, 48.85, 2.25, {"amenity": "cafe", "name": "Renamed"})
+    second = Answer("a2", AMENITY, ("amenity",), tuple(TILES), osm_base, fetched_at=at(5))
+    # Y was deleted upstream, X renamed, with no new timestamp: the refetch is recorded and Y goes.
+    assert land(store, second, [renamed]) == 1
+    assert store.fetch_all() == [renamed]
+    assert {row.osm_base for row in coverage(store).values()} == {osm_base}
+    assert store.ledger.fresh_tiles(AMENITY, TILES, dt.datetime(2000, 1, 1)) == set(TILES)
+    # The first answer finished again (a retry) changes nothing: it is older.
+    assert store.finish_answer(first) == 0
+    assert store.fetch_all() == [renamed]
+    assert {r[4] for r in elements(store)} == {"a2"}
+
+
+def test_an_answer_without_a_timestamp_counts_as_data_of_its_fetch_time(store: PoiStore) -> None:
+    land(store, Answer("a1", AMENITY, ("amenity",), (A,), "2026-12-01T10:02:00Z", fetched_at=at(3)), [X])
+    # Fetched later from a server without replication: newer, so it replaces.
+    assert land(store, Answer("a2", AMENITY, ("amenity",), (A,), None, fetched_at=at(10))) == 1
+    # An answer of data from before that fetch time, landing late: older, so it touches nothing.
+    late = Answer("a3", AMENITY, ("amenity",), (A,), "2026-12-01T10:05:00Z", fetched_at=at(20))
+    assert land(store, late, [X]) == 0
+    assert keys(store) == set()
+
+
+def test_a_dropped_element_keeps_its_row_and_its_poi(store: PoiStore) -> None:
+    land(store, answer("a1", tiles=[A, B]), [X, Y])
+    # The new answer named Y with an unusable position: its old row stays, X's too.
+    newer = Answer("a2", AMENITY, ("amenity",), (A, B), NEW_BASE, kept=(key(Y),))
+    assert land(store, newer, [X]) == 0
+    assert keys(store) == {key(X), key(Y)}

@@ -459,7 +459,7 @@ def test_a_cover_names_its_tiles_and_normalised_tags() -> None:
     assert cover.ids == [tile.id for tile in BLOCK]
     assert cover.tags == (TagFilter("amenity"), TagFilter("shop"))
     assert cover.tagset == tagset_key(tags("amenity", "shop"))
-    answer = cover.answer("stage-1", "2026-01-01T00:00:00Z")
+    answer = cover.answer("stage-1", "2026-01-01T00:00:00Z", fetched_at="2026-01-01T00:05:00.000000Z")
     assert answer.tiles == tuple(cover.ids)
     assert answer.tags == ("amenity", "shop")
     assert answer.owner == "o"
