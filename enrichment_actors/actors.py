@@ -691,6 +691,11 @@ class ClaimRelease(dramatiq.Middleware):
         if cover is None:
             return
         try:
+            if _stage(stage_key(message.message_id)).load() is not None:
+                # Its answer is staged: it landed, or lands without another call. A redelivery
+                # deferred now has nothing to fetch, and a claim taken for it would only turn
+                # the next job for these tiles (a forced one too) into a silent "coalesced".
+                return
             _claims().renew(cover.tagset, cover.ids, owner=cover.owner, ttl_s=delay_s + settings.claim_ttl_s)
         except BackendUnavailable as exc:
             logger.warning("Could not keep the tile claims of a deferred fetch (%s).", exc)

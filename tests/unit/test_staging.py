@@ -270,3 +270,28 @@ def test_staging_waits_for_an_unreachable_redis_rather_than_call_again(
     assert stub.stats().calls == 1
     assert [m.actor_name for m in sent] == ["store_pois"]
     assert sum("Could not stage the fetched POIs" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_deferred_redelivery_of_a_fetch_whose_answer_landed_takes_no_claim(
+    product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, finding 6: the second delivery of a finished fetch, deferred at admission, re-took its tiles'
+    claims for an hour, and a forced job for those tiles then ended "coalesced" with no call."""
+    from enrichment_actors import actors, fetch_pois
+    from enrichment_actors.coverage.claims import TileClaims
+    from middleware.deferral import Defer
+
+    runtime, _ = product
+    monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: None)
+    tiles, owner = ["50:4800:200", "50:4800:201"], "fetch-leader"
+    bbox = {"south": 48.0, "west": 2.0, "north": 48.02, "east": 2.04}
+    message = fetch_pois.message(bbox=bbox, tags=["amenity"], tiles=tiles, owner=owner)
+    # The first delivery fetched and staged its answer; the answer landed and the claims went back.
+    actors._stage(f"fetch:{message.message_id}").put_pois([], chunk_bytes=1000, answer=None, gone=[])
+    claims = TileClaims(runtime.backend, ttl_s=60)
+    tagset = actors.TileCover.from_message(tiles, actors.validate_job(bbox, ["amenity"]).tags, owner).tagset
+    # The second delivery is deferred before it runs (no permit, a pause...).
+    actors.ClaimRelease().after_process_message(
+        runtime.broker, dramatiq.broker.MessageProxy(message), exception=Defer(3600, reason="no_permit")
+    )
+    assert claims.claim(tagset, tiles, owner="fetch-forced") == tiles
