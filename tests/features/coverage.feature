@@ -120,3 +120,22 @@ Feature: Coverage: no request is spent twice on data we hold or are fetching
     And the last call asked for the tiles whole
     And the 3 deleted POIs are not in the database
     And no job is dead-lettered
+
+  Scenario: Tiles fetched at different timestamps are refreshed whole, not by one diff since the oldest
+    # An element created after the older timestamp, fetched into a newer tile, then deleted, is at
+    # neither end of a diff since the older timestamp: such a diff kept it for ever.
+    Given the setting ENRICH_DIFF_MAX_AGE_S is "1000000000"
+    And 1 POI of box "48.025,2.00,48.04,2.04" is missing upstream
+    And workers are running
+    When I enqueue an enrich job for box "48.00,2.00,48.015,2.04" with tags "amenity"
+    And all jobs are done
+    And upstream, as of "2025-01-02T08:00:00Z", the missing POI is created
+    And I enqueue an enrich job for box "48.025,2.00,48.04,2.04" with tags "amenity"
+    And all jobs are done
+    And upstream, as of "2025-01-03T08:00:00Z", the POI created is deleted again
+    And I enqueue an enrich job for box "48.00,2.00,48.04,2.04" with tags "amenity"
+    And I enqueue the same job again with force
+    And all jobs are done
+    Then the database holds exactly what the stand-in server now has for that job
+    And the stand-in server received 3 calls
+    And the last call fetched the tiles whole

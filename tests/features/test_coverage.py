@@ -69,6 +69,35 @@ def missing_upstream(world: World, count: int, upstream: dict[str, list[tuple[st
     world.stub.edit_data(removed=missing)  # in the first version: never there
 
 
+@given(parsers.parse('{count:d} POI of box "{box}" is missing upstream'))
+def missing_in_box(world: World, count: int, box: str, upstream: dict[str, list[tuple[str, int]]]) -> None:
+    assert world.stub is not None
+    south, west, north, east = (float(part) for part in box.split(","))
+    job = {"bbox": {"south": south, "west": west, "north": north, "east": east}, "tags": ["amenity"]}
+    missing = sorted(expected_pois(job))[-count:]
+    upstream["missing"] = missing
+    world.stub.edit_data(removed=missing)  # in the first version: never there
+
+
+@when(parsers.parse('upstream, as of "{osm_base}", the missing POI is created'))
+def missing_created(world: World, osm_base: str, upstream: dict[str, list[tuple[str, int]]]) -> None:
+    assert world.stub is not None
+    world.stub.edit_data(restored=upstream["missing"], osm_base=osm_base)
+
+
+@when(parsers.parse('upstream, as of "{osm_base}", the POI created is deleted again'))
+def created_deleted(world: World, osm_base: str, upstream: dict[str, list[tuple[str, int]]]) -> None:
+    assert world.stub is not None
+    world.stub.edit_data(removed=upstream["missing"], osm_base=osm_base)
+
+
+@then("the last call fetched the tiles whole")
+def fetched_whole(world: World) -> None:
+    assert world.stub is not None
+    calls = [r for r in world.stub.requests if r.path == "/api/interpreter"]
+    assert calls[-1].query.startswith("[out:json]"), calls[-1].query
+
+
 @when(
     parsers.parse(
         'upstream, as of "{osm_base}", the missing POI is added, {deleted:d} POIs are deleted and {retagged:d} loses its tag'
