@@ -457,3 +457,21 @@ def test_a_dropped_element_keeps_its_row_and_its_poi(store: PoiStore) -> None:
     newer = Answer("a2", AMENITY, ("amenity",), (A, B), NEW_BASE, kept=(key(Y),))
     assert land(store, newer, [X]) == 0
     assert keys(store) == {key(X), key(Y)}
+
+
+def test_ledger_tables_of_the_previous_release_get_their_version_columns_in_place(store: PoiStore) -> None:
+    land(store, answer("a1", tiles=[A]), [X])
+    db: Any = store.database
+    for table in ("pois", "coverage", "coverage_elements"):
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN version")
+    store.close()
+    upgraded = PoiStore(store.url)
+    try:
+        upgraded.ensure_schema()
+        for table in ("pois", "coverage", "coverage_elements"):
+            assert "version" in {c.name for c in upgraded.database.get_columns(table)}
+        # The rows of the previous release count as older than any answer: the next one replaces them.
+        assert land(upgraded, answer("a2", OLD_BASE, tiles=[A])) == 1
+        assert keys(upgraded) == set()
+    finally:
+        upgraded.close()
