@@ -467,7 +467,8 @@ def _add_pois(elements: list[Any], pois: list[Poi], tally: Tally, dirty: bool) -
         if kind == "node":
             lat = element.get("lat")
             lon = element.get("lon")
-        elif kind in {"way", "relation"}:
+        # A tuple, not a set: a "type" that is a list or an object cannot be hashed.
+        elif kind in ("way", "relation"):
             center = element.get("center")
             lat = lon = None
             if type(center) is dict:
@@ -502,7 +503,7 @@ def _add_pois(elements: list[Any], pois: list[Poi], tally: Tally, dirty: bool) -
 
 
 def _not_a_poi(element: dict[str, Any], kind: Any, tally: Tally) -> None:
-    if kind in NOT_POIS:
+    if isinstance(kind, str) and kind in NOT_POIS:
         tally.skip()
     else:
         tally.drop(

@@ -9,6 +9,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enrichment_actors import overpass_responses
 from enrichment_actors.overpass_responses import (
@@ -514,6 +516,9 @@ _KEPT_WAY = (("way", 9),)
         # The type.
         pytest.param(_node(type="nod"), (), "'nod'", id="type-unknown"),
         pytest.param(_node(type=5), (), "5", id="type-number"),
+        pytest.param(_node(type=["node"]), (), "['node']", id="type-a-list"),
+        pytest.param(_node(type={"node": 1}), (), "{'node': 1}", id="type-an-object"),
+        pytest.param(_node(id=[9]), (), "[9]", id="id-a-list"),
         pytest.param({k: v for k, v in _node().items() if k != "type"}, (), "None", id="type-missing"),
         # The position: the key is readable, so the old row is kept.
         pytest.param(_node(lat=math.nan), _KEPT, "lat nan", id="lat-nan"),
@@ -606,6 +611,41 @@ def test_tags_are_repaired_into_text_postgresql_takes(tags: bytes, expected: dic
     for key, value in poi.tags.items():
         assert "\x00" not in key + value
         (key + value).encode("utf-8")  # no lone surrogate left
+
+
+_ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=8)  # NUL and surrogates included
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_ANY_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+_COORDINATE = st.floats() | st.integers(-200, 200) | _ANY_JSON
+_ANY_ELEMENT = _ANY_JSON | st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["node", "way", "relation", "area"]) | _ANY_JSON,
+        "id": st.integers(-2, 2**64) | _ANY_JSON,
+        "lat": _COORDINATE,
+        "lon": _COORDINATE,
+        "center": st.fixed_dictionaries({}, optional={"lat": _COORDINATE, "lon": _COORDINATE}) | _ANY_JSON,
+        "tags": st.dictionaries(_ANY_TEXT, _ANY_TEXT | _ANY_JSON, max_size=4) | _ANY_JSON,
+    },
+)
+
+
+@given(elements=st.lists(_ANY_ELEMENT, max_size=6))
+def test_any_element_becomes_a_poi_postgresql_takes_or_is_counted(elements: list[object]) -> None:
+    parsed = read_response(200, json.dumps({"elements": elements}).encode())
+
+    assert len(parsed.pois) + parsed.skipped + parsed.dropped == len(elements)
+    assert len(parsed.kept) <= parsed.dropped
+    for kind, osm_id, lat, lon, tags in parsed.pois:
+        assert kind in {"node", "way", "relation"}
+        assert type(osm_id) is int and 0 < osm_id < 2**63
+        assert type(lat) is float and -90 <= lat <= 90 and type(lon) is float and -180 <= lon <= 180
+        for text in (*tags, *tags.values()):
+            assert isinstance(text, str) and "\x00" not in text
+            text.encode("utf-8")
 
 
 # The fixture folders themselves.
