@@ -93,8 +93,12 @@ bench: install
 # Fault and contention scenarios, quick and soak sizes; `-s` shows their figures.
 # With them, every pipeline and middleware scenario on RabbitMQ (`make test`
 # runs those tagged @rabbitmq_fast there; the rest are marked chaos and soak).
+# Then every property test (hypothesis marks them `hypothesis` itself) with
+# fresh examples, ten times as many: `make test` draws the same ones every run
+# (profiles in tests/conftest.py).
 chaos: install
-	$(BIN)/pytest -q -m chaos -p no:randomly tests/chaos tests/features/test_pipeline.py tests/features/test_overpass_enrichment.py
+	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -m chaos -p no:randomly tests/chaos tests/features/test_pipeline.py tests/features/test_overpass_enrichment.py
+	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -m hypothesis -p no:randomly tests/unit
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

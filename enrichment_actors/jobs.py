@@ -25,6 +25,8 @@ BBOX_KEYS = ("south", "west", "north", "east")
 GRID = 10_000_000
 _HALF_TURN = 180 * GRID
 _TURN = 360 * GRID
+#: Half a grid unit in degrees: what snapping to the grid may move a coordinate by.
+_HALF_UNIT = 0.5 / GRID
 _MAX_TEXT = 255
 #: Longest excerpt of a caller's value quoted in an error message.
 _SHOWN = 60
@@ -220,15 +222,7 @@ def _validate_bbox(bbox: Any, limits: JobLimits) -> BBox:
         raise InvalidJob(
             f"bbox must have exactly south, west, north, east (missing: {missing}; unknown: {extra or 'none'})."
         )
-    # Snapped to the grid: what the query carries, and what splitting works on.
-    values = {key: from_grid(to_grid(_degrees(key, bbox[key]))) for key in BBOX_KEYS}
-    for key in ("south", "north"):
-        if not -90.0 <= values[key] <= 90.0:
-            raise InvalidJob(f"bbox {key}={values[key]:g} is outside [-90, 90]: latitudes are in degrees.")
-    for key in ("west", "east"):
-        if not -180.0 <= values[key] <= 180.0:
-            raise InvalidJob(f"bbox {key}={values[key]:g} is outside [-180, 180]: longitudes are in degrees.")
-    box = BBox(**values)
+    box = BBox(**{key: _coordinate(key, bbox[key]) for key in BBOX_KEYS})
     if box.south >= box.north:
         raise InvalidJob(
             f"bbox south={box.south:g} must be below north={box.north:g} (Overpass order is south,west,north,east)."
@@ -241,6 +235,23 @@ def _validate_bbox(bbox: Any, limits: JobLimits) -> BBox:
             "(ENRICH_MAX_AREA_DEG2): split it into smaller boxes."
         )
     return box
+
+
+def _coordinate(key: str, value: Any) -> float:
+    """A coordinate in range, snapped to the grid (what the query carries, and what splitting works on).
+
+    The range is checked before any arithmetic: a finite float as large as
+    1.8e301 overflows to infinity once scaled to grid units.
+    """
+    degrees = _degrees(key, value)
+    limit, what = (90.0, "latitudes") if key in {"south", "north"} else (180.0, "longitudes")
+    # Half a grid unit beyond the limit is allowed: snapping puts it on the limit, as it always has.
+    if not -limit - _HALF_UNIT <= degrees <= limit + _HALF_UNIT:
+        raise InvalidJob(
+            f"bbox {key}={_show(value)} is outside [{-limit:g}, {limit:g}]: {what} are in degrees."
+        )
+    # Clamped: rounding at exactly half a unit must not snap a value off the limit.
+    return max(-limit, min(limit, from_grid(to_grid(degrees))))
 
 
 def _degrees(key: str, value: Any) -> float:

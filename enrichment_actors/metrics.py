@@ -228,6 +228,12 @@ OVERPASS_RESPONSE_BYTES = MetricSpec(
     buckets=_RESPONSE_BYTES,
 )
 POIS_UPSERTED = MetricSpec("enrichment_pois_upserted", Kind.COUNTER, "POI rows inserted or updated.")
+ELEMENTS_DROPPED = MetricSpec(
+    "enrichment_elements_dropped",
+    Kind.COUNTER,
+    "Elements of successful Overpass answers left out as unusable (no usable type, id or position); "
+    "the rest of each answer was stored.",
+)
 POIS_DELETED = MetricSpec(
     "enrichment_pois_deleted",
     Kind.COUNTER,
@@ -412,6 +418,7 @@ WORKER_METRICS: tuple[MetricSpec, ...] = (
     OVERPASS_RESPONSE_BYTES,
     POIS_UPSERTED,
     POIS_DELETED,
+    ELEMENTS_DROPPED,
     MESSAGES,
     MESSAGE_ERRORS,
     MESSAGE_RETRIES,

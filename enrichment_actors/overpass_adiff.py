@@ -15,6 +15,11 @@ drolbr/Overpass-API issue 363) as ``<action>`` blocks:
 Every element whose new version is visible and matches the job's tag filters
 is a POI to write; every other one is *gone* for this tag set, whatever the
 action says (a ``modify`` whose new tags no longer match our filters, say).
+
+Elements are checked as in a plain answer (:mod:`.overpass_elements`): one
+whose id cannot be read, or whose new version has no usable position, is
+dropped and counted (``dropped``), and when its key can be read it is
+*kept* (``kept``): not written, and not gone either.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from .jobs import TagFilter
+from .overpass_elements import Tally, clean_tags, id_problem, position, shown
 from .overpass_responses import (
     BadResponse,
     OverpassError,
@@ -81,33 +87,51 @@ def _read(status: int, body: bytes, tags: Sequence[TagFilter]) -> ParsedResponse
     osm_base = (meta.get("osm_base") or None) if meta is not None else None
     pois: list[Poi] = []
     gone: dict[tuple[str, int], None] = {}
-    skipped = 0
+    tally = Tally()
     for action in root.iter("action"):
-        kind = action.get("type")
-        element = _first_element(action if kind == "create" else action.find("new"))
-        if element is None:
-            element = _first_element(action.find("old"))
-            if element is None:
-                raise _bad_response(f"an <action type={kind!r}> holds no element", body)
-            gone[_key(element, body)] = None
-            continue
-        key = _key(element, body)
-        if kind == "delete" or element.get("visible") == "false" or not _matches(element, tags):
-            gone[key] = None
-            continue
-        position = _position(element)
-        if position is None:
-            skipped += 1
-            continue
-        pois.append(Poi(key[0], key[1], position[0], position[1], _tags(element)))
+        _read_action(action, tags, pois, gone, tally)
     written = {(p.element_type, p.osm_id) for p in pois}
+    tally.log(f"an augmented diff of {len(body)} bytes")
     return ParsedResponse(
         pois=pois,
-        skipped=skipped,
+        skipped=tally.skipped,
         remark=remark,
         osm_base=osm_base,
         gone=tuple(key for key in gone if key not in written),
+        dropped=tally.dropped,
+        kept=tuple(key for key in tally.kept_keys() if key not in written),
     )
+
+
+def _read_action(
+    action: ET.Element,
+    tags: Sequence[TagFilter],
+    pois: list[Poi],
+    gone: dict[tuple[str, int], None],
+    tally: Tally,
+) -> None:
+    """One ``<action>``: a POI to write, a key gone, or an element dropped."""
+    kind = action.get("type")
+    element = _first_element(action if kind == "create" else action.find("new"))
+    if element is None:
+        element = _first_element(action.find("old"))
+        if element is None:
+            tally.drop(f"<action type={shown(kind)}>", "it holds no element")
+            return
+        if (key := _key(element, tally)) is not None:
+            gone[key] = None
+        return
+    key = _key(element, tally)
+    if key is None:
+        return
+    if kind == "delete" or element.get("visible") == "false" or not _matches(element, tags):
+        gone[key] = None
+        return
+    where = _position(element)
+    if where is None:
+        tally.drop(f"{key[0]} {key[1]}", "its new version has no usable position", key)
+        return
+    pois.append(Poi(key[0], key[1], where[0], where[1], clean_tags(_tags(element))))
 
 
 def _first_element(parent: ET.Element | None) -> ET.Element | None:
@@ -116,11 +140,18 @@ def _first_element(parent: ET.Element | None) -> ET.Element | None:
     return next((child for child in parent if child.tag in _KINDS), None)
 
 
-def _key(element: ET.Element, body: bytes) -> tuple[str, int]:
+def _key(element: ET.Element, tally: Tally) -> tuple[str, int] | None:
+    """``(type, id)``, or None (the element dropped) when the id is not a usable OSM id."""
+    text = element.get("id", "")
     try:
-        return element.tag, int(element.get("id", ""))
+        osm_id: object = int(text)
     except ValueError:
-        raise _bad_response(f"a <{element.tag}> has no numeric id", body) from None
+        osm_id = text
+    problem = id_problem(osm_id)
+    if problem is not None:
+        tally.drop(f"<{element.tag} id={shown(text)}>", problem)
+        return None
+    return element.tag, int(text)
 
 
 def _tags(element: ET.Element) -> dict[str, str]:
@@ -136,12 +167,13 @@ def _matches(element: ET.Element, filters: Sequence[TagFilter]) -> bool:
 
 
 def _position(element: ET.Element) -> tuple[float, float] | None:
-    """A node's lat/lon, a way's or relation's ``<center>``; None without one."""
+    """A node's lat/lon, a way's or relation's ``<center>``; None without a usable one."""
     where = element if element.tag == "node" else element.find("center")
-    if where is None or where.get("lat") is None or where.get("lon") is None:
+    if where is None:
         return None
     try:
-        return float(where.get("lat", "")), float(where.get("lon", ""))
+        # float() reads "nan" and "inf" too: position() refuses them.
+        return position(float(where.get("lat", "")), float(where.get("lon", "")))
     except ValueError:
         return None
 

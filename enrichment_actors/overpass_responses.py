@@ -9,15 +9,33 @@ above a few MiB are parsed a piece of the ``elements`` array at a time, which
 keeps peak memory under three times the body for real Overpass output (one
 ``json.loads`` of the whole body peaks above five). It is pure: no HTTP, no
 I/O, so the worker, the stand-in server and the tests share it.
+
+Each element is checked as it is read (:mod:`.overpass_elements`): one whose
+key or position is unusable is dropped and counted, its tags are repaired
+into text PostgreSQL accepts, and the rest of the answer is a success.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
+
+from .overpass_elements import (
+    KINDS,
+    MAX_ID,
+    NOT_POIS,
+    Tally,
+    clean_tags,
+    id_problem,
+    json_may_hold_bad_text,
+    position,
+    shown,
+    tags_are_text,
+)
 
 __all__ = [
     "BadResponse",
@@ -63,20 +81,28 @@ class ParsedResponse:
     """A successful response.
 
     Parameters:
-      pois: The elements that have a position, in server order.
-      skipped: Elements without a position (no lat/lon, no or empty
-        ``center``) and elements that are not POIs (e.g. ``area``).
+      pois: The usable elements, in server order, their tags repaired.
+      skipped: Elements that are not POIs (``area``).
       remark: An informational remark the server added, if any.
       osm_base: ``osm3s.timestamp_osm_base``: the state of the OSM data the
         answer reflects (ISO 8601), if the server said.
+      gone: Of an augmented diff (:mod:`.overpass_adiff`): elements
+        deleted, or that no longer match the query.
+      dropped: Unusable elements left out (no usable type, id or position,
+        tags that are not an object; see :mod:`.overpass_elements`). One
+        warning line names the first few.
+      kept: The ``(type, id)`` of the dropped elements whose key could be
+        read. The server still returned them: their old rows stay, and the
+        coverage ledger must not delete them as no longer returned.
     """
 
     pois: list[Poi]
     skipped: int
     remark: str | None
     osm_base: str | None = None
-    #: Of an augmented diff (:mod:`.overpass_adiff`): elements deleted, or that no longer match the query.
     gone: tuple[tuple[str, int], ...] = ()
+    dropped: int = 0
+    kept: tuple[tuple[str, int], ...] = ()
 
 
 class OverpassError(Exception):
@@ -301,6 +327,8 @@ _ELEMENT_END = re.compile(rb'(\})\s*,\s*(?=\{\s*"type"\s*:\s*"\w+"\s*,\s*"id")')
 _MAX_MISSES = 8
 _DECODER = json.JSONDecoder()
 
+logger = logging.getLogger(__name__)
+
 
 def read_response(status: int, body: bytes) -> ParsedResponse:
     """Classify one ``/api/interpreter`` response and parse it.
@@ -327,7 +355,7 @@ def _read(status: int, body: bytes) -> ParsedResponse:
     if read is None:
         pois.clear()
         read = _read_whole(body, pois)
-    document, skipped = read
+    document, tally = read
     remark = document.get("remark")
     if remark is not None:
         remark = str(remark).strip()
@@ -335,11 +363,14 @@ def _read(status: int, body: bytes) -> ParsedResponse:
             raise _runtime_error(remark)
     osm3s = document.get("osm3s")
     osm_base = osm3s.get("timestamp_osm_base") if isinstance(osm3s, dict) else None
+    tally.log(f"an answer of {len(body)} bytes")
     return ParsedResponse(
         pois=pois,
-        skipped=skipped,
+        skipped=tally.skipped,
         remark=remark or None,
         osm_base=osm_base if isinstance(osm_base, str) else None,
+        dropped=tally.dropped,
+        kept=tally.kept_keys(),
     )
 
 
@@ -352,7 +383,7 @@ def classify(status: int, body: bytes) -> str:
     return "ok" if parsed.remark is None else "ok_with_remark"
 
 
-def _read_whole(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], int]:
+def _read_whole(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], Tally]:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -366,11 +397,13 @@ def _read_whole(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], int]:
     remark = document.get("remark")
     if remark is not None and _is_runtime_error(str(remark).strip()):
         # No POIs to build: the caller raises for the remark.
-        return document, 0
-    return document, _add_pois(elements, pois, body)
+        return document, Tally()
+    tally = Tally()
+    _add_pois(elements, pois, tally, json_may_hold_bad_text(body))
+    return document, tally
 
 
-def _read_in_pieces(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], int] | None:
+def _read_in_pieces(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], Tally] | None:
     """Parse a large body a piece of the ``elements`` array at a time.
 
     ``json.loads`` of a whole body holds its decoded text (up to 4 bytes a
@@ -385,7 +418,9 @@ def _read_in_pieces(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], int] 
     view = memoryview(body)
     position = start.end()
     target = position + _PIECE_BYTES
-    skipped = misses = 0
+    misses = 0
+    tally = Tally()
+    dirty = json_may_hold_bad_text(body)
     try:
         while (boundary := _ELEMENT_END.search(body, target)) is not None:
             # A piece must parse as an array on its own, so a boundary found
@@ -399,51 +434,89 @@ def _read_in_pieces(body: bytes, pois: list[Poi]) -> tuple[dict[str, Any], int] 
                 target = boundary.end()
                 continue
             misses = 0
-            skipped += _add_pois(piece, pois, body)
+            _add_pois(piece, pois, tally, dirty)
             position = boundary.end()
             target = position + _PIECE_BYTES
         rest = "[" + str(view[position:], "utf-8")
         piece, stop = _DECODER.raw_decode(rest)
-        skipped += _add_pois(piece, pois, body)
+        _add_pois(piece, pois, tally, dirty)
         # What surrounds the array must complete it to one JSON object.
         document = json.loads(str(view[: start.end() - 1], "utf-8") + "[]" + rest[stop:])
-    except (ValueError, RecursionError, BadResponse):
+    except (ValueError, RecursionError):
         return None
     if not isinstance(document, dict) or document.get("elements") != []:
         return None
-    return document, skipped
+    return document, tally
 
 
-def _add_pois(elements: list[Any], pois: list[Poi], body: bytes) -> int:
-    """Append the POIs among ``elements`` to ``pois``; return how many elements were skipped."""
+def _add_pois(elements: list[Any], pois: list[Poi], tally: Tally, dirty: bool) -> None:
+    """Append the usable elements among ``elements`` to ``pois``; tally the others.
+
+    ``dirty``: the body may hold a NUL or a lone surrogate, so every tag is
+    checked; otherwise only tags with values that are not strings are repaired.
+    """
     # The hot loop of a 50 MB response: locals only, tags dicts kept as parsed.
     append = pois.append
     # tuple.__new__ skips the Python-level Poi.__new__: a third of the loop's time.
     new = tuple.__new__
-    skipped = 0
-    try:
-        for element in elements:
-            kind = element.get("type")
-            if kind == "node":
-                lat = element.get("lat")
-                lon = element.get("lon")
-            elif kind in {"way", "relation"}:
-                center = element.get("center")
-                if not center:
-                    skipped += 1
-                    continue
+    for element in elements:
+        if type(element) is not dict:
+            tally.drop(f"element {shown(element)}", "it is not a JSON object")
+            continue
+        kind = element.get("type")
+        if kind == "node":
+            lat = element.get("lat")
+            lon = element.get("lon")
+        # A tuple, not a set: a "type" that is a list or an object cannot be hashed.
+        elif kind in ("way", "relation"):
+            center = element.get("center")
+            lat = lon = None
+            if type(center) is dict:
                 lat = center.get("lat")
                 lon = center.get("lon")
-            else:
-                skipped += 1
+        else:
+            _not_a_poi(element, kind, tally)
+            continue
+        osm_id = element.get("id")
+        if type(osm_id) is not int or not 0 < osm_id <= MAX_ID:
+            tally.drop(f"{kind} {shown(osm_id)}", id_problem(osm_id) or "")
+            continue
+        if (
+            type(lat) is not float
+            or type(lon) is not float
+            or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0)
+        ):
+            where = position(lat, lon)
+            if where is None:
+                tally.drop(f"{kind} {osm_id}", _position_problem(element, kind), (kind, osm_id))
                 continue
-            if lat is None or lon is None:
-                skipped += 1
-                continue
-            append(new(Poi, (kind, element["id"], lat, lon, element.get("tags") or {})))
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise _bad_response(f"an element is malformed ({type(exc).__name__}: {exc})", body) from None
-    return skipped
+            lat, lon = where
+        tags = element.get("tags")
+        if not tags:
+            tags = {}
+        elif type(tags) is not dict:
+            tally.drop(f"{kind} {osm_id}", f"its tags {shown(tags)} are not an object", (kind, osm_id))
+            continue
+        elif dirty or not tags_are_text(tags):
+            tags = clean_tags(tags)
+        append(new(Poi, (kind, osm_id, lat, lon, tags)))
+
+
+def _not_a_poi(element: dict[str, Any], kind: Any, tally: Tally) -> None:
+    if isinstance(kind, str) and kind in NOT_POIS:
+        tally.skip()
+    else:
+        tally.drop(
+            f"element {shown(element.get('id'))}", f"its type {shown(kind)} is not one of {sorted(KINDS)}"
+        )
+
+
+def _position_problem(element: dict[str, Any], kind: str) -> str:
+    if kind == "node":
+        return f"lat {shown(element.get('lat'))}, lon {shown(element.get('lon'))} is no position"
+    if "center" not in element:
+        return "it has no center"
+    return f"its center {shown(element['center'])} is no position"
 
 
 # Remarks that are the server's fault: short of memory itself (ENOMEM, unlike a

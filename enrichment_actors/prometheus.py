@@ -147,6 +147,11 @@ class EnrichmentPrometheus(Prometheus):
         if self._recorders is not None and count:
             self._recorders.pois_deleted.inc(count)
 
+    def count_elements_dropped(self, count: int) -> None:
+        """``count`` elements of an answer were unusable and left out (``ParsedResponse.dropped``)."""
+        if self._recorders is not None and count:
+            self._recorders.elements_dropped.inc(count)
+
     # --- Message hooks --------------------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
@@ -251,6 +256,7 @@ class _Recorders:
         self.response_bytes: Histogram = _declare(m.OVERPASS_RESPONSE_BYTES, registry)
         self.pois: Counter = _declare(m.POIS_UPSERTED, registry)
         self.pois_deleted: Counter = _declare(m.POIS_DELETED, registry)
+        self.elements_dropped: Counter = _declare(m.ELEMENTS_DROPPED, registry)
         self.messages: Counter = _declare(m.MESSAGES, registry)
         self.errors: Counter = _declare(m.MESSAGE_ERRORS, registry)
         self.retries: Counter = _declare(m.MESSAGE_RETRIES, registry)

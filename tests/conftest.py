@@ -10,6 +10,13 @@ The ports are chosen when this file is imported, and ``REDIS_URL`` and
 ``DATABASE_URL`` are set to them at once: the product reads its settings
 when ``enrichment_actors`` is first imported, and must only ever see the
 test servers.
+
+Property tests (hypothesis) run under the profile ``HYPOTHESIS_PROFILE``
+names. ``ci``, the default and ``make test``'s, is derandomized: every run
+draws the same examples, so whether a change lands never depends on the
+draw. ``chaos`` (``make chaos``) draws fresh examples, ten times as many; a
+failure prints the blob that replays it (``@reproduce_failure``), and the
+example that failed belongs in the test as an ``@example``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from pytest_postgresql import factories as pg_factories
 from pytest_redis import factories as redis_factories
 
@@ -49,6 +57,27 @@ os.environ.update(
     # Nothing in the suite may reach the public server.
     OVERPASS_URL="http://127.0.0.1:9/api/interpreter",
 )
+
+# No example database in either profile: nothing is written into the tree, and
+# a run replays nothing an earlier run happened to find.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "chaos",
+    max_examples=1000,
+    derandomize=False,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Redis Cluster and Sentinel topologies (session fixtures redis_cluster, redis_sentinel).
 pytest_plugins = ["tests.support.redis_topologies"]

@@ -7,7 +7,7 @@ import math
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from enrichment_actors.jobs import BBox, InvalidJob, JobLimits, TagFilter, build_query, validate_job
@@ -135,6 +135,14 @@ def test_message_round_trip() -> None:
         # More digits than Python will print: the message must still be an InvalidJob.
         ({**BOX, "east": 10**5000}, None, "east must be a finite number"),
         ({**BOX, "north": 1e309}, None, "north must be a finite number"),
+        # Finite, but infinite once scaled to grid units: the range is checked first (finding 8).
+        (
+            {**BOX, "east": 1.7976931348623158e301},
+            None,
+            "east=1.7976931348623158e+301 is outside [-180, 180]",
+        ),
+        ({**BOX, "south": -1e300}, None, "south=-1e+300 is outside [-90, 90]"),
+        ({**BOX, "west": 10**300}, None, "is outside [-180, 180]"),
         ({**BOX, "north": [48.86]}, None, "north must be a finite number"),
         ({**BOX, 10**5000: 1}, None, "unknown: <int that cannot be shown>"),
         (BOX, [10**5000], "must be a"),
@@ -148,6 +156,16 @@ def test_payloads_that_used_to_escape_validation_are_refused(
         validate_job(bbox, tags)
     assert message in str(raised.value)
     assert len(str(raised.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("given", "snapped"), [(180.00000004, 180.0), (-180.00000004, -180.0), (179.99 + 0.01, 180.0)]
+)
+def test_a_longitude_within_half_a_grid_unit_of_the_limit_is_snapped_onto_it(
+    given: float, snapped: float
+) -> None:
+    job = validate_job({"south": 1.0, "west": 179.9, "north": 1.1, "east": given}, ["amenity"])
+    assert job.bbox.east == snapped
 
 
 def test_a_depth_too_long_to_print_is_refused_by_name() -> None:
@@ -187,8 +205,14 @@ _TAG = _ANY_TEXT | st.builds(lambda k, v: f"{k}={v}", _ANY_TEXT, _ANY_TEXT) | _J
 _TAGS = st.none() | _JSON_ISH | st.lists(_TAG, max_size=25)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Six times the profile's examples: 600 in make test (derandomized), 6000 fresh ones in make chaos.
+@settings(
+    max_examples=6 * settings().max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(bbox=_BBOX, tags=_TAGS, depth=st.just(0) | st.integers(-5, 40) | _JSON_ISH)
+# Found by this test in a clean clone's make test (issue 16, finding 8): a finite
+# coordinate that overflows once scaled to grid units.
+@example(bbox={**BOX, "east": 1.7976931348623158e301}, tags=None, depth=0)
 def test_any_payload_is_refused_by_name_or_becomes_a_job_that_can_be_sent(
     bbox: object, tags: object, depth: object
 ) -> None:

@@ -194,6 +194,7 @@ def test_recording_before_boot_does_nothing() -> None:
     process(metrics, STORE, None, failed=False, noted=None)
     metrics.observe_overpass_call(m.CALL_OK, 0.1, endpoint="a.example", response_bytes=10)
     metrics.count_pois_upserted(3)
+    metrics.count_elements_dropped(2)
 
 
 def test_call_metrics_record_status_duration_and_bytes(
@@ -204,6 +205,8 @@ def test_call_metrics_record_status_duration_and_bytes(
     metrics.observe_overpass_call(ServerBusy.label, 0.02, endpoint="b.example:8080")
     metrics.observe_overpass_call(ServerBusy.label, 0.02, endpoint="b.example:8080")
     metrics.count_pois_upserted(17)
+    metrics.count_elements_dropped(0)
+    metrics.count_elements_dropped(2)
     value = registry.get_sample_value
     assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "a.example", m.STATUS: m.CALL_OK}) == 1
     assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "b.example:8080", m.STATUS: "server_busy"}) == 2
@@ -213,6 +216,7 @@ def test_call_metrics_record_status_duration_and_bytes(
     assert value(f"{m.OVERPASS_RESPONSE_BYTES.name}_count") == 1  # failures have no body size
     assert value(f"{m.OVERPASS_RESPONSE_BYTES.name}_sum") == 52_000
     assert value(m.POIS_UPSERTED.sample_name) == 17
+    assert value(m.ELEMENTS_DROPPED.sample_name) == 2
 
 
 # --- The docs name only metrics defined in metrics.py, and document all of them ----------------------

@@ -8,6 +8,7 @@ checked against the same reader, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 
 ADIFFS = Path(__file__).resolve().parents[1] / "fixtures" / "adiff"
 
-#: file -> (osm_base, POIs to write, elements gone, elements without a position)
+#: file -> (osm_base, POIs to write, elements gone, elements dropped: without a usable position)
 RECORDED = [
     pytest.param(
         "overpass_api_de_augmented_diff_2012-09-12.xml",
@@ -81,15 +82,18 @@ RECORDED = [
 ]
 
 
-@pytest.mark.parametrize(("name", "osm_base", "written", "gone", "skipped"), RECORDED)
+@pytest.mark.parametrize(("name", "osm_base", "written", "gone", "dropped"), RECORDED)
 def test_recorded_diffs_read_as_pois_to_write_and_elements_gone(
-    name: str, osm_base: str | None, written: set[tuple[str, int]], gone: set[tuple[str, int]], skipped: int
+    name: str, osm_base: str | None, written: set[tuple[str, int]], gone: set[tuple[str, int]], dropped: int
 ) -> None:
     parsed = read_adiff(200, (ADIFFS / name).read_bytes(), ())
     assert parsed.osm_base == osm_base
     assert {(p.element_type, p.osm_id) for p in parsed.pois} == written
     assert set(parsed.gone) == gone
-    assert parsed.skipped == skipped
+    assert (parsed.skipped, parsed.dropped) == (0, dropped)
+    # Every element dropped has a readable key: kept, neither written nor gone.
+    assert bool(parsed.kept) == bool(dropped)
+    assert not set(parsed.kept) & (written | gone)
 
 
 def test_a_centre_is_the_position_of_a_way_or_relation() -> None:
@@ -116,6 +120,94 @@ def test_an_element_is_written_or_gone_by_the_tags_it_has_now(
     assert {(p.element_type, p.osm_id) for p in parsed.pois} == written
     assert gone <= set(parsed.gone)
     assert not written & set(parsed.gone)
+
+
+# -- one unusable element costs only itself (issue 16, finding 7) ---------------------------------
+
+
+def _diff_around(action: str) -> bytes:
+    """An augmented diff of two good POIs around ``action``."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<osm version="0.6" generator="Overpass API 0.7.62">\n'
+        '<meta osm_base="2025-01-02T08:00:00Z"/>\n'
+        '<action type="create"><node id="1" lat="46.5" lon="6.6"><tag k="amenity" v="cafe"/></node></action>\n'
+        f"{action}\n"
+        '<action type="modify"><old><way id="2"><center lat="46.5" lon="6.6"/><tag k="amenity" v="pub"/></way>'
+        '</old><new><way id="2"><center lat="46.51" lon="6.61"/><tag k="amenity" v="bar"/></way></new>'
+        "</action>\n</osm>\n"
+    ).encode()
+
+
+def _create(element: str) -> str:
+    return f'<action type="create">{element}</action>'
+
+
+_BENCH = '<tag k="amenity" v="bench"/>'
+_KEPT = (("node", 9),)
+
+
+@pytest.mark.parametrize(
+    ("action", "kept", "said"),
+    [
+        pytest.param(_create(f'<node id="12a" lat="1" lon="2">{_BENCH}</node>'), (), "'12a'", id="id-text"),
+        pytest.param(_create(f'<node id="0" lat="1" lon="2">{_BENCH}</node>'), (), "'0'", id="id-zero"),
+        pytest.param(_create(f'<node id="-5" lat="1" lon="2">{_BENCH}</node>'), (), "'-5'", id="id-negative"),
+        pytest.param(
+            _create(f'<node id="9223372036854775808" lat="1" lon="2">{_BENCH}</node>'),
+            (),
+            "9223372036854775808",
+            id="id-above-bigint",
+        ),
+        pytest.param(_create(f'<node lat="1" lon="2">{_BENCH}</node>'), (), "id=''", id="id-missing"),
+        pytest.param(
+            '<action type="delete"><old><node id="x9" lat="1" lon="2"/></old></action>',
+            (),
+            "'x9'",
+            id="gone-with-id-text",
+        ),
+        pytest.param('<action type="modify"><old/><new/></action>', (), "holds no element", id="no-element"),
+        pytest.param(
+            _create(f'<node id="9" lat="nan" lon="2">{_BENCH}</node>'), _KEPT, "node 9", id="lat-nan"
+        ),
+        pytest.param(
+            _create(f'<node id="9" lat="1" lon="inf">{_BENCH}</node>'), _KEPT, "node 9", id="lon-inf"
+        ),
+        pytest.param(_create(f'<node id="9" lat="91" lon="2">{_BENCH}</node>'), _KEPT, "node 9", id="lat-91"),
+        pytest.param(
+            _create(f'<node id="9" lat="1" lon="-180.5">{_BENCH}</node>'), _KEPT, "node 9", id="lon-below-180"
+        ),
+        pytest.param(
+            _create(f'<node id="9" lat="north" lon="2">{_BENCH}</node>'), _KEPT, "node 9", id="lat-text"
+        ),
+        pytest.param(_create(f'<node id="9" lon="2">{_BENCH}</node>'), _KEPT, "node 9", id="lat-missing"),
+        pytest.param(_create(f'<way id="9">{_BENCH}</way>'), (("way", 9),), "way 9", id="no-center"),
+        pytest.param(
+            _create(f'<relation id="9"><center lat="nan" lon="2"/>{_BENCH}</relation>'),
+            (("relation", 9),),
+            "relation 9",
+            id="center-nan",
+        ),
+    ],
+)
+def test_an_unusable_element_of_a_diff_is_dropped_and_counted_and_its_neighbours_kept(
+    action: str, kept: tuple[tuple[str, int], ...], said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        parsed = read_adiff(200, _diff_around(action), [TagFilter("amenity")])
+
+    assert [(p.element_type, p.osm_id) for p in parsed.pois] == [("node", 1), ("way", 2)]
+    assert (parsed.dropped, parsed.kept, parsed.gone) == (1, kept, ())
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "Dropped 1 unusable element" in line and said in line
+    assert len(line) <= 400
+
+
+def test_an_element_gone_needs_no_position() -> None:
+    deleted = '<action type="delete"><old><node id="9" lat="nan" lon="2"/></old></action>'
+
+    parsed = read_adiff(200, _diff_around(deleted), [TagFilter("amenity")])
+
+    assert (parsed.gone, parsed.dropped, parsed.kept) == ((("node", 9),), 0, ())
 
 
 def test_the_diff_query_is_the_same_query_in_xml_since_the_timestamp() -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enrichment_actors import overpass_responses
 from enrichment_actors.overpass_responses import (
@@ -104,10 +108,10 @@ def _outcome(status: int, body: bytes) -> object:
         parsed = read_response(status, body)
     except OverpassError as exc:
         return (type(exc), str(exc))
-    return (parsed.pois, parsed.skipped, parsed.remark)
+    return (parsed.pois, parsed.skipped, parsed.dropped, parsed.kept, parsed.remark)
 
 
-# file -> POIs as (type, id, lat, lon), skipped, remark
+# file -> POIs as (type, id, lat, lon), skipped (not POIs), dropped (no usable position), remark
 OWN_PARSES = {
     "success/nodes-ways-relations.json": (
         [
@@ -117,46 +121,52 @@ OWN_PARSES = {
             ("relation", 3001, 46.515, 6.64),
         ],
         0,
-        None,
-    ),
-    "success/way-without-center.json": ([("node", 1101, 46.5, 6.6)], 1, None),
-    "success/same-id-node-and-way.json": (
-        [("node", 4242, 46.52, 6.65), ("way", 4242, 46.521, 6.651), ("relation", 4242, 46.522, 6.652)],
         0,
         None,
     ),
-    "success/empty-result.json": ([], 0, None),
-    "success/area-elements.json": ([("node", 1201, 46.53, 6.66)], 1, None),
+    "success/way-without-center.json": ([("node", 1101, 46.5, 6.6)], 0, 1, None),
+    "success/same-id-node-and-way.json": (
+        [("node", 4242, 46.52, 6.65), ("way", 4242, 46.521, 6.651), ("relation", 4242, 46.522, 6.652)],
+        0,
+        0,
+        None,
+    ),
+    "success/empty-result.json": ([], 0, 0, None),
+    "success/area-elements.json": ([("node", 1201, 46.53, 6.66)], 1, 0, None),
     "success/compact-one-line.json": (
         [("node", 1301, 46.54, 6.67), ("relation", 3301, 46.55, 6.68), ("way", 2301, 46.56, 6.69)],
+        0,
         0,
         None,
     ),
     "success/old-element-separator.json": (
         [("node", 1401, 46.57, 6.7), ("way", 2401, 46.571, 6.701)],
         0,
+        0,
         None,
     ),
-    "edge/empty-center.json": ([("node", 1501, 46.58, 6.71)], 2, None),
+    "edge/empty-center.json": ([("node", 1501, 46.58, 6.71)], 0, 2, None),
+    "edge/malformed-element.json": ([], 0, 1, None),
     "remark/informational.json": (
         [("node", 1801, 46.61, 6.74)],
         0,
+        0,
         "runtime remark: Timeout is 25 seconds, which is below the recommended minimum.",
     ),
-    "remark/unknown-prefix.json": ([], 0, "Data older than usual: the replication is catching up."),
+    "remark/unknown-prefix.json": ([], 0, 0, "Data older than usual: the replication is catching up."),
 }
 
 
 @pytest.mark.parametrize(("file", "expected"), OWN_PARSES.items(), ids=list(OWN_PARSES))
 def test_own_fixture_parses_to_exact_pois(
-    file: str, expected: tuple[list[tuple[object, ...]], int, str]
+    file: str, expected: tuple[list[tuple[object, ...]], int, int, str]
 ) -> None:
-    pois, skipped, remark = expected
+    pois, skipped, dropped, remark = expected
 
     parsed = read_response(200, (OWN_ROOT / file).read_bytes())
 
     assert [(p.element_type, p.osm_id, p.lat, p.lon) for p in parsed.pois] == pois
-    assert (parsed.skipped, parsed.remark) == (skipped, remark)
+    assert (parsed.skipped, parsed.dropped, parsed.remark) == (skipped, dropped, remark)
 
 
 def test_tags_are_kept_as_printed_and_missing_tags_are_empty() -> None:
@@ -169,24 +179,26 @@ def test_tags_are_kept_as_printed_and_missing_tags_are_empty() -> None:
     assert park.tags["name"] == 'Parc <Test> & "Jardin"'
 
 
-# Shared files whose counts pin the parse down: file -> (POIs, skipped).
+# Shared files whose counts pin the parse down: file -> (POIs, skipped areas, dropped
+# elements without a usable position). Each dropped one has a readable key: kept.
 SHARED_COUNTS = {
-    "success/osm2geojson-issue-16.json": (4, 3),
-    "success/overpy-area-01.json": (0, 4),
-    "success/overpy-way-02.json": (6, 1),
-    "success/aio-way-out-geom.json": (0, 1),
-    "success/mvexel-example-mapquery.json": (409, 26),
-    "edge/overpy-way-04-empty-center.json": (0, 1),
-    "local-server/05_area_query_shops.body.json": (215, 0),
+    "success/osm2geojson-issue-16.json": (4, 0, 3),
+    "success/overpy-area-01.json": (0, 4, 0),
+    "success/overpy-way-02.json": (6, 0, 1),
+    "success/aio-way-out-geom.json": (0, 0, 1),
+    "success/mvexel-example-mapquery.json": (409, 0, 26),
+    "edge/overpy-way-04-empty-center.json": (0, 0, 1),
+    "local-server/05_area_query_shops.body.json": (215, 0, 0),
 }
 
 
 @needs_shared
 @pytest.mark.parametrize(("file", "counts"), SHARED_COUNTS.items(), ids=list(SHARED_COUNTS))
-def test_shared_fixture_counts(file: str, counts: tuple[int, int]) -> None:
+def test_shared_fixture_counts(file: str, counts: tuple[int, int, int]) -> None:
     parsed = read_response(200, (SHARED_ROOT / file).read_bytes())
 
-    assert (len(parsed.pois), parsed.skipped) == counts
+    assert (len(parsed.pois), parsed.skipped, parsed.dropped) == counts
+    assert len(parsed.kept) == parsed.dropped
 
 
 @needs_shared
@@ -195,7 +207,8 @@ def test_same_id_as_node_and_way_gives_two_keys() -> None:
 
     keys = {(p.element_type, p.osm_id) for p in parsed.pois}
     assert ("node", 26763057) in keys
-    assert ("way", 26763057) not in keys  # printed without center: skipped, not merged
+    assert ("way", 26763057) not in keys  # printed without center: dropped, not merged
+    assert ("way", 26763057) in parsed.kept
 
 
 @needs_shared
@@ -337,7 +350,8 @@ def _element(i: int) -> str:
 
 def _large_body(count: int, *, remark: str | None = None, separator: str = ",\n") -> bytes:
     head = (OWN_ROOT / "success/empty-result.json").read_text().split('"elements": [', 1)[0]
-    elements = separator.join(_element(i) for i in range(count))
+    # OSM ids start at 1: an id of 0 is dropped as unusable.
+    elements = separator.join(_element(i) for i in range(1, count + 1))
     tail = "\n\n  ]\n}\n" if remark is None else f'\n\n  ],\n"remark": {json.dumps(remark)}\n}}\n'
     return (head + '"elements": [\n\n' + elements + tail).encode()
 
@@ -442,7 +456,7 @@ def test_objects_that_look_like_elements_cost_retries_not_correctness(
 
     assert (overpass_responses._read_in_pieces(body, pois) is not None) is in_pieces
     parsed = read_response(200, body)
-    assert [p.osm_id for p in parsed.pois] == list(range(3_000))
+    assert [p.osm_id for p in parsed.pois] == list(range(1, 3_001))
 
 
 @pytest.mark.usefixtures("small_pieces")
@@ -453,6 +467,185 @@ def test_an_elements_array_nested_before_the_real_one_is_not_taken_for_it() -> N
     parsed = read_response(200, body)
 
     assert [p.osm_id for p in parsed.pois] == [42]
+
+
+# -- one unusable element costs only itself (issue 16, finding 7) ---------------------------------
+
+_FIRST = {"type": "node", "id": 1, "lat": 46.5, "lon": 6.6, "tags": {"amenity": "cafe"}}
+_LAST = {"type": "way", "id": 2, "center": {"lat": 46.51, "lon": 6.61}, "tags": {"shop": "bakery"}}
+
+
+@pytest.fixture(params=["whole", "in-pieces"])
+def whole_or_in_pieces(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each answer read whole, then by the piecewise reader of large bodies (tiny pieces)."""
+    if request.param == "in-pieces":
+        monkeypatch.setattr(overpass_responses, "_PIECE_BYTES", 8)
+
+
+def _answer_around(*elements: object) -> bytes:
+    """An answer of two good POIs around ``elements`` (NaN and Infinity printed as Python's json does)."""
+    document = {
+        "version": 0.6,
+        "osm3s": {"timestamp_osm_base": "2026-01-15T08:00:00Z"},
+        "elements": [_FIRST, *elements, _LAST],
+    }
+    return json.dumps(document, indent=1).encode()
+
+
+def _node(**fields: object) -> dict[str, object]:
+    return {"type": "node", "id": 9, "lat": 46.52, "lon": 6.62, "tags": {"amenity": "bench"}, **fields}
+
+
+_WAY = {"type": "way", "id": 9, "tags": {"shop": "florist"}}
+_KEPT = (("node", 9),)
+_KEPT_WAY = (("way", 9),)
+
+
+@pytest.mark.parametrize(
+    ("element", "kept", "said"),
+    [
+        # The id: unreadable, so no key to keep.
+        pytest.param(_node(id="12a"), (), "'12a'", id="id-text"),
+        pytest.param(_node(id=True), (), "True", id="id-bool"),
+        pytest.param(_node(id=0), (), "id 0", id="id-zero"),
+        pytest.param(_node(id=-5), (), "id -5", id="id-negative"),
+        pytest.param(_node(id=2**63), (), "9223372036854775808", id="id-above-bigint"),
+        pytest.param(_node(id=12.0), (), "12.0", id="id-float"),
+        pytest.param(_node(id=None), (), "None", id="id-null"),
+        pytest.param({k: v for k, v in _node().items() if k != "id"}, (), "None", id="id-missing"),
+        # The type.
+        pytest.param(_node(type="nod"), (), "'nod'", id="type-unknown"),
+        pytest.param(_node(type=5), (), "5", id="type-number"),
+        pytest.param(_node(type=["node"]), (), "['node']", id="type-a-list"),
+        pytest.param(_node(type={"node": 1}), (), "{'node': 1}", id="type-an-object"),
+        pytest.param(_node(id=[9]), (), "[9]", id="id-a-list"),
+        pytest.param({k: v for k, v in _node().items() if k != "type"}, (), "None", id="type-missing"),
+        # The position: the key is readable, so the old row is kept.
+        pytest.param(_node(lat=math.nan), _KEPT, "lat nan", id="lat-nan"),
+        pytest.param(_node(lon=math.inf), _KEPT, "inf", id="lon-infinite"),
+        pytest.param(_node(lat=90.5), _KEPT, "90.5", id="lat-above-90"),
+        pytest.param(_node(lon=-180.01), _KEPT, "-180.01", id="lon-below-180"),
+        pytest.param(_node(lat="46.52"), _KEPT, "'46.52'", id="lat-text"),
+        pytest.param(_node(lat=True), _KEPT, "True", id="lat-bool"),
+        pytest.param(_node(lat=10**400), _KEPT, "lat 1000", id="lat-huge-int"),
+        pytest.param({k: v for k, v in _node().items() if k != "lon"}, _KEPT, "lon None", id="lon-missing"),
+        pytest.param(_WAY, _KEPT_WAY, "no center", id="center-missing"),
+        pytest.param({**_WAY, "center": {}}, _KEPT_WAY, "{}", id="center-empty"),
+        pytest.param({**_WAY, "center": [46.5, 6.6]}, _KEPT_WAY, "[46.5", id="center-a-list"),
+        pytest.param({**_WAY, "center": {"lat": math.nan, "lon": 6.6}}, _KEPT_WAY, "nan", id="center-nan"),
+        # The tags.
+        pytest.param(_node(tags=["amenity", "bench"]), _KEPT, "not an object", id="tags-a-list"),
+        pytest.param(_node(tags="amenity=bench"), _KEPT, "not an object", id="tags-text"),
+        # The element itself.
+        pytest.param("node 9 at 46.52,6.62", (), "not a JSON object", id="a-string"),
+        pytest.param(None, (), "not a JSON object", id="null"),
+        pytest.param([9, 46.52, 6.62], (), "not a JSON object", id="a-list"),
+    ],
+)
+@pytest.mark.usefixtures("whole_or_in_pieces")
+def test_an_unusable_element_is_dropped_and_counted_and_its_neighbours_kept(
+    element: object, kept: tuple[tuple[str, int], ...], said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        parsed = read_response(200, _answer_around(element))
+
+    assert [(p.element_type, p.osm_id) for p in parsed.pois] == [("node", 1), ("way", 2)]
+    assert (parsed.dropped, parsed.kept, parsed.skipped) == (1, kept, 0)
+    assert parsed.osm_base == "2026-01-15T08:00:00Z"
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "Dropped 1 unusable element" in line and said in line
+    assert len(line) <= 400
+
+
+def test_areas_are_skipped_not_dropped() -> None:
+    parsed = read_response(200, _answer_around({"type": "area", "id": 3600000001, "tags": {"name": "x"}}))
+
+    assert (len(parsed.pois), parsed.skipped, parsed.dropped, parsed.kept) == (2, 1, 0, ())
+
+
+def test_many_dropped_elements_make_one_short_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        parsed = read_response(200, _answer_around(*(_node(id=i, lat=math.nan) for i in range(10, 1010))))
+
+    assert (len(parsed.pois), parsed.dropped, len(parsed.kept)) == (2, 1000, 1000)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "Dropped 1000" in line and "first 5: node 10 " in line
+    assert len(line) <= 400
+
+
+def _answer_with_tags(tags: bytes) -> bytes:
+    return b'{"elements": [{"type": "node", "id": 1, "lat": 1.5, "lon": 2.5, "tags": ' + tags + b"}]}"
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        pytest.param(rb'{"name": "Caf\u0000e"}', {"name": "Caf\ufffde"}, id="nul-in-value"),
+        pytest.param(rb'{"na\u0000me": "x"}', {"na\ufffdme": "x"}, id="nul-in-key"),
+        pytest.param(rb'{"name": "\ud800x"}', {"name": "\ufffdx"}, id="high-surrogate-in-value"),
+        pytest.param(rb'{"\udfff": "x"}', {"\ufffd": "x"}, id="low-surrogate-in-key"),
+        pytest.param(rb'{"name": "a\udc00\ud800b"}', {"name": "a\ufffd\ufffdb"}, id="pair-in-wrong-order"),
+        # Surrogates printed as UTF-8 bytes (json.loads reads bytes with surrogatepass).
+        pytest.param(b'{"name": "\xed\xa0\x80"}', {"name": "\ufffd"}, id="surrogate-as-utf8-bytes"),
+        pytest.param(
+            b'{"name": "\xed\xa0\xbd\xed\xb8\x80"}', {"name": "\U0001f600"}, id="pair-as-utf8-bytes"
+        ),
+        # Left as they are: an escaped pair is one character; an escaped backslash is text.
+        pytest.param(rb'{"name": "\ud83d\ude00"}', {"name": "\U0001f600"}, id="escaped-pair"),
+        pytest.param(rb'{"note": "C:\\u0000"}', {"note": "C:\\u0000"}, id="escaped-backslash"),
+        # Values printed as other JSON types: their JSON text (OSM values are text).
+        pytest.param(
+            b'{"level": 2, "fee": true, "width": 2.5, "note": null, "x": [1, "\\u0000"]}',
+            {"level": "2", "fee": "true", "width": "2.5", "note": "null", "x": '[1, "\\u0000"]'},
+            id="values-not-strings",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("whole_or_in_pieces")
+def test_tags_are_repaired_into_text_postgresql_takes(tags: bytes, expected: dict[str, str]) -> None:
+    parsed = read_response(200, _answer_with_tags(tags))
+
+    ((poi),) = parsed.pois
+    assert poi.tags == expected
+    assert parsed.dropped == 0
+    for key, value in poi.tags.items():
+        assert "\x00" not in key + value
+        (key + value).encode("utf-8")  # no lone surrogate left
+
+
+_ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=8)  # NUL and surrogates included
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_ANY_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+_COORDINATE = st.floats() | st.integers(-200, 200) | _ANY_JSON
+_ANY_ELEMENT = _ANY_JSON | st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["node", "way", "relation", "area"]) | _ANY_JSON,
+        "id": st.integers(-2, 2**64) | _ANY_JSON,
+        "lat": _COORDINATE,
+        "lon": _COORDINATE,
+        "center": st.fixed_dictionaries({}, optional={"lat": _COORDINATE, "lon": _COORDINATE}) | _ANY_JSON,
+        "tags": st.dictionaries(_ANY_TEXT, _ANY_TEXT | _ANY_JSON, max_size=4) | _ANY_JSON,
+    },
+)
+
+
+@given(elements=st.lists(_ANY_ELEMENT, max_size=6))
+def test_any_element_becomes_a_poi_postgresql_takes_or_is_counted(elements: list[object]) -> None:
+    parsed = read_response(200, json.dumps({"elements": elements}).encode())
+
+    assert len(parsed.pois) + parsed.skipped + parsed.dropped == len(elements)
+    assert len(parsed.kept) <= parsed.dropped
+    for kind, osm_id, lat, lon, tags in parsed.pois:
+        assert kind in {"node", "way", "relation"}
+        assert type(osm_id) is int and 0 < osm_id < 2**63
+        assert type(lat) is float and -90 <= lat <= 90 and type(lon) is float and -180 <= lon <= 180
+        for text in (*tags, *tags.values()):
+            assert isinstance(text, str) and "\x00" not in text
+            text.encode("utf-8")
 
 
 # The fixture folders themselves.

@@ -13,6 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import BrokerConnectionError
 
 from enrichment_actors.message_limit import MessageSizeLimit, MessageTooLarge
+from enrichment_actors.overpass_responses import read_response
 from enrichment_actors.staging import (
     MemoryStash,
     RedisStash,
@@ -83,6 +84,25 @@ def test_a_stage_holds_an_answer_until_every_chunk_is_stored(stash: Stash) -> No
     # Stored chunks are deleted; a copy of a store message finds them stored, not lost.
     assert stage.load_chunk(0) is None
     assert not any(name.startswith("chunk:") for name in stash.look("fetch:m1", [])[0])
+
+
+#: An answer whose tags hold a lone surrogate and a NUL (issue 16, finding 7).
+_BAD_TEXT_ANSWER = (
+    b'{"elements": [{"type": "node", "id": 1, "lat": 1.5, "lon": 2.5, '
+    b'"tags": {"name": "caf\\ud800", "n\\u0000te": "a\\u0000b"}}]}'
+)
+
+
+def test_a_lone_surrogate_repaired_by_the_parser_survives_staging(stash: Stash) -> None:
+    stage = Stage(stash, "fetch:m-surrogate", ttl_s=60)
+    # Unrepaired, it cannot be staged at all: the same answer was fetched again and again.
+    with pytest.raises(UnicodeEncodeError):
+        stage.put_pois([("node", 1, 1.5, 2.5, {"name": "caf\ud800"})], chunk_bytes=1024)
+
+    staged = stage.put_pois(read_response(200, _BAD_TEXT_ANSWER).pois, chunk_bytes=1024)
+
+    rows = [row for i in range(staged.chunks) for row in stage.load_chunk(i) or []]
+    assert rows == [["node", 1, 1.5, 2.5, {"name": "caf\ufffd", "n\ufffdte": "a\ufffdb"}]]
 
 
 def test_a_chunk_that_expired_is_reported_not_taken_for_stored() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import peewee
 import pytest
 
+from enrichment_actors.overpass_responses import read_response
 from enrichment_actors.store import PersistenceError, PoiStore
 
 POIS = [
@@ -18,6 +20,34 @@ POIS = [
 def test_upsert_stores_every_poi_keyed_by_type_and_id(store: PoiStore) -> None:
     assert store.upsert(POIS) == 3
     assert sorted(store.fetch_all()) == sorted(POIS)
+
+
+#: An answer whose tags hold a NUL (JSONB refuses it) and a lone surrogate (not UTF-8): issue 16, finding 7.
+_BAD_TEXT_ANSWER = (
+    b'{"elements": ['
+    b'{"type": "node", "id": 1, "lat": 1.5, "lon": 2.5, "tags": {"name": "Caf\\u0000e", "n\\u0000": "x"}},'
+    b'{"type": "node", "id": 2, "lat": 1.6, "lon": 2.6, "tags": {"name": "caf\\ud800", "\\udfff": "y"}},'
+    b'{"type": "node", "id": 3, "lat": 1.7, "lon": 2.7, "tags": {"level": 2}}'
+    b"]}"
+)
+
+
+@pytest.mark.parametrize("tags", [{"name": "Caf\x00e"}, {"name": "caf\ud800"}], ids=["nul", "lone-surrogate"])
+def test_tags_postgresql_refuses_are_repaired_by_the_parser_and_upsert(
+    store: PoiStore, tags: dict[str, str]
+) -> None:
+    if isinstance(store.database, peewee.PostgresqlDatabase):
+        # What the parser repairs: unrepaired, PostgreSQL refuses the whole batch.
+        with pytest.raises(PersistenceError):
+            store.upsert([("node", 9, 1.0, 2.0, tags)])
+
+    assert store.upsert(read_response(200, _BAD_TEXT_ANSWER).pois) == 3
+
+    assert store.fetch_all() == [
+        ("node", 1, 1.5, 2.5, {"name": "Caf\ufffde", "n\ufffd": "x"}),
+        ("node", 2, 1.6, 2.6, {"name": "caf\ufffd", "\ufffd": "y"}),
+        ("node", 3, 1.7, 2.7, {"level": "2"}),
+    ]
 
 
 def test_the_same_pois_twice_leave_the_same_rows(store: PoiStore) -> None:
