@@ -238,6 +238,7 @@ def fetch_pois(
     # admitted after sees them): the next call may start while this job hands
     # its POIs on.
     release_permit_early()
+    runtime.metrics.count_elements_dropped(result.parsed.dropped)
     failpoint("fetch.answered")
     _hand_on(job, stage, _stage_answer(stage, result, cover, since), cover, force)
 
@@ -261,11 +262,14 @@ def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, si
     if cover is not None:
         osm_base, unusable = read_osm_base(parsed.osm_base)
         if unusable:
+            runtime.metrics.count_osm_base_unusable()
             logger.warning(
                 "Overpass sent an unusable timestamp_osm_base %.60r: this answer is ordered by its fetch time.",
                 parsed.osm_base,
             )
-        answer = cover.answer(stage.key, osm_base, fetched_at=fetch_time(), diff=since is not None)
+        answer = cover.answer(
+            stage.key, osm_base, fetched_at=fetch_time(), diff=since is not None, kept=parsed.kept
+        )
     if cover is not None and since is not None:
         logger.info(
             "Refreshed %d tiles from an augmented diff since %s: %d POIs to write, %d gone.",

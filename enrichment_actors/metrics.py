@@ -234,6 +234,11 @@ ELEMENTS_DROPPED = MetricSpec(
     "Elements of successful Overpass answers left out as unusable (no usable type, id or position); "
     "the rest of each answer was stored.",
 )
+OSM_BASE_UNUSABLE = MetricSpec(
+    "enrichment_osm_base_unusable",
+    Kind.COUNTER,
+    "Answers whose timestamp_osm_base could not be read (kept as none: ordered by their fetch time).",
+)
 POIS_DELETED = MetricSpec(
     "enrichment_pois_deleted",
     Kind.COUNTER,
@@ -419,6 +424,7 @@ WORKER_METRICS: tuple[MetricSpec, ...] = (
     POIS_UPSERTED,
     POIS_DELETED,
     ELEMENTS_DROPPED,
+    OSM_BASE_UNUSABLE,
     MESSAGES,
     MESSAGE_ERRORS,
     MESSAGE_RETRIES,

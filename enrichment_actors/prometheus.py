@@ -152,6 +152,11 @@ class EnrichmentPrometheus(Prometheus):
         if self._recorders is not None and count:
             self._recorders.elements_dropped.inc(count)
 
+    def count_osm_base_unusable(self) -> None:
+        """An answer's ``timestamp_osm_base`` could not be read (:func:`~.coverage.ledger.read_osm_base`)."""
+        if self._recorders is not None:
+            self._recorders.osm_base_unusable.inc()
+
     # --- Message hooks --------------------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
@@ -257,6 +262,7 @@ class _Recorders:
         self.pois: Counter = _declare(m.POIS_UPSERTED, registry)
         self.pois_deleted: Counter = _declare(m.POIS_DELETED, registry)
         self.elements_dropped: Counter = _declare(m.ELEMENTS_DROPPED, registry)
+        self.osm_base_unusable: Counter = _declare(m.OSM_BASE_UNUSABLE, registry)
         self.messages: Counter = _declare(m.MESSAGES, registry)
         self.errors: Counter = _declare(m.MESSAGE_ERRORS, registry)
         self.retries: Counter = _declare(m.MESSAGE_RETRIES, registry)

@@ -195,6 +195,7 @@ def test_recording_before_boot_does_nothing() -> None:
     metrics.observe_overpass_call(m.CALL_OK, 0.1, endpoint="a.example", response_bytes=10)
     metrics.count_pois_upserted(3)
     metrics.count_elements_dropped(2)
+    metrics.count_osm_base_unusable()
 
 
 def test_call_metrics_record_status_duration_and_bytes(
@@ -207,7 +208,9 @@ def test_call_metrics_record_status_duration_and_bytes(
     metrics.count_pois_upserted(17)
     metrics.count_elements_dropped(0)
     metrics.count_elements_dropped(2)
+    metrics.count_osm_base_unusable()
     value = registry.get_sample_value
+    assert value(m.OSM_BASE_UNUSABLE.sample_name) == 1
     assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "a.example", m.STATUS: m.CALL_OK}) == 1
     assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "b.example:8080", m.STATUS: "server_busy"}) == 2
     assert value(m.OVERPASS_CALLS.sample_name, {m.ENDPOINT: "a.example", m.STATUS: "server_busy"}) is None
