@@ -391,6 +391,8 @@ class Invariants:
 PARKING_PAUSES = f"{PAUSES},parking.claimed=sleep:0-0.05,parking.enqueued=sleep:0.02-0.08"
 
 
+# make chaos only (32 s): the tight-quota-window scenario below keeps a deferral-heavy run in make test.
+@pytest.mark.soak
 @pytest.mark.parametrize("jobs", [quick(60), soak(200)])
 def test_deferral_heavy_few_permits_lose_no_parked_job(chaos: Chaos, jobs: int) -> None:
     """One permit for 16 threads and a short wait: nearly every job is parked, several times, and comes back.
@@ -733,6 +735,9 @@ def test_a_permit_holds_while_its_answer_trickles_past_the_lease(chaos: Chaos) -
 # --------------------------------------------------------------------------------------------------
 
 
+# make chaos only (17 s): tests/unit/test_policy_breaker.py keeps exactly one probe among racing workers,
+# test_breaker_waiters.py the waiters under a CPU hog, in make test.
+@pytest.mark.soak
 @pytest.mark.parametrize("storm_s, jobs", [quick(8.0, 20), soak(20.0, 60)])
 def test_an_open_breaker_lets_one_probe_through_per_cooldown(chaos: Chaos, storm_s: float, jobs: int) -> None:
     cooldown, threshold, permits = 2.0, 3, 2

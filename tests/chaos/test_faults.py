@@ -85,6 +85,7 @@ def test_the_semaphore_never_lets_more_than_n_calls_in_flight(chaos: Chaos) -> N
     assert stats.calls == 150
 
 
+@pytest.mark.soak  # make chaos (20 s): "a worker killed mid-call gives its permit back" stays in make test
 def test_workers_killed_mid_call_lose_no_job_and_give_their_permits_back(chaos: Chaos) -> None:
     from middleware.backends.redis import RedisBackend
 
@@ -125,7 +126,7 @@ def test_workers_killed_mid_call_lose_no_job_and_give_their_permits_back(chaos: 
     assert chaos.dead_letters() == []
 
 
-@pytest.mark.soak  # make chaos: the contention suite's breaker scenario keeps one probe per cooldown in make test
+@pytest.mark.soak  # make chaos: tests/unit/test_policy_breaker.py keeps exactly one probe in make test
 def test_a_storm_of_504s_opens_the_breaker_with_one_probe_per_cooldown(chaos: Chaos) -> None:
     cooldown = 2.0
     chaos.stub.set_default("504")
@@ -300,6 +301,7 @@ def _freeze_and_read(client: redis.Redis[bytes]) -> _Frozen:
     return _Frozen(queued, parked, in_flight, stages)
 
 
+@pytest.mark.soak  # make chaos (13 s): the Redis restart below and the outage scenarios stay in make test
 def test_redis_and_postgresql_restarts_lose_no_job_and_no_call_goes_uncounted(chaos: Chaos) -> None:
     """Dedicated servers (the session's are shared): Redis with an append-only file, as a
     deployment that must not lose queued jobs runs it, and PostgreSQL, each restarted mid-run.

@@ -179,7 +179,7 @@ def test_two_skewed_hosts_share_one_quota_and_one_set_of_permits(fleet: Fleet, l
     client.close()
 
 
-@pytest.mark.soak  # make chaos: the contention suite's breaker scenario keeps one probe per cooldown in make test
+@pytest.mark.soak  # make chaos: tests/unit/test_policy_breaker.py keeps exactly one probe in make test
 def test_two_skewed_hosts_send_one_probe_per_cooldown(fleet: Fleet) -> None:
     cooldown, storm_s, jobs = 2.0, 9.0, 20
     fleet.chaos.stub.set_default("504")
