@@ -39,7 +39,7 @@ from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
 from .overpass_adiff import adiff_query, read_adiff
-from .overpass_client import FetchResult, OverpassClient
+from .overpass_client import CallCost, FetchResult, OverpassClient
 from .overpass_endpoints import endpoint_name
 from .overpass_pause import (
     HoldRelease,
@@ -429,10 +429,10 @@ def _call_overpass(
     """
     started = time.monotonic()
     endpoint = _endpoint_name(client)
+    cost = CallCost()
     try:
-        result = client.fetch(query, read=read)
+        result = client.fetch(query, read=read, cost=cost)
     except OverpassError as exc:
-        charge_bytes(exc.response_bytes)
         if not exc.request_sent:
             report_no_call()
         runtime.metrics.observe_overpass_call(exc.label, time.monotonic() - started, endpoint=endpoint)
@@ -442,7 +442,9 @@ def _call_overpass(
             logger.info("Overpass refused a duplicate query; this job comes back in %.0f s.", pause_s)
             raise Defer(pause_s, reason=Outcome.DUPLICATE_QUERY.value) from exc
         raise
-    charge_bytes(result.response_bytes)
+    finally:
+        # Whatever ended the call (a MemoryError while reading too): what crossed the wire is charged.
+        charge_bytes(cost.wire_bytes)
     runtime.metrics.observe_overpass_call(
         CALL_OK, result.duration_s, endpoint=endpoint, response_bytes=result.response_bytes
     )

@@ -33,7 +33,7 @@ from middleware.backends.base import BackendUnavailable
 from middleware.failpoints import failpoint
 from middleware.policy.pause import PausePolicy, pause_length
 
-from .overpass_responses import OverpassError, UserAgentRejected
+from .overpass_responses import OverpassError, Redirected, UserAgentRejected
 from .overpass_status import SlotStatus, StatusUnavailable
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,13 @@ RATE_LIMITED = "rate_limited"
 #: Hold reasons: a 406 (the User-Agent refused) and a 403 (we are refused).
 USER_AGENT_REJECTED = "user_agent_rejected"
 FORBIDDEN = "forbidden"
+#: A 3xx: the URL is not where the server answers (usually http:// for https://), not followed.
+REDIRECTED = "redirected"
 
 __all__ = [
     "FORBIDDEN",
     "RATE_LIMITED",
+    "REDIRECTED",
     "USER_AGENT_REJECTED",
     "HoldRelease",
     "hold_after_rejection",
@@ -130,9 +133,12 @@ def _remaining(policy: PausePolicy, until: float) -> float:
 
 
 def refuses_us(error: OverpassError) -> str | None:
-    """The hold reason when ``error`` says the endpoint refuses *us* (406: our User-Agent; 403: us), else None."""
+    """The hold reason when ``error`` says the endpoint refuses *us* (406: our User-Agent; 403: us; a 3xx:
+    our URL), else None."""
     if isinstance(error, UserAgentRejected):
         return USER_AGENT_REJECTED
+    if isinstance(error, Redirected):
+        return REDIRECTED
     if error.status == 403:
         return FORBIDDEN
     return None
@@ -147,7 +153,17 @@ def hold_after_rejection(
     """
     reason = refuses_us(error) or error.label
     held = policy.hold(reason, fingerprint)
-    if held:
+    if held and isinstance(error, Redirected):
+        logger.error(
+            "Overpass %s redirected us (HTTP %s to %r): not followed, the endpoint is HELD for every worker "
+            "and jobs wait. Set OVERPASS_URL to the address the server names (often https:// for http://), "
+            "then restart the workers or run `enrichment release-hold %s`.",
+            endpoint,
+            error.status,
+            error.location,
+            endpoint,
+        )
+    elif held:
         logger.error(
             "Overpass %s refused us (HTTP %s, %s): every call would fail the same way, so the endpoint is HELD "
             "for every worker. No call is made and jobs wait (none is dropped). Set OVERPASS_CONTACT (or "

@@ -38,6 +38,8 @@ from .overpass_elements import (
 )
 
 __all__ = [
+    "TEXT_MAX_CHARS",
+    "AnswerTooLarge",
     "BadResponse",
     "ClientTimeout",
     "ConnectionFailed",
@@ -52,6 +54,7 @@ __all__ = [
     "QueryTooLarge",
     "QueryUnsendable",
     "RateLimited",
+    "Redirected",
     "ServerBusy",
     "ServerDown",
     "ServerProtocolError",
@@ -59,8 +62,25 @@ __all__ = [
     "UnexpectedStatus",
     "UserAgentRejected",
     "classify",
+    "cut",
     "read_response",
 ]
+
+#: The most of a server's own words (a remark, an error page's line) that a message, log line or
+#: dead letter repeats: an 8 MiB remark must not become 8 MiB of every log line that shows it.
+TEXT_MAX_CHARS = 300
+
+
+def cut(text: str, limit: int = TEXT_MAX_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out.
+
+    Examples:
+      >>> cut("runtime error: " + "x" * 1000, 30)
+      'runtime error: xxxxxxxxxxxxxxx... (985 more characters)'
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class Poi(NamedTuple):
@@ -158,6 +178,16 @@ class QueryTooLarge(OverpassError):
     """The query hit its own time or memory limit: the remedy is a smaller box."""
 
 
+class AnswerTooLarge(QueryTooLarge):
+    """The answer, decoded, is larger than ``OVERPASS_MAX_ANSWER_BYTES``: reading stopped there.
+
+    Split like a query over its own ``[maxsize]``: the same query would send
+    the same answer again.
+    """
+
+    label = "answer_too_large"
+
+
 class QueryTimedOut(QueryTooLarge):
     """HTTP 200 with ``runtime error: Query timed out ...``."""
 
@@ -250,6 +280,21 @@ class UserAgentRejected(OverpassError):
     label = "user_agent_rejected"
 
 
+class Redirected(OverpassError):
+    """HTTP 3xx: the server sent us elsewhere. Not followed: the query would go to a host nobody configured.
+
+    The usual cause is a settings mistake (``http://`` redirected to
+    ``https://``); like a 406 or 403 it holds the endpoint until fixed.
+    ``location`` is where it pointed, its password masked, cut short.
+    """
+
+    label = "redirected"
+
+    def __init__(self, message: str, *, status: int, location: str, response_bytes: int = 0) -> None:
+        super().__init__(message, status=status, detail=location, response_bytes=response_bytes)
+        self.location = location
+
+
 class RateLimited(OverpassError):
     """HTTP 429: no free query slot for this IP right now."""
 
@@ -311,6 +356,8 @@ class ClientTimeout(OverpassError):
 # <p><strong style="color:#FF0000">Error</strong>: line 2: parse error: ... </p>
 _ERROR_PARAGRAPH = re.compile(rb"<strong[^>]*>\s*Error\s*</strong>\s*:?(.*?)</p>", re.DOTALL | re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
+# The most error lines an error page is read for: a page of a million errors says no more than these.
+_MAX_ERROR_LINES = 20
 _MARKUP_START = re.compile(rb"\s*<")
 _XML_REMARK = re.compile(rb"<remark>(.*?)</remark>", re.DOTALL)
 # How a 504 page says the dispatcher (the database) is down rather than busy.
@@ -367,7 +414,7 @@ def _read(status: int, body: bytes) -> ParsedResponse:
     return ParsedResponse(
         pois=pois,
         skipped=tally.skipped,
-        remark=remark or None,
+        remark=cut(remark) if remark else None,
         osm_base=osm_base if isinstance(osm_base, str) else None,
         dropped=tally.dropped,
         kept=tally.kept_keys(),
@@ -533,8 +580,10 @@ def _is_runtime_error(remark: str) -> bool:
     return lowered[:13] == "runtime error" or any(marker in lowered for marker in _SERVER_UNWELL)
 
 
-def _runtime_error(remark: str) -> OverpassError:
-    lowered = remark.lower()
+def _runtime_error(full_remark: str) -> OverpassError:
+    # Classified by the whole text, repeated only in part.
+    lowered = full_remark.lower()
+    remark = cut(full_remark)
     # The dispatcher's refusals and the server's own faults first: their text
     # can mention memory too, and none of them is the query's fault.
     if _DUPLICATE_QUERY in lowered:
@@ -623,7 +672,9 @@ def _error_lines(body: bytes) -> list[str]:
     lines = []
     for match in _ERROR_PARAGRAPH.finditer(body):
         text = _TAG.sub("", match.group(1).decode("utf-8", "replace"))
-        lines.append(" ".join(html.unescape(text).split()))
+        lines.append(cut(" ".join(html.unescape(text).split())))
+        if len(lines) >= _MAX_ERROR_LINES:
+            break
     return lines
 
 

@@ -146,12 +146,18 @@ class Runtime:
             if target == self.endpoints[0]:
                 if self._client is None:
                     self._client = OverpassClient(
-                        target.url, user_agent=s.user_agent, http_timeout_s=s.http_timeout_s
+                        target.url,
+                        user_agent=s.user_agent,
+                        http_timeout_s=s.http_timeout_s,
+                        max_answer_bytes=s.max_answer_bytes,
                     )
                 return self._client
             if target.name not in self._clients:
                 self._clients[target.name] = OverpassClient(
-                    target.url, user_agent=s.user_agent, http_timeout_s=s.http_timeout_s
+                    target.url,
+                    user_agent=s.user_agent,
+                    http_timeout_s=s.http_timeout_s,
+                    max_answer_bytes=s.max_answer_bytes,
                 )
             return self._clients[target.name]
 

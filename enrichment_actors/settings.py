@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from middleware.policy.pacing import PacingLimits
 from middleware.redaction import redact_url
 
 from . import __version__
+from .overpass_client import is_sendable_header
 from .overpass_endpoints import Endpoint, EndpointError, EndpointSettings, require_contact, resolve_endpoints
+from .overpass_responses import cut
 
 T = TypeVar("T")
 
@@ -38,6 +41,10 @@ DEFAULT_TAGS: tuple[str, ...] = (
 #: How long a rate-limited Overpass 0.7.62 server holds a query waiting for a
 #: slot before its ``[timeout]`` starts (measured on a real server).
 SERVER_HOLD_S = 15
+
+
+#: The longest a job admitted by the pacing sleeps for its slot, its permit held.
+PACING_MAX_WAIT_S = PacingLimits.max_wait_s
 
 
 class SettingsError(ValueError):
@@ -139,6 +146,12 @@ TABLE: tuple[Setting, ...] = (
         "`[timeout:N]` of each query; honest small values get admitted sooner",
     ),
     Setting("OVERPASS_MAXSIZE_BYTES", "67108864", "`[maxsize:N]` of each query (64 MiB)"),
+    Setting(
+        "OVERPASS_MAX_ANSWER_BYTES",
+        "134217728",
+        "Largest answer read, decoded (128 MiB): a larger one ends the call and its box is split "
+        "(`[maxsize]` bounds the server's memory, not the answer)",
+    ),
     Setting(
         "OVERPASS_HTTP_TIMEOUT_S",
         "",
@@ -323,6 +336,7 @@ class Settings:
     redis_cluster: bool = False
     redis_sentinels: tuple[str, ...] = ()
     redis_sentinel_master: str = "mymaster"
+    max_answer_bytes: int = 134217728
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, demo)."""
@@ -402,10 +416,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     http_timeout = read("OVERPASS_HTTP_TIMEOUT_S", float, positive, "seconds > 0")
     raw["SEMAPHORE_LEASE_S"] = raw["SEMAPHORE_LEASE_S"] or str(http_timeout + 60)
     lease = read("SEMAPHORE_LEASE_S", float, positive, "seconds > 0")
-    if lease <= http_timeout:
+    # A permit is held from admission: through the pacing's longest wait, then the call's deadline.
+    held = http_timeout + PACING_MAX_WAIT_S
+    if lease <= held:
         raise SettingsError(
-            f"SEMAPHORE_LEASE_S={lease:g} must exceed OVERPASS_HTTP_TIMEOUT_S={http_timeout:g}: "
-            "otherwise a permit can expire while its call is still in flight."
+            f"SEMAPHORE_LEASE_S={lease:g} must exceed OVERPASS_HTTP_TIMEOUT_S={http_timeout:g} plus the "
+            f"pacing's longest wait ({PACING_MAX_WAIT_S:g} s) = {held:g}: otherwise a permit can expire "
+            "while its call is still in flight."
         )
     contact = raw["OVERPASS_CONTACT"]
     # Without a contact (a private endpoint may do without) the User-Agent names
@@ -415,6 +432,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if contact
         else f"overpass-enrichment/{__version__}"
     )
+    _check_sendable(user_agent, raw)
     urls = tuple(url.strip() for url in raw["OVERPASS_URL"].split(",") if url.strip())
     for url in urls:
         if not _is_http_url(url):
@@ -475,6 +493,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         user_agent=user_agent,
         query_timeout_s=query_timeout,
         maxsize_bytes=read("OVERPASS_MAXSIZE_BYTES", int, positive, "a number of bytes > 0"),
+        max_answer_bytes=read("OVERPASS_MAX_ANSWER_BYTES", int, positive, "a number of bytes > 0"),
         http_timeout_s=http_timeout,
         queue=read(
             "ENRICH_QUEUE", str, lambda v: v.replace("_", "").replace("-", "").isalnum(), "a queue name"
@@ -534,6 +553,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+def _check_sendable(user_agent: str, raw: Mapping[str, str]) -> None:
+    """Refuse a User-Agent http.client cannot send: it would fail every call, after the quota counted it."""
+    if not is_sendable_header(user_agent):
+        source = "OVERPASS_USER_AGENT" if raw["OVERPASS_USER_AGENT"] else "OVERPASS_CONTACT"
+        raise SettingsError(
+            f"{source}={cut(ascii(raw[source]), 80)} cannot be sent in the User-Agent header: use printable "
+            "ASCII only, no line breaks (an e-mail address or URL; a domain in its xn-- form)."
+        )
+
+
 def _whole_tiles(degrees: float) -> bool:
     units = round(degrees * 10_000_000)
     return units > 0 and (1_800_000_000 % units) == 0
@@ -571,5 +600,12 @@ def _is_database_url(value: str) -> bool:
 
 
 def _is_http_url(value: str) -> bool:
-    parts = urlsplit(value)
-    return parts.scheme in {"http", "https"} and bool(parts.netloc) and parts.path.endswith("/interpreter")
+    # Printable ASCII with a valid port: what every call could send (requests fails at call time otherwise).
+    if not is_sendable_header(value) or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - reading it is the check
+    except ValueError:
+        return False
+    return parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.path.endswith("/interpreter")

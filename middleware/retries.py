@@ -31,9 +31,31 @@ from .failpoints import failpoint
 from .policy.backoff import exponential_backoff
 from .policy.clock import Clock, SystemClock
 from .policy.parking import ParkingLot
+from .redaction import redact_url
 
 #: Message option counting deferrals (retries are counted in ``retries``).
 DEFERRALS = "deferrals"
+#: The most of an error's text a message keeps (``last_error``) and of each line of its ``traceback``:
+#: an error can quote what a remote server sent, of any size, and messages live in Redis and logs.
+ERROR_TEXT_MAX = 500
+#: The most of a traceback a message keeps: its end, where the error is.
+TRACEBACK_MAX = 4000
+
+
+def error_text(exception: BaseException) -> str:
+    """``Type: message`` of ``exception``, URL passwords masked, cut to ``ERROR_TEXT_MAX`` characters."""
+    return _cut(redact_url(f"{type(exception).__name__}: {exception}"), ERROR_TEXT_MAX)
+
+
+def traceback_text() -> str:
+    """The traceback being handled, URL passwords masked, each line cut, its last ``TRACEBACK_MAX`` characters."""
+    lines = redact_url(traceback.format_exc(limit=30)).splitlines()
+    text = "\n".join(_cut(line, ERROR_TEXT_MAX) for line in lines)
+    return text if len(text) <= TRACEBACK_MAX else "..." + text[-TRACEBACK_MAX:]
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class Retries(StockRetries):
@@ -122,7 +144,7 @@ class Retries(StockRetries):
             self.schedule(broker, message, exception.delay_s, refresh_age=True)
             return
         actor = broker.get_actor(message.actor_name)
-        message.options["last_error"] = f"{type(exception).__name__}: {exception}"[:2000]
+        message.options["last_error"] = error_text(exception)
         throws = message.options.get("throws") or actor.options.get("throws")
         if throws and isinstance(exception, throws):
             self._dead_letter(message, "not retried: the actor throws it", exception)
@@ -132,7 +154,7 @@ class Retries(StockRetries):
         # is counted, timestamped and given a traceback before the decision.
         retries = message.options.setdefault("retries", 0)
         message.options["retries"] = retries + 1
-        message.options["traceback"] = traceback.format_exc(limit=30)
+        message.options["traceback"] = traceback_text()
         message.options["requeue_timestamp"] = int(time.time() * 1000)
         max_retries = message.options.get("max_retries", actor.options.get("max_retries", self.max_retries))
         retry_when = actor.options.get("retry_when", self.retry_when)
@@ -167,7 +189,9 @@ class Retries(StockRetries):
             delay_s = exponential_backoff(
                 retries, base_s=min_backoff / 1000, cap_s=max_backoff / 1000, rng=self.rng
             )
-        self.logger.info("Retrying message %s in %.1fs: %s.", message.message_id, delay_s, exception)
+        self.logger.info(
+            "Retrying message %s in %.1fs: %s.", message.message_id, delay_s, message.options["last_error"]
+        )
         self.schedule(broker, message, delay_s)
 
     def _dead_letter(self, message: MessageProxy, why: str, exception: BaseException) -> None:

@@ -708,7 +708,7 @@ def test_a_permit_holds_while_its_answer_trickles_past_the_lease(chaos: Chaos) -
             f"{PAUSES},semaphore.acquired=sleep:0-0.05,semaphore.released=sleep:0-0.05,semaphore.handed_off=sleep:0-0.05",
             semaphore_permits=permits,
             semaphore_lease_s=4,
-            overpass_http_timeout_s=3,
+            overpass_http_timeout_s=2.5,
         )
         accounts, took = run.settle(timeout_s=90)
         stats = chaos.stub.stats()

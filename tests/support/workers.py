@@ -26,7 +26,7 @@ FAST_SETTINGS = {
     "STORE_MAX_RETRIES": "50",
     "SEMAPHORE_WAIT_S": "0.5",
     "OVERPASS_QUERY_TIMEOUT_S": "5",
-    "OVERPASS_HTTP_TIMEOUT_S": "3",
+    "OVERPASS_HTTP_TIMEOUT_S": "2.5",  # the lease (4) must exceed it plus the pacing wait (1)
     "SEMAPHORE_LEASE_S": "4",
     "BREAKER_COOLDOWN_S": "2",
     "QUOTA_JITTER_S": "0.2",

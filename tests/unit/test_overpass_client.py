@@ -575,13 +575,16 @@ def test_the_connection_of_a_call_past_its_deadline_is_not_reused(stub: StubOver
     assert result.parsed.pois
 
 
-def test_a_compressed_answer_is_read_decoded(stand_in: StandIn, session: requests.Session) -> None:
-    stand_in.replies["/api/interpreter"] = Reply(body=gzip.compress(POIS_BODY), content_encoding="gzip")
+def test_a_compressed_answer_is_read_decoded_and_charged_as_sent(
+    stand_in: StandIn, session: requests.Session
+) -> None:
+    compressed = gzip.compress(POIS_BODY)
+    stand_in.replies["/api/interpreter"] = Reply(body=compressed, content_encoding="gzip")
 
     result = make_client(stand_in.interpreter_url, session).fetch(QUERY)
 
     assert len(result.parsed.pois) == 4
-    assert result.response_bytes == len(POIS_BODY)
+    assert result.response_bytes == len(compressed)  # the quota counts bytes on the wire
 
 
 def test_calls_one_after_another_reuse_one_connection(stand_in: StandIn) -> None:
