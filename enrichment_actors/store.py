@@ -236,8 +236,8 @@ class PoiStore:
             error: PersistenceError
             if isinstance(self.database, peewee.PostgresqlDatabase) and is_outage(exc):
                 error = DatabaseUnreachable(
-                    f"{where} PostgreSQL is unreachable: the job waits for it (OUTAGE_MAX_S), its fetched "
-                    "POIs kept staged; check that the server is up and that DATABASE_URL points at it."
+                    f"{where} PostgreSQL is unreachable: check that the server is up and that DATABASE_URL "
+                    "points at it."
                 )
             else:
                 error = PersistenceError(
