@@ -56,3 +56,17 @@ Feature: Outages cost time, not jobs
     Then the stand-in server received 1 call
     And 1 job is dead-lettered with an error mentioning "violates check constraint"
     And no job waited for PostgreSQL
+
+  Scenario: enrich jobs sent while the state backend is down wait in the broker's delay queue
+    Given the setting ENRICH_COVERAGE is "true"
+    And the state backend is down
+    And workers are running
+    When I enqueue 2 enrich jobs, one tile each, with tags "amenity"
+    And the state backend stays down longer than RETRY_MAX retries would last
+    Then no job is dead-lettered
+    And the workers put waits in the broker's delay queue, the state backend being down
+    When the state backend comes back
+    And all jobs are done
+    Then the stand-in server received 2 calls
+    And the database holds exactly the POIs the stand-in server has for those jobs
+    And no job is dead-lettered

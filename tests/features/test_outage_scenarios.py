@@ -4,12 +4,15 @@ the scenario takes down) and the stand-in server."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from tests.features.conftest import World, expected_pois
+from tests.support.proxy import FlakyProxy
 from tests.support.workers import eventually
 
 scenarios("outages.feature")
@@ -40,6 +43,26 @@ def database_refuses(store: Any, request: pytest.FixtureRequest) -> None:
     request.addfinalizer(lambda: database.execute_sql("ALTER TABLE pois DROP CONSTRAINT refuse_every_poi"))
 
 
+@pytest.fixture
+def state_proxy(world: World) -> Iterator[FlakyProxy]:
+    """The workers' state backend (STATE_REDIS_URL): the session's Redis through a proxy; the broker stays direct."""
+    parts = urlsplit(world.redis_url)
+    proxy = FlakyProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    world.settings["STATE_REDIS_URL"] = parts._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    yield proxy
+    proxy.down()
+
+
+@given("the state backend is down")
+def state_down(state_proxy: FlakyProxy) -> None:
+    state_proxy.down()
+
+
+@when("the state backend comes back")
+def state_back(state_proxy: FlakyProxy) -> None:
+    state_proxy.up()
+
+
 @when(parsers.parse('I enqueue {count:d} enrich jobs, one tile each, with tags "{tags}"'))
 @when(parsers.parse('I enqueue {count:d} enrich job, one tile each, with tags "{tags}"'))
 def enqueue_tiles(app: Any, jobs: list[dict[str, Any]], count: int, tags: str) -> None:
@@ -63,6 +86,7 @@ def _retries(world: World, setting: str) -> Any:
 
 
 @when(parsers.parse("PostgreSQL stays down longer than {setting} retries would last"))
+@when(parsers.parse("the state backend stays down longer than {setting} retries would last"))
 def down_beyond_retries(world: World, setting: str) -> None:
     """Twice the longest the retries could take (each backoff at its ceiling), and 2 s for the work between."""
     settings, retries = _retries(world, setting)
@@ -86,6 +110,12 @@ def stored_all(store: Any, jobs: list[dict[str, Any]]) -> None:
     expected = set().union(*(expected_pois(job) for job in jobs))
     assert expected, "the stand-in server returned no POIs: pick boxes with some"
     assert {(row[0], row[1]) for row in store.fetch_all()} == expected
+
+
+@then("the workers put waits in the broker's delay queue, the state backend being down")
+def waited_in_the_broker(world: World) -> None:
+    assert _logged(world, "The state backend (Redis) unreachable: this job waits") >= 2
+    assert _logged(world, "in the broker's delay queue instead") >= 2
 
 
 @then("no job waited for PostgreSQL")
