@@ -48,9 +48,9 @@ def attempt(
     **options: Any,
 ) -> BaseException:
     """One attempt that meets ``error``; what it raised."""
-    with pytest.raises(Exception) as raised:
-        with waiting_out_outages(policy, clock=lambda: now, rng=rng or random.Random(1), **options):
-            raise error
+    outages = waiting_out_outages(policy, clock=lambda: now, rng=rng or random.Random(1), **options)
+    with pytest.raises(Exception) as raised, outages:
+        raise error
     return raised.value
 
 
