@@ -11,6 +11,7 @@ hand-off failed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -38,6 +39,7 @@ from .coverage.ledger import Answer, fetch_time, read_osm_base
 from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
+from .outages import OutagePolicy, OutageTooLong, waiting_out_outages
 from .overpass_adiff import adiff_query, read_adiff
 from .overpass_client import CallCost, FetchResult, OverpassClient
 from .overpass_endpoints import endpoint_name
@@ -87,7 +89,8 @@ def retry_when(retries: int, exception: BaseException) -> bool:
     return retries < settings.retry_max and getattr(exception, "retryable", True)
 
 
-@dramatiq.actor(queue_name=settings.queue, throws=(InvalidJob,), max_retries=settings.retry_max)
+# OutageTooLong: an outage waited out for OUTAGE_MAX_S (not a retry); dead-lettered at once, naming it.
+@dramatiq.actor(queue_name=settings.queue, throws=(InvalidJob, OutageTooLong), max_retries=settings.retry_max)
 def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, **unexpected: Any) -> None:
     """Fill the POIs of ``bbox`` (south, west, north, east) matching ``tags`` (default: the usual POI families).
 
@@ -106,7 +109,9 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, *
     fetch_id = derived_message_id(f"enrich:{current_message_id()}", "fetch", 0)
     arguments = job.as_message()
     if settings.coverage:
-        cover = _tiles_to_fetch(job, owner=fetch_id, force=force)
+        # The ledger (PostgreSQL) and the claims (the state backend): an outage of either is waited out.
+        with _outages():
+            cover = _tiles_to_fetch(job, owner=fetch_id, force=force)
         if cover is None:
             return
         arguments.update(tiles=cover.ids, owner=fetch_id, force=force)
@@ -141,6 +146,15 @@ def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
 
 def _claims() -> TileClaims:
     return TileClaims(runtime.backend, ttl_s=settings.claim_ttl_s)
+
+
+def _outages(staged: Stage | None = None) -> contextlib.AbstractContextManager[None]:
+    """Wait out PostgreSQL or the state backend unreachable (:mod:`.outages`); ``staged`` is kept meanwhile."""
+    s = runtime.settings  # read at call time: tests replace the settings
+    policy = OutagePolicy(
+        max_s=s.outage_max_s, min_wait_s=s.retry_min_backoff_s, max_wait_s=s.retry_max_backoff_s
+    )
+    return waiting_out_outages(policy, on_wait=staged.keep if staged is not None else lambda: None)
 
 
 @dramatiq.actor(
@@ -354,7 +368,7 @@ def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
 
 @dramatiq.actor(
     queue_name=settings.queue,
-    throws=(StagedAnswerMissing,),
+    throws=(StagedAnswerMissing, OutageTooLong),
     max_retries=settings.store_max_retries,
     min_backoff=int(settings.retry_min_backoff_s * 1000),
     max_backoff=int(settings.retry_max_backoff_s * 1000),
@@ -371,30 +385,33 @@ def store_pois(
     ``pois`` is the form of messages sent before answers were staged: the POIs themselves.
     With ``ledger``, the chunk's elements are filed by tile in the coverage
     ledger, and the store step that lands the last chunk finishes the answer.
+    PostgreSQL or the state backend unreachable is waited out (up to
+    ``OUTAGE_MAX_S``), its staged chunk kept meanwhile: no retry is counted.
     """
-    if stage is None:
-        runtime.metrics.count_pois_upserted(runtime.store().upsert(pois or []))
-        return
-    staged = _stage(stage)
-    rows = staged.load_chunk(chunk)
-    answer = _staged_answer(staged) if ledger else None
-    if rows is None:
-        # A copy of a message handed on twice (its sender died before noting it
-        # sent), or a retry of the step that stored the last chunk and died
-        # before finishing the answer.
-        if answer is not None and staged.unfinished():
+    staged = None if stage is None else _stage(stage)
+    with _outages(staged):
+        if staged is None:
+            runtime.metrics.count_pois_upserted(runtime.store().upsert(pois or []))
+            return
+        rows = staged.load_chunk(chunk)
+        answer = _staged_answer(staged) if ledger else None
+        if rows is None:
+            # A copy of a message handed on twice (its sender died before noting it
+            # sent), or a retry of the step that stored the last chunk and died
+            # before finishing the answer.
+            if answer is not None and staged.unfinished():
+                _finish(staged, answer)
+            logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, stage)
+            return
+        members = None if answer is None else file_by_tile(answer.tiles, rows)
+        stored = runtime.store().upsert(rows, answer=answer, members=members)
+        failpoint("store.upserted")
+        complete = staged.mark_stored(chunk)
+        runtime.metrics.count_pois_upserted(stored)
+        logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, stage)
+        if answer is not None and complete:
+            failpoint("store.before_finish")
             _finish(staged, answer)
-        logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, stage)
-        return
-    members = None if answer is None else file_by_tile(answer.tiles, rows)
-    stored = runtime.store().upsert(rows, answer=answer, members=members)
-    failpoint("store.upserted")
-    complete = staged.mark_stored(chunk)
-    runtime.metrics.count_pois_upserted(stored)
-    logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, stage)
-    if answer is not None and complete:
-        failpoint("store.before_finish")
-        _finish(staged, answer)
 
 
 def _staged_answer(staged: Stage) -> Answer:

@@ -26,6 +26,7 @@ from middleware.quota import QUOTA_EXHAUSTED
 from middleware.semaphore import NO_PERMIT
 
 from .jobs import InvalidJob
+from .outages import DATABASE_UNAVAILABLE, OutageTooLong
 from .overpass_responses import OverpassError, QueryTooLarge
 from .store import PersistenceError
 
@@ -58,6 +59,8 @@ class Outcome(enum.StrEnum):
     DEFERRED_PERMIT = "deferred_permit"
     #: The shared state (Redis) was unreachable; deferred, no call made.
     STATE_UNAVAILABLE = "state_unavailable"
+    #: PostgreSQL was unreachable (the ledger, a store); deferred, not a retry.
+    DATABASE_UNAVAILABLE = "database_unavailable"
     #: 504, other 5xx, connection error; retried.
     UPSTREAM_ERROR = "upstream_error"
     #: The HTTP call timed out; the query was killed and the job retried.
@@ -74,6 +77,8 @@ class Outcome(enum.StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     #: The fetched POIs could not be stored: retried, and final once retries are exhausted.
     PERSISTENCE_ERROR = "persistence_error"
+    #: PostgreSQL or the state backend stayed unreachable for OUTAGE_MAX_S; dead-lettered (final).
+    OUTAGE_TOO_LONG = "outage_too_long"
     #: An unexpected error of ours (a bug, the broker unreachable); retried.
     INTERNAL_ERROR = "internal_error"
     #: Every tile of the job was fetched within ENRICH_FRESH_S: no call (final).
@@ -490,6 +495,7 @@ _DEFERRAL_OUTCOMES = {
     CIRCUIT_OPEN: Outcome.CIRCUIT_OPEN,
     NO_PERMIT: Outcome.DEFERRED_PERMIT,
     STATE_UNAVAILABLE: Outcome.STATE_UNAVAILABLE,
+    DATABASE_UNAVAILABLE: Outcome.DATABASE_UNAVAILABLE,
     Outcome.RATE_LIMITED.value: Outcome.RATE_LIMITED,
     Outcome.DUPLICATE_QUERY.value: Outcome.DUPLICATE_QUERY,
     PAUSED: Outcome.PAUSED,
@@ -530,6 +536,8 @@ def outcome_of(
         return _DEFERRAL_OUTCOMES.get(exception.reason, Outcome.INTERNAL_ERROR)
     if isinstance(exception, InvalidJob):
         return Outcome.INVALID_REQUEST
+    if isinstance(exception, OutageTooLong):
+        return Outcome.OUTAGE_TOO_LONG
     if isinstance(exception, PersistenceError):
         return Outcome.PERSISTENCE_ERROR
     if isinstance(exception, OverpassError):

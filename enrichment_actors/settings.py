@@ -261,6 +261,12 @@ TABLE: tuple[Setting, ...] = (
         "STORE_MAX_RETRIES", "20", "Retries of storing fetched POIs (never refetched) before dead-lettering"
     ),
     Setting(
+        "OUTAGE_MAX_S",
+        "86400",
+        "How long a job waits out PostgreSQL or the state backend unreachable (not a retry) before it is "
+        "dead-lettered",
+    ),
+    Setting(
         "MESSAGE_MAX_BYTES",
         "1048576",
         "Largest message the product enqueues (1 MiB); a bigger `enrich` is refused at send",
@@ -337,6 +343,7 @@ class Settings:
     redis_sentinels: tuple[str, ...] = ()
     redis_sentinel_master: str = "mymaster"
     max_answer_bytes: int = 134217728
+    outage_max_s: float = 86400.0
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, demo)."""
@@ -533,6 +540,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retry_min_backoff_s=min_backoff,
         retry_max_backoff_s=max_backoff,
         store_max_retries=store_retries,
+        outage_max_s=read("OUTAGE_MAX_S", float, positive, "seconds > 0"),
         message_max_bytes=read("MESSAGE_MAX_BYTES", int, lambda v: v >= 4096, "a number of bytes >= 4096"),
         stage_chunk_bytes=read("STAGE_CHUNK_BYTES", int, lambda v: v >= 1024, "a number of bytes >= 1024"),
         stage_ttl_s=stage_ttl,

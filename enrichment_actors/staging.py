@@ -331,6 +331,10 @@ class Stage:
         self.stash.put(self.key, fields, self.ttl_s)
         return Staged(0, children, frozenset(), fallback)
 
+    def keep(self) -> None:
+        """Keep the stage another ``ttl_s``: its store step is waiting out an outage of the database."""
+        self.stash.put(self.key, {}, self.ttl_s)
+
     def mark_sent(self, index: int) -> None:
         """Message ``index`` was handed on: a retry does not send it again."""
         self.stash.put(self.key, {f"sent:{index}": b"1"}, self.ttl_s)

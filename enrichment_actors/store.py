@@ -28,6 +28,7 @@ from middleware.failpoints import failpoint
 from middleware.redaction import redact, redact_url
 
 from .coverage.ledger import Answer, Ledger
+from .store_errors import DatabaseUnreachable, PersistenceError, is_outage
 
 #: One POI as the parser produces it: (element_type, osm_id, lat, lon, tags).
 PoiRow = tuple[str, int, float, float, dict[str, str]]
@@ -66,10 +67,6 @@ _ADDED_COLUMNS = (
 )
 #: COPY's text format: backslash, tab, newline and carriage return are escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-class PersistenceError(Exception):
-    """The database did not take the POIs. Transient: the store step is retried, Overpass is not called again."""
 
 
 #: Maps driver exceptions to peewee's (peewee's own context manager, not exported).
@@ -205,7 +202,8 @@ class PoiStore:
         each tile returned) goes into the coverage ledger in the same transaction.
 
         Raises:
-          PersistenceError: the database is unreachable or refused the rows.
+          DatabaseUnreachable: the database cannot be reached (an outage: wait for it).
+          PersistenceError: the database refused the rows.
         """
         now = refreshed_at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         osm_base = answer.osm_base if answer is not None else None
@@ -275,12 +273,19 @@ class PoiStore:
             self._drop_connection()
             # The message is logged and kept in the message's last_error on every
             # retry: it must not carry the password, nor may the chained cause.
-            cause = str(exc)
+            cause = str(exc).strip()
             reason = redact(cause, self.url)
-            error = PersistenceError(
-                f"Could not {what} in {redact_url(self.url)}: {reason}. "
-                "The fetched POIs are kept staged and retried; check DATABASE_URL and the server."
-            )
+            where = f"Could not {what} in {redact_url(self.url)}: {reason}."
+            error: PersistenceError
+            if isinstance(self.database, peewee.PostgresqlDatabase) and is_outage(exc):
+                error = DatabaseUnreachable(
+                    f"{where} PostgreSQL is unreachable: check that the server is up and that DATABASE_URL "
+                    "points at it."
+                )
+            else:
+                error = PersistenceError(
+                    f"{where} The fetched POIs are kept staged and retried; check DATABASE_URL and the server."
+                )
             raise error from (exc if reason == cause else None)
 
     def _insert_many(
@@ -366,3 +371,14 @@ class PoiStore:
         # this thread's next attempt.
         with contextlib.suppress(peewee.PeeweeException):
             self.database.close()
+
+
+__all__ = [
+    "DatabaseUnreachable",
+    "PersistenceError",
+    "PoiModel",
+    "PoiRow",
+    "PoiStore",
+    "TagsField",
+    "open_database",
+]

@@ -76,8 +76,8 @@ class Retries(StockRetries):
       >>> broker.add_middleware(Retries(backend=backend, max_retries=5, min_backoff=5_000, max_backoff=600_000))
 
     Parameters:
-      backend: where long waits are parked; without one every wait goes to
-        Dramatiq's delay queue.
+      backend: where long waits are parked; without one, or while it cannot
+        be written, every wait goes to Dramatiq's delay queue.
       max_retries: default retries after the first attempt (actor and message
         option ``max_retries``); ``None``: retried for as long as it fails.
       min_backoff, max_backoff: milliseconds, as Dramatiq's (actor and message
@@ -89,9 +89,10 @@ class Retries(StockRetries):
         (default 0: all of them, so no delayed message ever sits in a worker's
         memory, where a broker reconnect would strand it).
       poll_interval_s: how often each worker process releases due messages.
-      transient_errors: errors of the broker or backend on which putting a
-        message back is tried again until it works, rather than letting the
-        message be acknowledged and lost. Defaults to every error: Redis
+      transient_errors: errors of the backend on which a wait goes to the
+        broker instead, and of the broker on which putting a message back is
+        tried again until it works, rather than letting the message be
+        acknowledged and lost. Defaults to every error: Redis
         restarting, a failover's ``READONLY``, a full memory's ``OOM`` alike.
       clock: this host's clock, for the ``message_timestamp`` of messages put
         back (what ``AgeLimit`` reads); due times are the backend's clock.
@@ -216,11 +217,15 @@ class Retries(StockRetries):
     ) -> None:
         """Put ``message`` back in ``delay_s`` seconds: parked in the backend, or Dramatiq's delay queue.
 
-        Until it works this keeps trying, on any error of the broker or the
-        backend (unreachable, read-only after a failover, out of memory), as
-        Dramatiq's own acknowledgement does: giving up would let the worker
-        acknowledge a message that exists nowhere else. A worker stopped
-        meanwhile has not acknowledged it, so the broker hands it on.
+        When parking fails (the backend unreachable, read-only after a
+        failover, out of memory) the message goes to the broker's delay queue
+        instead: a worker then holds it in memory until due, which beats
+        holding the worker thread until the backend is back. Only when the
+        broker fails too does this keep trying, as Dramatiq's own
+        acknowledgement does: giving up would let the worker acknowledge a
+        message that exists nowhere else. A worker stopped meanwhile has not
+        acknowledged it, so the broker hands it on. At least once: a parking
+        that failed after it was written leaves the message in both places.
         """
         plain: dramatiq.Message[Any] = message._message if isinstance(message, MessageProxy) else message
         if refresh_age:
@@ -229,11 +234,10 @@ class Retries(StockRetries):
         pause_s = 0.1
         attempts = 0
         while True:
+            if self._park(plain, delay_s):
+                return
             try:
-                if self.parking is not None and delay_s >= self.park_after_s:
-                    self.parking.park(plain.message_id, plain.encode(), delay_s)
-                else:
-                    broker.enqueue(plain, delay=int(delay_s * 1000))
+                broker.enqueue(plain, delay=int(delay_s * 1000))
                 return
             except self.transient_errors as exc:
                 attempts += 1
@@ -249,6 +253,23 @@ class Retries(StockRetries):
                 )
                 time.sleep(pause_s)
                 pause_s = min(pause_s * 2, 5.0)
+
+    def _park(self, message: dramatiq.Message[Any], delay_s: float) -> bool:
+        """Park ``message`` for ``delay_s``; False when it is not parked (no backend, a short wait, a failure)."""
+        if self.parking is None or delay_s < self.park_after_s:
+            return False
+        try:
+            self.parking.park(message.message_id, message.encode(), delay_s)
+        except self.transient_errors as exc:
+            self.logger.warning(
+                "Could not park message %s (%s: %s); it waits %.1fs in the broker's delay queue instead.",
+                message.message_id,
+                type(exc).__name__,
+                exc,
+                delay_s,
+            )
+            return False
+        return True
 
     def release_due(self, broker: Broker, limit: int = 100) -> int:
         """Enqueue parked messages that are due; returns how many.

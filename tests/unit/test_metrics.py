@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from enrichment_actors import metrics as m
 from enrichment_actors.jobs import InvalidJob
 from enrichment_actors.metrics import Outcome, is_final, note_outcome, outcome_of
+from enrichment_actors.outages import DATABASE_UNAVAILABLE, OutageTooLong
 from enrichment_actors.overpass_responses import (
     BadResponse,
     ClientTimeout,
@@ -70,6 +71,10 @@ CASES: list[Any] = [
     pytest.param(Case(FETCH, ServerUnwell("enomem", status=200), False, None, Outcome.UPSTREAM_ERROR, False), id="server-unwell"),
     pytest.param(Case(FETCH, AdmissionDenied(0.5, NO_PERMIT), False, None, Outcome.DEFERRED_PERMIT, False), id="permit"),
     pytest.param(Case(FETCH, AdmissionDenied(5, STATE_UNAVAILABLE), False, None, Outcome.STATE_UNAVAILABLE, False), id="redis"),
+    pytest.param(Case(STORE, Defer(5, STATE_UNAVAILABLE), False, None, Outcome.STATE_UNAVAILABLE, False), id="redis-at-store"),
+    pytest.param(Case(STORE, Defer(5, DATABASE_UNAVAILABLE), False, None, Outcome.DATABASE_UNAVAILABLE, False), id="db-down"),
+    pytest.param(Case(ENRICH, Defer(5, DATABASE_UNAVAILABLE), False, None, Outcome.DATABASE_UNAVAILABLE, False), id="db-down-at-enrich"),
+    pytest.param(Case(STORE, OutageTooLong("PostgreSQL unreachable for 24 h"), True, None, Outcome.OUTAGE_TOO_LONG, True), id="outage-too-long"),
     pytest.param(Case(FETCH, ServerBusy("504", status=504), False, None, Outcome.UPSTREAM_ERROR, False), id="504"),
     pytest.param(Case(FETCH, ConnectionFailed("refused"), False, None, Outcome.UPSTREAM_ERROR, False), id="connection"),
     pytest.param(Case(FETCH, UnexpectedStatus("502", status=502), False, None, Outcome.UPSTREAM_ERROR, False), id="502"),

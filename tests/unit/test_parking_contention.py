@@ -178,11 +178,47 @@ def _closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("refusal", ["READONLY", "OOM"])
-def test_putting_back_keeps_trying_while_redis_refuses_writes(
-    redis_url: str, redis_client: redis.Redis[bytes], broker: StubBroker, refusal: str
+class DownBroker(StubBroker):
+    """A broker that refuses every enqueue while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        if self.down.is_set():
+            raise ConnectionError("the broker is unreachable")
+        return super().enqueue(message, delay=delay)
+
+
+def test_a_wait_that_cannot_be_parked_goes_to_the_brokers_delay_queue(
+    broker: StubBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A failover's READONLY or a full memory's OOM must not let a worker acknowledge a message it never parked."""
+    """The state backend unreachable: the message waits in the broker, with its delay; not lost, no loop."""
+    retries = Retries(
+        backend=RedisBackend.from_url(f"redis://127.0.0.1:{_closed_port()}/0", socket_timeout_s=1)
+    )
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="middleware.retries"):
+        retries.schedule(broker, message("unparked"), 30.0)
+    assert time.monotonic() - started < 5
+    (encoded,) = list(broker.queues[f"{QUEUE}.DQ"].queue)
+    delayed = dramatiq.Message.decode(encoded)
+    assert delayed.message_id == "unparked"
+    assert delayed.options["eta"] >= int(time.time() * 1000) + 25_000  # due in 30 s, not at once
+    assert broker.queues[QUEUE].qsize() == 0
+    assert "delay queue instead" in caplog.text
+
+
+@pytest.mark.parametrize("refusal", ["READONLY", "OOM"])
+def test_putting_back_keeps_trying_while_redis_refuses_writes_and_the_broker_is_down(
+    redis_url: str, redis_client: redis.Redis[bytes], refusal: str
+) -> None:
+    """A failover's READONLY or a full memory's OOM, the broker down too: a worker must not acknowledge a
+    message it put nowhere; it keeps trying, and parks it once Redis takes writes again."""
+    broker = DownBroker()
+    broker.declare_queue(QUEUE)
+    broker.down.set()
     retries = Retries(backend=RedisBackend.from_url(redis_url, namespace="refused"))
     errors: list[BaseException] = []
 
@@ -201,13 +237,16 @@ def test_putting_back_keeps_trying_while_redis_refuses_writes(
         putter.start()
         time.sleep(0.5)
         assert errors == []
-        assert putter.is_alive(), "schedule() returned while Redis refused every write"
+        assert putter.is_alive(), (
+            "schedule() returned while Redis refused every write and the broker was down"
+        )
     finally:
         redis_client.execute_command("REPLICAOF", "NO", "ONE")
         redis_client.config_set("maxmemory", "0")
     putter.join(timeout=10)
     assert errors == []
     assert parked_ids(redis_client, "refused") == {"refused"}
+    assert broker.queues[f"{QUEUE}.DQ"].qsize() == 0
 
 
 class FlakyBroker(StubBroker):

@@ -147,5 +147,5 @@ def test_a_failed_store_leaves_no_password_in_logs_or_the_message(caplog: pytest
     finally:
         worker.stop()
     (dead,) = broker.dead_letters
-    assert "PersistenceError" in dead.options["last_error"] and "***" in dead.options["last_error"]
+    assert "DatabaseUnreachable" in dead.options["last_error"] and "***" in dead.options["last_error"]
     assert SECRET not in dead.options["last_error"] + dead.options["traceback"] + caplog.text
