@@ -28,7 +28,7 @@ from middleware.failpoints import failpoint
 from middleware.redaction import redact, redact_url
 
 from .coverage.ledger import Answer, Ledger
-from .store_errors import DatabaseUnreachable, PersistenceError, is_outage
+from .store_errors import DatabaseUnreachable, PersistenceError, is_outage, must_run_again, sqlstate
 
 #: One POI as the parser produces it: (element_type, osm_id, lat, lon, tags).
 PoiRow = tuple[str, int, float, float, dict[str, str]]
@@ -55,8 +55,6 @@ _MERGE_STAGING = (
     # An older answer never overwrites a newer one's row (the row is locked all the same).
     "WHERE pois.version IS NULL OR EXCLUDED.version IS NULL OR pois.version <= EXCLUDED.version"
 )
-#: SQLSTATEs of a transaction PostgreSQL aborted to let another go first: run it again.
-_RETRY_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _TRANSACTION_ATTEMPTS = 5
 #: Columns added since a table's first release: (table, column, SQL type), added in place when missing.
 _ADDED_COLUMNS = (
@@ -86,15 +84,6 @@ def _copy_text(value: Any) -> str:
         return "\\N"
     text = str(value)
     return text.translate(_COPY_ESCAPES) if isinstance(value, str) else text
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a PostgreSQL error as peewee wraps it (the driver's error is its first argument)."""
-    for error in (exc, exc.args[0] if exc.args else None, exc.__cause__):
-        code = getattr(error, "pgcode", None)
-        if code:
-            return str(code)
-    return None
 
 
 class TagsField(peewee.Field):
@@ -260,13 +249,12 @@ class PoiStore:
                     with self._transaction():
                         return work()
                 except Exception as exc:
-                    # PostgreSQL ended it so that another could go on: nothing was written; again.
                     # (peewee leaves the driver's deadlock and serialization errors unwrapped.)
-                    if _sqlstate(exc) not in _RETRY_SQLSTATES:
+                    if not must_run_again(exc):
                         raise
                     if attempt == _TRANSACTION_ATTEMPTS:
                         raise peewee.OperationalError(exc) from exc
-                    logger.info("Transaction to %s aborted (%s); running it again.", what, _sqlstate(exc))
+                    logger.info("Transaction to %s aborted (%s); running it again.", what, sqlstate(exc))
                     time.sleep(random.uniform(0, 0.01 * attempt))
             raise AssertionError("unreachable")
         except peewee.PeeweeException as exc:

@@ -38,6 +38,8 @@ class DatabaseUnreachable(PersistenceError):
 #: connection exceptions (08), insufficient resources (53: too many clients, disk
 #: full), operator intervention (57P01-57P03: shutting down, crashed, starting up).
 _OUTAGE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
+#: serialization_failure, deadlock_detected.
+_RUN_AGAIN_SQLSTATES = ("40001", "40P01")
 
 #: libpq's texts, without a SQLSTATE, of a server that answered and refused who we are.
 #: A server speaking another language (lc_messages) escapes them: such a refusal is
@@ -60,14 +62,27 @@ def is_outage(error: BaseException) -> bool:
     if driver is None:
         # peewee's own "connection already closed", say, comes without a driver error.
         return isinstance(error, peewee.InterfaceError)
-    code = getattr(driver, "pgcode", None)
+    code = sqlstate(driver)
     if code:
-        return str(code).startswith(_OUTAGE_SQLSTATES)
+        return code.startswith(_OUTAGE_SQLSTATES)
     # By DB-API class name: the driver has no type stubs, and its errors subclass these.
     kinds = {cls.__name__ for cls in type(driver).__mro__}
     if "InterfaceError" in kinds:
         return True
     return "OperationalError" in kinds and not _REFUSED_LOGIN.search(str(driver))
+
+
+def must_run_again(error: BaseException) -> bool:
+    """True when PostgreSQL aborted the transaction so that another could go on (a deadlock, or a
+    serialization failure): nothing was written, and running it again is the remedy."""
+    return sqlstate(error) in _RUN_AGAIN_SQLSTATES
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of ``error`` (peewee's, or the driver's), if the server sent one."""
+    driver = _driver_error(error)
+    code = getattr(driver, "pgcode", None) if driver is not None else None
+    return str(code) if code else None
 
 
 def _driver_error(error: BaseException) -> BaseException | None:
@@ -79,4 +94,4 @@ def _driver_error(error: BaseException) -> BaseException | None:
     return None
 
 
-__all__ = ["DatabaseUnreachable", "PersistenceError", "is_outage"]
+__all__ = ["DatabaseUnreachable", "PersistenceError", "is_outage", "must_run_again", "sqlstate"]

@@ -192,3 +192,42 @@ def test_many_finishes_and_chunks_at_once_leave_the_mirror_whole(pg_store: PoiSt
     assert keys(pg_store) == {key(row) for row in survivors}
     held = {(r.element_type, r.osm_id) for r in pg_store.ledger.elements.select()}
     assert held == keys(pg_store)
+
+
+def test_a_transaction_postgresql_aborts_for_a_deadlock_runs_again_and_both_commit(
+    pg_store: PoiStore,
+) -> None:
+    # Two transactions that lock two rows in opposite orders: PostgreSQL aborts one (40P01); the store
+    # runs it again instead of reporting a persistence error.
+    land(pg_store, answer("a", OLD, tiles=[A, B]), IN_A, ("node", 8, 48.85, 2.35, {"amenity": "bar"}))
+    database: Any = pg_store.database
+    both_hold_one = threading.Barrier(2, timeout=10)
+    attempts: list[str] = []
+    errors: list[BaseException] = []
+
+    def lock(first: int, second: int) -> Callable[[], None]:
+        def work() -> None:
+            attempts.append(threading.current_thread().name)
+            database.execute_sql("SELECT 1 FROM pois WHERE osm_id = %s FOR UPDATE", (first,))
+            if attempts.count(threading.current_thread().name) == 1:
+                both_hold_one.wait()
+            database.execute_sql("SELECT 1 FROM pois WHERE osm_id = %s FOR UPDATE", (second,))
+
+        return work
+
+    def run(name: str, work: Callable[[], None]) -> None:
+        try:
+            pg_store._in_transaction(work, name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [
+        threading.Thread(target=run, args=("one", lock(7, 8)), name="one"),
+        threading.Thread(target=run, args=("two", lock(8, 7)), name="two"),
+    ]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(30)
+    assert not errors, errors
+    assert len(attempts) == 3  # one of the two ran again
