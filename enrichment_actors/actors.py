@@ -61,6 +61,7 @@ from .overpass_responses import (
     read_response,
 )
 from .runtime import OVERPASS, runtime
+from .server_time import charge_server_time
 from .staging import (
     Stage,
     Staged,
@@ -433,6 +434,7 @@ def _call_overpass(
         result = client.fetch(query, read=read)
     except OverpassError as exc:
         charge_bytes(exc.response_bytes)
+        charge_server_time(exc, settings.query_timeout_s)
         if not exc.request_sent:
             report_no_call()
         runtime.metrics.observe_overpass_call(exc.label, time.monotonic() - started, endpoint=endpoint)
@@ -443,6 +445,7 @@ def _call_overpass(
             raise Defer(pause_s, reason=Outcome.DUPLICATE_QUERY.value) from exc
         raise
     charge_bytes(result.response_bytes)
+    charge_server_time(result, settings.query_timeout_s)
     runtime.metrics.observe_overpass_call(
         CALL_OK, result.duration_s, endpoint=endpoint, response_bytes=result.response_bytes
     )

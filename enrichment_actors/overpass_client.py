@@ -55,12 +55,15 @@ class FetchResult:
       response_bytes: Size of the body, for the download quota.
       duration_s: From sending the request to the last byte of the body.
       status: The HTTP status (always 200 for a success).
+      server_s: From sending the request to the status line (``Response.elapsed``):
+        the server's time, which sends its headers when the query is done.
     """
 
     parsed: ParsedResponse
     response_bytes: int
     duration_s: float
     status: int
+    server_s: float | None = None
 
 
 class OverpassClient:
@@ -168,6 +171,7 @@ class OverpassClient:
             ) from exc
         body = bytearray()
         watchdog: _Watchdog | None = None
+        server_s: float | None = None
         try:
             response = self._session.post(
                 self.interpreter_url,
@@ -177,6 +181,7 @@ class OverpassClient:
                 timeout=self._query_timeout,  # type: ignore[arg-type]
                 stream=True,
             )
+            server_s = response.elapsed.total_seconds()
             try:
                 # The read timeout only bounds each wait for a byte: a server
                 # sending a few bytes at a time would keep the call (and its
@@ -198,12 +203,16 @@ class OverpassClient:
                 response.close()
         except (requests.RequestException, _DeadlinePassed) as exc:
             timed_out = isinstance(exc, _DeadlinePassed) or (watchdog is not None and watchdog.fired)
-            raise self._transport_error(exc, started, len(body), timed_out=timed_out) from exc
+            error = self._transport_error(exc, started, len(body), timed_out=timed_out)
+            error.server_s = server_s
+            raise error from exc
         duration_s = time.monotonic() - started
-        parsed = read(response.status_code, bytes(body))
-        return FetchResult(
-            parsed=parsed, response_bytes=len(body), duration_s=duration_s, status=response.status_code
-        )
+        try:
+            parsed = read(response.status_code, bytes(body))
+        except OverpassError as exc:
+            exc.server_s = server_s
+            raise
+        return FetchResult(parsed, len(body), duration_s, response.status_code, server_s)
 
     def status(self) -> SlotStatus:
         """GET ``/api/status`` and parse it; raises :class:`StatusUnavailable` when that fails."""

@@ -1,0 +1,51 @@
+"""The server time an Overpass call is charged: the operators' yardstick, as the client can see it.
+
+The public operators judge users by the server time they use ("your fair
+share would be at around 300 CPU seconds" a day: gods-eye-view issue 648).
+A server sends its status line only when the query is done, and a query
+waiting for a slot is held before it runs, so the time from the request
+sent to the status line received is the server's time, slot wait included
+(``Response.elapsed``: see :class:`~.overpass_client.FetchResult`). Without
+a status line the client cannot see it: a query that was sent is charged
+its whole ``[timeout]``, which it may run on the server after we gave up.
+The quota's third budget (``cost``) counts it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from middleware.usage import charge_cost
+
+from .overpass_client import FetchResult
+from .overpass_responses import OverpassError
+
+#: The quota's cost unit for server time: milliseconds (counters are whole numbers).
+MS_PER_S = 1000
+
+
+def server_seconds(outcome: FetchResult | OverpassError, query_timeout_s: float) -> float:
+    """The server seconds ``outcome`` (a fetch's result, or its error) is charged.
+
+    Examples:
+      >>> from enrichment_actors.overpass_responses import ClientTimeout, RateLimited
+      >>> server_seconds(ClientTimeout("no status line"), query_timeout_s=25)  # the query runs on
+      25.0
+      >>> refused = RateLimited("429")
+      >>> refused.server_s = 0.004
+      >>> server_seconds(refused, query_timeout_s=25)
+      0.004
+    """
+    if isinstance(outcome, FetchResult):
+        return outcome.server_s or 0.0
+    if outcome.server_s is not None:
+        return outcome.server_s
+    return float(query_timeout_s) if outcome.request_sent else 0.0
+
+
+def charge_server_time(outcome: FetchResult | OverpassError, query_timeout_s: float) -> float:
+    """Charge the server time of ``outcome`` to the current message's quota; return the seconds."""
+    seconds = server_seconds(outcome, query_timeout_s)
+    # Rounded up: the budget is never charged less than the server spent.
+    charge_cost(math.ceil(seconds * MS_PER_S))
+    return seconds
