@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from middleware.policy.quota import QuotaUsage
 from middleware.usage import charge_cost
 
 from .overpass_client import FetchResult
@@ -49,3 +50,22 @@ def charge_server_time(outcome: FetchResult | OverpassError, query_timeout_s: fl
     # Rounded up: the budget is never charged less than the server spent.
     charge_cost(math.ceil(seconds * MS_PER_S))
     return seconds
+
+
+def server_time_line(usage: QuotaUsage) -> str:
+    """The ``enrichment status`` line of a quota's server time: used, left, mean per call.
+
+    Examples:
+      >>> print(server_time_line(QuotaUsage("overpass", 0.0, 86_400.0, 40, 10_000, 0, -1, 120_500, 300_000, 2_000)))
+        server    120.5 s used, 179.5 s left of 300 s, 3.01 s a call (about 59 calls left)
+    """
+    used = usage.cost_used / MS_PER_S
+    mean = usage.cost_per_request / MS_PER_S
+    if usage.cost_left is None:
+        return f"  server    {used:g} s used, unlimited, {mean:.3g} s a call"
+    left = usage.cost_left / MS_PER_S
+    calls = int(left // mean) if mean > 0 else 0
+    return (
+        f"  server    {used:g} s used, {left:g} s left of {usage.cost_limit / MS_PER_S:g} s, "
+        f"{mean:.3g} s a call (about {calls} calls left)"
+    )
