@@ -63,6 +63,7 @@ from .overpass_responses import (
     read_response,
 )
 from .runtime import OVERPASS, runtime
+from .server_time import charge_server_time
 from .staging import (
     Stage,
     Staged,
@@ -460,8 +461,10 @@ def _call_overpass(
             raise Defer(pause_s, reason=Outcome.DUPLICATE_QUERY.value) from exc
         raise
     finally:
-        # Whatever ended the call (a MemoryError while reading too): what crossed the wire is charged.
+        # Whatever ended the call (a MemoryError while reading too): what crossed the wire is charged,
+        # and the server's time.
         charge_bytes(cost.wire_bytes)
+        charge_server_time(cost, settings.query_timeout_s)
     runtime.metrics.observe_overpass_call(
         CALL_OK, result.duration_s, endpoint=endpoint, response_bytes=result.response_bytes
     )

@@ -429,6 +429,7 @@ def _endpoint_status(runtime: Runtime, endpoint: Endpoint) -> list[str]:
     """
     from .overpass_endpoints import describe
     from .routing import EndpointReading, readiness
+    from .server_time import server_time_line
 
     policy = endpoint.policy
     usage = runtime.quota.policies[policy].usage()
@@ -451,6 +452,7 @@ def _endpoint_status(runtime: Runtime, endpoint: Endpoint) -> list[str]:
         f"quota {policy!r}  window {when(usage.window_start)} .. {when(usage.window_end)}",
         f"  requests  {usage.requests_used} used, {left(usage.requests_limit, usage.requests_used)}",
         f"  bytes     {usage.bytes_used} used, {left(usage.bytes_limit, usage.bytes_used)}",
+        server_time_line(usage),
     ]
     probe = f", next probe after {when(breaker.open_until)}" if breaker.status.value == "open" else ""
     lines.append(

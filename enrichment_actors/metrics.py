@@ -116,6 +116,8 @@ CALL_OK = "ok"
 #: Values of ``resource`` on the quota gauges.
 REQUESTS = "requests"
 BYTES = "bytes"
+#: Server time in seconds (the quota counts milliseconds): the operators' yardstick.
+SERVER_SECONDS = "server_seconds"
 
 #: Values of ``state`` on the breaker gauge: the breaker's own statuses.
 BREAKER_STATES: tuple[str, ...] = tuple(status.value for status in BreakerStatus)
@@ -339,7 +341,7 @@ PERMITS_LIMIT = MetricSpec(
 QUOTA_USED = MetricSpec(
     "enrichment_quota_used",
     Kind.GAUGE,
-    "Requests admitted or response bytes charged in the current quota window.",
+    "Requests admitted, response bytes or server seconds charged in the current quota window.",
     (POLICY, RESOURCE),
     fleet=True,
 )
@@ -355,6 +357,14 @@ QUOTA_LEFT = MetricSpec(
     Kind.GAUGE,
     "What is left of the quota window's limit (absent when unlimited).",
     (POLICY, RESOURCE),
+    fleet=True,
+)
+QUOTA_SERVER_SECONDS_PER_CALL = MetricSpec(
+    "enrichment_quota_server_seconds_per_call",
+    Kind.GAUGE,
+    "Mean server seconds per call in the current quota window (the prior before any call): "
+    "a call is admitted only while the server time left covers it.",
+    (POLICY,),
     fleet=True,
 )
 QUOTA_WINDOW_START = MetricSpec(
@@ -449,6 +459,7 @@ FLEET_METRICS: tuple[MetricSpec, ...] = (
     QUOTA_USED,
     QUOTA_LIMIT,
     QUOTA_LEFT,
+    QUOTA_SERVER_SECONDS_PER_CALL,
     QUOTA_WINDOW_START,
     QUOTA_WINDOW_END,
     PARKED_JOBS,

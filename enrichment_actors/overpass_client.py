@@ -61,9 +61,14 @@ class CallCost:
       wire_bytes: Body bytes that crossed the wire, read or not (the kernel's
         count where it has one: bytes that arrived after the call was ended
         early count too), before any decoding: what the download quota charges.
+      server_s, request_sent: what the server-time budget charges (:mod:`.server_time`).
     """
 
     wire_bytes: int = 0
+    #: From the request sent to the status line received (``Response.elapsed``); None: no status line.
+    server_s: float | None = None
+    #: Whether the request left this process.
+    request_sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,15 @@ class FetchResult:
       response_bytes: Size of the body, for the download quota.
       duration_s: From sending the request to the last byte of the body.
       status: The HTTP status (always 200 for a success).
+      server_s: From sending the request to the status line (``Response.elapsed``):
+        the server's time, which sends its headers when the query is done.
     """
 
     parsed: ParsedResponse
     response_bytes: int
     duration_s: float
     status: int
+    server_s: float | None = None
 
 
 class OverpassClient:
@@ -212,28 +220,37 @@ class OverpassClient:
         header_bytes = [0]
         try:
             with watch:
-                status = self._exchange(form, body, watch, header_bytes)
+                status = self._exchange(form, body, watch, header_bytes, cost)
         except OverpassError as exc:
             exc.response_bytes = cost.wire_bytes = _wire_bytes(body, watch, header_bytes[0])
+            exc.server_s, cost.request_sent = cost.server_s, exc.request_sent
             raise
         except (requests.RequestException, _DeadlinePassed) as exc:
             cost.wire_bytes = _wire_bytes(body, watch, header_bytes[0])
             # A connection never made is no timeout of a call, whenever the deadline passed.
             timed_out = isinstance(exc, _DeadlinePassed) or (watch.fired and not _never_sent(exc))
-            raise self._transport_error(exc, started, cost.wire_bytes, timed_out=timed_out) from exc
+            error = self._transport_error(exc, started, cost.wire_bytes, timed_out=timed_out)
+            error.server_s, cost.request_sent = cost.server_s, error.request_sent
+            raise error from exc
         finally:
             cost.wire_bytes = _wire_bytes(body, watch, header_bytes[0])
         duration_s = time.monotonic() - started
         try:
             parsed = read(status, bytes(body.data))
         except OverpassError as exc:
-            exc.response_bytes = cost.wire_bytes
+            exc.response_bytes, exc.server_s = cost.wire_bytes, cost.server_s
             raise
         return FetchResult(
-            parsed=parsed, response_bytes=cost.wire_bytes, duration_s=duration_s, status=status
+            parsed=parsed,
+            response_bytes=cost.wire_bytes,
+            duration_s=duration_s,
+            status=status,
+            server_s=cost.server_s,
         )
 
-    def _exchange(self, form: bytes, body: AnswerBody, watch: CallDeadline, header_bytes: list[int]) -> int:
+    def _exchange(
+        self, form: bytes, body: AnswerBody, watch: CallDeadline, header_bytes: list[int], cost: CallCost
+    ) -> int:
         """Send the request and read the answer's body into ``body``; the status. Runs under ``watch``."""
         try:
             response = self._session.post(
@@ -253,6 +270,8 @@ class OverpassClient:
                 detail=cut(str(exc)),
                 request_sent=False,
             ) from exc
+        # The status line leaves the server when the query is done: this is its time, slot wait included.
+        cost.request_sent, cost.server_s = True, response.elapsed.total_seconds()
         try:
             # Connection: close leaves the socket with the response only: watch it there too.
             watch.watch(_socket_of(response))

@@ -5,8 +5,12 @@ An endpoint is one interpreter URL. Its **profile** follows from its host:
 - **public** for the instances listed in :data:`PUBLIC_INSTANCES` (and any
   host under them): the operators' rules apply (drolbr/Overpass-API issue
   791): one call in flight fleet-wide ("one user, one script"), calls paced
-  so that what is left of the day's budget lasts until midnight UTC, 10,000
-  requests and 10^9 bytes a UTC day, and a contact in the User-Agent.
+  so that what is left of the day's budgets lasts until midnight UTC, 10,000
+  requests, 10^9 bytes and 300 server seconds a UTC day, and a contact in
+  the User-Agent. The server time is the operators' yardstick since
+  September 2026: "your fair share would be at around 300 CPU seconds" a
+  day (gods-eye-view issue 648; arnis issue 1347). At 0.1 to 2 s a query
+  that is roughly 150 to 3,000 calls a day, not 10,000.
   Only ``OVERPASS_PUBLIC_PERMITS_OVERRIDE`` raises the permits.
 - **private** for any other URL (your own server): permits, pacing and
   budget as configured, no contact required.
@@ -33,10 +37,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
+
+from middleware.policy.quota import QuotaPolicy
 
 #: The policy name of the only endpoint (and the prefix of each name when there are several).
 OVERPASS = "overpass"
@@ -73,6 +79,10 @@ PUBLIC_INSTANCES: tuple[PublicInstance, ...] = (
 #: The public daily budget: the operators' figures, per UTC day.
 PUBLIC_DAILY_REQUESTS = 10_000
 PUBLIC_DAILY_BYTES = 1_000_000_000
+#: The operators' fair share of server time a day (gods-eye-view issue 648), in seconds.
+PUBLIC_DAILY_SERVER_S = 300.0
+#: The server time a call is assumed to cost before any call of the window: a tile's POI query.
+SERVER_S_PRIOR = 2.0
 PUBLIC_WINDOW_S = 86_400
 #: Calls in flight fleet-wide on a public instance ("one user, one script").
 PUBLIC_PERMITS = 1
@@ -112,11 +122,13 @@ class Endpoint:
       permits: calls in flight fleet-wide.
       quota_requests, quota_bytes, quota_window_s: the budget per window
         (below 0: unlimited).
+      quota_server_s: server seconds per window (see :mod:`.server_time`).
       pacing_interval_s: seconds between call starts (0: off); with
         ``spread_budget``, the least interval.
       pacing_burst: calls that may start back to back after a quiet spell.
       spread_budget: the interval is what is left of the window spread over
-        the requests left, never below ``pacing_interval_s``.
+        the calls the budgets left cover (each at its mean cost per call),
+        never below ``pacing_interval_s``.
     """
 
     name: str
@@ -131,6 +143,7 @@ class Endpoint:
     pacing_interval_s: float
     pacing_burst: int
     spread_budget: bool
+    quota_server_s: float = PUBLIC_DAILY_SERVER_S
 
     @property
     def public(self) -> bool:
@@ -148,6 +161,7 @@ class EndpointSettings:
     permits: int = 2
     quota_requests: int = PUBLIC_DAILY_REQUESTS
     quota_bytes: int = PUBLIC_DAILY_BYTES
+    quota_server_s: float = PUBLIC_DAILY_SERVER_S
     quota_window_s: int = PUBLIC_WINDOW_S
     pacing_interval_s: float = 0.0
     pacing_burst: int = 1
@@ -240,6 +254,7 @@ def resolve_endpoints(settings: EndpointSettings) -> tuple[Endpoint, ...]:
                     permits=s.permits,
                     quota_requests=s.quota_requests,
                     quota_bytes=s.quota_bytes,
+                    quota_server_s=s.quota_server_s,
                     quota_window_s=s.quota_window_s,
                     pacing_interval_s=s.pacing_interval_s,
                     pacing_burst=s.pacing_burst,
@@ -279,6 +294,9 @@ def _public(s: EndpointSettings, url: str, name: str, policy: str, listed: bool)
         permits=s.public_permits_override or PUBLIC_PERMITS,
         quota_requests=_at_most(s.quota_requests, PUBLIC_DAILY_REQUESTS),
         quota_bytes=_at_most(s.quota_bytes, PUBLIC_DAILY_BYTES),
+        quota_server_s=PUBLIC_DAILY_SERVER_S
+        if s.quota_server_s < 0
+        else min(s.quota_server_s, PUBLIC_DAILY_SERVER_S),
         quota_window_s=PUBLIC_WINDOW_S,
         # A PACING_INTERVAL_S replaces the spread budget; either way never
         # faster than PACING_MIN_INTERVAL_S, and strictly one call per interval.
@@ -293,26 +311,53 @@ def _at_most(configured: int, ceiling: int) -> int:
     return ceiling if configured < 0 else min(configured, ceiling)
 
 
-def spread_interval(*, window_end: float, now: float, requests_left: int | None, floor_s: float) -> float:
-    """The pacing interval that makes ``requests_left`` last until ``window_end``: never below ``floor_s``.
+def spread_interval(*, window_end: float, now: float, calls_left: int | None, floor_s: float) -> float:
+    """The pacing interval that makes ``calls_left`` last until ``window_end``: never below ``floor_s``.
+
+    ``calls_left`` is what every budget left still covers, each at its mean
+    cost per call (:attr:`~middleware.policy.quota.QuotaUsage.calls_left`):
+    on the public profile the server time usually binds, not the requests.
 
     Examples:
-      >>> spread_interval(window_end=86_400.0, now=0.0, requests_left=10_000, floor_s=1.0)  # a fresh day
+      >>> spread_interval(window_end=86_400.0, now=0.0, calls_left=10_000, floor_s=1.0)  # a fresh day
       8.64
-      >>> spread_interval(window_end=86_400.0, now=86_000.0, requests_left=10_000, floor_s=1.0)
+      >>> spread_interval(window_end=86_400.0, now=0.0, calls_left=150, floor_s=1.0)  # 300 s at 2 s a call
+      576.0
+      >>> spread_interval(window_end=86_400.0, now=86_000.0, calls_left=10_000, floor_s=1.0)
       1.0
-      >>> spread_interval(window_end=86_400.0, now=43_200.0, requests_left=0, floor_s=1.0)
+      >>> spread_interval(window_end=86_400.0, now=43_200.0, calls_left=0, floor_s=1.0)
       1.0
 
     With nothing left (or no limit) the floor: the quota then defers the jobs
     to the next window; an interval of the rest of the day would make every
     waiting job reserve a slot a day after the one before.
     """
-    if not requests_left:
+    if not calls_left:
         return floor_s
     left_s = max(0.0, window_end - now)
-    interval = left_s / requests_left
+    interval = left_s / calls_left
     return max(floor_s, interval) if math.isfinite(interval) else floor_s
+
+
+def budget_spread(policy: QuotaPolicy, endpoint: Endpoint) -> Callable[[], float]:
+    """The public pacing interval: what is left of the quota's window over the calls its budgets
+    left cover (requests, bytes and server time, each at its mean per call).
+
+    So the day's budget lasts until midnight UTC; never below the endpoint's
+    least interval (``PACING_MIN_INTERVAL_S``). Two reads per decision (this
+    is the one function here that reads shared state: each time it is called).
+    """
+
+    def interval() -> float:
+        usage = policy.usage()
+        return spread_interval(
+            window_end=usage.window_end,
+            now=policy.backend.now(),
+            calls_left=usage.calls_left,
+            floor_s=endpoint.pacing_interval_s,
+        )
+
+    return interval
 
 
 def describe(endpoints: Sequence[Endpoint]) -> str:
@@ -326,7 +371,8 @@ def describe(endpoints: Sequence[Endpoint]) -> str:
         )
         lines.append(
             f"{e.name} ({e.profile.value}): {e.permits} in flight, {pacing}, "
-            f"{_limit(e.quota_requests)} requests and {_limit(e.quota_bytes)} bytes per {e.quota_window_s} s"
+            f"{_limit(e.quota_requests)} requests, {_limit(e.quota_bytes)} bytes and "
+            f"{e.quota_server_s:g} server seconds per {e.quota_window_s} s"
         )
     return "\n".join(lines)
 

@@ -152,11 +152,16 @@ class OverpassError(Exception):
       request_sent: False only when the request certainly never left this
         process (the connection could not be made, the query could not be
         encoded). Defaults to True: when in doubt, the request counts.
+
+    ``server_s`` is the server's time as the client saw it, from the request
+    sent to the status line received (the client sets it; None when no status
+    line came).
     """
 
     label: ClassVar[str] = "overpass_error"
     retryable: ClassVar[bool] = False
     trips_breaker: ClassVar[bool] = False
+    server_s: float | None = None
 
     def __init__(
         self,

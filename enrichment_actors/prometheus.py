@@ -44,6 +44,7 @@ from . import metrics as m
 from .metrics import Kind, MetricSpec, Outcome, final_label, is_final, outcome_of, take_noted_outcome
 from .queues import QueuesUnreachable, queue_sizes
 from .redis_checks import persistence_gauge, redis_clients
+from .server_time import MS_PER_S
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -580,6 +581,8 @@ def _families(reading: FleetReading | None, *, with_samples: bool) -> Iterator[M
         for resource, spent, cap, remaining in (
             (m.REQUESTS, q.requests_used, q.requests_limit, q.requests_left),
             (m.BYTES, q.bytes_used, q.bytes_limit, q.bytes_left),
+            # Server time: the quota counts ms, the gauges say seconds.
+            (m.SERVER_SECONDS, q.cost_used / MS_PER_S, q.cost_limit / MS_PER_S, _per_s(q.cost_left)),
         ):
             used.append(((q.name, resource), float(spent)))
             if remaining is not None:
@@ -588,6 +591,9 @@ def _families(reading: FleetReading | None, *, with_samples: bool) -> Iterator[M
     yield family(m.QUOTA_USED, used)
     yield family(m.QUOTA_LIMIT, limit)
     yield family(m.QUOTA_LEFT, left)
+    yield family(
+        m.QUOTA_SERVER_SECONDS_PER_CALL, [((q.name,), q.cost_per_request / MS_PER_S) for q in reading.quotas]
+    )
     yield family(m.QUOTA_WINDOW_START, [((q.name,), q.window_start) for q in reading.quotas])
     yield family(m.QUOTA_WINDOW_END, [((q.name,), q.window_end) for q in reading.quotas])
     yield family(m.PARKED_JOBS, [((), reading.parked)])
@@ -625,6 +631,10 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug(format, *args)
+
+
+def _per_s(ms: int | None) -> float | None:
+    return None if ms is None else ms / MS_PER_S
 
 
 def make_exposition_server(registry: CollectorRegistry, host: str, port: int) -> ThreadingHTTPServer:

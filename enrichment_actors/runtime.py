@@ -15,7 +15,6 @@ without a contact (:func:`~.settings.check_startable`): no worker starts.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from middleware.pause import Pause
 from middleware.policy.breaker import BreakerLimits
 from middleware.policy.pacing import PacingLimits
 from middleware.policy.pause import PauseLimits
-from middleware.policy.quota import QuotaLimits, QuotaPolicy
+from middleware.policy.quota import QuotaLimits
 from middleware.policy.semaphore import SemaphoreLimits
 from middleware.quota import Quota
 from middleware.retries import Retries
@@ -42,12 +41,13 @@ from middleware.semaphore import ConcurrencySemaphore
 from .broker import RecoveringRedisBroker
 from .jobs import JobLimits
 from .overpass_client import OverpassClient
-from .overpass_endpoints import OVERPASS, Endpoint, spread_interval
+from .overpass_endpoints import OVERPASS, SERVER_S_PRIOR, Endpoint, budget_spread
 from .overpass_responses import OverpassError
 from .prometheus import EnrichmentPrometheus
 from .redis_checks import RedisChecks, redis_clients
 from .redis_topology import TopologyCheck
 from .routing import ENDPOINT, EndpointReading, EndpointRouter
+from .server_time import MS_PER_S
 from .settings import Settings, SettingsError, check_startable, load_settings
 from .store import PoiStore
 
@@ -265,6 +265,8 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
                 bytes=e.quota_bytes,
                 window_s=e.quota_window_s,
                 jitter_s=s.quota_jitter_s,
+                cost=round(e.quota_server_s * MS_PER_S),
+                cost_prior=round(SERVER_S_PRIOR * MS_PER_S),
             )
             for e in endpoints
         },
@@ -291,7 +293,7 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
         backend,
         {e.policy: PacingLimits(interval_s=e.pacing_interval_s, burst=e.pacing_burst) for e in endpoints},
         intervals={
-            e.policy: _budget_spread(quota.policies[e.policy], e) for e in endpoints if e.spread_budget
+            e.policy: budget_spread(quota.policies[e.policy], e) for e in endpoints if e.spread_budget
         },
         **policy_kwargs,
     )
@@ -322,25 +324,6 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
     return Runtime(
         s, broker, backend, quota, semaphore, breaker, retries, metrics, pause, pacing, router, endpoints
     )
-
-
-def _budget_spread(policy: QuotaPolicy, endpoint: Endpoint) -> Callable[[], float]:
-    """The public pacing interval: what is left of the quota's window over the requests left in it.
-
-    So the day's budget lasts until midnight UTC; never below the endpoint's
-    least interval (``PACING_MIN_INTERVAL_S``). Two reads per decision.
-    """
-
-    def interval() -> float:
-        usage = policy.usage()
-        return spread_interval(
-            window_end=usage.window_end,
-            now=policy.backend.now(),
-            requests_left=usage.requests_left,
-            floor_s=endpoint.pacing_interval_s,
-        )
-
-    return interval
 
 
 # Built once, at this module's first import; the actors are declared on this broker.

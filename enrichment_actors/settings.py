@@ -208,6 +208,11 @@ TABLE: tuple[Setting, ...] = (
         "1000000000",
         "Response bytes per quota window (public profile: at most 10^9 a UTC day, the operators' 1 GB)",
     ),
+    Setting(
+        "QUOTA_SERVER_S",
+        "300",
+        "Server seconds per quota window, per endpoint, from request sent to status line (public profile: at most 300 a UTC day, the operators' fair share: roughly 150 to 3,000 calls)",
+    ),
     Setting("QUOTA_WINDOW_S", "86400", "Quota window, aligned to the epoch: 86400 is a UTC day"),
     Setting("QUOTA_JITTER_S", "300", "Jobs denied by the quota come back at the next window plus up to this"),
     Setting(
@@ -311,6 +316,7 @@ class Settings:
     max_tags: int
     quota_requests: int
     quota_bytes: int
+    quota_server_s: float
     quota_window_s: int
     quota_jitter_s: float
     semaphore_permits: int
@@ -364,6 +370,7 @@ class Settings:
             permits=self.semaphore_permits,
             quota_requests=self.quota_requests,
             quota_bytes=self.quota_bytes,
+            quota_server_s=self.quota_server_s,
             quota_window_s=self.quota_window_s,
             pacing_interval_s=self.pacing_interval_s,
             pacing_burst=self.pacing_burst,
@@ -520,6 +527,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         quota_requests=read("QUOTA_REQUESTS", int, non_negative, "a whole number >= 0"),
         quota_bytes=read("QUOTA_BYTES", int, non_negative, "a number of bytes >= 0"),
+        quota_server_s=read("QUOTA_SERVER_S", float, non_negative, "seconds >= 0"),
         quota_window_s=read("QUOTA_WINDOW_S", int, positive, "whole seconds > 0"),
         quota_jitter_s=read("QUOTA_JITTER_S", float, non_negative, "seconds >= 0"),
         semaphore_permits=read("SEMAPHORE_PERMITS", int, positive, "a whole number > 0"),

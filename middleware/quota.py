@@ -1,11 +1,11 @@
-"""Quota: a request and byte budget per window, shared by every worker.
+"""Quota: a request, byte and cost budget per window, shared by every worker.
 
 Requests are counted atomically at admission, so however many processes
 race, no more calls are admitted than the limit; a request whose call never
 happened (a later middleware deferred the job, or the actor reported
 :func:`~middleware.usage.report_no_call`) is given back. Response bytes are
-charged as the actor reports them, failed calls included (see
-:mod:`middleware.usage`). Put the quota last, after the permit: the byte
+charged as the actor reports them, failed calls included, and so is the cost
+(see :mod:`middleware.usage`). Put the quota last, after the permit: the byte
 budget is checked at admission, so it must be checked right before the
 call, not before a wait. A denied message makes no call and is deferred to
 the start of the next window plus jitter.
@@ -20,7 +20,7 @@ from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .policy.quota import QuotaPolicy
-from .usage import meter_into, no_call_reported, take_charged_bytes, take_no_call
+from .usage import UNITS, meter_into, no_call_reported, take_charged, take_no_call
 
 #: Deferral reason when the window's budget is spent.
 QUOTA_EXHAUSTED = "quota_exhausted"
@@ -51,7 +51,8 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             return
         # Reports left over by a message of this thread that no quota admitted.
         meter_into(None)
-        take_charged_bytes()
+        for unit in UNITS:
+            take_charged(unit)
         take_no_call()
         with self.failing_closed():
             decision = policy.admit()
@@ -59,7 +60,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             raise self.denial(decision.retry_at, QUOTA_EXHAUSTED)
         self.hold(message, (policy, decision.window_start))
         window_start = decision.window_start
-        meter_into(lambda amount: self._charge(policy, window_start, amount))
+        meter_into(lambda unit, amount: self._charge(policy, window_start, unit, amount))
         failpoint("quota.admitted")
 
     def after_process_message(
@@ -75,23 +76,25 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             return
         meter_into(None)
         policy, window_start = held
-        # Every byte downloaded is charged, whatever the outcome: a failed
-        # call used the upstream too. These are the reports not charged yet.
-        uncharged = take_charged_bytes()
-        if uncharged:
-            self._charge(policy, window_start, uncharged)
+        # Every byte downloaded and every unit of cost is charged, whatever the
+        # outcome: a failed call used the upstream too. These are the reports not charged yet.
+        for unit in UNITS:
+            uncharged = take_charged(unit)
+            if uncharged:
+                self._charge(policy, window_start, unit, uncharged)
         # A middleware after this one deferred the job, or the actor says its
         # call never left the process: the request is given back.
         if no_call_reported() or isinstance(exception, AdmissionDenied):
             with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
                 policy.refund(window_start)
 
-    def _charge(self, policy: QuotaPolicy, window_start: float, amount: int) -> bool:
-        """Charge ``amount`` bytes to the window the call was admitted in; False if the backend failed."""
+    def _charge(self, policy: QuotaPolicy, window_start: float, unit: str, amount: int) -> bool:
+        """Charge ``amount`` of ``unit`` to the window the call was admitted in; False if the backend failed."""
+        record = policy.record_cost if unit == "cost" else policy.record_bytes
         try:
-            policy.record_bytes(amount, window_start)
+            record(amount, window_start)
         except BackendUnavailable as exc:
-            self.logger.error("Could not charge %d bytes to quota %r: %s", amount, policy.name, exc)
+            self.logger.error("Could not charge %d %s to quota %r: %s", amount, unit, policy.name, exc)
             return False
         return True
 

@@ -43,6 +43,12 @@ for a slot and then runs (its ``[timeout]`` starts only then), or gets a 429 whe
 ``duplicate_query`` page. ``requests`` records each request's arrival and, for a held query, when it
 got its slot.
 
+As on a real server, the status line and headers of a query leave only when it is done (after its
+latency, a stall or the hold for a slot), so a client sees the server's time as the time from its
+request to the status line. The stub measures that time itself, from the request's arrival to its
+status line: ``server_s`` on each recorded request (None when none was sent: killed, stopped), summed
+in ``stats().server_s``. Tests compare what the quota charged with it.
+
 Besides the scripted outcomes the stub answers like the real server: a blank query is a 400
 "encoding error", a box with north < south or out-of-range coordinates a 400 "static error", a box
 of more than 200,000 lattice cells an out-of-memory remark. Output is always JSON.

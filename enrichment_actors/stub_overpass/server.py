@@ -51,6 +51,7 @@ class StubStats:
     rejected_over_slots: int  # 429s produced by enforce_slots or hold_s (at once or after the hold)
     held: int = 0  # calls that waited for a slot (hold_s)
     refused_duplicates: int = 0  # duplicate_query pages produced by refuse_duplicates
+    server_s: float = 0.0  # the server time of every interpreter call answered (see RecordedRequest)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class RecordedRequest:
     started_at: float  # epoch seconds: when the request arrived
     ended_at: float
     admitted_at: float | None = None  # epoch seconds: when a held query got its slot (hold_s)
+    # The server's own time: from the request's arrival to its status line, which, as on a real
+    # server, leaves only when the query is done (slot wait included); None when none was sent.
+    server_s: float | None = None
 
 
 @dataclass
@@ -80,6 +84,7 @@ class _Call:
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     waiting: bool = False  # held, waiting for a slot
     admitted_at: float | None = None
+    answered_at: float | None = None  # when its status line was sent (or about to be)
 
 
 class _Server(ThreadingHTTPServer):
@@ -408,6 +413,7 @@ class StubOverpass:
         self._rejected_over_slots = 0
         self._held = 0
         self._refused_duplicates = 0
+        self._server_s = 0.0
 
     def stats(self) -> StubStats:
         with self._lock:
@@ -421,6 +427,7 @@ class StubOverpass:
                 rejected_over_slots=self._rejected_over_slots,
                 held=self._held,
                 refused_duplicates=self._refused_duplicates,
+                server_s=self._server_s,
             )
 
     @property
@@ -437,6 +444,7 @@ class StubOverpass:
         if call.waiting and not self._hold_for_slot(call):
             served = "aborted" if self._stopping.is_set() else "429"
             status, content_type, body = ERROR_RESPONSES["429"]
+            call.answered_at = time.time()
             self._end_call(call, served, method, user_agent)
             handler.reply(status, content_type, body)
             return
@@ -454,11 +462,13 @@ class StubOverpass:
             raise
         if outcome.name == "trickle" and status == 200:
             # In flight (holding its slot) while the body trickles out.
+            call.answered_at = time.time()
             whole = handler.reply(status, content_type, body, trickle=(outcome.stall_s, call.cancel))
             ended = "aborted" if self._stopping.is_set() else "killed"
             self._end_call(call, served if whole else ended, method, user_agent)
             return
         # Accounted before the answer goes out, so a client that has its answer sees it in stats().
+        call.answered_at = time.time()
         self._end_call(call, served, method, user_agent)
         handler.reply(status, content_type, body, cut_off=served == "cutoff")
 
@@ -526,7 +536,9 @@ class StubOverpass:
                 self._idle.wait(min(left, 0.05))
 
     def _end_call(self, call: _Call, served: str, method: str, user_agent: str) -> None:
+        server_s = None if call.answered_at is None else call.answered_at - call.started_at
         with self._idle:
+            self._server_s += server_s or 0.0
             self._in_flight.remove(call)
             self._idle.notify_all()
             self._served[served] += 1
@@ -540,6 +552,7 @@ class StubOverpass:
                     call.started_at,
                     time.time(),
                     call.admitted_at,
+                    server_s,
                 )
             )
 

@@ -114,6 +114,7 @@ class Backend(ABC):
         *,
         window_s: int,
         ttl_s: float,
+        priors: Sequence[int] | None = None,
     ) -> WindowCounts:
         """Atomically, in the epoch-aligned window of ``window_s`` seconds that holds the
         backend's now: if EVERY counter ``window_key(key, start, name)`` (0 when absent)
@@ -121,6 +122,11 @@ class Backend(ABC):
         created expires after ``ttl_s``) and answer allowed; else change nothing.
         Increments of 0 create nothing, so all-zero increments and limits of -1 read the
         current window.
+
+        ``priors`` (one per counter, 0 = none) makes a counter of a cost known only after
+        the call need more: what is left of its limit must cover its mean per admission,
+        its value over the first counter's (the admissions), or its prior while the
+        first counter is 0. See :func:`mean_cost`.
         """
 
     @abstractmethod
@@ -316,10 +322,36 @@ class Backend(ABC):
         (0.0 when no schedule is kept), and the backend's now.  Changes nothing."""
 
 
-def check_counter_arguments(names: Sequence[str], limits: Sequence[int], increments: Sequence[int]) -> None:
-    """Raise ValueError unless window_admit got one limit and one increment per counter."""
-    if not (len(names) == len(limits) == len(increments)):
+def check_counter_arguments(
+    names: Sequence[str],
+    limits: Sequence[int],
+    increments: Sequence[int],
+    priors: Sequence[int] | None = None,
+) -> list[int]:
+    """Raise ValueError unless window_admit got one limit, one increment (and one prior, if
+    any) per counter; return the priors, zeros when none were given."""
+    priors = [0] * len(names) if priors is None else list(priors)
+    if not (len(names) == len(limits) == len(increments) == len(priors)):
         raise ValueError(
-            f"window_admit needs one limit and one increment per counter; got {len(names)} names, "
-            f"{len(limits)} limits and {len(increments)} increments"
+            f"window_admit needs one limit and one increment per counter (and one prior, if any); got "
+            f"{len(names)} names, {len(limits)} limits, {len(increments)} increments and {len(priors)} priors"
         )
+    return priors
+
+
+def mean_cost(used: int, admissions: int, prior: int) -> float:
+    """What one admission costs on average in a counter: ``used / admissions``, or ``prior``
+    before any admission. A counter with a prior admits only while its limit minus
+    ``used`` is at least this (the Redis script computes the same, in doubles).
+
+    Examples:
+      >>> mean_cost(9_000, 3, prior=2_000), mean_cost(0, 0, prior=2_000)
+      (3000.0, 2000.0)
+    """
+    return used / admissions if admissions > 0 else float(prior)
+
+
+def counter_refuses(value: int, limit: int, need: float) -> bool:
+    """Whether a counter at ``value`` refuses an admission: at or over its limit, or (with a
+    ``need`` above 0, a mean cost) with less than ``need`` left. A limit below 0 never refuses."""
+    return limit >= 0 and (value >= limit or (need > 0 and limit - value < need))

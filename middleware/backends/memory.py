@@ -20,6 +20,8 @@ from middleware.backends.base import (
     ParkedClaim,
     WindowCounts,
     check_counter_arguments,
+    counter_refuses,
+    mean_cost,
     window_key,
 )
 from middleware.policy.clock import Clock, SystemClock
@@ -97,14 +99,19 @@ class MemoryBackend(Backend):
         *,
         window_s: int,
         ttl_s: float,
+        priors: Sequence[int] | None = None,
     ) -> WindowCounts:
-        check_counter_arguments(names, limits, increments)
+        priors = check_counter_arguments(names, limits, increments, priors)
         with self._lock:
             now = self._clock.now()
             start = float(int(now) - int(now) % window_s)
             keys = [window_key(key, start, name) for name in names]
             values = [self._counter(k, now) or 0 for k in keys]
-            if any(0 <= limit <= value for value, limit in zip(values, limits, strict=True)):
+            needs = [
+                mean_cost(value, values[0], prior) if prior > 0 else 0.0
+                for value, prior in zip(values, priors, strict=True)
+            ]
+            if any(counter_refuses(*checked) for checked in zip(values, limits, needs, strict=True)):
                 return WindowCounts(False, start, now, values)
             after = []
             for k, value, increment in zip(keys, values, increments, strict=True):

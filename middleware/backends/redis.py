@@ -60,7 +60,7 @@ local function at(seconds) return string.format('%.6f', seconds) end
 
 # KEYS: the counters' prefix (``<namespace>:counter:{<key>}``: the counters
 # named here share its hash tag, so a cluster routes the script to their slot).
-# ARGV: window_s, TTL in ms, n, then n names, n limits, n increments.
+# ARGV: window_s, TTL in ms, n, then n names, n limits, n increments, n priors.
 # Reply: admitted (0/1), window start, now, then the n values.
 WINDOW_ADMIT = (
     _NOW
@@ -78,6 +78,13 @@ local admitted = 1
 for i = 1, n do
   local limit = tonumber(ARGV[3 + n + i])
   if limit >= 0 and values[i] >= limit then admitted = 0 end
+  -- A cost counter (prior > 0) must have its mean per admission left (base.mean_cost).
+  local prior = tonumber(ARGV[3 + 3 * n + i])
+  if limit >= 0 and prior > 0 then
+    local need = prior
+    if values[1] > 0 then need = values[i] / values[1] end
+    if limit - values[i] < need then admitted = 0 end
+  end
 end
 if admitted == 1 then
   for i = 1, n do
@@ -580,8 +587,9 @@ class RedisBackend(Backend):
         *,
         window_s: int,
         ttl_s: float,
+        priors: Sequence[int] | None = None,
     ) -> WindowCounts:
-        check_counter_arguments(names, limits, increments)
+        priors = check_counter_arguments(names, limits, increments, priors)
         if int(window_s) != window_s or window_s <= 0:
             raise ValueError(f"window_s must be a positive whole number of seconds, got {window_s}")
         if any(":" in name for name in names):
@@ -593,6 +601,7 @@ class RedisBackend(Backend):
             *names,
             *limits,
             *increments,
+            *priors,
         ]
         reply = self._run("window_admit", [self._key("counter", key)], args)
         return WindowCounts(

@@ -1,4 +1,11 @@
-"""A fleet-wide quota per fixed window: so many requests and so many response bytes a day.
+"""A fleet-wide quota per fixed window: so many requests, response bytes and units of cost a day.
+
+The cost is a third budget in any unit the actor reports after its call
+(the Overpass actors report the server's time, in milliseconds). Since a
+call's cost is known only afterwards, a call is admitted only while what is
+left covers what a call costs on average in the window (cost used over
+requests used, or a prior before any call): the budget is overshot by at
+most the calls in flight, as for bytes.
 
 Windows are aligned to the epoch, so a 86,400 s window is a UTC day, and
 the backend's clock says which window it is, so every worker agrees on when
@@ -10,15 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from middleware.backends.base import WindowCounts, window_key
+from middleware.backends.base import WindowCounts, mean_cost, window_key
 from middleware.policy.backoff import jittered
 from middleware.policy.base import Policy
 
 #: Counters outlive their window by this much, so late byte counts still land.
 _COUNTER_GRACE_S = 3600
 
-#: The two counters of each window.
-_COUNTERS = ("requests", "bytes")
+#: The counters of each window; the first counts admissions (the mean cost is per admission).
+_COUNTERS = ("requests", "bytes", "cost")
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class QuotaLimits:
 
     Examples:
       >>> QuotaLimits(requests=10_000, bytes=1_000_000_000)  # a public API's daily allowance
-      QuotaLimits(requests=10000, bytes=1000000000, window_s=86400, jitter_s=60.0)
+      QuotaLimits(requests=10000, bytes=1000000000, window_s=86400, jitter_s=60.0, cost=-1, cost_prior=1)
 
     Parameters:
       requests(int): Admissions per window; below 0 means unlimited.
@@ -36,12 +43,19 @@ class QuotaLimits:
       window_s(int): Window length in seconds, aligned to the epoch: 86,400 is a UTC day.
       jitter_s(float): A denied job comes back at the next window start plus
         uniform(0, jitter_s), so the fleet does not stampede at midnight.
+      cost(int): Units of cost per window (any unit the actor reports with
+        :func:`~middleware.usage.charge_cost`); below 0 means unlimited.  A call
+        is admitted only while what is left covers the mean cost per call.
+      cost_prior(int): The mean cost per call assumed before any call of the
+        window (at least 1).
     """
 
     requests: int
     bytes: int = -1
     window_s: int = 86_400
     jitter_s: float = 60.0
+    cost: int = -1
+    cost_prior: int = 1
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -50,6 +64,10 @@ class QuotaLimits:
             )
         if self.jitter_s < 0:
             raise ValueError(f"QuotaLimits.jitter_s must not be negative, got {self.jitter_s}")
+        if self.cost_prior < 1:
+            raise ValueError(
+                f"QuotaLimits.cost_prior must be 1 or more units (a guess of one call's cost), got {self.cost_prior}"
+            )
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,7 @@ class QuotaDecision:
       requests_used(int): Requests admitted in the window, this one included.
       bytes_used(int): Bytes recorded in the window so far.
       retry_at(float | None): When denied, the time to try again, by the backend's clock.
+      cost_used(int): Units of cost recorded in the window so far.
     """
 
     allowed: bool
@@ -70,6 +89,7 @@ class QuotaDecision:
     requests_used: int
     bytes_used: int
     retry_at: float | None
+    cost_used: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,9 @@ class QuotaUsage:
       requests_limit(int): The request limit; below 0 means unlimited.
       bytes_used(int): Response bytes recorded so far.
       bytes_limit(int): The byte limit; below 0 means unlimited.
+      cost_used(int): Units of cost recorded so far.
+      cost_limit(int): The cost limit; below 0 means unlimited.
+      cost_prior(int): The mean cost per call assumed before any call.
     """
 
     name: str
@@ -93,6 +116,9 @@ class QuotaUsage:
     requests_limit: int
     bytes_used: int
     bytes_limit: int
+    cost_used: int = 0
+    cost_limit: int = -1
+    cost_prior: int = 1
 
     @property
     def requests_left(self) -> int | None:
@@ -103,6 +129,30 @@ class QuotaUsage:
     def bytes_left(self) -> int | None:
         """Bytes still allowed in this window; None when unlimited."""
         return None if self.bytes_limit < 0 else max(0, self.bytes_limit - self.bytes_used)
+
+    @property
+    def cost_left(self) -> int | None:
+        """Units of cost still allowed in this window; None when unlimited."""
+        return None if self.cost_limit < 0 else max(0, self.cost_limit - self.cost_used)
+
+    @property
+    def cost_per_request(self) -> float:
+        """The mean cost of a call in this window (the prior before any call): what admission needs left."""
+        return mean_cost(self.cost_used, self.requests_used, self.cost_prior)
+
+    @property
+    def calls_left(self) -> int | None:
+        """Calls the budgets left still cover, each budget at its mean per call (the
+        smallest); None when every budget is unlimited. Pacing spreads these over the window."""
+        covered = [self.requests_left]
+        for used, left, prior in (
+            (self.bytes_used, self.bytes_left, 1),
+            (self.cost_used, self.cost_left, self.cost_prior),
+        ):
+            if left is not None:
+                covered.append(int(left // max(1.0, mean_cost(used, self.requests_used, prior))))
+        known = [calls for calls in covered if calls is not None]
+        return min(known) if known else None
 
 
 def window_bounds(now: float, window_s: int) -> tuple[float, float]:
@@ -151,29 +201,46 @@ class QuotaPolicy(Policy[QuotaLimits]):
 
     def _window(self, increment: int) -> WindowCounts:
         # With nothing to add, limits of -1: reading the window never refuses.
-        limits = [self._limits.requests, self._limits.bytes] if increment else [-1, -1]
+        lim = self._limits
+        limits = [lim.requests, lim.bytes, lim.cost] if increment else [-1, -1, -1]
         return self._backend.window_admit(
-            self._key, _COUNTERS, limits, [increment, 0], window_s=self._limits.window_s, ttl_s=self._ttl_s()
+            self._key,
+            _COUNTERS,
+            limits,
+            [increment, 0, 0],
+            window_s=lim.window_s,
+            ttl_s=self._ttl_s(),
+            priors=[0, 0, lim.cost_prior],
         )
 
     def admit(self) -> QuotaDecision:
         """Count one request against the current window if the window has room for it."""
         counted = self._window(1)
-        requests_used, bytes_used = counted.values
+        requests_used, bytes_used, cost_used = counted.values
         retry_at = None
         if not counted.allowed:
             end = counted.window_start + self._limits.window_s
             retry_at = jittered(end, jitter_s=self._limits.jitter_s, rng=self._rng)
-        return QuotaDecision(counted.allowed, counted.window_start, requests_used, bytes_used, retry_at)
+        return QuotaDecision(
+            counted.allowed, counted.window_start, requests_used, bytes_used, retry_at, cost_used
+        )
 
     def record_bytes(self, amount: int, window_start: float) -> None:
         """Charge ``amount`` response bytes to the window the request was admitted in
         (``decision.window_start``), even if that window has ended since."""
+        self._record("bytes", amount, window_start)
+
+    def record_cost(self, amount: int, window_start: float) -> None:
+        """Charge ``amount`` units of cost (what the call used, say server milliseconds) to the
+        window the request was admitted in, even if that window has ended since."""
+        self._record("cost", amount, window_start)
+
+    def _record(self, counter: str, amount: int, window_start: float) -> None:
         if amount < 0:
-            raise ValueError(f"record_bytes needs the number of bytes received (0 or more), got {amount}")
+            raise ValueError(f"record_{counter} needs the amount the call used (0 or more), got {amount}")
         if amount:
             self._backend.counter_add(
-                window_key(self._key, window_start, "bytes"), amount, ttl_s=self._ttl_s()
+                window_key(self._key, window_start, counter), amount, ttl_s=self._ttl_s()
             )
 
     def refund(self, window_start: float) -> None:
@@ -185,14 +252,18 @@ class QuotaPolicy(Policy[QuotaLimits]):
     def usage(self) -> QuotaUsage:
         """What the current window (by the backend's clock) has used so far."""
         counted = self._window(0)
-        requests_used, bytes_used = counted.values
+        requests_used, bytes_used, cost_used = counted.values
         start = counted.window_start
+        lim = self._limits
         return QuotaUsage(
             self._name,
             start,
-            start + self._limits.window_s,
+            start + lim.window_s,
             requests_used,
-            self._limits.requests,
+            lim.requests,
             bytes_used,
-            self._limits.bytes,
+            lim.bytes,
+            cost_used,
+            lim.cost,
+            lim.cost_prior,
         )

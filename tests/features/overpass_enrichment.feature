@@ -32,6 +32,19 @@ Feature: Overpass enrichment under a fleet-wide quota, semaphore and circuit bre
     And the second call was made in a later quota window than the first
     And no job is dead-lettered
 
+  Scenario: A server-time budget admits the calls it covers and defers the rest to the next window
+    Given the stand-in server answers every call with latency 600 ms
+    And the setting QUOTA_SERVER_S is "2"
+    And the setting QUOTA_WINDOW_S is "5"
+    And workers are running
+    When I wait for the start of a quota window of 5 seconds
+    And I enqueue 6 enrich jobs
+    And all jobs are done
+    Then the stand-in server received 6 calls
+    And no job is dead-lettered
+    And the calls spanned at least 2 quota windows, each within its server time plus the calls in flight
+    And the server time charged is never under the stand-in's own measure and at most 10% over
+
   Scenario: Repeated failures open the circuit and later jobs make no call
     Given the stand-in server answers "504" from now on
     And the setting RETRY_MAX is "0"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
+from middleware.backends.base import window_key
 from middleware.policy.breaker import BreakerStatus
 from middleware.policy.quota import QuotaLimits, QuotaPolicy
 from tests.features.conftest import World, expected_pois_full
@@ -222,3 +223,30 @@ def have_counted(world: World, count: int, outcome: str) -> None:
 def workers_counted(world: World, count: int, outcome: str) -> None:
     eventually(lambda: _reachable(world, outcome) >= 0, timeout_s=10, message="the metrics endpoint")
     assert counted(world, outcome) == count
+
+
+def charged_server_s(world: World, app: Any) -> dict[float, float]:
+    """Server seconds the quota charged, per window a call started in (the quota counts ms)."""
+    window = int(world.settings["QUOTA_WINDOW_S"])
+    starts = sorted({r.started_at - r.started_at % window for r in interpreter_calls(world)})
+    keys = [window_key("quota:overpass", start, "cost") for start in starts]
+    return {
+        start: ms / 1000 for start, ms in zip(starts, app.runtime.backend.counters_get(keys), strict=True)
+    }
+
+
+@then("the calls spanned at least 2 quota windows, each within its server time plus the calls in flight")
+def server_time_per_window(world: World, app: Any) -> None:
+    charged = charged_server_s(world, app)
+    budget = float(world.settings["QUOTA_SERVER_S"])
+    longest = max(r.server_s for r in interpreter_calls(world))
+    permits = int(world.settings.get("SEMAPHORE_PERMITS", "2"))
+    assert len(charged) >= 2, charged
+    assert all(0 < used <= budget + permits * longest * 1.1 for used in charged.values()), charged
+
+
+@then("the server time charged is never under the stand-in's own measure and at most 10% over")
+def server_time_exact(world: World, app: Any) -> None:
+    measured = sum(r.server_s for r in interpreter_calls(world))
+    charged = sum(charged_server_s(world, app).values())
+    assert measured <= charged <= measured * 1.1, (charged, measured)

@@ -30,6 +30,9 @@ FAST_SETTINGS = {
     "SEMAPHORE_LEASE_S": "4",
     "BREAKER_COOLDOWN_S": "2",
     "QUOTA_JITTER_S": "0.2",
+    # A test's stalls and timeouts (each charged its [timeout]) must not spend the server
+    # time of the real default (300 s); the server-time scenarios set their own.
+    "QUOTA_SERVER_S": "100000",
     "RATE_LIMIT_PAUSE_S": "0.5",
     "BROKER_HEARTBEAT_TIMEOUT_S": "3",
     # Hand a killed worker's messages on at once rather than eventually.

@@ -145,6 +145,31 @@ def test_window_admit_needs_one_limit_and_increment_per_counter(backend: Backend
         window(backend, ["a", "b"], [1], [1, 1])
 
 
+@pytest.mark.parametrize(
+    ("used", "limit", "prior", "admitted"),
+    [
+        pytest.param([0, 0], 3000, 2000, True, id="no call yet: the prior fits"),
+        pytest.param([0, 0], 1999, 2000, False, id="no call yet: less left than the prior"),
+        pytest.param([3, 2400], 3000, 2000, False, id="mean 800, 600 left"),
+        pytest.param([3, 2100], 3000, 2000, True, id="mean 700, 900 left"),
+        pytest.param([2, 2000], 3000, 2000, True, id="mean 1000, exactly 1000 left"),
+        pytest.param([2, 2002], 3000, 2000, False, id="mean 1001, 998 left"),
+        pytest.param([4, 0], 3000, 2000, True, id="calls in flight, nothing charged yet"),
+        pytest.param([4, 3000], 3000, 2000, False, id="at the limit"),
+        pytest.param([4, 9000], -1, 2000, True, id="unlimited"),
+    ],
+)
+def test_a_counter_with_a_prior_admits_only_while_its_mean_per_admission_is_left(
+    backend: Backend, used: list[int], limit: int, prior: int, admitted: bool
+) -> None:
+    window(backend, ["n", "cost"], [-1, -1], used)
+    counted = backend.window_admit(
+        "q", ["n", "cost"], [-1, limit], [1, 0], window_s=3600, ttl_s=60, priors=[0, prior]
+    )
+    assert counted.allowed is admitted
+    assert counted.values == ([used[0] + 1, used[1]] if admitted else used)
+
+
 def test_windows_follow_the_backends_clock() -> None:
     clock = ManualClock(NOW - NOW % 60 + 59.999)  # the last millisecond of a minute
     backend = MemoryBackend(clock=clock)

@@ -89,10 +89,12 @@ TWO = {"OVERPASS_URL": "http://a.example/api/interpreter,http://b.example/api/in
             0,
             [
                 "endpoint overpass-api.de  public (a known public instance), policy 'overpass'",
-                "limits    1 in flight, paced to last the day (at least 1 s apart), 10,000 requests and "
-                "1,000,000,000 bytes per 86400 s",
+                "limits    1 in flight, paced to last the day (at least 1 s apart), 10,000 requests, "
+                "1,000,000,000 bytes and 300 server seconds per 86400 s",
+                "server    0 s used, 300 s left of 300 s, 2 s a call (about 150 calls left)",
                 "1 permits in use",
-                "pacing 'overpass'  one call every 5.76 s",  # 10,000 requests over the 57,600 s left of the day
+                # The server time binds: 300 s at the 2 s prior is 150 calls over the 57,600 s left of the day.
+                "pacing 'overpass'  one call every 384.00 s",
             ],
         ),
         (

@@ -9,9 +9,11 @@ import pytest
 from enrichment_actors.overpass_endpoints import (
     OVERPASS,
     PUBLIC_INSTANCES,
+    SERVER_S_PRIOR,
     EndpointError,
     EndpointSettings,
     Profile,
+    budget_spread,
     endpoint_name,
     listed_instance,
     profile_of,
@@ -19,6 +21,10 @@ from enrichment_actors.overpass_endpoints import (
     resolve_endpoints,
     spread_interval,
 )
+from middleware.backends.memory import MemoryBackend
+from middleware.policy.clock import ManualClock
+from middleware.policy.pacing import PacingLimits, PacingPolicy
+from middleware.policy.quota import QuotaLimits, QuotaPolicy
 
 PUBLIC_URL = "https://overpass-api.de/api/interpreter"
 OWN_URL = "http://overpass.internal.example:12345/api/interpreter"
@@ -81,6 +87,7 @@ LIMITS: list[tuple[dict[str, Any], dict[str, Any]]] = [
             "permits": 1,
             "quota_requests": 10_000,
             "quota_bytes": 10**9,
+            "quota_server_s": 300.0,  # the operators' fair share (gods-eye-view issue 648)
             "quota_window_s": 86_400,
             "pacing_interval_s": 1.0,
             "pacing_burst": 1,
@@ -94,6 +101,7 @@ LIMITS: list[tuple[dict[str, Any], dict[str, Any]]] = [
             "permits": 8,
             "quota_requests": 50_000,
             "quota_bytes": -1,
+            "quota_server_s": 20_000.0,
             "quota_window_s": 3_600,
             "pacing_burst": 5,
         },
@@ -101,14 +109,19 @@ LIMITS: list[tuple[dict[str, Any], dict[str, Any]]] = [
             "permits": 1,
             "quota_requests": 10_000,
             "quota_bytes": 10**9,
+            "quota_server_s": 300.0,
             "quota_window_s": 86_400,
             "pacing_burst": 1,
         },
     ),
     # A smaller budget is the deployment's own choice: kept.
     (
-        {"urls": (PUBLIC_URL,), "quota_requests": 500, "quota_bytes": 10**6},
-        {"quota_requests": 500, "quota_bytes": 10**6},
+        {"urls": (PUBLIC_URL,), "quota_requests": 500, "quota_bytes": 10**6, "quota_server_s": 60.0},
+        {"quota_requests": 500, "quota_bytes": 10**6, "quota_server_s": 60.0},
+    ),
+    (
+        {"urls": (PUBLIC_URL,), "quota_server_s": -1.0},  # unlimited is not for a public endpoint
+        {"quota_server_s": 300.0},
     ),
     # The override is the only way to raise the permits.
     ({"urls": (PUBLIC_URL,), "public_permits_override": 2}, {"permits": 2}),
@@ -132,6 +145,7 @@ LIMITS: list[tuple[dict[str, Any], dict[str, Any]]] = [
             "public_permits_override": 3,
             "quota_requests": -1,
             "quota_bytes": -1,
+            "quota_server_s": 50_000.0,
             "quota_window_s": 3_600,
         },
         {
@@ -139,6 +153,7 @@ LIMITS: list[tuple[dict[str, Any], dict[str, Any]]] = [
             "permits": 8,
             "quota_requests": -1,
             "quota_bytes": -1,
+            "quota_server_s": 50_000.0,
             "quota_window_s": 3_600,
             "pacing_interval_s": 0.0,
             "spread_budget": False,
@@ -234,5 +249,57 @@ DAY = 86_400.0
 def test_the_public_pacing_spreads_what_is_left_over_what_is_left_of_the_day(
     now: float, requests_left: int | None, floor: float, interval: float
 ) -> None:
-    got = spread_interval(window_end=DAY, now=now, requests_left=requests_left, floor_s=floor)
+    got = spread_interval(window_end=DAY, now=now, calls_left=requests_left, floor_s=floor)
     assert got == pytest.approx(interval)
+
+
+MIDNIGHT = 1_700_006_400.0  # a UTC midnight
+
+
+# -- the public pacing with its three budgets, on a manual clock -----------------------------------
+
+
+def public_pacing(clock: ManualClock) -> tuple[QuotaPolicy, PacingPolicy]:
+    """The public profile's quota (requests, bytes, server ms, prior 2 s) and its spread pacing."""
+    (endpoint,) = resolve_endpoints(EndpointSettings(urls=(PUBLIC_URL,)))
+    backend = MemoryBackend(clock=clock)
+    limits = QuotaLimits(
+        requests=endpoint.quota_requests,
+        bytes=endpoint.quota_bytes,
+        window_s=endpoint.quota_window_s,
+        cost=round(endpoint.quota_server_s * 1000),
+        cost_prior=round(SERVER_S_PRIOR * 1000),
+    )
+    quota = QuotaPolicy(OVERPASS, limits, backend)
+    pacing = PacingPolicy(
+        OVERPASS, PacingLimits(endpoint.pacing_interval_s), backend, interval=budget_spread(quota, endpoint)
+    )
+    return quota, pacing
+
+
+@pytest.mark.parametrize(
+    ("calls", "server_ms", "nbytes", "interval"),
+    [
+        pytest.param(0, 0, 0, DAY / 150, id="a fresh day: 300 s at the 2 s prior is 150 calls"),
+        pytest.param(100, 10_000, 10**6, (DAY / 2) / 2900, id="cheap calls: 0.1 s each, 2,900 left"),
+        pytest.param(100, 200_000, 10**6, (DAY / 2) / 50, id="heavy calls: 2 s each, 50 left"),
+        pytest.param(100, 1_000, 9 * 10**8, (DAY / 2) / 11, id="bytes bind: 9 MB a call, 0.1 GB left"),
+        pytest.param(9_999, 1_000, 0, DAY / 2, id="requests bind: one left"),
+        pytest.param(100, 300_000, 0, 1.0, id="server time spent: the floor, the quota defers"),
+    ],
+)
+def test_the_public_pacing_spreads_every_budget_at_its_mean_cost_over_the_rest_of_the_day(
+    calls: int, server_ms: int, nbytes: int, interval: float
+) -> None:
+    clock = ManualClock(MIDNIGHT)
+    quota, pacing = public_pacing(clock)
+    for _ in range(calls):
+        decision = quota.admit()
+    if calls:
+        quota.record_cost(server_ms, decision.window_start)
+        quota.record_bytes(nbytes, decision.window_start)
+    clock.set(MIDNIGHT + (DAY / 2 if calls else 0.0))
+    assert pacing.interval_s() == pytest.approx(interval)
+    reserved = pacing.reserve()
+    assert reserved.admitted and reserved.interval_s == pytest.approx(interval)
+    assert pacing.reserve().slot_at == pytest.approx(reserved.slot_at + interval)

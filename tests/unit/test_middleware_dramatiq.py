@@ -29,7 +29,7 @@ from middleware.policy.semaphore import SemaphoreLimits
 from middleware.quota import Quota
 from middleware.retries import DEFERRALS, Retries
 from middleware.semaphore import ConcurrencySemaphore, release_permit_early
-from middleware.usage import charge_bytes
+from middleware.usage import charge_bytes, charge_cost
 
 
 class UpstreamDown(Exception):
@@ -86,6 +86,7 @@ def make_rig(
     *,
     requests: int = -1,
     bytes_: int = -1,
+    cost: int = -1,
     window_s: int = 3600,
     permits: int = 10,
     wait_s: float = 0.2,
@@ -122,7 +123,8 @@ def make_rig(
         verdict=verdict,
     )
     quota = Quota(
-        backend, {"up": QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s, jitter_s=0.05)}
+        backend,
+        {"up": QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s, jitter_s=0.05, cost=cost)},
     )
     # The product's order: the permit, then the breaker and the quota right
     # before the call (another app may put the breaker first: the middlewares
@@ -194,13 +196,20 @@ def test_a_deferral_is_not_a_retry(backend: Backend) -> None:
     assert not rig.broker.dead_letters
 
 
-def test_response_bytes_are_charged_and_stop_admission(backend: Backend) -> None:
-    rig = make_rig(backend, bytes_=1000, window_s=3600)
+@pytest.mark.parametrize("unit", ["bytes", "cost"])
+def test_response_bytes_and_cost_are_charged_and_stop_admission(backend: Backend, unit: str) -> None:
+    rig = make_rig(backend, **({"bytes_": 1000} if unit == "bytes" else {"cost": 1200}), window_s=3600)  # type: ignore[arg-type]
+    charge = charge_bytes if unit == "bytes" else charge_cost
+    used = (
+        (lambda: rig.quota.policies["up"].usage().bytes_used)
+        if unit == "bytes"
+        else (lambda: rig.quota.policies["up"].usage().cost_used)
+    )
 
     @dramatiq.actor(broker=rig.broker, quota="up", max_retries=0)
     def big() -> None:
         rig.call("big")
-        charge_bytes(600)
+        charge(600)
 
     for _ in range(3):
         big.send()
@@ -208,14 +217,15 @@ def test_response_bytes_are_charged_and_stop_admission(backend: Backend) -> None
     worker.start()
     try:
         deadline = time.monotonic() + 5
-        while rig.quota.policies["up"].usage().bytes_used < 1200 and time.monotonic() < deadline:
+        while used() < 1200 and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.2)
     finally:
         worker.stop()
-    # Two calls spend 1200 bytes; the third is refused (bytes used >= limit).
+    # Two calls spend 1200; the third is refused (bytes: used >= limit;
+    # cost: the mean per call, 600, is more than the 0 left).
     assert len(rig.calls) == 2
-    assert rig.quota.policies["up"].usage().bytes_used == 1200
+    assert used() == 1200
 
 
 def test_semaphore_caps_calls_in_flight_and_every_job_runs(backend: Backend) -> None:

@@ -231,3 +231,75 @@ def test_the_window_is_the_backends_not_the_callers(redis_client: redis.Redis[by
     start, _ = window_bounds(backend.now(), 60)
     assert decision.window_start in (start, start - 60)  # a minute may have turned meanwhile
     assert policy.usage().window_start in (decision.window_start, decision.window_start + 60)
+
+
+# -- the third budget: a cost known only after the call -------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cost_quota(request: pytest.FixtureRequest) -> QuotaPolicy:
+    """A quota of 10 requests, 10^6 bytes and 3,000 units of cost a day (prior 1,000), on either backend."""
+    limits = QuotaLimits(requests=10, bytes=10**6, cost=3000, cost_prior=1000)
+    if request.param == "memory":
+        return quota(limits, clock=ManualClock(MIDNIGHT + 10))
+    client = request.getfixturevalue("redis_client")
+    client.flushdb()
+    return QuotaPolicy("api", limits, RedisBackend(client))
+
+
+@pytest.mark.parametrize(
+    ("costs", "admitted"),
+    [
+        pytest.param([], True, id="no call yet: the prior of 1000 fits in 3000"),
+        pytest.param([1000, 1000], True, id="mean 1000, 1000 left"),
+        pytest.param([1000, 1100], False, id="mean 1050, 900 left"),
+        pytest.param([100, 100, 100], True, id="cheap calls: mean 100, 2700 left"),
+        pytest.param([2999], False, id="one call of 2999: 1 left, mean 2999"),
+        pytest.param([3500], False, id="overshot by a call in flight"),
+    ],
+)
+def test_the_cost_budget_admits_while_what_is_left_covers_the_mean_cost_per_call(
+    cost_quota: QuotaPolicy, costs: list[int], admitted: bool
+) -> None:
+    for cost in costs:
+        decision = cost_quota.admit()
+        assert decision.allowed
+        cost_quota.record_cost(cost, decision.window_start)
+    decision = cost_quota.admit()
+    assert decision.allowed is admitted
+    assert decision.cost_used == sum(costs)
+    assert (decision.retry_at is None) is admitted
+    usage = cost_quota.usage()
+    assert usage.requests_used == len(costs) + admitted
+    assert (usage.cost_used, usage.cost_limit, usage.cost_left) == (
+        sum(costs),
+        3000,
+        max(0, 3000 - sum(costs)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("calls", "cost", "nbytes", "left"),
+    [
+        pytest.param(0, 0, 0, 3, id="the prior: 3000 / 1000"),
+        pytest.param(2, 200, 0, 8, id="requests bind: 8 left"),
+        pytest.param(2, 1000, 0, 4, id="cost binds: 2000 left at 500 a call"),
+        pytest.param(1, 10, 500_000, 1, id="bytes bind: 500,000 left at 500,000 a call"),
+    ],
+)
+def test_calls_left_is_the_smallest_of_what_each_budget_covers_at_its_mean(
+    cost_quota: QuotaPolicy, calls: int, cost: int, nbytes: int, left: int
+) -> None:
+    for _ in range(calls):
+        decision = cost_quota.admit()
+    if calls:
+        cost_quota.record_cost(cost, decision.window_start)
+        cost_quota.record_bytes(nbytes, decision.window_start)
+    usage = cost_quota.usage()
+    assert usage.calls_left == left
+    assert usage.cost_per_request == (cost / calls if calls else 1000)
+
+
+def test_the_cost_prior_must_be_a_positive_guess() -> None:
+    with pytest.raises(ValueError, match="cost_prior"):
+        QuotaLimits(requests=1, cost=100, cost_prior=0)

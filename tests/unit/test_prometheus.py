@@ -321,6 +321,10 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
     assert scrape.value(m.QUOTA_LEFT.name, **policy, resource=m.REQUESTS) == 98
     assert scrape.value(m.QUOTA_LIMIT.name, **policy, resource=m.BYTES) == 1000
     assert scrape.value(m.QUOTA_LEFT.name, **policy, resource=m.BYTES) == 700
+    # Server time, in seconds (the quota counts ms): the default 300 s, nothing charged yet.
+    assert scrape.value(m.QUOTA_LIMIT.name, **policy, resource=m.SERVER_SECONDS) == 300
+    assert scrape.value(m.QUOTA_USED.name, **policy, resource=m.SERVER_SECONDS) == 0
+    assert scrape.value(m.QUOTA_SERVER_SECONDS_PER_CALL.name, **policy) == 0  # two calls, none charged
     start = scrape.value(m.QUOTA_WINDOW_START.name, **policy)
     end = scrape.value(m.QUOTA_WINDOW_END.name, **policy)
     assert start is not None and end == start + 86_400 and start <= time.time() < end
