@@ -52,7 +52,9 @@ def test_the_client_sees_the_servers_time_never_less_and_at_most_ten_percent_mor
         time.sleep(0.01)  # a trickled call is recorded once its last byte left
     (recorded,) = stub.requests
     assert recorded.server_s is not None
-    assert recorded.server_s <= seen <= max(recorded.server_s * 1.1, recorded.server_s + 0.005)
+    # A call of a few milliseconds: loopback and a busy client thread may add a few more; 10% of a
+    # longer one. (The behaviour scenarios check 10% over whole runs.)
+    assert recorded.server_s <= seen <= max(recorded.server_s * 1.1, recorded.server_s + 0.025)
     assert stub.stats().server_s == recorded.server_s
 
 
