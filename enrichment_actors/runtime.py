@@ -287,7 +287,12 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
         **policy_kwargs,
     )
     pause = Pause(
-        backend, {e.policy: PauseLimits(min_pause_s=s.rate_limit_pause_s) for e in endpoints}, **policy_kwargs
+        backend,
+        {
+            e.policy: PauseLimits(min_pause_s=s.rate_limit_pause_s, hold_recheck_s=s.hold_recheck_s)
+            for e in endpoints
+        },
+        **policy_kwargs,
     )
     pacing = Pacing(
         backend,

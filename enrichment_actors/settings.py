@@ -248,6 +248,11 @@ TABLE: tuple[Setting, ...] = (
         "Least pause of every worker after a 429 (the operators of the public instances ask for 30 s or more)",
     ),
     Setting(
+        "HOLD_RECHECK_S",
+        "60",
+        "A job deferred while its endpoint is held (a 406, 403 or redirect) looks again after this",
+    ),
+    Setting(
         "PACING_INTERVAL_S",
         "0",
         "Seconds between call starts, fleet-wide, per endpoint; 0: not paced (private) or the day's "
@@ -350,6 +355,7 @@ class Settings:
     redis_sentinel_master: str = "mymaster"
     max_answer_bytes: int = 134217728
     outage_max_s: float = 86400.0
+    hold_recheck_s: float = 60.0
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, demo)."""
@@ -541,6 +547,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         breaker_failure_threshold=read("BREAKER_FAILURE_THRESHOLD", int, positive, "a whole number > 0"),
         breaker_cooldown_s=read("BREAKER_COOLDOWN_S", float, positive, "seconds > 0"),
         rate_limit_pause_s=read("RATE_LIMIT_PAUSE_S", float, positive, "seconds > 0"),
+        hold_recheck_s=read("HOLD_RECHECK_S", float, positive, "seconds > 0"),
         pacing_interval_s=read("PACING_INTERVAL_S", float, non_negative, "seconds >= 0 (0: see the README)"),
         pacing_burst=read("PACING_BURST", int, positive, "a whole number of calls > 0"),
         pacing_min_interval_s=read("PACING_MIN_INTERVAL_S", float, positive, "seconds > 0"),

@@ -20,14 +20,18 @@ import fcntl
 import gzip
 import json
 import random
+import re
+import select
 import socket
 import struct
 import termios
 import threading
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 BEHAVIOURS = ("ok", "gzip-bomb", "redirect", "trickled-headers", "huge-remark")
 
@@ -43,6 +47,26 @@ _OK = json.dumps(
     }
 ).encode()
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
+_BOX = re.compile(r"\((-?[\d.]+),(-?[\d.]+),(-?[\d.]+),(-?[\d.]+)\)")
+
+
+def ok_answer(form: bytes) -> bytes:
+    """An honest answer to the query in ``form``: one cafe at the centre of its box (id from the box), so
+    that a fleet stores a POI per box answered; the fixed answer above when the query names no box."""
+    query = parse_qs(form.decode("ascii", "replace")).get("data", [""])[0]
+    match = _BOX.search(query)
+    if match is None:
+        return _OK
+    south, west, north, east = (float(g) for g in match.groups())
+    node = {
+        "type": "node",
+        "id": zlib.crc32(match.group(0).encode()) + 1,
+        "lat": round((south + north) / 2, 7),
+        "lon": round((west + east) / 2, 7),
+        "tags": {"amenity": "cafe"},
+    }
+    answer = {"version": 0.6, "osm3s": {"timestamp_osm_base": "2026-01-15T08:00:00Z"}, "elements": [node]}
+    return json.dumps(answer).encode()
 
 
 def _bomb(size: int) -> bytes:
@@ -61,6 +85,10 @@ class Stats:
     in_flight: int = 0
     peak_in_flight: int = 0
     longest_call_s: float = 0.0
+    #: Requests answered with each behaviour.
+    behaviours: dict[str, int] = field(default_factory=dict)
+    #: Each call's behaviour, and when its request was received and its connection closed (monotonic).
+    calls: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 class HostileServer:
@@ -116,8 +144,9 @@ class HostileServer:
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         return time.monotonic()
 
-    def _end(self, started: float, sent: int) -> None:
+    def _end(self, started: float, sent: int, behaviour: str = "") -> None:
         with self._lock:
+            self.stats.calls.append((behaviour, started, time.monotonic()))
             self.stats.in_flight -= 1
             self.stats.bytes_sent += sent
             self.stats.longest_call_s = max(self.stats.longest_call_s, time.monotonic() - started)
@@ -135,7 +164,9 @@ def _acked(sock: socket.socket) -> int | None:
 
 
 def _wait_drained(sock: socket.socket, timeout_s: float = 0.5) -> None:
-    """Wait until what was written is acknowledged or dropped (SIOCOUTQ 0), so the count is final."""
+    """Wait until what was written is acknowledged (SIOCOUTQ 0) or the peer reset the connection, so the
+    count is final. A reset socket keeps its unacknowledged count: waiting on it would only delay the
+    moment the call is counted as ended."""
 
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -143,9 +174,30 @@ def _wait_drained(sock: socket.socket, timeout_s: float = 0.5) -> None:
             unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
         except OSError:
             return
-        if unsent == 0:
+        if unsent == 0 or _tcp_state(sock) == _TCP_CLOSE:
             return
-        time.sleep(0.01)
+        time.sleep(0.001)
+
+
+#: tcpi_state of a connection that is over (reset, or closed both ways).
+_TCP_CLOSE = 7
+
+
+def _tcp_state(sock: socket.socket) -> int | None:
+    if _TCP_INFO is None:
+        return None
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0]
+    except OSError:
+        return None
+
+
+def _wait_unless_closed(sock: socket.socket, seconds: float) -> None:
+    """Sleep ``seconds``, or raise ``ConnectionAbortedError`` as soon as the client closes or resets the
+    connection (the request was read whole: anything readable now is its end)."""
+    readable, _, _ = select.select([sock], [], [], seconds)
+    if readable and not sock.recv(1, socket.MSG_PEEK):
+        raise ConnectionAbortedError("the client closed the connection")
 
 
 def _handler(server: HostileServer) -> type[BaseHTTPRequestHandler]:
@@ -158,7 +210,7 @@ def _handler(server: HostileServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._reply(self.rfile.read(int(self.headers.get("Content-Length", 0))), post=True)
 
-        def _reply(self, _form: bytes, *, post: bool) -> None:
+        def _reply(self, form: bytes, *, post: bool) -> None:
             if self.path.startswith("/elsewhere"):
                 with server._lock:
                     server.stats.redirect_target_requests += 1
@@ -169,10 +221,12 @@ def _handler(server: HostileServer) -> type[BaseHTTPRequestHandler]:
                 return
             started = server._begin()
             behaviour = server.pick()
+            with server._lock:
+                server.stats.behaviours[behaviour] = server.stats.behaviours.get(behaviour, 0) + 1
             self.head_bytes = 0
             written = 0
             try:
-                written = self._behave(behaviour)
+                written = self._behave(behaviour, form)
             except OSError:
                 pass  # the client ended the call
             finally:
@@ -184,9 +238,9 @@ def _handler(server: HostileServer) -> type[BaseHTTPRequestHandler]:
                 body_sent = written if acked is None else acked - self.head_bytes
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                server._end(started, max(0, body_sent))
+                server._end(started, max(0, body_sent), behaviour)
 
-        def _behave(self, behaviour: str) -> int:
+        def _behave(self, behaviour: str, form: bytes) -> int:
             if behaviour == "gzip-bomb":
                 return self._send(200, server.bomb, encoding="gzip")
             if behaviour == "redirect":
@@ -202,9 +256,9 @@ def _handler(server: HostileServer) -> type[BaseHTTPRequestHandler]:
                 for index in range(len(head)):
                     self.wfile.write(head[index : index + 1])
                     self.wfile.flush()
-                    time.sleep(server.trickle_s)
+                    _wait_unless_closed(self.connection, server.trickle_s)
                 return 0  # no body ever
-            return self._send(200, _OK)
+            return self._send(200, ok_answer(form))
 
         def _send(self, status: int, body: bytes, *, encoding: str | None = None) -> int:
             self.send_response(status)

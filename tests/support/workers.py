@@ -69,6 +69,7 @@ class WorkerProcesses:
       processes, threads: as the CLI's ``--processes`` and ``--threads``.
       defaults: settings beneath ``env`` (default :data:`FAST_SETTINGS`; benchmarks pass their own).
       verbose: the CLI's ``--verbose``.
+      merge_stdout: capture the processes' stdout with their stderr in :attr:`lines` (else it is dropped).
       prefix: a command the CLI runs under, say ``["ip", "netns", "exec", "host1", "env", ...]``
         (tests/support/hosts.py); it must exec the CLI, not fork it, for signals and PIDs to reach it.
     """
@@ -83,6 +84,7 @@ class WorkerProcesses:
         threads: int = 4,
         defaults: Mapping[str, str] = FAST_SETTINGS,
         verbose: bool = False,
+        merge_stdout: bool = False,
         prefix: Sequence[str] = (),
     ) -> None:
         self._own_prom_db = None if "dramatiq_prom_db" in env else tempfile.mkdtemp(prefix="dramatiq-prom-")
@@ -98,6 +100,7 @@ class WorkerProcesses:
         self.threads = threads
         self.verbose = verbose
         self.prefix = list(prefix)
+        self.merge_stdout = merge_stdout
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
@@ -113,9 +116,9 @@ class WorkerProcesses:
             "--processes", str(self.processes), "--threads", str(self.threads),
             "--worker-shutdown-timeout", "5000", *(["--verbose"] if self.verbose else []),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+        stdout = subprocess.PIPE if self.merge_stdout else subprocess.DEVNULL
+        stderr = subprocess.STDOUT if self.merge_stdout else subprocess.PIPE
+        self.proc = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=stdout, stderr=stderr, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.wait_ready(self.processes, timeout_s)
@@ -183,8 +186,10 @@ class WorkerProcesses:
 
     def _read(self) -> None:
         proc = self.proc
-        assert proc is not None and proc.stderr is not None
-        for line in proc.stderr:
+        assert proc is not None
+        stream = proc.stdout if self.merge_stdout else proc.stderr
+        assert stream is not None
+        for line in stream:
             self.lines.append(line)
 
 
