@@ -50,6 +50,7 @@ class Polite:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     second: StubOverpass | None = None  # the second endpoint, when there are two
     refusal: str = ""  # what the CLI said when it refused to start
+    used_requests: int = 0  # requests the day's quota counted before the scenario's calls
     _expected: list[set[tuple[str, int]]] = field(default_factory=list)
 
     def expected(self) -> list[set[tuple[str, int]]]:
@@ -325,6 +326,25 @@ def spaced_calls(world: World, interval_s: float, tolerance_s: float) -> None:
     assert min(gaps) >= interval_s - tolerance_s, [round(g, 3) for g in gaps]
 
 
+@given(parsers.parse("the day so far counts {calls:d} calls and {seconds:g} s of server time"))
+def day_so_far(world: World, polite: Polite, calls: int, seconds: float) -> None:
+    """Charge the stand-in endpoint's quota as that many calls would have, through the product's own policy."""
+    from enrichment_actors.runtime import build_runtime
+    from enrichment_actors.server_time import MS_PER_S
+    from enrichment_actors.settings import load_settings
+
+    assert world.stub is not None
+    runtime = build_runtime(load_settings({**os.environ, **FAST_SETTINGS, **world.worker_env()}))
+    try:
+        policy = runtime.quota.policies[policy_of(world, world.stub)]
+        for _ in range(calls):
+            decision = policy.admit()
+        policy.record_cost(int(seconds * MS_PER_S), decision.window_start)
+    finally:
+        runtime.broker.close()
+    polite.used_requests = calls
+
+
 def _spread_s(at: float, requests_left: int) -> float:
     """What is left of the UTC day at ``at`` over ``requests_left``, never below PACING_MIN_INTERVAL_S
     (its default, 1 s: the floor in the day's last hours): the public profile's default interval."""
@@ -337,14 +357,14 @@ def _spread_s(at: float, requests_left: int) -> float:
         "less {tolerance_s:g} s"
     )
 )
-def spread_budget(world: World, tolerance_s: float) -> None:
+def spread_budget(world: World, polite: Polite, tolerance_s: float) -> None:
     """Between call k and call k+1 the budget has PUBLIC_DAILY_REQUESTS - k requests left (the quota
     counts each call at admission); the interval is taken at call k+1, when the least day is left."""
     assert world.stub is not None
     starts = [r.started_at for r in interpreter_calls(world.stub)]
     assert len(starts) >= 2, "too few calls to measure a gap"
     pairs = [
-        (b - a, _spread_s(b, PUBLIC_DAILY_REQUESTS - k))
+        (b - a, _spread_s(b, PUBLIC_DAILY_REQUESTS - polite.used_requests - k))
         for k, (a, b) in enumerate(itertools.pairwise(starts))
     ]
     say(
@@ -355,12 +375,12 @@ def spread_budget(world: World, tolerance_s: float) -> None:
 
 
 @then("the metrics show that pacing interval")
-def pacing_metric(world: World) -> None:
+def pacing_metric(world: World, polite: Polite) -> None:
     assert world.stub is not None
     found = scrape_workers(world)
     shown = by_endpoint(world, found, m.PACING_INTERVAL.name, world.stub)
     calls = len(interpreter_calls(world.stub))
-    expected = _spread_s(time.time(), PUBLIC_DAILY_REQUESTS - calls)
+    expected = _spread_s(time.time(), PUBLIC_DAILY_REQUESTS - polite.used_requests - calls)
     assert shown is not None and abs(shown - expected) < 0.5, (
         shown,
         expected,
