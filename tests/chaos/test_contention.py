@@ -539,7 +539,7 @@ def test_releasers_killed_between_their_steps_lose_no_parked_job(chaos: Chaos) -
 
 QUOTA_PAUSES = f"{PAUSES},quota.admitted=sleep:0-0.05,fetch.answered=sleep:0-0.05"
 QUOTA_PERMITS = 4
-#: Calls of mixed server time (0.1 to 0.4 s with the latency of 0.1 s), some cut off mid-body.
+#: Calls of mixed server time (0.1 to 0.4 s with the latency of 0.1 s), some cut off mid-body: in turn.
 MIXED_COSTS = ("stall:0.3", "cutoff", "ok", "stall:0.1", "cutoff", "stall:0.3")
 
 
@@ -571,7 +571,7 @@ def test_quota_counts_exactly_the_calls_made_and_every_byte(
         quota: dict[str, Any] = {"quota_requests": limit}
     else:
         chaos.stub.set_latency(0.1)
-        chaos.stub.script(*MIXED_COSTS)
+        chaos.stub.script(*MIXED_COSTS * (jobs // len(MIXED_COSTS) + 1))
         quota = {"quota_server_s": limit}
     run = Scenario(chaos, jobs)
     try:
