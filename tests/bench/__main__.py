@@ -6,7 +6,9 @@ and the micro-benchmarks one after the other, prints the table and writes
 the same run, because absolute speeds drift on shared machines.
 
 Options: ``--quick`` runs fewer jobs and a smaller body (a smoke test, not
-figures to publish); ``--out PATH`` writes the report elsewhere.
+figures to publish); ``--out PATH`` writes the report elsewhere; ``--only
+TITLE`` runs the benchmarks whose title has TITLE (``--only "Server time"``:
+about 20 s), and the report then holds those only.
 """
 
 from __future__ import annotations
