@@ -6,7 +6,9 @@ and the micro-benchmarks one after the other, prints the table and writes
 the same run, because absolute speeds drift on shared machines.
 
 Options: ``--quick`` runs fewer jobs and a smaller body (a smoke test, not
-figures to publish); ``--out PATH`` writes the report elsewhere.
+figures to publish); ``--out PATH`` writes the report elsewhere; ``--only
+TITLE`` runs the benchmarks whose title has TITLE (``--only "Server time"``:
+about 20 s), and the report then holds those only.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 from middleware.policy.semaphore import SemaphoreLimits
 from tests.support.workers import REPO
 
-from . import parsing, replay, staging, storage
+from . import parsing, replay, server_time, staging, storage
 from .servers import PostgresServer, RedisServer
 from .throughput import (
     POIS_PER_JOB,
@@ -554,6 +556,47 @@ def coverage_replay(env: Environment, *, quick: bool) -> Measured:
     return Measured(rows, lines)
 
 
+def server_time_charged(env: Environment, *, quick: bool) -> Measured:
+    """Issue 18: the server time the quota charged / the stand-in's own measure, calls of mixed cost."""
+    run = server_time.measure(env, jobs=20 if quick else 50)
+    low, high = 1.0, 1.1
+    served = ", ".join(f"{name} {count}" for name, count in sorted(run.served.items()))
+    spent = ", ".join(f"{name} {s:.2f} s" for name, s in sorted(run.spent_by_outcome.items()))
+    detail = (
+        f"{run.calls} calls ({served}); {run.charged_s:.3f} s charged, {run.spent_s:.3f} s spent; "
+        f"{run.over_per_call_ms:.1f} ms a call over"
+    )
+    lines = [
+        f"{run.jobs} jobs, 2 processes x 8 threads, {server_time.PERMITS} permits, latency "
+        f"{server_time.LATENCY_S * 1000:.0f} ms, outcomes in turn {', '.join(server_time.MIXED)}: {run.calls} "
+        f"calls ({served}) in {run.elapsed_s:.1f} s; {run.dead} dead-lettered, {run.pending} left pending",
+        *(f"dead-lettered: {reason}" for reason in run.dead_reasons),
+        f"the stand-in's own measure: {run.spent_s:.3f} s ({spent}); the quota charged {run.charged_s:.3f} s "
+        f"= {run.ratio:.3f}x, {run.over_per_call_ms:.1f} ms a call over (whole milliseconds rounded up: "
+        "at most 1 ms of it)",
+    ]
+    limits = [
+        f"Server time: {run.ratio:.3f}. The client's clock runs from the request sent to the status line "
+        "parsed, the stand-in's from the request read to the status line written: the difference is "
+        f"loopback, the worker thread's turn at the CPU and the rounding up to a millisecond, "
+        f"{run.over_per_call_ms:.1f} ms a call; against calls of {server_time.LATENCY_S * 1000:.0f} ms and "
+        "more it stays a few percent. Never under: a call is never charged less than the server spent."
+    ]
+    return Measured(
+        [
+            Row(
+                "Server time charged / the stand-in's own measure, mixed query costs",
+                f"{run.ratio:.3f}",
+                f"in [{low}, {high}]",
+                low <= run.ratio <= high,
+                detail,
+            )
+        ],
+        lines,
+        limits,
+    )
+
+
 def _placed(rows: list[Row]) -> list[Row]:
     """``rows`` in run order, but each row with ``beside`` right after that figure (when measured)."""
     figures = {row.figure for row in rows}
@@ -606,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                 "Staged answers",
                 lambda: Measured(*staged_answers(env, 5_000_000 if args.quick else 50_000_000)),
             ),
+            ("Server time", lambda: server_time_charged(env, quick=args.quick)),
         ]
         for title, bench in benches:
             if args.only and not any(word.lower() in title.lower() for word in args.only):
@@ -701,6 +745,15 @@ Targets are what we aim at, never pass/fail tests.
   stages it and stored chunk by chunk by `store_pois` in a fresh process
   (tracemalloc peak of the whole store), against the same POIs as one
   message carrying them all (decoded, then upserted).
+- **Server time** (`tests/bench/server_time.py`): 50 `enrich` jobs on 2
+  processes x 8 threads with 4 permits, the stand-in answering after
+  {server_time.LATENCY_S * 1000:.0f} ms with, in turn, {", ".join(f"`{o}`" for o in server_time.MIXED)}
+  (retries and a split job's parts take the next ones, then plain
+  answers; a part at the smallest tile that times out again is
+  dead-lettered, as in production); ratio = the
+  quota's `cost` counter in Redis (what the product charged, whole
+  milliseconds rounded up) / the sum of the stand-in's own time per call
+  (request read to status line written), once every job is done.
 
 ## What limits each figure
 

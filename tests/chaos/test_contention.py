@@ -13,9 +13,11 @@ contention breaks first:
 - every job is stored exactly once (its POIs are there, and its box was
   called once), or dead-lettered with a reason in the log, or, when a
   quota window is spent, parked for the next one: none is lost;
-- the requests the quota counted are the calls the server received, and
-  the bytes it counted are at least the bytes the server sent (and a byte
-  budget is overshot by no more than the permitted calls in flight);
+- the requests the quota counted are the calls the server received, the
+  bytes it counted are at least the bytes the server sent, and the server
+  time it charged is at least the time the server spent (a byte or
+  server-time budget is overshot by no more than the permitted calls in
+  flight);
 - the server never had more calls in flight than there are permits;
 - an open breaker lets one probe through per cooldown.
 
@@ -249,7 +251,7 @@ class Scenario:
             for request in self.chaos.stub.requests:
                 if request.path != "/api/interpreter" or request.outcome in ("killed", "aborted"):
                     continue
-                if request.outcome != "ok":
+                if request.outcome not in ("ok", "stall"):  # a stall ends in the ok answer
                     reference.script(request.outcome)
                 conn = http.client.HTTPConnection("127.0.0.1", reference.port, timeout=10)
                 try:
@@ -262,18 +264,17 @@ class Scenario:
                 largest = max(largest, size)
         return total, largest
 
-    def quota_usage(
-        self, *, requests: int, bytes_: int = -1, window_s: int = LONG_WINDOW_S
-    ) -> tuple[int, int]:
-        """(requests, bytes) the quota counted in the current window."""
+    def quota_usage(self, *, window_s: int = LONG_WINDOW_S) -> tuple[int, int, float]:
+        """(requests, bytes, server seconds) the quota counted in the current window (it counts the
+        server's time in whole milliseconds, each call's rounded up)."""
+        from enrichment_actors.server_time import MS_PER_S
         from middleware.backends.redis import RedisBackend
         from middleware.policy.quota import QuotaLimits, QuotaPolicy
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
-        usage = QuotaPolicy(
-            "overpass", QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s), backend
-        ).usage()
-        return usage.requests_used, usage.bytes_used
+        # Reading a window never refuses: the limits given here do not matter.
+        usage = QuotaPolicy("overpass", QuotaLimits(requests=-1, window_s=window_s), backend).usage()
+        return usage.requests_used, usage.bytes_used, usage.cost_used / MS_PER_S
 
     def dead_letter_reasons(self, dead: dict[int, str]) -> dict[str, str]:
         """The log line that says why each dead-lettered message was dead-lettered ("" when none does)."""
@@ -338,20 +339,30 @@ class Invariants:
             self.check("no job left waiting", accounts.parked == 0 and accounts.queued == 0, accounts.line())
 
     def quota_counts_every_call(self, run: Scenario) -> None:
-        """Requests counted by the quota = calls made; bytes counted >= bytes downloaded (one long window)."""
+        """Requests counted by the quota = calls made; bytes counted >= bytes downloaded; server time
+        charged >= the server's own measure (one long window)."""
         time.sleep(0.5)  # a charge lands as its call ends; let the last ones land
-        calls = run.chaos.stub.stats().calls
-        counted_requests, counted_bytes = run.quota_usage(requests=-1)
+        stats = run.chaos.stub.stats()
+        counted_requests, counted_bytes, charged_s = run.quota_usage()
         downloaded, _ = run.bytes_downloaded()
         self.check(
             "requests counted = calls made",
-            counted_requests == calls,
-            f"{counted_requests} counted, {calls} calls",
+            counted_requests == stats.calls,
+            f"{counted_requests} counted, {stats.calls} calls",
         )
         self.check(
             "bytes counted >= bytes downloaded",
             counted_bytes >= downloaded,
             f"{counted_bytes} counted, {downloaded} sent",
+        )
+        self.server_time_charged(charged_s, stats.server_s)
+
+    def server_time_charged(self, charged_s: float, spent_s: float) -> None:
+        """The quota charged at least the server time the stand-in measured (request in to status line out)."""
+        self.check(
+            "server time charged >= server time spent",
+            charged_s >= spent_s,
+            f"{charged_s:.3f} s charged, {spent_s:.3f} s spent",
         )
 
     def called_once(self, run: Scenario, accounts: Accounts) -> None:
@@ -523,30 +534,63 @@ def test_releasers_killed_between_their_steps_lose_no_parked_job(chaos: Chaos) -
 
 
 # --------------------------------------------------------------------------------------------------
-# Quota: requests counted = calls made, bytes counted >= bytes downloaded
+# Quota: requests counted = calls made, bytes counted >= bytes downloaded, server time charged >= spent
 # --------------------------------------------------------------------------------------------------
 
 QUOTA_PAUSES = f"{PAUSES},quota.admitted=sleep:0-0.05,fetch.answered=sleep:0-0.05"
+QUOTA_PERMITS = 4
+#: Calls of mixed server time (0.1 to 0.4 s with the latency of 0.1 s), some cut off mid-body: in turn.
+MIXED_COSTS = ("stall:0.3", "cutoff", "ok", "stall:0.1", "cutoff", "stall:0.3")
 
 
-@pytest.mark.parametrize("limit, jobs", [quick(30, 60), soak(150, 300)])
-def test_quota_counts_exactly_the_calls_made_and_every_byte(chaos: Chaos, limit: int, jobs: int) -> None:
-    """A request quota that runs out mid-run, with a few answers cut off mid-body (retried: more calls)."""
-    chaos.stub.set_latency(0.02)
-    chaos.stub.script("ok", "cutoff", "ok", "cutoff", "ok", "cutoff")
+def longest_charge_s(longest_spent_s: float) -> float:
+    """The most one call of ``longest_spent_s`` on the server may be charged: the client sees the
+    status line up to 10% later, or 25 ms for a call of a few milliseconds (tests/unit/test_server_time.py)."""
+    return max(longest_spent_s * 1.1, longest_spent_s + 0.025)
+
+
+@pytest.mark.parametrize(
+    "budget, limit, jobs",
+    [
+        quick("requests", 30, 60),
+        pytest.param("server_s", 3, 30, id="quick-server-time"),
+        soak("requests", 150, 300),
+        pytest.param("server_s", 12, 150, marks=pytest.mark.soak, id="soak-server-time"),
+    ],
+)
+def test_quota_counts_exactly_the_calls_made_and_every_byte(
+    chaos: Chaos, budget: str, limit: int, jobs: int
+) -> None:
+    """A quota that runs out mid-run, with a few answers cut off mid-body (retried: more calls): a
+    request quota, or a server-time budget (seconds) with calls of mixed server time. Every call is
+    counted, every byte, and at least the server time the stand-in spent; a server-time budget is
+    overshot by no more than the permitted calls in flight, each at the longest call."""
+    if budget == "requests":
+        chaos.stub.set_latency(0.02)
+        chaos.stub.script("ok", "cutoff", "ok", "cutoff", "ok", "cutoff")
+        quota: dict[str, Any] = {"quota_requests": limit}
+    else:
+        chaos.stub.set_latency(0.1)
+        chaos.stub.script(*MIXED_COSTS * (jobs // len(MIXED_COSTS) + 1))
+        quota = {"quota_server_s": limit}
     run = Scenario(chaos, jobs)
     try:
-        run.start(QUOTA_PAUSES, quota_requests=limit, quota_window_s=LONG_WINDOW_S, semaphore_permits=4)
-        # Settled when nothing has moved for a while: the rest waits for the next window, parked.
-        accounts, took = run.settle(timeout_s=60 + jobs / 2)
-        time.sleep(1.0)  # byte charges land after the answer
+        run.start(QUOTA_PAUSES, quota_window_s=LONG_WINDOW_S, semaphore_permits=QUOTA_PERMITS, **quota)
+        # Settled when nothing has moved for a while: the rest waits for the next window, parked (a
+        # message waiting for a retry or a permit is still in the queue: nothing moves only at the end).
+        accounts, took = run.settle(timeout_s=60 + jobs / 2, quiet_s=3.0)
+        time.sleep(1.0)  # byte and time charges land after the answer
         stats = chaos.stub.stats()
-        counted_requests, counted_bytes = run.quota_usage(requests=limit)
+        counted_requests, counted_bytes, charged_s = run.quota_usage()
         downloaded, _ = run.bytes_downloaded()
+        longest = max((r.server_s or 0.0 for r in chaos.stub.requests), default=0.0)
+        bound_s = limit + QUOTA_PERMITS * longest_charge_s(longest)
         print(
-            f"\nquota exact ({limit} requests, 2x8 threads, hog, pauses): {jobs} jobs, {accounts.line()}; "
-            f"{stats.calls} calls ({stats.served}), quota counted {counted_requests} requests; "
-            f"{downloaded} bytes sent, quota counted {counted_bytes}; {took:.1f}s"
+            f"\nquota exact ({limit} {budget.replace('_', ' ')}, {QUOTA_PERMITS} permits, 2x8 threads, hog, pauses): "
+            f"{jobs} jobs, {accounts.line()}; {stats.calls} calls ({stats.served}), quota counted "
+            f"{counted_requests} requests; {downloaded} bytes sent, quota counted {counted_bytes}; server time "
+            f"{stats.server_s:.3f} s spent (longest call {longest:.3f} s), {charged_s:.3f} s charged "
+            f"({charged_s / stats.server_s if stats.server_s else float('nan'):.3f}x); {took:.1f}s"
         )
         promises = Invariants("quota exact")
         promises.every_job_accounted(run, accounts, parked_allowed=True)
@@ -555,15 +599,29 @@ def test_quota_counts_exactly_the_calls_made_and_every_byte(chaos: Chaos, limit:
             counted_requests == stats.calls,
             f"{counted_requests} counted, {stats.calls} calls",
         )
-        promises.check("calls <= quota", stats.calls <= limit, f"{stats.calls} calls, quota {limit}")
-        promises.check(
-            "the quota was used up", stats.calls >= limit - 1, f"{stats.calls} calls, quota {limit}"
-        )
+        if budget == "requests":
+            promises.check("calls <= quota", stats.calls <= limit, f"{stats.calls} calls, quota {limit}")
+            promises.check(
+                "the quota was used up", stats.calls >= limit - 1, f"{stats.calls} calls, quota {limit}"
+            )
+        else:
+            promises.check(
+                "server time charged <= budget + permits x longest call",
+                charged_s <= bound_s,
+                f"{charged_s:.3f} s charged, bound {bound_s:.3f} s",
+            )
+            # A call is admitted while what is left covers the mean per call (at most the longest).
+            promises.check(
+                "the server-time budget was used up",
+                charged_s > limit - longest_charge_s(longest),
+                f"{charged_s:.3f} s charged of {limit} s, {stats.calls} calls",
+            )
         promises.check(
             "bytes counted >= bytes downloaded",
             counted_bytes >= downloaded,
             f"{counted_bytes} counted, {downloaded} sent",
         )
+        promises.server_time_charged(charged_s, stats.server_s)
         promises.verify(run)
     finally:
         run.close()
@@ -587,7 +645,7 @@ def test_the_byte_budget_is_checked_at_the_call(chaos: Chaos, bodies: float, job
         accounts, took = run.settle(timeout_s=60 + jobs / 2)
         time.sleep(1.0)
         stats = chaos.stub.stats()
-        counted_requests, counted_bytes = run.quota_usage(requests=-1, bytes_=limit)
+        counted_requests, counted_bytes, charged_s = run.quota_usage()
         downloaded, largest = run.bytes_downloaded()
         # What "checked at the call" allows: the calls in flight when the budget ran out finish.
         bound = limit + permits * largest
@@ -613,6 +671,7 @@ def test_the_byte_budget_is_checked_at_the_call(chaos: Chaos, bodies: float, job
             downloaded <= bound,
             f"{downloaded} sent, bound {bound} ({math.ceil(max(0, downloaded - limit) / body_size)} answers over the budget)",
         )
+        promises.server_time_charged(charged_s, stats.server_s)
         promises.verify(run)
     finally:
         run.close()
