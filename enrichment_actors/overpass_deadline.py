@@ -151,14 +151,8 @@ class _WatchedConnection(HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _watch(self.sock)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self.sock)
-        super().request(*args, **kwargs)
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    """The same over TLS (its ``connect`` wraps the socket; the watched one is the wrapped one)."""
 
 
 class _WatchedPool(HTTPConnectionPool):

@@ -133,6 +133,14 @@ def store(postgres_url: str) -> Iterator[Any]:
     poi_store.close()
 
 
+@given("the POI table and the coverage ledger are empty")
+def empty_ledger(store: Any) -> None:
+    store.ensure_schema()
+    store.model.delete().execute()
+    store.ledger.coverage.delete().execute()
+    store.ledger.elements.delete().execute()
+
+
 def dead_letters(redis_url: str) -> list[dramatiq.Message[Any]]:
     client = redis.Redis.from_url(redis_url)
     try:

@@ -21,14 +21,6 @@ def upstream() -> dict[str, list[tuple[str, int]]]:
     return {}
 
 
-@given("the POI table and the coverage ledger are empty")
-def empty_ledger(store: Any) -> None:
-    store.ensure_schema()
-    store.model.delete().execute()
-    store.ledger.coverage.delete().execute()
-    store.ledger.elements.delete().execute()
-
-
 @when(parsers.parse('I enqueue {count:d} identical enrich jobs for box "{box}" with tags "{tags}"'))
 def enqueue_identical(world: World, app: Any, count: int, box: str, tags: str) -> None:
     south, west, north, east = (float(v) for v in box.split(","))

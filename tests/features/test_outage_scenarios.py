@@ -27,14 +27,6 @@ def jobs() -> list[dict[str, Any]]:
     return []
 
 
-@given("the POI table and the coverage ledger are empty")
-def empty_ledger(store: Any) -> None:
-    store.ensure_schema()
-    store.model.delete().execute()
-    store.ledger.coverage.delete().execute()
-    store.ledger.elements.delete().execute()
-
-
 @given("the database refuses every POI")
 def database_refuses(store: Any, request: pytest.FixtureRequest) -> None:
     """A CHECK no POI passes: every store is refused as a constraint violation, the server up all along."""
