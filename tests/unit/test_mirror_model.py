@@ -391,15 +391,17 @@ class MirrorModel(RuleBasedStateMachine):
 
         with hooked(point, stop_first):
             done_one = self.world.first.submit(self._land, one)
-            while not reached.wait(0.005) and not done_one.done():
-                pass
-            FIRED[
-                f"interleaved: first stopped at {point}" if reached.is_set() else "interleaved: no stop"
-            ] += 1
-            done_two = self.world.second.submit(self._land, two)
-            FIRED[self._until_done_or_waiting(done_two)] += 1
-            go.set()
-            done_one.result(30)
+            try:
+                while not reached.wait(0.005) and not done_one.done():
+                    pass
+                stopped = "first stopped at " + point if reached.is_set() else "no stop"
+                FIRED[f"interleaved: {stopped}"] += 1
+                done_two = self.world.second.submit(self._land, two)
+                FIRED[self._until_done_or_waiting(done_two)] += 1
+            finally:
+                go.set()  # whatever happened, the first transaction ends before the next step
+                done_one.exception(30)
+            done_one.result()
             done_two.result(30)
 
     def _until_done_or_waiting(self, work: Future[None]) -> str:
