@@ -465,7 +465,7 @@ def _settings() -> settings:
     if os.environ.get("HYPOTHESIS_PROFILE"):
         return settings(settings(), deadline=None, suppress_health_check=list(HealthCheck))
     return settings(
-        max_examples=int(os.environ.get("MODEL_EXAMPLES", "25")),
+        max_examples=180,
         stateful_step_count=40,
         derandomize=True,
         deadline=None,
