@@ -362,16 +362,35 @@ class MirrorModel(RuleBasedStateMachine):
             record.killed = True
             self.pending.append(record)
 
-    @precondition(lambda self: len(self.pending) >= 2)
     @rule(
+        pair=st.sampled_from(["waiting", "neighbours", "tag sets"]),
+        tile=st.tuples(st.integers(0, SIDE - 1), st.integers(0, SIDE - 1)),
+        north=st.booleans(),
         first=st.integers(0, 2),
         second=st.integers(0, 2),
         point=st.sampled_from(FAILPOINTS),
         hit=st.integers(1, 2),
     )
-    def interleaved(self, first: int, second: int, point: str, hit: int) -> None:
-        """Land two answers at once: the first stops at ``point`` in its transaction while the second runs."""
+    def interleaved(
+        self, *, pair: str, tile: tuple[int, int], north: bool, first: int, second: int, point: str, hit: int
+    ) -> None:
+        """Land two answers at once: the first stops at ``point`` in its transaction while the second runs.
+
+        Two of the answers waiting to land, or two fetched now: forced jobs of ``tile`` and of its
+        neighbour to the north or east (one tag set), or of ``tile`` for each tag set.
+        """
+        if pair != "waiting":
+            row, col = tile
+            other = (min(row + 1, SIDE - 1), col) if north else (row, min(col + 1, SIDE - 1))
+            tagsets = sorted(TAGSETS) if pair == "tag sets" else [sorted(TAGSETS)[north]] * 2
+            for (r, c), tagset in zip([tile, tile if pair == "tag sets" else other], tagsets, strict=True):
+                self._fetch("forced_job", self._cover((r, c, 1, 1), tagset), 1 + (r + c) % 2)
+            first, second = first % 2, second % 2
+        if len(self.pending) < 2:
+            FIRED["interleaved: fewer than two waiting"] += 1
+            return
         FIRED["rule:interleaved"] += 1
+        FIRED[f"interleaved: {pair}"] += 1
         one = self._take(first)
         two = self._take(second)
         if set(one.answer.tiles) & set(two.answer.tiles):
