@@ -62,7 +62,7 @@ from enrichment_actors.overpass_client import OverpassClient
 from enrichment_actors.overpass_responses import Poi
 from enrichment_actors.store import PoiStore
 from enrichment_actors.stub_overpass import StubOverpass
-from enrichment_actors.stub_overpass.lattice import candidates
+from enrichment_actors.stub_overpass.lattice import candidates, poi_of
 from enrichment_actors.stub_overpass.queries import parse_query
 from middleware.failpoints import FailpointError, hooked
 
@@ -191,6 +191,9 @@ class MirrorModel(RuleBasedStateMachine):
         self.fetched: dict[str, Fetched] = {}
         self.by_version: dict[str, Fetched] = {}
         self.pending: list[Fetched] = []
+        #: Where each element lies upstream (lat_e7, lon_e7), and the tiles (row, col) of the last move.
+        self.where = {key: (poi.lat_e7, poi.lon_e7) for key in UNIVERSE if (poi := poi_of(*key)) is not None}
+        self.last_move: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     # -- the manual clock and the upstream ------------------------------------------------------------
 
@@ -213,7 +216,7 @@ class MirrorModel(RuleBasedStateMachine):
         tags=st.sampled_from(RETAGS),
         row=st.integers(-1, SIDE),
         col=st.integers(-1, SIDE),
-        spot=st.sampled_from(["inside", "south edge", "west edge", "corner"]),
+        spot=st.sampled_from(["inside", "south edge", "west edge", "corner", "next tile"]),
         base=st.sampled_from(["advance", "repeat", "empty"]),
     )
     def edit(
@@ -228,8 +231,9 @@ class MirrorModel(RuleBasedStateMachine):
         base: str,
     ) -> None:
         """One upstream edit of ``element``; a move puts it into tile (row, col) of the area (-1 and SIDE:
-        just outside), inside or on its south or west edge or corner. Creating an element that exists
-        creates the first of those not born yet (if any)."""
+        just outside), inside or on its south or west edge or corner, or into the tile next to its own
+        (north when ``row`` is even, else east). Creating an element that exists creates the first of
+        those not born yet (if any)."""
         if what == "create" and self.unborn:
             element = element if element in self.unborn else min(self.unborn)
         FIRED[f"rule:{what}"] += 1
@@ -243,8 +247,14 @@ class MirrorModel(RuleBasedStateMachine):
             self._edit(base, retagged={element: {**tags, "rev": str(self.minute)}})
         else:
             FIRED[f"move:{spot}"] += 1
+            lat_e7, lon_e7 = self.where[element]
+            here = ((lat_e7 - SOUTH_E7) // UNITS, (lon_e7 - WEST_E7) // UNITS)
+            if spot == "next tile":
+                row, col = (here[0] + 1, here[1]) if row % 2 == 0 else (here[0], here[1] + 1)
             lat = SOUTH_E7 + row * UNITS + (0 if spot in ("south edge", "corner") else UNITS // 3)
             lon = WEST_E7 + col * UNITS + (0 if spot in ("west edge", "corner") else UNITS // 2 + 7)
+            self.where[element] = (lat, lon)
+            self.last_move = (here, (row, col))
             self._edit(base, moved={element: (lat, lon)})
 
     # -- fetches --------------------------------------------------------------------------------------
@@ -376,12 +386,17 @@ class MirrorModel(RuleBasedStateMachine):
     ) -> None:
         """Land two answers at once: the first stops at ``point`` in its transaction while the second runs.
 
-        Two of the answers waiting to land, or two fetched now: forced jobs of ``tile`` and of its
-        neighbour to the north or east (one tag set), or of ``tile`` for each tag set.
+        Two of the answers waiting to land, or two fetched now: forced jobs of the two tiles of the
+        last move (else ``tile`` and its neighbour to the north or east), one tag set; or of ``tile`` for
+        each tag set.
         """
         if pair != "waiting":
             row, col = tile
             other = (min(row + 1, SIDE - 1), col) if north else (row, min(col + 1, SIDE - 1))
+            moved = self.last_move
+            if pair == "neighbours" and moved and all(0 <= i < SIDE for rc in moved for i in rc):
+                FIRED["interleaved: the tiles of the last move"] += 1
+                tile, other = moved  # the tile an element left and the one it entered
             tagsets = sorted(TAGSETS) if pair == "tag sets" else [sorted(TAGSETS)[north]] * 2
             for (r, c), tagset in zip([tile, tile if pair == "tag sets" else other], tagsets, strict=True):
                 self._fetch("forced_job", self._cover((r, c, 1, 1), tagset), 1 + (r + c) % 2)
