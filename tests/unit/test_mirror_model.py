@@ -193,7 +193,7 @@ class MirrorModel(RuleBasedStateMachine):
         self.pending: list[Fetched] = []
         #: Where each element lies upstream (lat_e7, lon_e7), and the tiles (row, col) of the last move.
         self.where = {key: (poi.lat_e7, poi.lon_e7) for key in UNIVERSE if (poi := poi_of(*key)) is not None}
-        self.last_move: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self.last_move: tuple[tuple[int, int], tuple[int, int], str | None] | None = None
 
     # -- the manual clock and the upstream ------------------------------------------------------------
 
@@ -247,6 +247,9 @@ class MirrorModel(RuleBasedStateMachine):
             self._edit(base, retagged={element: {**tags, "rev": str(self.minute)}})
         else:
             FIRED[f"move:{spot}"] += 1
+            tagset = None
+            if spot == "next tile":  # an element the mirror holds, so that the tile it leaves has to drop it
+                element, tagset = self._held(UNIVERSE.index(element)) or (element, None)
             lat_e7, lon_e7 = self.where[element]
             here = ((lat_e7 - SOUTH_E7) // UNITS, (lon_e7 - WEST_E7) // UNITS)
             if spot == "next tile":
@@ -254,8 +257,20 @@ class MirrorModel(RuleBasedStateMachine):
             lat = SOUTH_E7 + row * UNITS + (0 if spot in ("south edge", "corner") else UNITS // 3)
             lon = WEST_E7 + col * UNITS + (0 if spot in ("west edge", "corner") else UNITS // 2 + 7)
             self.where[element] = (lat, lon)
-            self.last_move = (here, (row, col))
+            self.last_move = (here, (row, col), tagset)
             self._edit(base, moved={element: (lat, lon)})
+
+    def _held(self, index: int) -> tuple[tuple[str, int], str] | None:
+        """The ``index``-th (modulo) element a ledger row holds, and the name of that row's tag set."""
+        el = self.world.store.ledger.elements
+        rows = sorted(
+            {(r.element_type, r.osm_id, r.tagset) for r in el.select()}
+            & {(*k, t) for k in self.where for t in TAGSET_KEYS}
+        )
+        if not rows:
+            return None
+        kind, osm_id, tagset = rows[index % len(rows)]
+        return (kind, osm_id), TAGSET_KEYS[tagset]
 
     # -- fetches --------------------------------------------------------------------------------------
 
@@ -394,9 +409,10 @@ class MirrorModel(RuleBasedStateMachine):
             row, col = tile
             other = (min(row + 1, SIDE - 1), col) if north else (row, min(col + 1, SIDE - 1))
             moved = self.last_move
-            if pair == "neighbours" and moved and all(0 <= i < SIDE for rc in moved for i in rc):
+            if pair == "neighbours" and moved and all(0 <= i < SIDE for rc in moved[:2] for i in rc):
                 FIRED["interleaved: the tiles of the last move"] += 1
-                tile, other = moved  # the tile an element left and the one it entered
+                tile, other, held_in = moved  # the tile an element left, the one it entered, its tag set
+                north = north if held_in is None else sorted(TAGSETS).index(held_in) == 1
             tagsets = sorted(TAGSETS) if pair == "tag sets" else [sorted(TAGSETS)[north]] * 2
             for (r, c), tagset in zip([tile, tile if pair == "tag sets" else other], tagsets, strict=True):
                 self._fetch("forced_job", self._cover((r, c, 1, 1), tagset), 1 + (r + c) % 2)
