@@ -18,6 +18,8 @@ stalest tiles), over overlapping boxes; each waits, fetched, until a landing rul
 killed at a failpoint that raises (the transaction rolls back; it is landed later, or never); or
 two at once, on two threads, the first stopped at a failpoint in its transaction while the second
 runs until it ends or waits on a PostgreSQL lock (waiting is not failing), then the first goes on.
+The two are answers waiting to land, or two fetched for the purpose: the tiles an element just
+moved between (it is one the ledger holds), neighbouring tiles, or one tile's two tag sets.
 Augmented-diff refreshes are not modelled (whole fetches only).
 
 The oracle, after every step, for every (tile, tag set) whose ``coverage`` row says fetched: the
@@ -29,6 +31,11 @@ way round, and carries the position and tags of the answer whose version it reco
 that wrote it). Answers are never too large, so no tile is split into quarter boxes: such POIs
 are stored without a ledger row, and "no row of ``pois`` held by no ledger row" would flag them;
 the model does not generate them.
+
+The test asserts that every rule and branch fired (``FIRED``, printed with ``-s``). It is
+derandomized unless ``HYPOTHESIS_PROFILE`` names a profile, which then decides seeds and sizes.
+A failure found through a race may be reported by Hypothesis as flaky: the race need not recur
+when it replays the steps; the first error it prints is the oracle's.
 """
 
 from __future__ import annotations
