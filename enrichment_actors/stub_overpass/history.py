@@ -1,7 +1,8 @@
 """The stub's OSM data through time: the lattice as edited, version by version, and augmented diffs.
 
 Each :meth:`History.edit` with a new ``osm_base`` starts a version: elements
-removed, restored or given other tags from then on. A query is answered from
+removed, restored, given other tags or moved from then on. An empty ``osm_base``
+is a server without replication: its answers carry ``"timestamp_osm_base": ""``. A query is answered from
 the newest version; ``[adiff:"T"]`` compares the version current at ``T`` with
 the newest and prints what changed for the query's statements, laid out as
 Overpass API 0.7.62 prints an augmented diff in XML (``out center tags``):
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .lattice import Poi, candidates
+from .lattice import Poi, candidates, poi_of
 from .pages import OSM_BASE, xml_attribute
 from .queries import Query, Statement
 
@@ -32,6 +33,8 @@ class Version:
     osm_base: str
     removed: frozenset[tuple[str, int]] = frozenset()
     retagged: Mapping[tuple[str, int], Mapping[str, str]] = field(default_factory=dict)
+    #: Elements at another position than their lattice cell's: (lat_e7, lon_e7).
+    moved: Mapping[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
     def view(self, poi: Poi) -> Poi | None:
         """``poi`` as this version has it; ``None`` when it does not exist then."""
@@ -39,7 +42,19 @@ class Version:
         if key in self.removed:
             return None
         tags = self.retagged.get(key)
-        return poi if tags is None else dataclasses.replace(poi, tags=dict(sorted(tags.items())))
+        if tags is not None:
+            poi = dataclasses.replace(poi, tags=dict(sorted(tags.items())))
+        where = self.moved.get(key)
+        return poi if where is None else dataclasses.replace(poi, lat_e7=where[0], lon_e7=where[1])
+
+    def candidates(self, query: Query) -> list[Poi] | None:
+        """The lattice's candidates of ``query`` and the elements moved in any version, in Overpass order."""
+        found = candidates(query)
+        if found is None or not self.moved:
+            return found
+        extra = (poi_of(kind, osm_id) for kind, osm_id in self.moved)
+        every = {poi.sort_key(): poi for poi in [*found, *(poi for poi in extra if poi is not None)]}
+        return [every[key] for key in sorted(every)]
 
 
 class History:
@@ -70,16 +85,23 @@ class History:
         removed: Iterable[tuple[str, int]] = (),
         restored: Iterable[tuple[str, int]] = (),
         retagged: Mapping[tuple[str, int], Mapping[str, str]] | None = None,
+        moved: Mapping[tuple[str, int], tuple[int, int]] | None = None,
         osm_base: str | None = None,
     ) -> None:
-        """Change the data: a new version when ``osm_base`` is later than the newest, else the newest in place."""
+        """Change the data: a new version when ``osm_base`` is later than the newest, else the newest in place
+        (``""``: from now on without replication, the newest in place)."""
         with self._lock:
             last = self._versions[-1]
             gone = (set(last.removed) | {(str(k), int(i)) for k, i in removed}) - {
                 (str(k), int(i)) for k, i in restored
             }
             tags = {**last.retagged, **{(str(k), int(i)): dict(t) for (k, i), t in (retagged or {}).items()}}
-            version = Version(osm_base or last.osm_base, frozenset(gone), tags)
+            places = {
+                **last.moved,
+                **{(str(k), int(i)): (int(a), int(o)) for (k, i), (a, o) in (moved or {}).items()},
+            }
+            base = last.osm_base if osm_base is None else osm_base
+            version = Version(base, frozenset(gone), tags, places)
             if osm_base is not None and osm_base > last.osm_base:
                 self._versions.append(version)
             else:
@@ -88,7 +110,7 @@ class History:
     def answer(self, query: Query, limit: int | None = None) -> list[Poi] | None:
         """The elements the newest version has for ``query``, in Overpass order (None: too big to answer)."""
         version = self.current
-        found = candidates(query)
+        found = version.candidates(query)
         if found is None:
             return None
         matched = [
@@ -99,7 +121,7 @@ class History:
     def adiff(self, query: Query, since: str) -> list[str] | None:
         """The ``<action>`` blocks of an augmented diff from ``since`` to now (None: too big to answer)."""
         old_version, new_version = self.at(since), self.current
-        found = candidates(query)
+        found = new_version.candidates(query)
         if found is None:
             return None
         actions = []

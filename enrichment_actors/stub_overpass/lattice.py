@@ -111,6 +111,15 @@ def _poi_at(row: int, col: int) -> Poi | None:
     return Poi(kind, osm_id, lat_e7, lon_e7, has_center, _tags(d, kind, osm_id))
 
 
+def poi_of(kind: str, osm_id: int) -> Poi | None:
+    """The lattice POI ``(kind, osm_id)`` where it was first placed (ids follow the cell); None: no such POI."""
+    cell = osm_id - 1 - _KIND_ORDER.get(kind, 0)
+    if kind not in _KIND_ORDER or not 0 <= cell < _ROWS * _COLS:
+        return None
+    poi = _poi_at(*divmod(cell, _COLS))
+    return poi if poi is not None and poi.kind == kind and poi.osm_id == osm_id else None
+
+
 def _tags(d: bytes, kind: str, osm_id: int) -> dict[str, str]:
     key, value, _, stems = _CATEGORIES[_WEIGHTED[int.from_bytes(d[8:10], "little") % len(_WEIGHTED)]]
     tags = {key: value}

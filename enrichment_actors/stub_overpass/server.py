@@ -382,12 +382,16 @@ class StubOverpass:
         removed: Iterable[tuple[str, int]] = (),
         restored: Iterable[tuple[str, int]] = (),
         retagged: Mapping[tuple[str, int], Mapping[str, str]] | None = None,
+        moved: Mapping[tuple[str, int], tuple[int, int]] | None = None,
         osm_base: str | None = None,
     ) -> None:
         """Change the OSM data the stub answers from, as of ``osm_base`` (a later one starts a new version,
-        which ``[adiff:"T"]`` queries compare with the version current at T): ``removed`` elements are gone,
-        ``restored`` ones back, ``retagged`` ones have those tags instead of their own."""
-        self._history.edit(removed=removed, restored=restored, retagged=retagged, osm_base=osm_base)
+        which ``[adiff:"T"]`` queries compare with the version current at T; ``""`` a server without
+        replication): ``removed`` elements are gone, ``restored`` ones back, ``retagged`` ones have those tags
+        instead of their own, ``moved`` ones lie at that (lat_e7, lon_e7) instead of their cell."""
+        self._history.edit(
+            removed=removed, restored=restored, retagged=retagged, moved=moved, osm_base=osm_base
+        )
 
     def elements(self, query: str) -> list[tuple[str, int]]:
         """The elements a plain (non-diff) ``query`` would get now, without counting it as a call."""
