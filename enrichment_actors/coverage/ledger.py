@@ -164,7 +164,11 @@ class Answer:
         was fetched. The answer with the greater version is the newer one;
         of two answers of the same timestamp, the one fetched later.
         """
-        return f"{self.osm_base or self.fetched_at}|{self.fetched_at}"
+        # Both times in one form, with microseconds: "10:00:00Z" would sort after "10:00:00.5Z".
+        base = self.osm_base or self.fetched_at
+        if base.endswith("Z") and "." not in base:
+            base = base[:-1] + ".000000Z"
+        return f"{base}|{self.fetched_at}"
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -475,3 +475,9 @@ def test_ledger_tables_of_the_previous_release_get_their_version_columns_in_plac
         assert keys(upgraded) == set()
     finally:
         upgraded.close()
+
+
+def test_an_answer_without_a_timestamp_fetched_in_the_second_of_a_base_is_ordered_by_the_fraction() -> None:
+    based = Answer("a1", AMENITY, ("amenity",), (A,), "2026-12-01T10:00:00Z", fetched_at=at(0))
+    later = Answer("a2", AMENITY, ("amenity",), (A,), None, fetched_at="2026-12-01T10:00:00.500000Z")
+    assert based.version < later.version
