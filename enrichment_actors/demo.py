@@ -117,7 +117,18 @@ def main() -> int:
     print(f"  POIs stored           : {stored}")
     print(f"  data                  : {redact_url(settings.database_url)} (table pois)")
     print(f"  broker                : {settings.broker}")
-    return 0 if tally.final.get(Outcome.SUCCESS.value) and stored else 1
+    return _verdict(tally.final, stored=stored, calls=calls)
+
+
+def _verdict(final: collections.Counter[str], *, stored: int, calls: int) -> int:
+    """0 when POIs are held and the valid boxes were stored, or all fresh (a second run: no call, as promised)."""
+    if final.get(Outcome.SUCCESS.value) and stored:
+        return 0
+    if final.get(Outcome.FRESH.value) and stored and not calls:
+        print("  every tile was fresh: no call made (delete the demo database to start over)")
+        return 0
+    print("  no job stored POIs: see the warnings above")
+    return 1
 
 
 def _wait_until_done(queue: str, timeout_s: float = 120.0, *, worker: dramatiq.Worker | None = None) -> None:
