@@ -187,7 +187,15 @@ def _fail_clearly(command: Callable[[], int]) -> int:
     from .settings import SettingsError
 
     try:
-        return command()
+        status = command()
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not at exit
+        return status
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # The reader took what it wanted (`enrichment status | head -5`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SettingsError as exc:
         print(f"enrichment: {exc}", file=sys.stderr)
         return 2
@@ -226,6 +234,15 @@ def _fail_clearly(command: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of our standard output has gone (a pipe whose read end is closed)."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _one_line(text: str) -> str:

@@ -199,3 +199,25 @@ def test_an_unreachable_redis_is_one_clear_line_without_the_password(
     assert "Redis at redis://:***@127.0.0.1:" in lines[0] and "cannot be reached" in lines[0]
     assert "Check that the server is running" in lines[0]
     assert "s3cret" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_status_into_a_reader_that_stops_early_is_no_error(
+    unbuffered: str, redis_url: str, redis_client: Any
+) -> None:
+    """``enrichment status | head -5``: the reader closes the pipe; Redis is up, nothing to report."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("enrichment")), "status"],
+            env={**env, "REDIS_URL": redis_url}, stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
