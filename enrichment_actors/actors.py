@@ -73,6 +73,7 @@ from .staging import (
     stage_key,
     stash_for,
 )
+from .startup import StartupReport
 from .store import PersistenceError
 
 logger = logging.getLogger(__name__)
@@ -732,6 +733,11 @@ if not any(isinstance(m, ClaimRelease) for m in runtime.broker.middleware):
 # A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.
 if not any(isinstance(m, HoldRelease) for m in runtime.broker.middleware):
     runtime.broker.add_middleware(HoldRelease(_boot_fingerprints))
+
+
+# Each worker process says what limits it keeps, and checks the database, before it takes a message.
+if not any(isinstance(m, StartupReport) for m in runtime.broker.middleware):
+    runtime.broker.add_middleware(StartupReport(lambda: runtime))
 
 
 __all__ = ["OverpassError", "enrich", "fetch_pois", "store_pois"]

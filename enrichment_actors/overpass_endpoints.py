@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -329,6 +329,39 @@ def describe(endpoints: Sequence[Endpoint]) -> str:
             f"{_limit(e.quota_requests)} requests and {_limit(e.quota_bytes)} bytes per {e.quota_window_s} s"
         )
     return "\n".join(lines)
+
+
+def overridden(endpoint: Endpoint, settings: EndpointSettings, given: Collection[str]) -> list[str]:
+    """The user's settings (``given``: the variables set) that ``endpoint``'s profile does not keep, and why.
+
+    Examples:
+      >>> s = EndpointSettings(urls=("https://overpass-api.de/api/interpreter",), contact="ops@example.org",
+      ...     permits=4, quota_requests=50_000)
+      >>> overridden(resolve_endpoints(s)[0], s, {"SEMAPHORE_PERMITS", "QUOTA_REQUESTS"})
+      ['SEMAPHORE_PERMITS=4 (public: 1; only OVERPASS_PUBLIC_PERMITS_OVERRIDE raises it)', 'QUOTA_REQUESTS=50000 (public: at most 10,000)']
+    """
+    if not endpoint.public:
+        return []
+    e, s = endpoint, settings
+    checks = (
+        ("SEMAPHORE_PERMITS", s.permits, e.permits, "; only OVERPASS_PUBLIC_PERMITS_OVERRIDE raises it"),
+        ("QUOTA_REQUESTS", s.quota_requests, e.quota_requests, ""),
+        ("QUOTA_BYTES", s.quota_bytes, e.quota_bytes, ""),
+        ("QUOTA_WINDOW_S", s.quota_window_s, e.quota_window_s, " s: a UTC day"),
+        ("PACING_BURST", s.pacing_burst, e.pacing_burst, ""),
+        ("PACING_INTERVAL_S", s.pacing_interval_s, e.pacing_interval_s, " s: PACING_MIN_INTERVAL_S at least"),
+    )
+    found = []
+    for name, asked, kept, why in checks:
+        if name not in given or asked == kept:
+            continue
+        if name in ("QUOTA_REQUESTS", "QUOTA_BYTES"):
+            found.append(f"{name}={asked} (public: at most {_limit(int(kept))})")
+        elif name == "PACING_INTERVAL_S" and not asked:
+            continue  # 0: the spread budget, as asked
+        else:
+            found.append(f"{name}={asked:g} (public: {kept:g}{why})")
+    return found
 
 
 def _limit(value: int) -> str:

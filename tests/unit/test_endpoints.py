@@ -14,6 +14,7 @@ from enrichment_actors.overpass_endpoints import (
     Profile,
     endpoint_name,
     listed_instance,
+    overridden,
     profile_of,
     require_contact,
     resolve_endpoints,
@@ -236,3 +237,26 @@ def test_the_public_pacing_spreads_what_is_left_over_what_is_left_of_the_day(
 ) -> None:
     got = spread_interval(window_end=DAY, now=now, requests_left=requests_left, floor_s=floor)
     assert got == pytest.approx(interval)
+
+
+def test_the_start_line_names_the_users_settings_the_public_profile_overrides() -> None:
+    import doctest
+
+    import enrichment_actors.overpass_endpoints
+
+    s = EndpointSettings(
+        urls=("https://overpass-api.de/api/interpreter",), contact="ops@example.org",
+        permits=4, quota_requests=50_000, quota_bytes=500_000_000, pacing_burst=3,
+    )  # fmt: skip
+    (public,) = resolve_endpoints(s)
+    given = {"SEMAPHORE_PERMITS", "QUOTA_REQUESTS", "QUOTA_BYTES", "PACING_BURST"}
+    assert overridden(public, s, given) == [
+        "SEMAPHORE_PERMITS=4 (public: 1; only OVERPASS_PUBLIC_PERMITS_OVERRIDE raises it)",
+        "QUOTA_REQUESTS=50000 (public: at most 10,000)",
+        "PACING_BURST=3 (public: 1)",
+    ]  # a smaller byte budget is the deployment's own choice: kept
+    assert overridden(public, s, set()) == []  # the defaults are nobody's choice
+    private = EndpointSettings(urls=("http://10.0.0.5/api/interpreter",), permits=4, quota_requests=50_000)
+    assert overridden(resolve_endpoints(private)[0], private, given) == []
+    failed, attempted = doctest.testmod(enrichment_actors.overpass_endpoints, report=False)
+    assert attempted and not failed
