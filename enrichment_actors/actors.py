@@ -163,11 +163,11 @@ def _outages(staged: Stage | None = None) -> contextlib.AbstractContextManager[N
     # The router picks the endpoint of each attempt and names its policies in
     # the message options, which override these (the first endpoint's).
     route=OVERPASS,
-    pause=OVERPASS,
-    semaphore=OVERPASS,
-    breaker=OVERPASS,
-    rate=OVERPASS,
-    quota=OVERPASS,
+    pause=runtime.endpoint().policy,
+    semaphore=runtime.endpoint().policy,
+    breaker=runtime.endpoint().policy,
+    rate=runtime.endpoint().policy,
+    quota=runtime.endpoint().policy,
     # Permanent answers: dead-lettered at once, logged without a traceback. A 406
     # or 403 is not among them: it holds the endpoint, and the job waits.
     throws=(InvalidJob, QueryRejected, QueryFailed, QueryTooLarge, QueryUnsendable),
@@ -555,7 +555,7 @@ def _policy_name(option: str) -> str:
     """The policy name of this attempt for ``option`` (the router's message option), else the actor's."""
     message = CurrentMessage.get_current_message()
     name = message.options.get(option) if message is not None else None
-    return str(name or fetch_pois.options.get(option) or OVERPASS)
+    return str(name or fetch_pois.options.get(option) or runtime.endpoint().policy)
 
 
 def _pause_policy(name: str | None = None) -> PausePolicy:

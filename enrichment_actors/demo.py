@@ -24,7 +24,6 @@ from middleware.redaction import redact_url
 
 from . import enrich, runtime
 from .metrics import Outcome, is_final, outcome_of, take_noted_outcome
-from .runtime import OVERPASS
 
 BOXES: tuple[tuple[str, dict[str, float], list[str] | None], ...] = (
     (
@@ -85,7 +84,7 @@ def main() -> int:
         # Show the resilience paths too: one busy server (retried) and one
         # query too large for its timeout (split into four tiles).
         stub.script("504", "timeout-remark")
-    quota = runtime.quota.policies[OVERPASS]
+    quota = runtime.quota.policies[runtime.endpoint().policy]
     calls_before = quota.usage().requests_used
 
     tally = OutcomeTally()

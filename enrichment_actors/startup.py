@@ -6,6 +6,9 @@
   setting of the user's that the profile overrides (a warning then: the
   public profile keeps the operators' rules whatever ``SEMAPHORE_PERMITS``
   or ``QUOTA_REQUESTS`` say);
+- today's quota counters, carried over from the policy name of an earlier
+  release (:func:`carry_over_quota`), so that an upgrade does not reset the
+  day's budget;
 - the database: the tables are created when missing, as the README
   promises. A database that refuses us (wrong user or password, no such
   database, a SQLite path that cannot be opened) stops the process with one
@@ -28,9 +31,13 @@ from typing import TYPE_CHECKING
 import dramatiq
 import peewee
 
+from middleware.backends.base import Backend, BackendUnavailable, window_key
+from middleware.backends.redis import RedisBackend
+from middleware.policy.quota import _COUNTERS as QUOTA_COUNTERS
+from middleware.policy.quota import QuotaPolicy, window_bounds
 from middleware.redaction import redact, redact_url
 
-from .overpass_endpoints import describe, overridden
+from .overpass_endpoints import LEGACY_POLICY, describe, overridden
 from .store_errors import is_outage
 
 if TYPE_CHECKING:
@@ -63,6 +70,21 @@ class StartupReport(dramatiq.Middleware):
         self._done_in = os.getpid()
         runtime = self.runtime()
         report_endpoints(runtime, self.given())
+        first = runtime.endpoint()
+        try:
+            carried = carry_over_quota(runtime.backend, LEGACY_POLICY, runtime.quota.policies[first.policy])
+        except BackendUnavailable as exc:
+            logger.warning(
+                "Could not carry today's quota of %r over to %s: %s", LEGACY_POLICY, first.name, exc
+            )
+        else:
+            if carried:
+                logger.info(
+                    "Carried today's quota counters (%s) over from %r to %r.",
+                    ", ".join(f"{name} {value}" for name, value in carried.items()),
+                    LEGACY_POLICY,
+                    first.policy,
+                )
         check_database(runtime)
 
 
@@ -81,6 +103,32 @@ def report_endpoints(runtime: Runtime, given: Collection[str]) -> None:
             )
         else:
             logger.info("%s.", line)
+
+
+def carry_over_quota(backend: Backend, old: str, quota: QuotaPolicy) -> dict[str, int]:
+    """Copy the current window's counters of the quota named ``old`` to ``quota``'s, where it has none yet.
+
+    Each counter is set only if absent (``SET NX``, with the old one's expiry),
+    so workers starting together copy once between them, and a counter this
+    release already counts is never overwritten; the old counters stay (a
+    worker of the earlier release still running keeps counting there, what it
+    counts after the copy is not carried). A backend that keeps nothing
+    beyond its process (memory) has nothing to carry. Returns what was copied.
+    """
+    if not isinstance(backend, RedisBackend) or old == quota.name:
+        return {}
+    start, _ = window_bounds(backend.now(), quota.limits.window_s)
+    copied = {}
+    with backend.reachable():
+        for name in QUOTA_COUNTERS:
+            source = backend.key("counter", window_key(f"{quota.kind}:{old}", start, name))
+            target = backend.key("counter", window_key(f"{quota.kind}:{quota.name}", start, name))
+            value, ttl_ms = backend.client.get(source), backend.client.pttl(source)
+            if value is None or ttl_ms <= 0:
+                continue
+            if backend.client.set(target, value, nx=True, px=ttl_ms):
+                copied[name] = int(value)
+    return copied
 
 
 def check_database(runtime: Runtime) -> None:

@@ -271,7 +271,7 @@ class Scenario:
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
         usage = QuotaPolicy(
-            "overpass", QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s), backend
+            self.chaos.policy, QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s), backend
         ).usage()
         return usage.requests_used, usage.bytes_used
 

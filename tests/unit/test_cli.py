@@ -42,32 +42,32 @@ def test_enqueue_sends_one_enrich_message(capsys: pytest.CaptureFixture[str], re
 
 def test_status_reads_the_shared_state(capsys: pytest.CaptureFixture[str], redis_client: Any) -> None:
     from enrichment_actors import runtime
-    from enrichment_actors.runtime import OVERPASS
 
-    runtime.quota.policies[OVERPASS].admit()
-    runtime.semaphore.policies[OVERPASS].try_acquire("someone")
+    policy = runtime.endpoint().policy
+    runtime.quota.policies[policy].admit()
+    runtime.semaphore.policies[policy].try_acquire("someone")
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "requests  1 used, 9999 left of 10000" in out
-    assert "breaker 'overpass'  closed (0 consecutive failures)" in out
+    assert "breaker 'overpass@127.0.0.1:9'  closed (0 consecutive failures)" in out
     assert "1 of 2 permits in use" in out
     assert "parked jobs  0" in out
     # Each endpoint, its profile, and its pause and pacing (the tests' stand-in is private: not paced).
-    assert "endpoint 127.0.0.1:9  private, policy 'overpass'" in out
-    assert "pause 'overpass'  not paused" in out
-    assert "pacing 'overpass'  off" in out
+    assert "endpoint 127.0.0.1:9  private, policy 'overpass@127.0.0.1:9'" in out
+    assert "pause 'overpass@127.0.0.1:9'  not paused" in out
+    assert "pacing 'overpass@127.0.0.1:9'  off" in out
 
 
 def _held(runtime: Any) -> None:
-    runtime.pause.policies["overpass"].hold("user_agent_rejected", "fp")
+    runtime.pause.policies["overpass@overpass-api.de"].hold("user_agent_rejected", "fp")
 
 
 def _paused(runtime: Any) -> None:
-    runtime.pause.policies["overpass"].pause(45.0, "rate_limited")
+    runtime.pause.policies["overpass@overpass-api.de"].pause(45.0, "rate_limited")
 
 
 def _paced(runtime: Any) -> None:
-    runtime.pacing.policies["overpass"].reserve()
+    runtime.pacing.policies["overpass@overpass-api.de"].reserve()
 
 
 def _second_open(runtime: Any) -> None:
@@ -88,11 +88,11 @@ TWO = {"OVERPASS_URL": "http://a.example/api/interpreter,http://b.example/api/in
             None,
             0,
             [
-                "endpoint overpass-api.de  public (a known public instance), policy 'overpass'",
+                "endpoint overpass-api.de  public (a known public instance), policy 'overpass@overpass-api.de'",
                 "limits    1 in flight, paced to last the day (at least 1 s apart), 10,000 requests and "
                 "1,000,000,000 bytes per 86400 s",
                 "1 permits in use",
-                "pacing 'overpass'  one call every 5.76 s",  # 10,000 requests over the 57,600 s left of the day
+                "pacing 'overpass@overpass-api.de'  one call every 5.76 s",  # 10,000 requests over the 57,600 s left of the day
             ],
         ),
         (
@@ -101,7 +101,7 @@ TWO = {"OVERPASS_URL": "http://a.example/api/interpreter,http://b.example/api/in
             0,
             ["overpass-api.de HELD (user_agent_rejected)", "enrichment release-hold overpass-api.de"],
         ),
-        (PUBLIC, _paused, 0, ["pause 'overpass'  paused until", "(45 s left, rate_limited)"]),
+        (PUBLIC, _paused, 0, ["pause 'overpass@overpass-api.de'  paused until", "(45 s left, rate_limited)"]),
         (
             {**PUBLIC, "PACING_INTERVAL_S": "20"},
             _paced,

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from enrichment_actors.overpass_endpoints import (
-    OVERPASS,
     PUBLIC_INSTANCES,
     EndpointError,
     EndpointSettings,
@@ -156,7 +155,7 @@ LIMITS: list[tuple[dict[str, Any], dict[str, Any]]] = [
 def test_each_profile_has_its_limits(settings: dict[str, Any], expected: dict[str, Any]) -> None:
     (endpoint,) = resolve_endpoints(EndpointSettings(**settings))
     assert {field: getattr(endpoint, field) for field in expected} == expected
-    assert endpoint.policy == OVERPASS  # the only endpoint keeps the old policy name (state, labels, actors)
+    assert endpoint.policy == f"overpass@{endpoint.name}"  # state keyed by the endpoint, not the route
 
 
 def test_several_private_endpoints_each_have_a_policy_of_their_own() -> None:
@@ -167,7 +166,7 @@ def test_several_private_endpoints_each_have_a_policy_of_their_own() -> None:
     )
     endpoints = resolve_endpoints(EndpointSettings(urls=urls, permits=3))
     assert [(e.name, e.policy, e.profile, e.permits) for e in endpoints] == [
-        ("a.example", OVERPASS, Profile.PRIVATE, 3),  # the first keeps "overpass": its state carries over
+        ("a.example", "overpass@a.example", Profile.PRIVATE, 3),
         ("b.example:8080", "overpass@b.example:8080", Profile.PRIVATE, 3),
         ("c.example", "overpass@c.example", Profile.PRIVATE, 3),
     ]

@@ -313,25 +313,25 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
             }
         )
     )
-    quota = runtime.quota.policies[OVERPASS]
+    quota = runtime.quota.policies[runtime.endpoint().policy]
     decision = quota.admit()
     quota.admit()
     quota.record_bytes(300, decision.window_start)
-    assert runtime.semaphore.policies[OVERPASS].try_acquire("holder-1") is not None
-    breaker = runtime.breaker.policies[OVERPASS]
+    assert runtime.semaphore.policies[runtime.endpoint().policy].try_acquire("holder-1") is not None
+    breaker = runtime.breaker.policies[runtime.endpoint().policy]
     for holder in ("a", "b"):
         breaker.record(breaker.admit(holder), success=False)
     assert runtime.retries.parking is not None
     runtime.retries.parking.park("parked-1", b"payload", delay_s=3600)
     runtime.broker.declare_queue(QUEUE)
     runtime.broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="x", args=(), kwargs={}, options={}))
-    runtime.pause.policies[OVERPASS].hold("user_agent_rejected", "fingerprint-1")
+    runtime.pause.policies[runtime.endpoint().policy].hold("user_agent_rejected", "fingerprint-1")
 
     scrape = _scrape(FleetCollector(lambda: read_fleet(runtime)))
-    policy = {m.POLICY: OVERPASS}
+    policy = {m.POLICY: "overpass@127.0.0.1:9"}
     assert scrape.value(m.STATE_BACKEND_UP.name) == 1
     assert {labels: v for labels, v in scrape.series(m.BREAKER_STATE.name).items() if v} == {
-        ((m.POLICY, OVERPASS), (m.STATE, BreakerStatus.OPEN.value)): 1.0
+        ((m.POLICY, "overpass@127.0.0.1:9"), (m.STATE, BreakerStatus.OPEN.value)): 1.0
     }
     assert len(scrape.series(m.BREAKER_STATE.name)) == len(BreakerStatus)
     assert scrape.value(m.PERMITS_IN_USE.name, **policy) == 1
