@@ -36,6 +36,7 @@ from .coverage.claims import TileClaims
 from .coverage.cover import TileCover
 from .coverage.cover import members as file_by_tile
 from .coverage.ledger import Answer, fetch_time, read_osm_base
+from .job_logs import JobLogContext, origin_options
 from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
@@ -116,7 +117,8 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, *
         if cover is None:
             return
         arguments.update(tiles=cover.ids, owner=fetch_id, force=force)
-    runtime.broker.enqueue(fetch_pois.message(**arguments).copy(message_id=fetch_id))
+    fetch = fetch_pois.message(**arguments)
+    runtime.broker.enqueue(fetch.copy(message_id=fetch_id, options=origin_options(fetch.options)))
 
 
 def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
@@ -501,7 +503,10 @@ def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, fo
         ]
         role = "chunk"
     for index in staged.pending:
-        derived = messages[index].copy(message_id=derived_message_id(stage.key, role, index))
+        derived = messages[index].copy(
+            message_id=derived_message_id(stage.key, role, index),
+            options=origin_options(messages[index].options),
+        )
         runtime.broker.enqueue(derived)
         retry_until_reachable("note a hand-off", functools.partial(stage.mark_sent, index))
         failpoint("fetch.sent")
@@ -734,6 +739,10 @@ if not any(isinstance(m, ClaimRelease) for m in runtime.broker.middleware):
 if not any(isinstance(m, HoldRelease) for m in runtime.broker.middleware):
     runtime.broker.add_middleware(HoldRelease(_boot_fingerprints))
 
+
+# Every log line about a job names it: first on the broker, to see the message before and after the others.
+if not any(isinstance(m, JobLogContext) for m in runtime.broker.middleware):
+    runtime.broker.middleware.insert(0, JobLogContext())
 
 # Each worker process says what limits it keeps, and checks the database, before it takes a message.
 if not any(isinstance(m, StartupReport) for m in runtime.broker.middleware):

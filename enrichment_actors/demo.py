@@ -23,6 +23,7 @@ from dramatiq.brokers.stub import StubBroker
 from middleware.redaction import redact_url
 
 from . import enrich, runtime
+from .job_logs import JobLogContext, install
 from .metrics import Outcome, is_final, outcome_of, take_noted_outcome
 
 BOXES: tuple[tuple[str, dict[str, float], list[str] | None], ...] = (
@@ -74,6 +75,9 @@ def main() -> int:
     # failures the demo provokes on purpose are not.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("dramatiq.worker").setLevel(logging.CRITICAL)
+    for middleware in runtime.broker.middleware:
+        if isinstance(middleware, JobLogContext):
+            install(middleware)  # each warning names its job: [job ID box S,W,N,E]
     settings = runtime.settings
     stub = None
     stub_port = os.environ.get("ENRICHMENT_DEMO_STUB_PORT")
