@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Exit status of a worker process whose database refuses it.
-DATABASE_REFUSED = 3
+DATABASE_REFUSED = 4  # (3 is an unsafe Redis: redis_checks.EXIT_UNSAFE_REDIS)
 
 
 class StartupReport(dramatiq.Middleware):
