@@ -1,24 +1,47 @@
 # The two commands a new user runs are `make demo` and `make test`; every
 # target installs what it needs first (virtualenv, packages, server binaries).
 SHELL := /bin/bash
+# The Python the virtualenv is made with: 3.11 or newer (README).
+PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+# The package alone (what `make demo` and `make run` need), and with the
+# test and dev tools (`make test`, `make lint`...).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 PACKAGES := enrichment_actors middleware
 # The Debian packages of the servers the tests start themselves (promtool is
 # in prometheus); `make servers SERVERS=...` checks and installs only some.
 SERVERS := redis-server postgresql prometheus faketime rabbitmq-server redis-sentinel
 
-.PHONY: install servers demo run test unit features promtool-test check-fmt fmt lint bench chaos clean
+.PHONY: install servers venv demo run test unit features promtool-test check-fmt fmt lint bench chaos clean
 
 install: $(STAMP) servers
 
-$(STAMP): setup.cfg pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+# A .venv made by a Python older than 3.11 is rebuilt; a $(PYTHON) older than
+# 3.11 is named in the error, with what to do.
+venv:
+	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	  echo "$(VENV) was made by $$($(PY) -V 2>&1), older than 3.11: rebuilding it."; rm -rf $(VENV); \
+	fi
+	@if [ ! -x $(PY) ]; then \
+	  if ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	    echo "overpass-enrichment needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1 || echo missing)." \
+	      "Install one and run: make $(MAKECMDGOALS) PYTHON=python3.11"; exit 1; \
+	  fi; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+
+$(RUNTIME_STAMP): setup.cfg pyproject.toml | venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@touch $(RUNTIME_STAMP)
+
+$(STAMP): setup.cfg pyproject.toml | venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUNTIME_STAMP)
 
 # Server binaries the tests start themselves (and libfaketime, which skews a
 # worker's clock in the fleet-clock tests); installed with apt-get when
@@ -53,14 +76,14 @@ servers:
 	fi
 
 # The demo runs embedded (stub broker, state in memory, SQLite): no server.
-demo: $(STAMP)
+demo: venv $(RUNTIME_STAMP)
 	$(BIN)/enrichment demo
 
-# The Procfile under honcho, from the virtualenv (no need to activate it), on
+# The Procfile under honcho (a dev tool: the full install), from the virtualenv (no need to activate it), on
 # a Redis of its own (unless REDIS_URL is set) and against the stand-in
 # Overpass server (unless OVERPASS_URL is set); Ctrl-C stops everything it
 # started. See enrichment_actors/local_run.py.
-run: $(STAMP)
+run: venv $(STAMP)
 	@$(MAKE) --no-print-directory servers SERVERS=redis-server
 	$(PY) -m enrichment_actors.local_run
 
@@ -68,7 +91,7 @@ run: $(STAMP)
 # sizes of the contention scenarios (they fit in CI's time), and the promtool
 # rule tests. Benchmarks are `make bench`; the long (soak) contention runs,
 # `make chaos`.
-test: install
+test: venv install
 	$(BIN)/pytest -q -m "not bench and not soak" --durations=15
 	$(MAKE) --no-print-directory promtool-test
 

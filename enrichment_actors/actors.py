@@ -36,6 +36,7 @@ from .coverage.claims import TileClaims
 from .coverage.cover import TileCover
 from .coverage.cover import members as file_by_tile
 from .coverage.ledger import Answer, fetch_time, read_osm_base
+from .job_logs import JobLogContext, origin_options
 from .jobs import InvalidJob, Job, build_query, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
@@ -74,6 +75,7 @@ from .staging import (
     stage_key,
     stash_for,
 )
+from .startup import StartupReport
 from .store import PersistenceError
 
 logger = logging.getLogger(__name__)
@@ -116,7 +118,8 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, *
         if cover is None:
             return
         arguments.update(tiles=cover.ids, owner=fetch_id, force=force)
-    runtime.broker.enqueue(fetch_pois.message(**arguments).copy(message_id=fetch_id))
+    fetch = fetch_pois.message(**arguments)
+    runtime.broker.enqueue(fetch.copy(message_id=fetch_id, options=origin_options(fetch.options)))
 
 
 def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
@@ -163,11 +166,11 @@ def _outages(staged: Stage | None = None) -> contextlib.AbstractContextManager[N
     # The router picks the endpoint of each attempt and names its policies in
     # the message options, which override these (the first endpoint's).
     route=OVERPASS,
-    pause=OVERPASS,
-    semaphore=OVERPASS,
-    breaker=OVERPASS,
-    rate=OVERPASS,
-    quota=OVERPASS,
+    pause=runtime.endpoint().policy,
+    semaphore=runtime.endpoint().policy,
+    breaker=runtime.endpoint().policy,
+    rate=runtime.endpoint().policy,
+    quota=runtime.endpoint().policy,
     # Permanent answers: dead-lettered at once, logged without a traceback. A 406
     # or 403 is not among them: it holds the endpoint, and the job waits.
     throws=(InvalidJob, QueryRejected, QueryFailed, QueryTooLarge, QueryUnsendable),
@@ -503,7 +506,10 @@ def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, fo
         ]
         role = "chunk"
     for index in staged.pending:
-        derived = messages[index].copy(message_id=derived_message_id(stage.key, role, index))
+        derived = messages[index].copy(
+            message_id=derived_message_id(stage.key, role, index),
+            options=origin_options(messages[index].options),
+        )
         runtime.broker.enqueue(derived)
         retry_until_reachable("note a hand-off", functools.partial(stage.mark_sent, index))
         failpoint("fetch.sent")
@@ -557,7 +563,7 @@ def _policy_name(option: str) -> str:
     """The policy name of this attempt for ``option`` (the router's message option), else the actor's."""
     message = CurrentMessage.get_current_message()
     name = message.options.get(option) if message is not None else None
-    return str(name or fetch_pois.options.get(option) or OVERPASS)
+    return str(name or fetch_pois.options.get(option) or runtime.endpoint().policy)
 
 
 def _pause_policy(name: str | None = None) -> PausePolicy:
@@ -735,6 +741,15 @@ if not any(isinstance(m, ClaimRelease) for m in runtime.broker.middleware):
 # A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.
 if not any(isinstance(m, HoldRelease) for m in runtime.broker.middleware):
     runtime.broker.add_middleware(HoldRelease(_boot_fingerprints))
+
+
+# Every log line about a job names it: first on the broker, to see the message before and after the others.
+if not any(isinstance(m, JobLogContext) for m in runtime.broker.middleware):
+    runtime.broker.middleware.insert(0, JobLogContext())
+
+# Each worker process says what limits it keeps, and checks the database, before it takes a message.
+if not any(isinstance(m, StartupReport) for m in runtime.broker.middleware):
+    runtime.broker.add_middleware(StartupReport(lambda: runtime))
 
 
 __all__ = ["OverpassError", "enrich", "fetch_pois", "store_pois"]

@@ -187,7 +187,15 @@ def _fail_clearly(command: Callable[[], int]) -> int:
     from .settings import SettingsError
 
     try:
-        return command()
+        status = command()
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not at exit
+        return status
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # The reader took what it wanted (`enrichment status | head -5`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SettingsError as exc:
         print(f"enrichment: {exc}", file=sys.stderr)
         return 2
@@ -226,6 +234,15 @@ def _fail_clearly(command: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of our standard output has gone (a pipe whose read end is closed)."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _one_line(text: str) -> str:
@@ -290,6 +307,9 @@ def _coverage(bbox_text: str, tags_text: str | None) -> int:
         print(f"enrichment coverage: {exc}", file=sys.stderr)
         return 2
     settings = runtime.settings
+    where = _database_read(settings.database_url)
+    if where is None:
+        return 1
     tiles = [tile.id for tile in tiles_of(job.bbox, tile_units(settings.tile_deg))]
     store = runtime.store()
     store.ensure_schema()
@@ -312,9 +332,30 @@ def _coverage(bbox_text: str, tags_text: str | None) -> int:
     covered = {row.tile for row in rows}
     print(
         f"{len(covered)} of {len(tiles)} tiles covered, {len(fresh_tiles)} fresh, "
-        f"{sum(row.pois for row in rows)} POIs, {sum(row.calls for row in rows):.2f} calls spent"
+        f"{sum(row.pois for row in rows)} POIs, {sum(row.calls for row in rows):.2f} calls spent, in {where}"
     )
     return 0
+
+
+def _database_read(url: str) -> str | None:
+    """The database ``url`` names, as shown to the user; None (saying why) for a SQLite file that is not there.
+
+    A relative ``sqlite:///name`` is relative to the current directory: run
+    elsewhere, it would create an empty database and report no tile at all.
+    """
+    from middleware.redaction import redact_url
+
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return redact_url(url)
+    path = os.path.abspath(url[len("sqlite:///") :])
+    if not os.path.exists(path):
+        print(
+            f"enrichment coverage: there is no database at {path} (DATABASE_URL={url}, relative to the "
+            "current directory). Run it where the workers run, or set DATABASE_URL to their database.",
+            file=sys.stderr,
+        )
+        return None
+    return f"sqlite:///{path}"
 
 
 def _utcnow() -> dt.datetime:

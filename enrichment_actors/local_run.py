@@ -14,8 +14,9 @@ Procfile's ``dramatiq`` is found without activating anything) and then:
   ``OVERPASS_CONTACT=local-run@localhost`` unless set: nothing reaches a
   public server unless you name it;
 - prints where everything is and the ``enrichment`` commands to try;
-- runs ``honcho start`` on the Procfile until Ctrl-C (or SIGTERM), then stops
-  what it started.
+- runs ``honcho start`` on the Procfile until Ctrl-C (or SIGTERM): the
+  workers then finish what they hold (one SIGTERM each, as a dyno's
+  shutdown should be; :func:`run_procfile`), then it stops what it started.
 
 Every other setting is the product's (``enrichment_actors.settings``), read
 from the environment as usual: ``WORKER_PROCESSES=1 make run`` works too.
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from middleware.redaction import redact_url
@@ -103,26 +104,92 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, n
 
 
 def run_procfile(env: Mapping[str, str], procfile: str = "Procfile") -> int:
-    """``honcho start -f PROCFILE`` until it ends; a Ctrl-C or SIGTERM here is passed on to honcho once.
+    """``honcho start -f PROCFILE`` until it ends; a Ctrl-C or SIGTERM here drains the workers.
 
-    honcho runs in a process group of its own: a terminal's Ctrl-C would
-    otherwise reach every worker process directly as well as through honcho's
-    SIGTERM, and Dramatiq takes a second signal as "kill now".
+    honcho runs in a process group of its own, so that a terminal's Ctrl-C
+    does not reach every worker process directly. And it is not told either:
+    honcho sends SIGTERM to each process's whole group, so each Dramatiq worker
+    process would get it twice (once more from Dramatiq's main process) and
+    take the second as "kill now". The first Ctrl-C sends one SIGTERM to each
+    ``dramatiq`` command only (:func:`drain`): its main process passes it on
+    once, the workers finish what they hold within the shutdown timeout, and
+    when they are gone honcho stops the rest. A second Ctrl-C stops everything
+    at once, through honcho.
     """
     honcho = Path(env["PATH"].split(os.pathsep)[0]) / "honcho"
     command = [str(honcho if honcho.exists() else "honcho"), "start", "-f", procfile]
     proc = subprocess.Popen(command, env=dict(env), process_group=0)
+    draining = False
 
-    def forward(signum: int, frame: object) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signum)
+    def stop(signum: int, frame: object) -> None:
+        nonlocal draining
+        if proc.poll() is not None:
+            return
+        if not draining and drain(proc.pid):
+            draining = True
+            print(
+                "local run: the workers finish what they hold, then stop (Ctrl-C again: at once).", flush=True
+            )
+            return
+        proc.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def drain(honcho_pid: int) -> list[int]:
+    """Send one SIGTERM to each ``dramatiq`` command honcho runs (not to its worker processes); their PIDs.
+
+    honcho starts each Procfile line as ``sh -c LINE`` in a session of its
+    own: the command is the session leader, or the shell's child.
+    """
+    tree = _process_tree()
+    signalled = []
+    for pid in _descendants(tree, honcho_pid):
+        parent, argv = tree[pid]
+        # The program (``dramatiq``, or ``python .../dramatiq``), not a shell running it: argv[0] or argv[1].
+        runs_dramatiq = any(Path(arg).name == "dramatiq" for arg in argv[:2])
+        # The command honcho started, not one of its worker processes (their parent leads no session).
+        command = _session_of(pid) == pid or _session_of(parent) == parent
+        if runs_dramatiq and command:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                signalled.append(pid)
+    return signalled
+
+
+def _process_tree() -> dict[int, tuple[int, list[str]]]:
+    """PID -> (parent PID, argv) of every live process."""
+    tree = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        tree[int(stat.parent.name)] = (int(fields[1]), argv)
+    return tree
+
+
+def _descendants(tree: Mapping[int, tuple[int, list[str]]], root: int) -> list[int]:
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in tree.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def main() -> int:
@@ -154,7 +221,7 @@ def main() -> int:
             f"  export {exports}\n"
             f"  .venv/bin/enrichment enqueue --bbox {EXAMPLE_BOX} --tag amenity\n"
             "  .venv/bin/enrichment status\n"
-            "local run: Ctrl-C stops the workers, then what this run started.",
+            "local run: Ctrl-C lets the workers finish what they hold, then stops what this run started.",
             flush=True,
         )
         return run_procfile(env)

@@ -22,12 +22,14 @@ other endpoint would spread one user's load over several servers, which the
 rules forbid.
 
 Each endpoint has a name (its ``host[:port]``) and one policy name shared by
-its quota, permits, breaker, pause and pacing. The first endpoint's policy
-is ``overpass``, the name the product used before it could have several: a
-single-endpoint deployment keeps its state in Redis and its metric labels,
-the actors' options name it as before (the default when no router chose),
-and adding a second server keeps the first one's budget. Each other
-endpoint's policy is ``overpass@HOST[:PORT]``.
+its quota, permits, breaker, pause and pacing: ``overpass@HOST[:PORT]``
+(:func:`policy_name`). State is keyed by the endpoint, so a server's budget
+is its own whatever else was configured before it: 24 calls to a private
+server never show as used on overpass-api.de. Releases before named the
+first endpoint's policy ``overpass`` (:data:`LEGACY_POLICY`); a worker that
+starts carries today's quota counters over from it
+(:func:`enrichment_actors.startup.carry_over_quota`), so an upgrade does not
+reset the day's budget.
 
 Everything here is pure: :func:`resolve_endpoints` turns setting values into
 :class:`Endpoint` rows, or raises :class:`EndpointError` saying what to change.
@@ -37,15 +39,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
 from middleware.policy.quota import QuotaPolicy
 
-#: The policy name of the only endpoint (and the prefix of each name when there are several).
+#: The route of the Overpass actors (the router picks one of its endpoints), and the prefix of each policy name.
 OVERPASS = "overpass"
+#: The first endpoint's policy name in releases before policies were named by their endpoint.
+LEGACY_POLICY = OVERPASS
 
 #: The rule a public instance among several endpoints breaks (drolbr/Overpass-API issue 791).
 ONE_USER_ONE_SCRIPT = (
@@ -109,7 +113,7 @@ class Endpoint:
       >>> (endpoint,) = resolve_endpoints(EndpointSettings(urls=("https://overpass-api.de/api/interpreter",),
       ...     contact="ops@example.org"))
       >>> endpoint.name, endpoint.policy, endpoint.profile.value, endpoint.permits
-      ('overpass-api.de', 'overpass', 'public', 1)
+      ('overpass-api.de', 'overpass@overpass-api.de', 'public', 1)
 
     Parameters:
       name: ``host[:port]`` of the URL (no credentials): how people name it
@@ -201,6 +205,16 @@ def endpoint_name(url: str) -> str:
     return host if parts.port is None else f"{host}:{parts.port}"
 
 
+def policy_name(name: str) -> str:
+    """The policy name of the endpoint named ``name`` (its ``host[:port]``): its state's key, its metric label.
+
+    Examples:
+      >>> policy_name("overpass-api.de"), policy_name("10.0.0.5:8080")
+      ('overpass@overpass-api.de', 'overpass@10.0.0.5:8080')
+    """
+    return f"{OVERPASS}@{name}"
+
+
 def profile_of(url: str, setting: str = "auto") -> Profile:
     """The profile of ``url`` under ``OVERPASS_PROFILE=setting``: public if listed or forced, else private."""
     if setting == Profile.PUBLIC or listed_instance(urlsplit(url).hostname or "") is not None:
@@ -238,9 +252,9 @@ def resolve_endpoints(settings: EndpointSettings) -> tuple[Endpoint, ...]:
             "own servers (and leave OVERPASS_PROFILE at auto)."
         )
     endpoints = []
-    for index, (url, name, profile) in enumerate(zip(s.urls, names, profiles, strict=True)):
+    for url, name, profile in zip(s.urls, names, profiles, strict=True):
         listed = listed_instance(urlsplit(url).hostname or "") is not None
-        policy = OVERPASS if index == 0 else f"{OVERPASS}@{name}"
+        policy = policy_name(name)
         if profile is Profile.PUBLIC:
             endpoints.append(_public(s, url, name, policy, listed))
         else:
@@ -375,6 +389,39 @@ def describe(endpoints: Sequence[Endpoint]) -> str:
             f"{e.quota_server_s:g} server seconds per {e.quota_window_s} s"
         )
     return "\n".join(lines)
+
+
+def overridden(endpoint: Endpoint, settings: EndpointSettings, given: Collection[str]) -> list[str]:
+    """The user's settings (``given``: the variables set) that ``endpoint``'s profile does not keep, and why.
+
+    Examples:
+      >>> s = EndpointSettings(urls=("https://overpass-api.de/api/interpreter",), contact="ops@example.org",
+      ...     permits=4, quota_requests=50_000)
+      >>> overridden(resolve_endpoints(s)[0], s, {"SEMAPHORE_PERMITS", "QUOTA_REQUESTS"})
+      ['SEMAPHORE_PERMITS=4 (public: 1; only OVERPASS_PUBLIC_PERMITS_OVERRIDE raises it)', 'QUOTA_REQUESTS=50000 (public: at most 10,000)']
+    """
+    if not endpoint.public:
+        return []
+    e, s = endpoint, settings
+    checks = (
+        ("SEMAPHORE_PERMITS", s.permits, e.permits, "; only OVERPASS_PUBLIC_PERMITS_OVERRIDE raises it"),
+        ("QUOTA_REQUESTS", s.quota_requests, e.quota_requests, ""),
+        ("QUOTA_BYTES", s.quota_bytes, e.quota_bytes, ""),
+        ("QUOTA_WINDOW_S", s.quota_window_s, e.quota_window_s, " s: a UTC day"),
+        ("PACING_BURST", s.pacing_burst, e.pacing_burst, ""),
+        ("PACING_INTERVAL_S", s.pacing_interval_s, e.pacing_interval_s, " s: PACING_MIN_INTERVAL_S at least"),
+    )
+    found = []
+    for name, asked, kept, why in checks:
+        if name not in given or asked == kept:
+            continue
+        if name in ("QUOTA_REQUESTS", "QUOTA_BYTES"):
+            found.append(f"{name}={asked} (public: at most {_limit(int(kept))})")
+        elif name == "PACING_INTERVAL_S" and not asked:
+            continue  # 0: the spread budget, as asked
+        else:
+            found.append(f"{name}={asked:g} (public: {kept:g}{why})")
+    return found
 
 
 def _limit(value: int) -> str:

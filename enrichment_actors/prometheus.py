@@ -2,7 +2,7 @@
 
 :class:`EnrichmentPrometheus` subclasses Dramatiq's ``Prometheus`` middleware.
 Each worker process of ``dramatiq --processes N`` writes its counters to
-multiprocess files in ``dramatiq_prom_db`` (cleared once per CLI start); one
+multiprocess files in ``dramatiq_prom_db`` (those of dead processes cleared once per CLI start); one
 exposition process, forked by the CLI, serves their sum on
 ``dramatiq_prom_host:dramatiq_prom_port`` (default ``0.0.0.0:9191``),
 together with gauges that :class:`FleetCollector` reads from the shared
@@ -301,12 +301,13 @@ def launcher_identity() -> str:
 
 
 def claim_directory(directory: str, owner: str) -> bool:
-    """Delete the multiprocess files of an earlier run from ``directory``, once per ``owner``.
+    """Delete the multiprocess files of dead processes from ``directory``, once per ``owner``.
 
     Every worker process of one CLI start calls this at boot with the same
     owner; the first (under a file lock) clears and records the owner, the
     others find it recorded and leave the files that the first may already
-    be writing. Returns whether this call cleared.
+    be writing. Only files whose process is gone are deleted: another fleet
+    running on this host keeps its live counters. Returns whether this call cleared.
     """
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
@@ -318,13 +319,27 @@ def claim_directory(directory: str, owner: str) -> bool:
                 return False
         except FileNotFoundError:
             pass
-        stale = list(path.glob("*.db"))
+        stale = [file for file in path.glob("*.db") if not _writer_alive(file)]
         for file in stale:
             file.unlink(missing_ok=True)
         marker.write_text(owner)
         if stale:
             logger.info("Deleted %d metrics files of an earlier run from %s.", len(stale), directory)
         return True
+
+
+def _writer_alive(file: Path) -> bool:
+    """Whether the process that writes ``file`` (``prometheus_client`` names it ``<kind>_<pid>.db``) runs."""
+    pid = file.stem.rsplit("_", 1)[-1]
+    if not pid.isdigit():
+        return True  # not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _enter_multiprocess_mode(directory: str) -> None:

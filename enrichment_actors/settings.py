@@ -445,6 +445,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "while its call is still in flight."
         )
     contact = raw["OVERPASS_CONTACT"]
+    _check_contact(contact)
     # Without a contact (a private endpoint may do without) the User-Agent names
     # the product only: no placeholder every such deployment would share.
     user_agent = raw["OVERPASS_USER_AGENT"] or (
@@ -584,6 +585,29 @@ def _check_sendable(user_agent: str, raw: Mapping[str, str]) -> None:
             f"{source}={cut(ascii(raw[source]), 80)} cannot be sent in the User-Agent header: use printable "
             "ASCII only, no line breaks (an e-mail address or URL; a domain in its xn-- form)."
         )
+
+
+def _check_contact(contact: str) -> None:
+    """Refuse a contact that says nothing of how to reach whoever runs this (``me``); empty is judged later."""
+    if contact and not _identifies(contact):
+        raise SettingsError(
+            f"OVERPASS_CONTACT={cut(ascii(contact), 80)} does not say how to reach you: give an e-mail "
+            "address (ops@example.org) or a URL (https://example.org/contact); the Overpass operators "
+            "block clients they cannot identify."
+        )
+
+
+def _identifies(contact: str) -> bool:
+    """Whether ``contact`` is an e-mail address or an http(s) URL: something that says who to reach.
+
+    Examples:
+      >>> [_identifies(c) for c in ("ops@example.org", "https://example.org/contact", "me", "@", "http://")]
+      [True, True, False, False, False]
+    """
+    if contact.lower().startswith(("http://", "https://")):
+        return bool(urlsplit(contact).hostname)
+    local, at, domain = contact.rpartition("@")
+    return bool(at and local and domain) and not any(c.isspace() for c in contact)
 
 
 def _whole_tiles(degrees: float) -> bool:

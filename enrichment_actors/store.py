@@ -211,12 +211,14 @@ class PoiStore:
                 self.ledger.note_elements(answer, kept)
             failpoint("store.chunk_written")
 
-        self._in_transaction(work, f"store {len(pois)} POIs")
+        self._in_transaction(work, f"store {len(pois)} POIs", fetched=True)
         return len(pois)
 
     def finish_answer(self, answer: Answer, *, gone: Sequence[tuple[str, int]] = ()) -> int:
         """Every chunk of ``answer`` is stored: update the ledger, delete what left; POIs deleted."""
-        return self._in_transaction(lambda: self.ledger.finish(answer, gone=gone), "finish an answer")
+        return self._in_transaction(
+            lambda: self.ledger.finish(answer, gone=gone), "finish an answer", fetched=True
+        )
 
     def tile_bases(self, tagset: str, tiles: Sequence[str]) -> dict[str, str | None]:
         """The ``timestamp_osm_base`` each of ``tiles`` was last fetched at (those the ledger holds)."""
@@ -240,8 +242,11 @@ class PoiStore:
             return self.database.atomic(lock_type="IMMEDIATE")
         return self.database.atomic()
 
-    def _in_transaction(self, work: Callable[[], T], what: str) -> T:
-        """``work()`` in one transaction; a database error becomes a :class:`PersistenceError` without secrets."""
+    def _in_transaction(self, work: Callable[[], T], what: str, *, fetched: bool = False) -> T:
+        """``work()`` in one transaction; a database error becomes a :class:`PersistenceError` without secrets.
+
+        ``fetched``: the work stores what a call fetched (then the message says it is kept staged).
+        """
         try:
             self.ensure_schema()
             for attempt in range(1, _TRANSACTION_ATTEMPTS + 1):
@@ -271,9 +276,12 @@ class PoiStore:
                     "points at it."
                 )
             else:
-                error = PersistenceError(
-                    f"{where} The fetched POIs are kept staged and retried; check DATABASE_URL and the server."
+                then = (
+                    "The fetched POIs are kept staged and retried"
+                    if fetched
+                    else "Nothing was fetched: the job is retried"
                 )
+                error = PersistenceError(f"{where} {then}; check DATABASE_URL and the server.")
             raise error from (exc if reason == cause else None)
 
     def _insert_many(

@@ -7,15 +7,25 @@ Run workers with::
 Importing this module builds the broker and its middleware from the
 environment (:mod:`enrichment_actors.settings`), makes it Dramatiq's global
 broker (which the CLI takes right after the import) and declares the
-actors. Nothing else in the package does that at import time: the stand-in
+actors. An unusable setting ends the process with one line,
+``SettingsError: ...``, on stderr. Nothing else in the package does that at import time: the stand-in
 server and the ``enrichment`` tools import without reading a setting.
 """
 
 from __future__ import annotations
 
-# The actors module builds the runtime (broker, middleware) before it declares them.
-from .actors import enrich, fetch_pois, store_pois
-from .runtime import runtime
+import sys
+
+from .settings import SettingsError
+
+try:
+    # The actors module builds the runtime (broker, middleware) before it declares them.
+    from .actors import enrich, fetch_pois, store_pois
+    from .runtime import runtime
+except SettingsError as exc:
+    # A setting to fix: one line per worker process, not a traceback through the import machinery.
+    print(f"SettingsError: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 broker = runtime.broker
 

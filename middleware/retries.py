@@ -33,6 +33,8 @@ from .policy.clock import Clock, SystemClock
 from .policy.parking import ParkingLot
 from .redaction import redact_url
 
+#: While the backend stays unreachable, the releaser says so once, then at most this often (per process).
+UNREACHABLE_LOG_EVERY_S = 60.0
 #: Message option counting deferrals (retries are counted in ``retries``).
 DEFERRALS = "deferrals"
 #: The most of an error's text a message keeps (``last_error``) and of each line of its ``traceback``:
@@ -317,12 +319,49 @@ class Retries(StockRetries):
             self._releaser = None
 
     def _release_loop(self, broker: Broker) -> None:
+        outage = _OutageLog(self.logger, "Parked messages wait", every_s=UNREACHABLE_LOG_EVERY_S)
         while not self._stop.wait(self.poll_interval_s * self.rng.uniform(0.5, 1.0)):
             try:
                 while self.release_due(broker) and not self._stop.is_set():
                     pass
+                outage.over()
             except BackendUnavailable as exc:
-                self.logger.warning("Parked messages wait: %s", exc)
+                outage.failed(exc)
             except Exception:
                 self.logger.exception("Releasing parked messages failed; trying again shortly.")
                 time.sleep(self.poll_interval_s)
+
+
+class _OutageLog:
+    """Logs an outage once when it starts, then at most every ``every_s`` while it lasts, and its end.
+
+    A loop that polls four times a second would otherwise log four warnings a
+    second per process for as long as the backend is away.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, *, every_s: float) -> None:
+        self.logger = logger
+        self.what = what
+        self.every_s = every_s
+        self._since: float | None = None
+        self._logged_at = 0.0
+        self._failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._failures += 1
+        if self._since is None:
+            self._since = self._logged_at = now
+            self.logger.warning("%s: %s", self.what, exc)
+        elif now - self._logged_at >= self.every_s:
+            self._logged_at = now
+            self.logger.warning(
+                "%s: still unreachable after %.0f s (%d attempts): %s", self.what, now - self._since,
+                self._failures, exc,
+            )  # fmt: skip
+
+    def over(self) -> None:
+        if self._since is not None:
+            self.logger.info("%s no longer: the backend is reachable again.", self.what)
+            self._since = None
+            self._failures = 0

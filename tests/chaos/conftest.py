@@ -29,6 +29,13 @@ class Chaos:
     stub: StubOverpass
     fleets: list[WorkerProcesses] = field(default_factory=list)
 
+    @property
+    def policy(self) -> str:
+        """The policy name of the stand-in server's endpoint: the workers' quota, permits and breaker."""
+        from enrichment_actors.overpass_endpoints import endpoint_name, policy_name
+
+        return policy_name(endpoint_name(self.stub.interpreter_url))
+
     def env(self, **settings: Any) -> dict[str, str]:
         return {
             **FAST_SETTINGS,

@@ -273,7 +273,7 @@ class Scenario:
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
         # Reading a window never refuses: the limits given here do not matter.
-        usage = QuotaPolicy("overpass", QuotaLimits(requests=-1, window_s=window_s), backend).usage()
+        usage = QuotaPolicy(self.chaos.policy, QuotaLimits(requests=-1, window_s=window_s), backend).usage()
         return usage.requests_used, usage.bytes_used, usage.cost_used / MS_PER_S
 
     def dead_letter_reasons(self, dead: dict[int, str]) -> dict[str, str]:

@@ -113,7 +113,7 @@ def test_workers_killed_mid_call_lose_no_job_and_give_their_permits_back(chaos: 
     )
     backend = RedisBackend.from_url(chaos.redis_url, namespace="enrichment")
     permits_back = eventually(
-        lambda: backend.lease_count("semaphore:overpass") == 0,
+        lambda: backend.lease_count(f"semaphore:{chaos.policy}") == 0,
         timeout_s=lease_s + 1,
         message="every permit back",
     )
@@ -346,7 +346,7 @@ def test_redis_and_postgresql_restarts_lose_no_job_and_no_call_goes_uncounted(ch
         )
         time.sleep(0.5)
         backend = RedisBackend.from_url(redis_server.url, namespace="enrichment")
-        counted = QuotaPolicy("overpass", QuotaLimits(requests=10_000), backend).usage().requests_used
+        counted = QuotaPolicy(chaos.policy, QuotaLimits(requests=10_000), backend).usage().requests_used
         calls = chaos.stub.stats().calls
         client = redis.Redis.from_url(redis_server.url)
         held = sum(client.scard(key) for key in client.scan_iter("dramatiq:__acks__.*"))

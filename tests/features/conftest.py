@@ -46,6 +46,25 @@ class World:
             return [dramatiq.Message.decode(raw) for raw in rabbitmq.dead_letters(self.rabbit.url, QUEUE)]
         return dead_letters(self.redis_url)
 
+    @property
+    def policy(self) -> str:
+        """The policy name of the stand-in server's endpoint (its quota, permits, breaker; metric label)."""
+        from enrichment_actors.overpass_endpoints import endpoint_name, policy_name
+
+        assert self.stub is not None, "start the stand-in server first"
+        return policy_name(endpoint_name(self.stub.interpreter_url))
+
+    def fleet(self, app: Any) -> Any:
+        """A runtime with the workers' settings on the app's backend: the workers' policies, to read their state."""
+        import os
+
+        from enrichment_actors.runtime import build_runtime
+        from enrichment_actors.settings import load_settings
+        from tests.support.workers import FAST_SETTINGS
+
+        settings = load_settings({**os.environ, **FAST_SETTINGS, **self.worker_env(), "BROKER": "stub"})
+        return build_runtime(settings, backend=app.runtime.backend)
+
     def worker_env(self) -> dict[str, str]:
         assert self.stub is not None, "start the stand-in server first"
         database_url = self.database_url

@@ -178,3 +178,13 @@ def all_stopped(local_run: LocalRun) -> None:
 
     eventually(redis_gone, timeout_s=20, message=f"its redis-server on port {redis_port} stopped")
     print(local_run.text()[-600:], flush=True)
+
+
+@then("the workers finished what they held rather than being killed")
+def drained(local_run: LocalRun) -> None:
+    text = local_run.text()
+    # One SIGTERM each (Dramatiq takes a second as "kill now"), as Heroku and honcho users expect.
+    assert "Killing worker process" not in text, text[-3000:]
+    assert "Worker has been shut down." in text, text[-3000:]
+    assert "worker.1 stopped (rc=0)" in text, text[-3000:]  # not ended by a signal
+    assert "the workers finish what they hold" in text

@@ -9,7 +9,6 @@ from pytest_bdd import scenarios, then
 from enrichment_actors import metrics as m
 from enrichment_actors.overpass_client import OverpassClient
 from enrichment_actors.overpass_responses import OverpassError
-from enrichment_actors.runtime import OVERPASS
 from enrichment_actors.stub_overpass import StubOverpass
 from middleware.policy.breaker import BreakerStatus
 from tests.features.conftest import QUEUE, World, scrape_workers
@@ -142,7 +141,7 @@ def pois_and_bytes(world: World) -> None:
 @then("the fleet gauges show the breaker closed and the quota charged 10 requests and every byte received")
 def fleet_gauges(world: World) -> None:
     found = scrape_workers(world)
-    policy = OVERPASS
+    policy = world.policy
     assert found.value(m.STATE_BACKEND_UP.name) == 1
     assert found.value(m.BREAKER_STATE.name, **{m.POLICY: policy, m.STATE: BreakerStatus.CLOSED.value}) == 1
     assert found.value(m.BREAKER_STATE.name, **{m.POLICY: policy, m.STATE: BreakerStatus.OPEN.value}) == 0

@@ -100,7 +100,7 @@ def call_in_flight(world: World) -> None:
 @when("I kill -9 the worker process making it")
 def kill_worker(world: World, app: Any) -> None:
     workers = world.workers[-1]
-    assert app.runtime.semaphore.policies["overpass"].in_use() == 1
+    assert world.fleet(app).semaphore.policies[world.policy].in_use() == 1
     workers.kill_worker()
     world.killed_at = time.monotonic()  # type: ignore[attr-defined]
     assert workers.proc is not None
@@ -115,7 +115,7 @@ def restart_workers(world: World) -> None:
 
 @then(parsers.parse("the permit is free again within {seconds:d} seconds"))
 def permit_free(world: World, app: Any, seconds: int) -> None:
-    semaphore = app.runtime.semaphore.policies["overpass"]
+    semaphore = world.fleet(app).semaphore.policies[world.policy]
     eventually(lambda: semaphore.in_use() == 0, timeout_s=seconds, message="the permit back")
     assert time.monotonic() - world.killed_at <= seconds  # type: ignore[attr-defined]
 
@@ -141,13 +141,13 @@ def second_call_later(world: World, seconds: int) -> None:
 
 
 @then(parsers.parse("the fleet's permits in effect are {count:d}"))
-def permits_in_effect(app: Any, count: int) -> None:
-    assert app.runtime.semaphore.policies["overpass"].effective_permits() == count
+def permits_in_effect(world: World, app: Any, count: int) -> None:
+    assert world.fleet(app).semaphore.policies[world.policy].effective_permits() == count
 
 
 @then(parsers.parse("the circuit breaker is {status}"))
-def breaker_status(app: Any, status: str) -> None:
-    assert app.runtime.breaker.policies["overpass"].state().status is BreakerStatus(status)
+def breaker_status(world: World, app: Any, status: str) -> None:
+    assert world.fleet(app).breaker.policies[world.policy].state().status is BreakerStatus(status)
 
 
 @then("the first call after the failures ran alone")
@@ -186,7 +186,7 @@ def quota_used(world: World, app: Any, count: int) -> None:
     limits = QuotaLimits(
         requests=int(world.settings["QUOTA_REQUESTS"]), window_s=int(world.settings["QUOTA_WINDOW_S"])
     )
-    assert QuotaPolicy("overpass", limits, app.runtime.backend).usage().requests_used == count
+    assert QuotaPolicy(world.policy, limits, app.runtime.backend).usage().requests_used == count
 
 
 def counted(world: World, outcome: str) -> float:

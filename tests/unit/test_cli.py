@@ -42,32 +42,32 @@ def test_enqueue_sends_one_enrich_message(capsys: pytest.CaptureFixture[str], re
 
 def test_status_reads_the_shared_state(capsys: pytest.CaptureFixture[str], redis_client: Any) -> None:
     from enrichment_actors import runtime
-    from enrichment_actors.runtime import OVERPASS
 
-    runtime.quota.policies[OVERPASS].admit()
-    runtime.semaphore.policies[OVERPASS].try_acquire("someone")
+    policy = runtime.endpoint().policy
+    runtime.quota.policies[policy].admit()
+    runtime.semaphore.policies[policy].try_acquire("someone")
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "requests  1 used, 9999 left of 10000" in out
-    assert "breaker 'overpass'  closed (0 consecutive failures)" in out
+    assert "breaker 'overpass@127.0.0.1:9'  closed (0 consecutive failures)" in out
     assert "1 of 2 permits in use" in out
     assert "parked jobs  0" in out
     # Each endpoint, its profile, and its pause and pacing (the tests' stand-in is private: not paced).
-    assert "endpoint 127.0.0.1:9  private, policy 'overpass'" in out
-    assert "pause 'overpass'  not paused" in out
-    assert "pacing 'overpass'  off" in out
+    assert "endpoint 127.0.0.1:9  private, policy 'overpass@127.0.0.1:9'" in out
+    assert "pause 'overpass@127.0.0.1:9'  not paused" in out
+    assert "pacing 'overpass@127.0.0.1:9'  off" in out
 
 
 def _held(runtime: Any) -> None:
-    runtime.pause.policies["overpass"].hold("user_agent_rejected", "fp")
+    runtime.pause.policies["overpass@overpass-api.de"].hold("user_agent_rejected", "fp")
 
 
 def _paused(runtime: Any) -> None:
-    runtime.pause.policies["overpass"].pause(45.0, "rate_limited")
+    runtime.pause.policies["overpass@overpass-api.de"].pause(45.0, "rate_limited")
 
 
 def _paced(runtime: Any) -> None:
-    runtime.pacing.policies["overpass"].reserve()
+    runtime.pacing.policies["overpass@overpass-api.de"].reserve()
 
 
 def _second_open(runtime: Any) -> None:
@@ -88,13 +88,13 @@ TWO = {"OVERPASS_URL": "http://a.example/api/interpreter,http://b.example/api/in
             None,
             0,
             [
-                "endpoint overpass-api.de  public (a known public instance), policy 'overpass'",
+                "endpoint overpass-api.de  public (a known public instance), policy 'overpass@overpass-api.de'",
                 "limits    1 in flight, paced to last the day (at least 1 s apart), 10,000 requests, "
                 "1,000,000,000 bytes and 300 server seconds per 86400 s",
                 "server    0 s used, 300 s left of 300 s, 2 s a call (about 150 calls left)",
                 "1 permits in use",
                 # The server time binds: 300 s at the 2 s prior is 150 calls over the 57,600 s left of the day.
-                "pacing 'overpass'  one call every 384.00 s",
+                "pacing 'overpass@overpass-api.de'  one call every 384.00 s",
             ],
         ),
         (
@@ -103,7 +103,7 @@ TWO = {"OVERPASS_URL": "http://a.example/api/interpreter,http://b.example/api/in
             0,
             ["overpass-api.de HELD (user_agent_rejected)", "enrichment release-hold overpass-api.de"],
         ),
-        (PUBLIC, _paused, 0, ["pause 'overpass'  paused until", "(45 s left, rate_limited)"]),
+        (PUBLIC, _paused, 0, ["pause 'overpass@overpass-api.de'  paused until", "(45 s left, rate_limited)"]),
         (
             {**PUBLIC, "PACING_INTERVAL_S": "20"},
             _paced,
@@ -201,3 +201,25 @@ def test_an_unreachable_redis_is_one_clear_line_without_the_password(
     assert "Redis at redis://:***@127.0.0.1:" in lines[0] and "cannot be reached" in lines[0]
     assert "Check that the server is running" in lines[0]
     assert "s3cret" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_status_into_a_reader_that_stops_early_is_no_error(
+    unbuffered: str, redis_url: str, redis_client: Any
+) -> None:
+    """``enrichment status | head -5``: the reader closes the pipe; Redis is up, nothing to report."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("enrichment")), "status"],
+            env={**env, "REDIS_URL": redis_url}, stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

@@ -128,7 +128,7 @@ def test_coverage_shows_each_covered_tile_and_counts_the_others(
     assert "osm_base 2026-01-01T00:00:00Z  3 POIs  1.00 calls" in lines[0]
     assert lines[1].startswith(f"{TILES[3]}  48.86,2.3,48.88,2.32  amenity  fetched 3 d ago (stale)")
     assert "2 POIs  0.50 calls" in lines[1]
-    assert lines[2] == "2 of 4 tiles covered, 1 fresh, 5 POIs, 1.50 calls spent"
+    assert lines[2] == f"2 of 4 tiles covered, 1 fresh, 5 POIs, 1.50 calls spent, in {database}"
 
 
 def test_coverage_tags_shows_only_that_normalised_tag_set(
@@ -143,13 +143,32 @@ def test_coverage_tags_shows_only_that_normalised_tag_set(
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 2, done.stdout
     assert lines[0].startswith(f"{TILES[1]}  ") and "  shop  " in lines[0]
-    assert lines[1] == "1 of 4 tiles covered, 1 fresh, 4 POIs, 1.00 calls spent"
+    assert lines[1] == f"1 of 4 tiles covered, 1 fresh, 4 POIs, 1.00 calls spent, in {database}"
 
 
-def test_coverage_of_an_empty_ledger_south_and_west(database: str, tmp_path: Path) -> None:
+def test_coverage_of_an_empty_ledger_south_and_west(store: PoiStore, database: str, tmp_path: Path) -> None:
     done, _ = _cli(database, tmp_path, "coverage", "--bbox", "-34.61,-58.39,-34.60,-58.38")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines() == ["0 of 1 tiles covered, 0 fresh, 0 POIs, 0.00 calls spent"]
+    assert done.stdout.strip().splitlines() == [
+        f"0 of 1 tiles covered, 0 fresh, 0 POIs, 0.00 calls spent, in {database}"
+    ]
+
+
+def test_coverage_from_another_directory_names_the_database_and_creates_none(tmp_path: Path) -> None:
+    """The default ``sqlite:///enrichment.sqlite3`` is relative: run elsewhere, there is no such file."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "enrichment_actors.cli", "coverage", "--bbox", BOX],
+        cwd=elsewhere, env=_env("sqlite:///enrichment.sqlite3"), capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"there is no database at {elsewhere / 'enrichment.sqlite3'}" in lines[0]
+    assert "DATABASE_URL=sqlite:///enrichment.sqlite3" in lines[0]
+    assert list(elsewhere.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ def test_the_demo_runs_end_to_end_with_nothing_configured(tmp_path: Path) -> Non
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"REDIS_URL", "DATABASE_URL", "OVERPASS_URL", "BROKER", "STATE_BACKEND"}
+        if k
+        not in {"REDIS_URL", "DATABASE_URL", "OVERPASS_URL", "BROKER", "STATE_BACKEND", "ENRICH_COVERAGE"}
     }
     done = subprocess.run(
         [sys.executable, "-m", "enrichment_actors.cli", "demo"],
@@ -28,6 +29,16 @@ def test_the_demo_runs_end_to_end_with_nothing_configured(tmp_path: Path) -> Non
     stored = re.search(r"POIs stored\s+: (\d+)", summary)
     assert stored and int(stored.group(1)) > 0
     assert (tmp_path / "var" / "demo.sqlite3").is_file()
+
+    # Run again, as the README says: no call, every tile fresh, and that is a success.
+    again = subprocess.run(
+        [sys.executable, "-m", "enrichment_actors.cli", "demo"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "jobs by final outcome : fresh 6, invalid_request 1" in again.stdout
+    assert "Overpass calls made   : 0 (stand-in server)" in again.stdout
+    assert "every tile was fresh: no call made" in again.stdout
 
 
 def test_the_demo_shows_no_password(tmp_path: Path, postgres_url: str) -> None:

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from enrichment_actors.overpass_endpoints import (
-    OVERPASS,
     PUBLIC_INSTANCES,
     SERVER_S_PRIOR,
     EndpointError,
@@ -16,6 +15,7 @@ from enrichment_actors.overpass_endpoints import (
     budget_spread,
     endpoint_name,
     listed_instance,
+    overridden,
     profile_of,
     require_contact,
     resolve_endpoints,
@@ -170,7 +170,7 @@ LIMITS: list[tuple[dict[str, Any], dict[str, Any]]] = [
 def test_each_profile_has_its_limits(settings: dict[str, Any], expected: dict[str, Any]) -> None:
     (endpoint,) = resolve_endpoints(EndpointSettings(**settings))
     assert {field: getattr(endpoint, field) for field in expected} == expected
-    assert endpoint.policy == OVERPASS  # the only endpoint keeps the old policy name (state, labels, actors)
+    assert endpoint.policy == f"overpass@{endpoint.name}"  # state keyed by the endpoint, not the route
 
 
 def test_several_private_endpoints_each_have_a_policy_of_their_own() -> None:
@@ -181,7 +181,7 @@ def test_several_private_endpoints_each_have_a_policy_of_their_own() -> None:
     )
     endpoints = resolve_endpoints(EndpointSettings(urls=urls, permits=3))
     assert [(e.name, e.policy, e.profile, e.permits) for e in endpoints] == [
-        ("a.example", OVERPASS, Profile.PRIVATE, 3),  # the first keeps "overpass": its state carries over
+        ("a.example", "overpass@a.example", Profile.PRIVATE, 3),
         ("b.example:8080", "overpass@b.example:8080", Profile.PRIVATE, 3),
         ("c.example", "overpass@c.example", Profile.PRIVATE, 3),
     ]
@@ -270,9 +270,12 @@ def public_pacing(clock: ManualClock) -> tuple[QuotaPolicy, PacingPolicy]:
         cost=round(endpoint.quota_server_s * 1000),
         cost_prior=round(SERVER_S_PRIOR * 1000),
     )
-    quota = QuotaPolicy(OVERPASS, limits, backend)
+    quota = QuotaPolicy(endpoint.policy, limits, backend)
     pacing = PacingPolicy(
-        OVERPASS, PacingLimits(endpoint.pacing_interval_s), backend, interval=budget_spread(quota, endpoint)
+        endpoint.policy,
+        PacingLimits(endpoint.pacing_interval_s),
+        backend,
+        interval=budget_spread(quota, endpoint),
     )
     return quota, pacing
 
@@ -303,3 +306,26 @@ def test_the_public_pacing_spreads_every_budget_at_its_mean_cost_over_the_rest_o
     reserved = pacing.reserve()
     assert reserved.admitted and reserved.interval_s == pytest.approx(interval)
     assert pacing.reserve().slot_at == pytest.approx(reserved.slot_at + interval)
+
+
+def test_the_start_line_names_the_users_settings_the_public_profile_overrides() -> None:
+    import doctest
+
+    import enrichment_actors.overpass_endpoints
+
+    s = EndpointSettings(
+        urls=("https://overpass-api.de/api/interpreter",), contact="ops@example.org",
+        permits=4, quota_requests=50_000, quota_bytes=500_000_000, pacing_burst=3,
+    )  # fmt: skip
+    (public,) = resolve_endpoints(s)
+    given = {"SEMAPHORE_PERMITS", "QUOTA_REQUESTS", "QUOTA_BYTES", "PACING_BURST"}
+    assert overridden(public, s, given) == [
+        "SEMAPHORE_PERMITS=4 (public: 1; only OVERPASS_PUBLIC_PERMITS_OVERRIDE raises it)",
+        "QUOTA_REQUESTS=50000 (public: at most 10,000)",
+        "PACING_BURST=3 (public: 1)",
+    ]  # a smaller byte budget is the deployment's own choice: kept
+    assert overridden(public, s, set()) == []  # the defaults are nobody's choice
+    private = EndpointSettings(urls=("http://10.0.0.5/api/interpreter",), permits=4, quota_requests=50_000)
+    assert overridden(resolve_endpoints(private)[0], private, given) == []
+    failed, attempted = doctest.testmod(enrichment_actors.overpass_endpoints, report=False)
+    assert attempted and not failed

@@ -30,7 +30,7 @@ from enrichment_actors.overpass_responses import (
     ServerProtocolError,
     ServerUnwell,
 )
-from enrichment_actors.runtime import OVERPASS, overpass_verdict, runtime
+from enrichment_actors.runtime import overpass_verdict, runtime
 from enrichment_actors.stub_overpass import StubOverpass
 from middleware.breaker import Verdict
 from middleware.deferral import Defer
@@ -160,7 +160,7 @@ def run_sibling(client: OverpassClient, results: list[Any]) -> threading.Thread:
 def test_a_timeout_beside_a_healthy_sibling_leaves_the_sibling_alone(
     fleet: None, stub: StubOverpass, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    semaphore = runtime.semaphore.policies[OVERPASS]
+    semaphore = runtime.semaphore.policies[runtime.endpoint().policy]
     sibling_permit = semaphore.try_acquire("sibling")
     own_permit = semaphore.try_acquire("this-call")
     assert sibling_permit is not None and own_permit is not None
@@ -188,7 +188,7 @@ def test_a_timeout_beside_a_healthy_sibling_leaves_the_sibling_alone(
 def test_a_timeout_of_the_only_call_in_flight_kills_its_query(
     fleet: None, stub: StubOverpass, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    semaphore = runtime.semaphore.policies[OVERPASS]
+    semaphore = runtime.semaphore.policies[runtime.endpoint().policy]
     own_permit = semaphore.try_acquire("this-call")
     assert own_permit is not None
     stub.script("stall:10")
@@ -353,7 +353,7 @@ def test_six_identical_jobs_on_a_healthy_server_all_land_and_the_circuit_stays_c
             eventually(lambda: store.count() > 0, timeout_s=20, message="POIs stored")
 
         refused = stub.stats().refused_duplicates
-    state = runtime.breaker.policies[OVERPASS].state()
+    state = runtime.breaker.policies[runtime.endpoint().policy].state()
     store.close()
 
     assert refused >= 1, "the run must have met the duplicate refusal"

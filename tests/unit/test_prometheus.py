@@ -236,15 +236,34 @@ def test_process_boot_clears_stale_files_and_writes_multiprocess_files(tmp_path:
 # --- The multiprocess directory ------------------------------------------------------------------
 
 
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_stale_files_are_cleared_once_per_cli_start(tmp_path: Path) -> None:
-    (tmp_path / "counter_111.db").write_bytes(b"an earlier run")
+    dead = _dead_pid()
+    (tmp_path / f"counter_{dead}.db").write_bytes(b"an earlier run")
     assert claim_directory(str(tmp_path), "cli-pid:start-1")
-    assert not (tmp_path / "counter_111.db").exists()
-    (tmp_path / "counter_222.db").write_bytes(b"the first worker of this run")
+    assert not (tmp_path / f"counter_{dead}.db").exists()
+    (tmp_path / f"gauge_liveall_{dead}.db").write_bytes(b"a worker of this run, gone since")
     assert not claim_directory(str(tmp_path), "cli-pid:start-1")  # the second worker of the same start
-    assert (tmp_path / "counter_222.db").exists()
+    assert (tmp_path / f"gauge_liveall_{dead}.db").exists()
     assert claim_directory(str(tmp_path), "cli-pid:start-2")  # the next CLI start
-    assert not (tmp_path / "counter_222.db").exists()
+    assert not (tmp_path / f"gauge_liveall_{dead}.db").exists()
+
+
+def test_a_second_fleet_keeps_the_live_files_of_the_first(tmp_path: Path) -> None:
+    """Two fleets on one host: the second's start deletes only files of processes that are gone."""
+    live = tmp_path / f"counter_{os.getpid()}.db"
+    live.write_bytes(b"a worker of the first fleet, still running")
+    dead = tmp_path / f"histogram_{_dead_pid()}.db"
+    dead.write_bytes(b"an earlier run")
+    assert claim_directory(str(tmp_path), "first-cli:1")
+    assert claim_directory(str(tmp_path), "second-cli:1")
+    assert live.exists()
+    assert not dead.exists()
 
 
 def test_racing_workers_clear_exactly_once(tmp_path: Path) -> None:
@@ -294,25 +313,25 @@ def test_fleet_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -
             }
         )
     )
-    quota = runtime.quota.policies[OVERPASS]
+    quota = runtime.quota.policies[runtime.endpoint().policy]
     decision = quota.admit()
     quota.admit()
     quota.record_bytes(300, decision.window_start)
-    assert runtime.semaphore.policies[OVERPASS].try_acquire("holder-1") is not None
-    breaker = runtime.breaker.policies[OVERPASS]
+    assert runtime.semaphore.policies[runtime.endpoint().policy].try_acquire("holder-1") is not None
+    breaker = runtime.breaker.policies[runtime.endpoint().policy]
     for holder in ("a", "b"):
         breaker.record(breaker.admit(holder), success=False)
     assert runtime.retries.parking is not None
     runtime.retries.parking.park("parked-1", b"payload", delay_s=3600)
     runtime.broker.declare_queue(QUEUE)
     runtime.broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="x", args=(), kwargs={}, options={}))
-    runtime.pause.policies[OVERPASS].hold("user_agent_rejected", "fingerprint-1")
+    runtime.pause.policies[runtime.endpoint().policy].hold("user_agent_rejected", "fingerprint-1")
 
     scrape = _scrape(FleetCollector(lambda: read_fleet(runtime)))
-    policy = {m.POLICY: OVERPASS}
+    policy = {m.POLICY: "overpass@127.0.0.1:9"}
     assert scrape.value(m.STATE_BACKEND_UP.name) == 1
     assert {labels: v for labels, v in scrape.series(m.BREAKER_STATE.name).items() if v} == {
-        ((m.POLICY, OVERPASS), (m.STATE, BreakerStatus.OPEN.value)): 1.0
+        ((m.POLICY, "overpass@127.0.0.1:9"), (m.STATE, BreakerStatus.OPEN.value)): 1.0
     }
     assert len(scrape.series(m.BREAKER_STATE.name)) == len(BreakerStatus)
     assert scrape.value(m.PERMITS_IN_USE.name, **policy) == 1

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from enrichment_actors.overpass_endpoints import endpoint_name
 from enrichment_actors.redis_checks import EXIT_UNSAFE_REDIS, UnsafeRedis
 from enrichment_actors.redis_topology import TopologyCheck
 from enrichment_actors.runtime import make_backend
@@ -139,6 +140,7 @@ def test_workers_keep_the_state_on_the_topology_and_the_queues_on_the_broker(
     store.close()
     window = int(state.now()) // 86_400 * 86_400
     assert (
-        state.counters_get([f"quota:overpass:{window}:requests"])[0] >= 3
+        state.counters_get([f"quota:overpass@{endpoint_name(stub.interpreter_url)}:{window}:requests"])[0]
+        >= 3
     )  # the quota counted on the topology
     assert not list(redis_client.scan_iter("enrichment:*"))  # nothing of the state on the broker's Redis

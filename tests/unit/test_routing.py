@@ -305,7 +305,7 @@ def test_one_endpoint_is_routed_without_a_read() -> None:
     def fetch() -> None: ...
 
     options = route(broker, fetch.message())
-    assert options[ENDPOINT] == "a.example" and options["quota"] == "overpass"
+    assert options[ENDPOINT] == "a.example" and options["quota"] == "overpass@a.example"
     assert fleet.reads == 0
 
 
@@ -336,7 +336,7 @@ def test_the_product_routes_first_then_pause_permit_breaker_pacing_quota() -> No
     assert order == list(kinds)
     # Each endpoint has a policy of its own in every limiting middleware, and a client of its own.
     for middleware in (runtime.pause, runtime.semaphore, runtime.breaker, runtime.pacing, runtime.quota):
-        assert sorted(middleware.policies) == ["overpass", "overpass@b.example"]
+        assert sorted(middleware.policies) == ["overpass@a.example", "overpass@b.example"]
     assert runtime.client("b.example").interpreter_url == "http://b.example/api/interpreter"
-    assert runtime.client() is runtime.client("a.example") is runtime.client("overpass")
+    assert runtime.client() is runtime.client("a.example") is runtime.client("overpass@a.example")
     assert runtime.client("overpass@b.example") is runtime.client("b.example")

@@ -33,6 +33,17 @@ def test_user_agent_names_the_contact() -> None:
     assert load_settings({"OVERPASS_USER_AGENT": "acme/1 (ops@acme)"}).user_agent == "acme/1 (ops@acme)"
 
 
+@pytest.mark.parametrize("contact", ["me", "ops", "example.org", "@example.org", "ops@", "http://"])
+def test_a_contact_that_identifies_no_one_is_refused(contact: str) -> None:
+    with pytest.raises(SettingsError, match=r"OVERPASS_CONTACT=.*e-mail address .* or a URL"):
+        load_settings({"OVERPASS_CONTACT": contact})
+
+
+@pytest.mark.parametrize("contact", ["ops@example.org", "tests@localhost", "https://example.org/contact"])
+def test_an_e_mail_address_or_a_url_identifies(contact: str) -> None:
+    assert contact in load_settings({"OVERPASS_CONTACT": contact}).user_agent
+
+
 def test_without_a_contact_the_user_agent_names_no_placeholder() -> None:
     # The old default, "(+contact: unset)", was one stock User-Agent shared by every deployment.
     user_agent = load_settings({"OVERPASS_URL": "http://10.0.0.5/api/interpreter"}).user_agent

@@ -89,3 +89,15 @@ def test_an_unreachable_database_raises_a_persistence_error() -> None:
     unreachable = PoiStore(f"postgresql://postgres@127.0.0.1:{port}/nothing")
     with pytest.raises(PersistenceError, match="DATABASE_URL"):
         unreachable.upsert(POIS)
+
+
+def test_a_refusing_database_says_nothing_was_fetched_before_a_fetch(postgres_url: str) -> None:
+    """A wrong DATABASE_URL met by the coverage read, before any call: no "fetched POIs kept staged"."""
+    refusing = PoiStore(postgres_url.rsplit("/", 1)[0] + "/no_such_database")
+    with pytest.raises(PersistenceError) as raised:
+        refusing.fresh_tiles("amenity", ["1:2"], max_age_s=60)
+    message = str(raised.value)
+    assert "Nothing was fetched: the job is retried; check DATABASE_URL" in message
+    assert "kept staged" not in message
+    with pytest.raises(PersistenceError, match="The fetched POIs are kept staged"):
+        refusing.upsert(POIS)

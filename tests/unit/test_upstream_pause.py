@@ -22,6 +22,7 @@ from enrichment_actors import actors
 from enrichment_actors.cli import main
 from enrichment_actors.jobs import InvalidJob
 from enrichment_actors.overpass_client import OverpassClient
+from enrichment_actors.overpass_endpoints import endpoint_name, policy_name
 from enrichment_actors.overpass_pause import (
     FORBIDDEN,
     USER_AGENT_REJECTED,
@@ -40,7 +41,7 @@ from enrichment_actors.overpass_responses import (
     UserAgentRejected,
     read_response,
 )
-from enrichment_actors.runtime import OVERPASS, runtime
+from enrichment_actors.runtime import runtime
 from enrichment_actors.settings import load_settings
 from enrichment_actors.stub_overpass import StubOverpass
 from middleware.admission import STATE_UNAVAILABLE
@@ -194,7 +195,7 @@ def unreachable_pause(monkeypatch: pytest.MonkeyPatch) -> PausePolicy:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     backend = RedisBackend.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout_s=0.5)
-    policy = PausePolicy(OVERPASS, PauseLimits(min_pause_s=30.0), backend)
+    policy = PausePolicy(runtime.endpoint().policy, PauseLimits(min_pause_s=30.0), backend)
     monkeypatch.setattr(actors, "_pause_policy", lambda name=None: policy)
     return policy
 
@@ -271,12 +272,19 @@ def test_a_406_holds_the_endpoint_without_a_dead_letter_and_keeps_the_backlog(
         held_logs = workers.count("is HELD for every worker")
 
     assert runtime.broker.client.hlen("dramatiq:enrichment.XQ.msgs") == 0
-    status = actors._pause_policy().status()
+    status = _pause_of(stub).status()
     assert status.held and status.hold_reason == USER_AGENT_REJECTED
     user_agent = load_settings(workers.env).user_agent
     assert status.fingerprint == settings_fingerprint(stub.interpreter_url, user_agent)
     assert held_logs == 1, "logged once, by the worker that set the hold"
     assert stub.stats().calls <= jobs
+
+
+def _pause_of(stub: StubOverpass) -> PausePolicy:
+    """The pause of the endpoint the worker processes call (the stand-in): its state is keyed by the endpoint."""
+    return PausePolicy(
+        policy_name(endpoint_name(stub.interpreter_url)), PauseLimits(min_pause_s=0.5), runtime.backend
+    )
 
 
 # --- Lifting a hold ---------------------------------------------------------------------------------
@@ -319,7 +327,7 @@ def test_worker_processes_started_with_another_contact_lift_the_hold_and_with_th
         "OVERPASS_CONTACT": "ops@example.org",
     }
     user_agent = load_settings(env).user_agent
-    policy = actors._pause_policy()
+    policy = _pause_of(stub)
     policy.hold(USER_AGENT_REJECTED, settings_fingerprint(stub.interpreter_url, user_agent))
 
     with WorkerProcesses(env, processes=1, threads=1):
