@@ -100,6 +100,9 @@ def waiting_out_outages(
     """
     try:
         yield
+        # Past the outage: the next one is a new one.
+        _options().pop(OUTAGE_SINCE, None)
+        _options().pop(OUTAGE_WAITS, None)
     except Defer:
         raise
     except DatabaseUnreachable as exc:

@@ -76,11 +76,18 @@ def read_body(
                     pending = inflater.unused_data
                     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         except zlib.error as exc:
-            raise BadResponse(
-                f"The gzip answer from {url} is corrupt ({exc}): retry the query later.",
-                status=200,
-                detail=f"gzip: {exc}",
-            ) from None
+            raise _corrupt(url, str(exc)) from None
+    if inflater is not None and not inflater.eof:
+        # Without its trailer (CRC and size) a gzip body is cut off, however well what came parses.
+        raise _corrupt(url, "the body ends before the end of its gzip stream")
+
+
+def _corrupt(url: str, why: str) -> BadResponse:
+    return BadResponse(
+        f"The gzip answer from {url} is corrupt ({why}): retry the query later.",
+        status=200,
+        detail=f"gzip: {cut(why, 200)}",
+    )
 
 
 def _append(body: AnswerBody, data: bytes, max_bytes: int, url: str) -> None:

@@ -252,6 +252,9 @@ class OverpassClient:
         self, form: bytes, body: AnswerBody, watch: CallDeadline, header_bytes: list[int], cost: CallCost
     ) -> int:
         """Send the request and read the answer's body into ``body``; the status. Runs under ``watch``."""
+        # Sent until an error says it never left: whatever ends the call (an asynchronous TimeLimitExceeded
+        # too), a query that may be running upstream is charged its server time.
+        cost.request_sent = True
         try:
             response = self._session.post(
                 self.interpreter_url,
@@ -271,7 +274,7 @@ class OverpassClient:
                 request_sent=False,
             ) from exc
         # The status line leaves the server when the query is done: this is its time, slot wait included.
-        cost.request_sent, cost.server_s = True, response.elapsed.total_seconds()
+        cost.server_s = response.elapsed.total_seconds()
         try:
             # Connection: close leaves the socket with the response only: watch it there too.
             watch.watch(_socket_of(response))

@@ -56,6 +56,8 @@ _MERGE_STAGING = (
     "WHERE pois.version IS NULL OR EXCLUDED.version IS NULL OR pois.version <= EXCLUDED.version"
 )
 _TRANSACTION_ATTEMPTS = 5
+#: The advisory lock that serialises schema changes between processes (any number no other lock uses).
+_SCHEMA_LOCK = 0x706F69735F736368  # "pois_sch"
 #: Columns added since a table's first release: (table, column, SQL type), added in place when missing.
 _ADDED_COLUMNS = (
     ("pois", "osm_base", "VARCHAR(32)"),
@@ -167,9 +169,13 @@ class PoiStore:
             if self._schema_ready:
                 return
             with self.database.atomic():
+                database: Any = self.database
+                if isinstance(self.database, peewee.PostgresqlDatabase):
+                    # Every worker process starts by this: one at a time, or two CREATE TABLE IF NOT
+                    # EXISTS (or two ALTERs) race and the loser fails. The next finds the tables made.
+                    database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 self.database.create_tables([self.model], safe=True)
                 self.ledger.create_tables()
-                database: Any = self.database
                 for table, column, sql_type in _ADDED_COLUMNS:
                     # NULL for the rows an older release wrote: they count as older than any answer.
                     if column not in {c.name for c in self.database.get_columns(table)}:

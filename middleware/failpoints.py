@@ -115,7 +115,9 @@ def hooked(name: str, callback: Callable[[], None]) -> Iterator[None]:
     try:
         yield
     finally:
-        _rules.remove(rule)
+        # configure() inside the block may have dropped it already.
+        with contextlib.suppress(ValueError):
+            _rules.remove(rule)
         _cache.clear()
 
 

@@ -56,6 +56,8 @@ OSM_BASE_MAX = 32
 #: The width of the ``version`` columns: a timestamp, "|", a fetch time with microseconds.
 VERSION_MAX = 64
 _TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+#: The fetch time of an answer that has none (staged by a release before fetch times): older than any.
+_EARLIEST = "0001-01-01T00:00:00.000000Z"
 
 
 def read_osm_base(raw: object) -> tuple[str | None, bool]:
@@ -164,11 +166,13 @@ class Answer:
         was fetched. The answer with the greater version is the newer one;
         of two answers of the same timestamp, the one fetched later.
         """
-        # Both times in one form, with microseconds: "10:00:00Z" would sort after "10:00:00.5Z".
-        base = self.osm_base or self.fetched_at
+        # Both times in one form, with microseconds: "10:00:00Z" would sort after "10:00:00.5Z". An
+        # answer staged by an older release has no fetch time: the earliest, never "" (which sorts last).
+        fetched = self.fetched_at or _EARLIEST
+        base = self.osm_base or fetched
         if base.endswith("Z") and "." not in base:
             base = base[:-1] + ".000000Z"
-        return f"{base}|{self.fetched_at}"
+        return f"{base}|{fetched}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -191,7 +195,8 @@ class Answer:
             tagset=str(data["tagset"]),
             tags=tuple(data["tags"]),
             tiles=tuple(data["tiles"]),
-            osm_base=data.get("osm_base"),
+            # Staged by an older release, it may not be normalised yet.
+            osm_base=read_osm_base(data.get("osm_base"))[0],
             calls=float(data.get("calls", 1.0)),
             owner=data.get("owner"),
             diff=bool(data.get("diff", False)),

@@ -481,3 +481,25 @@ def test_an_answer_without_a_timestamp_fetched_in_the_second_of_a_base_is_ordere
     based = Answer("a1", AMENITY, ("amenity",), (A,), "2026-12-01T10:00:00Z", fetched_at=at(0))
     later = Answer("a2", AMENITY, ("amenity",), (A,), None, fetched_at="2026-12-01T10:00:00.500000Z")
     assert based.version < later.version
+
+
+def test_an_answer_staged_by_the_previous_release_is_older_than_any_fetched_since(store: PoiStore) -> None:
+    # Its JSON has no fetch time, nor (from a server without replication) a timestamp: its version was "|",
+    # which sorted after every other, so no later answer could update or delete what it wrote.
+    legacy = Answer.from_json(
+        {"key": "old", "tagset": AMENITY, "tags": ["amenity"], "tiles": [A], "osm_base": None}
+    )
+    land(store, legacy, [X, EDGE])
+    renamed = ("node", 1, 48.85, 2.25, {"amenity": "cafe", "name": "Renamed"})
+    assert land(store, Answer("new", AMENITY, ("amenity",), (A,), None, fetched_at=at(0)), [renamed]) == 1
+    assert store.fetch_all() == [renamed]
+
+
+@pytest.mark.parametrize(
+    ("staged", "read"), [("yesterday", None), ("2026-12-01T10:00:00", "2026-12-01T10:00:00Z")]
+)
+def test_an_osm_base_staged_by_the_previous_release_is_read_by_todays_rules(
+    staged: str, read: str | None
+) -> None:
+    answer = Answer.from_json({"key": "k", "tagset": AMENITY, "tags": [], "tiles": [A], "osm_base": staged})
+    assert answer.osm_base == read

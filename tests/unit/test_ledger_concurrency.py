@@ -231,3 +231,53 @@ def test_a_transaction_postgresql_aborts_for_a_deadlock_runs_again_and_both_comm
         thread.join(30)
     assert not errors, errors
     assert len(attempts) == 3  # one of the two ran again
+
+
+def _previous_release_schema(url: str) -> None:
+    store = PoiStore(url)
+    store.ensure_schema()
+    database: Any = store.database
+    for table in ("pois", "coverage", "coverage_elements"):
+        database.execute_sql(f"ALTER TABLE {table} DROP COLUMN IF EXISTS version")
+    store.close()
+
+
+def _no_tables(url: str) -> None:
+    store = PoiStore(url)
+    database: Any = store.database
+    database.execute_sql("DROP TABLE IF EXISTS pois, coverage, coverage_elements")
+    store.close()
+
+
+@pytest.mark.parametrize("schema", [_no_tables, _previous_release_schema], ids=["empty", "previous release"])
+def test_worker_processes_starting_together_create_or_upgrade_the_schema_once(
+    postgres_url: str, schema: Callable[[str], None]
+) -> None:
+    # Every worker process runs ensure_schema at start: six at once raced their CREATE TABLE IF NOT EXISTS
+    # (a duplicate key in pg_type) or their ALTERs (a deadlock), and the losers stopped, blaming DATABASE_URL.
+    for _ in range(3):
+        schema(postgres_url)
+        assert not _start_together(postgres_url, workers=6)
+
+
+def _start_together(url: str, *, workers: int) -> list[BaseException]:
+    """``workers`` stores running ensure_schema at the same instant; the errors they met."""
+    start = threading.Barrier(workers, timeout=30)
+    errors: list[BaseException] = []
+
+    def start_a_worker() -> None:
+        store = PoiStore(url)
+        start.wait()
+        try:
+            store.ensure_schema()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    pool = [threading.Thread(target=start_a_worker) for _ in range(workers)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(60)
+    return errors

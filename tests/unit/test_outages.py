@@ -128,3 +128,14 @@ def test_the_policy_example_holds() -> None:
 
     failed, attempted = doctest.testmod(enrichment_actors.outages, report=False)
     assert attempted > 0 and failed == 0
+
+
+def test_a_block_that_succeeds_stops_the_clock(message: MessageProxy) -> None:
+    # The block got through (the outage is over) and what follows it failed: the retry must not carry
+    # the old outage's start, or a later short outage is dead-lettered at once for an hour-old one.
+    attempt(DatabaseUnreachable("connection refused"), now=1000.0)
+    with waiting_out_outages(POLICY, clock=lambda: 1010.0):
+        pass
+    assert OUTAGE_SINCE not in message.options
+    deferral = attempt(DatabaseUnreachable("connection refused"), now=5000.0)
+    assert isinstance(deferral, Defer)
