@@ -31,7 +31,7 @@ import redis
 
 from tests.chaos.conftest import POIS_PER_JOB, Chaos
 from tests.chaos.test_faults import PARKED, PARKED_PAYLOADS, query_of
-from tests.support.hosts import Forwarder, Host, hosts, unavailable
+from tests.support.hosts import SERVERS_NAME, Forwarder, Host, forwarders_on_one_port, hosts, unavailable
 from tests.support.workers import WorkerProcesses, eventually
 
 pytestmark = pytest.mark.chaos
@@ -76,18 +76,21 @@ class Fleet:
         database = urlsplit(self.chaos.database_url)
         assert redis_port and database.port
         fleets = []
+        # One name for the stand-in on every host, as a fleet has: its state is keyed by host:port.
+        stub_port, self.stub_forwarders = forwarders_on_one_port(
+            self.hosts, self.chaos.stub.port, marker=INTERPRETER
+        )
+        self.forwarders.extend(self.stub_forwarders.values())
         for host in self.hosts:
             to_redis = self._forward(host, redis_port)
             to_db = self._forward(host, database.port)
-            to_stub = self._forward(host, self.chaos.stub.port, marker=INTERPRETER)
-            self.stub_forwarders[host.name] = to_stub
             env = {
                 **self.chaos.env(**{"broker_heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S, **settings}),
                 "REDIS_URL": to_redis.url("redis", urlsplit(self.chaos.redis_url).path),
                 "DATABASE_URL": database._replace(
                     netloc=f"{database.username}@{to_db.host}:{to_db.port}"
                 ).geturl(),
-                "OVERPASS_URL": to_stub.url("http", "/api/interpreter"),
+                "OVERPASS_URL": f"http://{SERVERS_NAME}:{stub_port}/api/interpreter",
             }
             fleet = WorkerProcesses(env, processes=processes, threads=threads, prefix=host.prefix())
             self.chaos.fleets.append(fleet)

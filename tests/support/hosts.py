@@ -36,6 +36,11 @@ from pathlib import Path
 #: Every namespace and veth this module makes starts with this: leftovers of a killed run are found by it.
 PREFIX = "oeh"
 LOCK_PATH = Path("/tmp/overpass-enrichment-hosts.lock")
+#: The name every host gives the root side of its veth (``/etc/netns/<host>/hosts``, which ``ip netns exec``
+#: mounts over ``/etc/hosts``): the whole fleet names a server alike, as hosts do with a DNS name, so that
+#: the product keys its state (``overpass@HOST:PORT``) alike on every host.
+SERVERS_NAME = "servers.oeh.test"
+NETNS_ETC = Path("/etc/netns")
 #: On PYTHONPATH, its sitecustomize moves a Python process's ``time.time`` by ``SKEWED_CLOCK_S``.
 SKEWED_CLOCK = Path(__file__).resolve().parent / "skewed_clock"
 
@@ -58,6 +63,8 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def remove_leftovers() -> list[str]:
     """Delete every namespace and veth whose name starts with :data:`PREFIX`; returns their names."""
     removed = []
+    for etc in NETNS_ETC.glob(f"{PREFIX}*"):
+        shutil.rmtree(etc, ignore_errors=True)
     for line in _ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(PREFIX):
@@ -138,6 +145,9 @@ def hosts(skews: Sequence[float]) -> Iterator[list[Host]]:
                 _ip("-n", host.name, "addr", "add", f"{host.address}/30", "dev", host_end)
                 _ip("-n", host.name, "link", "set", host_end, "up")
                 _ip("-n", host.name, "link", "set", "lo", "up")
+                etc = NETNS_ETC / host.name
+                etc.mkdir(parents=True, exist_ok=True)
+                (etc / "hosts").write_text(f"127.0.0.1 localhost\n{host.gateway} {SERVERS_NAME}\n")
             yield made
         finally:
             remove_leftovers()
@@ -151,7 +161,13 @@ class Forwarder:
     """
 
     def __init__(
-        self, listen_host: str, target_port: int, *, target_host: str = "127.0.0.1", marker: bytes = b""
+        self,
+        listen_host: str,
+        target_port: int,
+        *,
+        target_host: str = "127.0.0.1",
+        marker: bytes = b"",
+        listen_port: int = 0,
     ) -> None:
         self.target = (target_host, target_port)
         self.marker = marker
@@ -161,7 +177,7 @@ class Forwarder:
         self._open: set[socket.socket] = set()
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((listen_host, 0))
+        self._listener.bind((listen_host, listen_port))
         self._listener.listen(256)
         self.host = listen_host
         self.port: int = self._listener.getsockname()[1]
@@ -222,3 +238,21 @@ class Forwarder:
             with self._lock:
                 self._open.discard(source)
                 self._open.discard(sink)
+
+
+def forwarders_on_one_port(
+    hosts: Sequence[Host], target_port: int, *, marker: bytes = b"", attempts: int = 20
+) -> tuple[int, dict[str, Forwarder]]:
+    """A forwarder on each host's gateway, all on one port: ``http://SERVERS_NAME:PORT`` on every host."""
+    for _ in range(attempts):
+        first = Forwarder(hosts[0].gateway, target_port, marker=marker)
+        made = {hosts[0].name: first}
+        try:
+            for host in hosts[1:]:
+                made[host.name] = Forwarder(host.gateway, target_port, marker=marker, listen_port=first.port)
+        except OSError:  # that port is taken on another gateway: another one
+            for forwarder in made.values():
+                forwarder.close()
+            continue
+        return first.port, made
+    raise RuntimeError(f"no port free on every gateway in {attempts} attempts")
