@@ -345,14 +345,26 @@ class Ledger:
             ).execute()
 
     def bases(self, tagset: str, tiles: Sequence[str]) -> dict[str, str | None]:
-        """The ``timestamp_osm_base`` each of ``tiles`` was last fetched at, for those the ledger holds."""
-        model = self.coverage
+        """The ``timestamp_osm_base`` each of ``tiles`` was last fetched at, for those the ledger holds.
+
+        A tile that holds rows of a newer answer still landing has none (None): a diff since its
+        timestamp would miss what that answer brought and is gone since (at neither end of the diff).
+        """
+        model, el = self.coverage, self.elements
         found: dict[str, str | None] = {}
         for start in range(0, len(tiles), _BATCH):
+            batch = list(tiles[start : start + _BATCH])
             query = model.select(model.tile, model.osm_base).where(
-                (model.tagset == tagset) & model.tile.in_(list(tiles[start : start + _BATCH]))
+                (model.tagset == tagset) & model.tile.in_(batch)
             )
             found.update((row.tile, row.osm_base) for row in query)
+            landing = (
+                el.select(el.tile)
+                .join(model, on=((model.tile == el.tile) & (model.tagset == el.tagset)))
+                .where((el.tagset == tagset) & el.tile.in_(batch) & (el.version > model.version))
+                .distinct()
+            )
+            found.update((row.tile, None) for row in landing)
         return found
 
     def finish(

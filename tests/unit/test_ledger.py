@@ -503,3 +503,13 @@ def test_an_osm_base_staged_by_the_previous_release_is_read_by_todays_rules(
 ) -> None:
     answer = Answer.from_json({"key": "k", "tagset": AMENITY, "tags": [], "tiles": [A], "osm_base": staged})
     assert answer.osm_base == read
+
+
+def test_a_tile_with_a_newer_answer_still_landing_offers_no_base_to_diff_from(store: PoiStore) -> None:
+    # A diff since the tile's base would miss an element that newer answer brought and that is gone since.
+    land(store, answer("a1", BASE, tiles=[A, B]), [X, Y])
+    landing = answer("a2", NEW_BASE, tiles=[A])
+    store.upsert([X], answer=landing, members=members(landing.tiles, [X]))
+    assert store.tile_bases(AMENITY, [A, B]) == {A: None, B: BASE}
+    store.finish_answer(landing)
+    assert store.tile_bases(AMENITY, [A, B]) == {A: NEW_BASE, B: BASE}
