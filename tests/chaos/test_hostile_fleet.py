@@ -96,6 +96,13 @@ class HostileRun:
         self.holds_lifted = 0
         self.redis = redis.Redis.from_url(chaos.redis_url)
 
+    @property
+    def policy(self) -> str:
+        """The policy name the workers give the hostile server's endpoint: its quota, pause and hold."""
+        from enrichment_actors.overpass_endpoints import endpoint_name, policy_name
+
+        return policy_name(endpoint_name(self.server.interpreter_url))
+
     def close(self) -> None:
         self.redis.close()
 
@@ -126,7 +133,7 @@ class HostileRun:
         from middleware.policy.pause import PauseLimits, PausePolicy
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
-        if PausePolicy("overpass", PauseLimits(), backend).release_hold():
+        if PausePolicy(self.policy, PauseLimits(), backend).release_hold():
             self.holds_lifted += 1
 
     def pending(self) -> int:
@@ -198,7 +205,7 @@ def test_a_fleet_against_a_hostile_server_pays_a_bounded_cost_and_leaks_nothing(
                 fleet._reader.join(timeout=5)  # its output is complete once read to the end
             stats, leftover = server.stats, run.pending()
             stored, dead = run.outcomes()
-            counted_requests, counted_bytes = quota_usage(chaos.redis_url)
+            counted_requests, counted_bytes = quota_usage(chaos.redis_url, run.policy)
             decoded = decoded_sizes(fleet.lines)
             dead_reasons = {
                 mid: any(mid in line and "ead-letter" in line for line in fleet.lines)
@@ -244,14 +251,14 @@ def test_a_fleet_against_a_hostile_server_pays_a_bounded_cost_and_leaks_nothing(
     assert not broken, "; ".join(broken)
 
 
-def quota_usage(redis_url: str) -> tuple[int, int]:
-    """(requests, bytes) the fleet's quota counted in its one long window."""
+def quota_usage(redis_url: str, policy: str) -> tuple[int, int]:
+    """(requests, bytes) the quota of ``policy`` (the endpoint's) counted in its one long window."""
     from middleware.backends.redis import RedisBackend
     from middleware.policy.quota import QuotaLimits, QuotaPolicy
 
     backend = RedisBackend.from_url(redis_url, namespace="enrichment")
     limits: Any = QuotaLimits(requests=-1, bytes=-1, window_s=LONG_WINDOW_S)
-    usage = QuotaPolicy("overpass", limits, backend).usage()
+    usage = QuotaPolicy(policy, limits, backend).usage()
     return usage.requests_used, usage.bytes_used
 
 

@@ -229,7 +229,7 @@ def charged_server_s(world: World, app: Any) -> dict[float, float]:
     """Server seconds the quota charged, per window a call started in (the quota counts ms)."""
     window = int(world.settings["QUOTA_WINDOW_S"])
     starts = sorted({r.started_at - r.started_at % window for r in interpreter_calls(world)})
-    keys = [window_key("quota:overpass", start, "cost") for start in starts]
+    keys = [window_key(f"quota:{world.policy}", start, "cost") for start in starts]
     return {
         start: ms / 1000 for start, ms in zip(starts, app.runtime.backend.counters_get(keys), strict=True)
     }
