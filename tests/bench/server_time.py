@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
+from enrichment_actors.overpass_endpoints import endpoint_name, policy_name
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.support.workers import FAST_SETTINGS, WorkerProcesses
 
@@ -83,13 +84,13 @@ def _reason(line: str) -> str:
     return text if len(text) <= 160 else text[: text.rfind(" (", 0, 160)] + " ..."
 
 
-def _charged_s(env: Environment) -> float:
+def _charged_s(env: Environment, policy: str) -> float:
     from enrichment_actors.server_time import MS_PER_S
     from middleware.backends.redis import RedisBackend
     from middleware.policy.quota import QuotaLimits, QuotaPolicy
 
     backend = RedisBackend.from_url(env.redis_url, namespace="enrichment")
-    usage = QuotaPolicy("overpass", QuotaLimits(requests=-1, window_s=WINDOW_S), backend).usage()
+    usage = QuotaPolicy(policy, QuotaLimits(requests=-1, window_s=WINDOW_S), backend).usage()
     return usage.cost_used / MS_PER_S
 
 
@@ -98,6 +99,8 @@ def measure(env: Environment, *, jobs: int, cap_s: float = 120.0) -> ServerTimeR
     reset(env)
     with StubOverpass(latency_s=LATENCY_S, pois_per_box=POIS_PER_JOB) as stub:
         stub.script(*(MIXED * (jobs // len(MIXED) + 1))[:jobs])
+        # The stand-in's endpoint, as the workers key its quota.
+        policy = policy_name(endpoint_name(stub.interpreter_url))
         fleet_env = {
             **FAST_SETTINGS,
             **product_env(
@@ -149,7 +152,7 @@ def measure(env: Environment, *, jobs: int, cap_s: float = 120.0) -> ServerTimeR
         served=dict(stats.served),
         spent_s=stats.server_s,
         spent_by_outcome=dict(by_outcome),
-        charged_s=_charged_s(env),
+        charged_s=_charged_s(env, policy),
         pending=pending,
         dead=dead,
         dead_reasons=reasons,
