@@ -324,6 +324,8 @@ def test_two_workers_of_eight_threads_never_exceed_the_permits(
 
 #: Run by each child process: 8 threads take permits for ``seconds``, count the calls in flight in
 #: Redis (INCR after the permit, DECR before the release) and print what they saw.
+#: How long the child's first thread holds the permit in "hold" mode.
+HOLD_S = 2.0
 CHILD = """
 import json, random, sys, threading, time
 import redis
@@ -340,11 +342,12 @@ mode = sys.argv[5]
 
 def work(n):
     if mode == "hold":
-        # Thread 0 holds the permit for 1 s; 1 then 2 queue behind it (a leader, then a follower).
+        # Thread 0 holds the permit for 2 s; 1 then 2 queue behind it (a leader, then a follower). Two
+        # seconds, not one: on a busy machine (a clean-clone CI run) a waiter once started too late to queue.
         if n == 0:
             permit = policy.acquire("holder", wait_s=30)
             print(json.dumps({"holder": permit.holder, "acquired_at": permit.acquired_at}), flush=True)
-            time.sleep(1.0)
+            time.sleep(2.0)  # HOLD_S
             policy.release(permit)
         else:
             time.sleep(0.2 * n)
@@ -416,7 +419,7 @@ def test_a_permit_handed_on_in_a_killed_process_still_lapses(
     assert len(leases) == 1, leases
     holder, expires = leases[0]
     assert holder.decode() != first["holder"]  # moved to a waiter...
-    assert expires >= first["acquired_at"] + 1.0 + lease_s - 0.01  # ...with a fresh expiry
+    assert expires >= first["acquired_at"] + HOLD_S + lease_s - 0.01  # ...with a fresh expiry
     policy = SemaphorePolicy("api", SemaphoreLimits(permits=1, lease_s=lease_s), RedisBackend(redis_client))
     assert policy.try_acquire("parent") is None  # it counts while it runs
     eventually(lambda: policy.in_use() == 0, timeout_s=lease_s + 5, message="the handed-on lease lapsed")
