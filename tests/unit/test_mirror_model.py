@@ -73,6 +73,8 @@ from enrichment_actors.stub_overpass.lattice import candidates, poi_of
 from enrichment_actors.stub_overpass.queries import parse_query
 from middleware.failpoints import FailpointError, hooked
 
+from .test_ledger_concurrency import waiting_on_a_lock
+
 TILE_DEG = 0.005
 UNITS = tile_units(TILE_DEG)
 SOUTH_E7, WEST_E7 = 488_000_000, 23_000_000  # the south-west corner of tile (0, 0)
@@ -149,16 +151,6 @@ class Fetched:
     def filed(self, tile: str) -> set[tuple[str, int]]:
         """The elements of this answer that lie in ``tile`` (edges included)."""
         return {key for key, poi in self.elements.items() if tile in tiles_holding(poi.lat, poi.lon)}
-
-
-def waiting_on_a_lock(store: PoiStore) -> int:
-    """How many other sessions of this database wait on a lock now (pg_stat_activity)."""
-    database: Any = store.database
-    cursor = database.execute_sql(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-    )
-    return int(cursor.fetchone()[0])
 
 
 class World:
