@@ -45,7 +45,8 @@ Feature: Outages cost time, not jobs
     When I enqueue 1 enrich job, one tile each, with tags "amenity"
     And all jobs are done
     Then the stand-in server received 0 calls
-    And 1 job is dead-lettered with an error mentioning "PostgreSQL unreachable for 2 s (OUTAGE_MAX_S=2): dead-lettered; send the job (enrich) again"
+    # Not the waited time: on a busy machine the last attempt runs late ("3 s").
+    And 1 job is dead-lettered with an error mentioning "(OUTAGE_MAX_S=2): dead-lettered; send the job (enrich) again once PostgreSQL answers"
 
   Scenario: A row the database refuses is retried, then dead-lettered: no endless outage
     Given the setting STORE_MAX_RETRIES is "2"
