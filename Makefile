@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # test and dev tools (`make test`, `make lint`...).
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
-PACKAGES := enrichment_actors middleware
+PACKAGES := enrichment_actors middleware/enrichment_middleware
 # The Debian packages of the servers the tests start themselves (promtool is
 # in prometheus); `make servers SERVERS=...` checks and installs only some.
 SERVERS := redis-server postgresql prometheus faketime rabbitmq-server redis-sentinel

@@ -23,14 +23,14 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from middleware.admission import STATE_UNAVAILABLE
-from middleware.backends.base import BackendUnavailable
-from middleware.deferral import Defer
-from middleware.failpoints import failpoint
-from middleware.policy.backoff import jittered
-from middleware.policy.pause import HELD, PAUSED, PausePolicy
-from middleware.semaphore import release_permit_early
-from middleware.usage import charge_bytes, report_no_call
+from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.failpoints import failpoint
+from enrichment_middleware.policy.backoff import jittered
+from enrichment_middleware.policy.pause import HELD, PAUSED, PausePolicy
+from enrichment_middleware.semaphore import release_permit_early
+from enrichment_middleware.usage import charge_bytes, report_no_call
 
 from .coverage.claims import TileClaims
 from .coverage.cover import TileCover

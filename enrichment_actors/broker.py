@@ -35,7 +35,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 
-from middleware.failpoints import failpoint
+from enrichment_middleware.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 

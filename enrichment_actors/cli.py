@@ -181,8 +181,8 @@ def _fail_clearly(command: Callable[[], int]) -> int:
     import redis
     from dramatiq.errors import BrokerConnectionError
 
-    from middleware.backends.base import BackendUnavailable
-    from middleware.redaction import redact, redact_url
+    from enrichment_middleware.backends.base import BackendUnavailable
+    from enrichment_middleware.redaction import redact, redact_url
 
     from .settings import SettingsError
 
@@ -343,7 +343,7 @@ def _database_read(url: str) -> str | None:
     A relative ``sqlite:///name`` is relative to the current directory: run
     elsewhere, it would create an empty database and report no tile at all.
     """
-    from middleware.redaction import redact_url
+    from enrichment_middleware.redaction import redact_url
 
     if not url.startswith("sqlite:///") or url.endswith(":memory:"):
         return redact_url(url)

@@ -20,7 +20,7 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.redaction import redact_url
+from enrichment_middleware.redaction import redact_url
 
 from . import enrich, runtime
 from .job_logs import JobLogContext, install

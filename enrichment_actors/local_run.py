@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
-from middleware.redaction import redact_url
+from enrichment_middleware.redaction import redact_url
 
 from .stub_overpass import StubOverpass
 

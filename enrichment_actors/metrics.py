@@ -17,13 +17,13 @@ import enum
 import threading
 from dataclasses import dataclass
 
-from middleware.admission import STATE_UNAVAILABLE
-from middleware.breaker import CIRCUIT_OPEN
-from middleware.deferral import Defer
-from middleware.policy.breaker import BreakerStatus
-from middleware.policy.pause import HELD, PAUSED
-from middleware.quota import QUOTA_EXHAUSTED
-from middleware.semaphore import NO_PERMIT
+from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.breaker import CIRCUIT_OPEN
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.policy.breaker import BreakerStatus
+from enrichment_middleware.policy.pause import HELD, PAUSED
+from enrichment_middleware.quota import QUOTA_EXHAUSTED
+from enrichment_middleware.semaphore import NO_PERMIT
 
 from .jobs import InvalidJob
 from .outages import DATABASE_UNAVAILABLE, OutageTooLong
@@ -511,7 +511,7 @@ _DEFERRAL_OUTCOMES = {
     Outcome.DUPLICATE_QUERY.value: Outcome.DUPLICATE_QUERY,
     PAUSED: Outcome.PAUSED,
     HELD: Outcome.HELD,
-    # The Pacing middleware's reason (middleware/pacing.py).
+    # The Pacing middleware's reason (middleware/enrichment_middleware/pacing.py).
     Outcome.PACED.value: Outcome.PACED,
 }
 

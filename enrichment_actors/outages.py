@@ -3,7 +3,7 @@
 ``enrich`` (which reads the coverage ledger and claims tiles) and
 ``store_pois`` (which reads its staged chunk and upserts it) run their work
 inside :func:`waiting_out_outages`. An outage met there defers the job
-(:class:`~middleware.deferral.Defer`: parked in the state backend, or in the
+(:class:`~enrichment_middleware.deferral.Defer`: parked in the state backend, or in the
 broker's delay queue when that is the one down) with a capped backoff,
 without counting a retry. The outage's clock is kept in the message's
 options, which every put-back copies: when the job has waited ``OUTAGE_MAX_S``
@@ -28,10 +28,10 @@ from typing import Any
 
 from dramatiq.middleware import CurrentMessage
 
-from middleware.admission import STATE_UNAVAILABLE
-from middleware.backends.base import BackendUnavailable
-from middleware.deferral import Defer
-from middleware.policy.backoff import exponential_backoff
+from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.policy.backoff import exponential_backoff
 
 from .store_errors import DatabaseUnreachable
 

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 import urllib3.exceptions
 
-from middleware.redaction import redact, redact_url
+from enrichment_middleware.redaction import redact, redact_url
 
 from .overpass_answer import ACCEPT_ENCODING, AnswerBody, read_body
 from .overpass_deadline import CallDeadline, DeadlineAdapter

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from middleware.policy.quota import QuotaPolicy
+from enrichment_middleware.policy.quota import QuotaPolicy
 
 #: The route of the Overpass actors (the router picks one of its endpoints), and the prefix of each policy name.
 OVERPASS = "overpass"
@@ -329,7 +329,7 @@ def spread_interval(*, window_end: float, now: float, calls_left: int | None, fl
     """The pacing interval that makes ``calls_left`` last until ``window_end``: never below ``floor_s``.
 
     ``calls_left`` is what every budget left still covers, each at its mean
-    cost per call (:attr:`~middleware.policy.quota.QuotaUsage.calls_left`):
+    cost per call (:attr:`~enrichment_middleware.policy.quota.QuotaUsage.calls_left`):
     on the public profile the server time usually binds, not the requests.
 
     Examples:

@@ -1,7 +1,7 @@
 """What the fetch does when Overpass says "slow down" (429) or "not you" (406, 403), for the whole fleet.
 
 A **429** pauses the endpoint for every worker (a fleet-wide
-:class:`~middleware.policy.pause.PausePolicy`): at least
+:class:`~enrichment_middleware.policy.pause.PausePolicy`): at least
 ``RATE_LIMIT_PAUSE_S``, or until ``/api/status`` shows a free slot if that
 is later. Of all the callers that meet a 429 at about the same time, only
 the one whose ``pause()`` opened the pause reads ``/api/status``, once
@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping
 
 import dramatiq
 
-from middleware.backends.base import BackendUnavailable
-from middleware.failpoints import failpoint
-from middleware.policy.pause import PausePolicy, pause_length
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.failpoints import failpoint
+from enrichment_middleware.policy.pause import PausePolicy, pause_length
 
 from .overpass_responses import OverpassError, Redirected, UserAgentRejected
 from .overpass_status import SlotStatus, StatusUnavailable

@@ -34,11 +34,11 @@ import redis
 from dramatiq.common import current_millis, q_name
 from dramatiq.middleware.prometheus import DB_PATH, HTTP_HOST, HTTP_PORT, Prometheus
 
-from middleware.backends.base import BackendUnavailable
-from middleware.deferral import Defer
-from middleware.policy.pacing import PacingPolicy
-from middleware.policy.pause import PausePolicy
-from middleware.policy.quota import QuotaUsage
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.policy.pacing import PacingPolicy
+from enrichment_middleware.policy.pause import PausePolicy
+from enrichment_middleware.policy.quota import QuotaUsage
 
 from . import metrics as m
 from .metrics import Kind, MetricSpec, Outcome, final_label, is_final, outcome_of, take_noted_outcome

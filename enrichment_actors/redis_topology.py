@@ -4,7 +4,7 @@ A Redis Cluster node given as a standalone Redis would answer the keys of
 its own slots and refuse the others (``MOVED``); Sentinels that do not know
 the primary named would leave every call unreachable.  Both are settings
 mistakes, so the worker exits at boot with the message of
-:meth:`~middleware.backends.redis.RedisBackend.check_topology` and exit code
+:meth:`~enrichment_middleware.backends.redis.RedisBackend.check_topology` and exit code
 :data:`~enrichment_actors.redis_checks.EXIT_UNSAFE_REDIS`; an unreachable
 Redis is not a mistake and is waited for like any outage.
 """
@@ -16,8 +16,8 @@ import os
 
 import dramatiq
 
-from middleware.backends import Backend, BackendUnavailable
-from middleware.backends.redis import RedisBackend, RedisTopologyError
+from enrichment_middleware.backends import Backend, BackendUnavailable
+from enrichment_middleware.backends.redis import RedisBackend, RedisTopologyError
 
 from .redis_checks import UnsafeRedis
 

@@ -6,7 +6,7 @@ each attempt, first of the limiting middlewares, :class:`EndpointRouter`
 picks an endpoint and writes its policy name into the message options the
 admission middlewares read (``pause``, ``semaphore``, ``breaker``, ``rate``,
 ``quota``: a message option overrides the actor's, see
-:meth:`middleware.admission.AdmissionMiddleware.policy_for`) and its name into
+:meth:`enrichment_middleware.admission.AdmissionMiddleware.policy_for`) and its name into
 the option ``endpoint``, which the actor reads to pick its client.
 
 The pick: an endpoint that is *ready* (not held, not paused, circuit closed
@@ -39,14 +39,14 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 
-from middleware.admission import UnknownPolicy
-from middleware.backends.base import BackendUnavailable
-from middleware.breaker import CIRCUIT_OPEN
-from middleware.deferral import Defer
-from middleware.policy.breaker import BreakerState, BreakerStatus
-from middleware.policy.pause import HELD, PAUSED, PauseStatus
-from middleware.policy.quota import QuotaUsage
-from middleware.quota import QUOTA_EXHAUSTED
+from enrichment_middleware.admission import UnknownPolicy
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.breaker import CIRCUIT_OPEN
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.policy.breaker import BreakerState, BreakerStatus
+from enrichment_middleware.policy.pause import HELD, PAUSED, PauseStatus
+from enrichment_middleware.policy.quota import QuotaUsage
+from enrichment_middleware.quota import QUOTA_EXHAUSTED
 
 from .overpass_endpoints import Endpoint
 from .overpass_pause import RATE_LIMITED
@@ -103,7 +103,7 @@ def readiness(endpoint: Endpoint, reading: EndpointReading, now: float) -> Readi
     its claim's end), budget spent (to the window end).
 
     Examples:
-      >>> from middleware.policy.breaker import BreakerState, BreakerStatus
+      >>> from enrichment_middleware.policy.breaker import BreakerState, BreakerStatus
       >>> from enrichment_actors.overpass_endpoints import EndpointSettings, resolve_endpoints
       >>> (endpoint,) = resolve_endpoints(EndpointSettings(urls=("http://a.example/api/interpreter",)))
       >>> reading = EndpointReading(None, BreakerState(BreakerStatus.OPEN, open_until=160.0), None)

@@ -22,21 +22,21 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.base import Backend
-from middleware.backends.memory import MemoryBackend
-from middleware.breaker import CircuitBreaker, Verdict
-from middleware.callbacks import replace_stock_callbacks
-from middleware.deferral import Defer
-from middleware.pacing import Pacing
-from middleware.pause import Pause
-from middleware.policy.breaker import BreakerLimits
-from middleware.policy.pacing import PacingLimits
-from middleware.policy.pause import PauseLimits
-from middleware.policy.quota import QuotaLimits
-from middleware.policy.semaphore import SemaphoreLimits
-from middleware.quota import Quota
-from middleware.retries import Retries
-from middleware.semaphore import ConcurrencySemaphore
+from enrichment_middleware.backends.base import Backend
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.breaker import CircuitBreaker, Verdict
+from enrichment_middleware.callbacks import replace_stock_callbacks
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.pacing import Pacing
+from enrichment_middleware.pause import Pause
+from enrichment_middleware.policy.breaker import BreakerLimits
+from enrichment_middleware.policy.pacing import PacingLimits
+from enrichment_middleware.policy.pause import PauseLimits
+from enrichment_middleware.policy.quota import QuotaLimits
+from enrichment_middleware.policy.semaphore import SemaphoreLimits
+from enrichment_middleware.quota import Quota
+from enrichment_middleware.retries import Retries
+from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 from .broker import RecoveringRedisBroker
 from .jobs import JobLimits
@@ -172,7 +172,7 @@ def make_backend(settings: Settings) -> Backend:
     """The shared-state backend: Redis for a fleet, memory for one process."""
     if settings.state_backend == "memory":
         return MemoryBackend()
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     # Its topology is checked at worker boot (redis_topology.TopologyCheck):
     # importing the product connects to nothing.
@@ -234,7 +234,7 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
     )
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
     broker.add_middleware(retries)
-    # A deferral is not a failure: no on_failure callback for it (middleware/callbacks.py).
+    # A deferral is not a failure: no on_failure callback for it (middleware/enrichment_middleware/callbacks.py).
     replace_stock_callbacks(broker)
     # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the
     # demo in-process, where the hooks would record nothing anyway.

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from middleware.policy.quota import QuotaUsage
-from middleware.usage import charge_cost
+from enrichment_middleware.policy.quota import QuotaUsage
+from enrichment_middleware.usage import charge_cost
 
 from .overpass_client import CallCost, FetchResult
 from .overpass_responses import OverpassError

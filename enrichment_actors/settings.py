@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from middleware.policy.pacing import PacingLimits
-from middleware.redaction import redact_url
+from enrichment_middleware.policy.pacing import PacingLimits
+from enrichment_middleware.redaction import redact_url
 
 from . import __version__
 from .overpass_client import is_sendable_header

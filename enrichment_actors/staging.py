@@ -34,8 +34,8 @@ from typing import Any
 
 from dramatiq.middleware import CurrentMessage
 
-from middleware.backends.base import BackendUnavailable
-from middleware.backends.redis import RedisBackend
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.backends.redis import RedisBackend
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Stash(ABC):
 
     Each method is atomic with respect to every other caller of the same
     store and costs one round trip; a method raises
-    :class:`~middleware.backends.base.BackendUnavailable` when the store
+    :class:`~enrichment_middleware.backends.base.BackendUnavailable` when the store
     cannot be reached.
     """
 
@@ -128,7 +128,7 @@ class RedisStash(Stash):
     """A stash on Redis, shared by the fleet: one hash per key, written in MULTI/EXEC pipelines.
 
     It uses the client and the error handling of the fleet's
-    :class:`~middleware.backends.redis.RedisBackend`, so an unreachable Redis
+    :class:`~enrichment_middleware.backends.redis.RedisBackend`, so an unreachable Redis
     is a ``BackendUnavailable`` here as everywhere, with its password masked.
 
     Examples:

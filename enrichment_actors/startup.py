@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 import dramatiq
 import peewee
 
-from middleware.backends.base import Backend, BackendUnavailable, window_key
-from middleware.backends.redis import RedisBackend
-from middleware.policy.quota import _COUNTERS as QUOTA_COUNTERS
-from middleware.policy.quota import QuotaPolicy, window_bounds
-from middleware.redaction import redact, redact_url
+from enrichment_middleware.backends.base import Backend, BackendUnavailable, window_key
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.quota import _COUNTERS as QUOTA_COUNTERS
+from enrichment_middleware.policy.quota import QuotaPolicy, window_bounds
+from enrichment_middleware.redaction import redact, redact_url
 
 from .overpass_endpoints import LEGACY_POLICY, describe, overridden
 from .store_errors import is_outage

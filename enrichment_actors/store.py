@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import peewee
 from playhouse import db_url
 
-from middleware.failpoints import failpoint
-from middleware.redaction import redact, redact_url
+from enrichment_middleware.failpoints import failpoint
+from enrichment_middleware.redaction import redact, redact_url
 
 from .coverage.ledger import Answer, Ledger
 from .store_errors import DatabaseUnreachable, PersistenceError, is_outage, must_run_again, sqlstate

@@ -16,8 +16,8 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 
-from middleware.backends.base import Backend, BackendUnavailable
-from middleware.failpoints import failpoint
+from enrichment_middleware.backends.base import Backend, BackendUnavailable
+from enrichment_middleware.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class TileClaims:
     """Claims of tiles for one tag set on the fleet's backend.
 
     Examples:
-      >>> from middleware.backends.memory import MemoryBackend
+      >>> from enrichment_middleware.backends.memory import MemoryBackend
       >>> claims = TileClaims(MemoryBackend(), ttl_s=60)
       >>> claims.claim("t", ["1:0:0", "1:0:1"], owner="a")
       ['1:0:0', '1:0:1']

@@ -46,7 +46,7 @@ from typing import Any
 
 import peewee
 
-from middleware.failpoints import failpoint
+from enrichment_middleware.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 

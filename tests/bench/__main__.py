@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enrichment_actors.stub_overpass import StubOverpass
-from middleware.policy.semaphore import SemaphoreLimits
+from enrichment_middleware.policy.semaphore import SemaphoreLimits
 from tests.support.workers import REPO
 
 from . import parsing, replay, server_time, staging, storage

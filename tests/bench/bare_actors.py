@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import enrichment_actors.worker
 from enrichment_actors.routing import EndpointRouter
-from middleware.breaker import CircuitBreaker
-from middleware.pacing import Pacing
-from middleware.pause import Pause
-from middleware.quota import Quota
-from middleware.semaphore import ConcurrencySemaphore
+from enrichment_middleware.breaker import CircuitBreaker
+from enrichment_middleware.pacing import Pacing
+from enrichment_middleware.pause import Pause
+from enrichment_middleware.quota import Quota
+from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 #: What ``fetch_pois`` goes through before its call, in the product's order.
 ADMISSION = (EndpointRouter, Pause, ConcurrencySemaphore, CircuitBreaker, Pacing, Quota)

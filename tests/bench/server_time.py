@@ -65,8 +65,8 @@ class ServerTimeRun:
 
 def _pending(client: redis.Redis[bytes], env: Environment) -> int:
     """Messages in any queue (waiting, delayed or being processed) and jobs parked."""
-    from middleware.backends.redis import RedisBackend
-    from middleware.policy.parking import ParkingLot
+    from enrichment_middleware.backends.redis import RedisBackend
+    from enrichment_middleware.policy.parking import ParkingLot
 
     queued = sum(
         int(client.hlen(key))
@@ -86,8 +86,8 @@ def _reason(line: str) -> str:
 
 def _charged_s(env: Environment, policy: str) -> float:
     from enrichment_actors.server_time import MS_PER_S
-    from middleware.backends.redis import RedisBackend
-    from middleware.policy.quota import QuotaLimits, QuotaPolicy
+    from enrichment_middleware.backends.redis import RedisBackend
+    from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
 
     backend = RedisBackend.from_url(env.redis_url, namespace="enrichment")
     usage = QuotaPolicy(policy, QuotaLimits(requests=-1, window_s=WINDOW_S), backend).usage()

@@ -265,7 +265,7 @@ def _script_names() -> dict[str, str]:
     """SHA1 of every Lua script the fleet runs -> a readable name."""
     import dramatiq.brokers.redis as dramatiq_redis
 
-    from middleware.backends import redis as ours
+    from enrichment_middleware.backends import redis as ours
 
     names = {}
     # Scripts are module constants (LEASE_ACQUIRE) or class attributes of the backend (_PAUSE_GET).

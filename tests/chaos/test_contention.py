@@ -160,8 +160,8 @@ class Scenario:
         return counts
 
     def parked(self) -> int:
-        from middleware.backends.redis import RedisBackend
-        from middleware.policy.parking import ParkingLot
+        from enrichment_middleware.backends.redis import RedisBackend
+        from enrichment_middleware.policy.parking import ParkingLot
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
         return ParkingLot(backend).count()
@@ -268,8 +268,8 @@ class Scenario:
         """(requests, bytes, server seconds) the quota counted in the current window (it counts the
         server's time in whole milliseconds, each call's rounded up)."""
         from enrichment_actors.server_time import MS_PER_S
-        from middleware.backends.redis import RedisBackend
-        from middleware.policy.quota import QuotaLimits, QuotaPolicy
+        from enrichment_middleware.backends.redis import RedisBackend
+        from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
         # Reading a window never refuses: the limits given here do not matter.

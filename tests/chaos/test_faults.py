@@ -87,7 +87,7 @@ def test_the_semaphore_never_lets_more_than_n_calls_in_flight(chaos: Chaos) -> N
 
 @pytest.mark.soak  # make chaos (20 s): "a worker killed mid-call gives its permit back" stays in make test
 def test_workers_killed_mid_call_lose_no_job_and_give_their_permits_back(chaos: Chaos) -> None:
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     chaos.stub.set_latency(0.15)
     lease_s = 4.0
@@ -313,8 +313,8 @@ def test_redis_and_postgresql_restarts_lose_no_job_and_no_call_goes_uncounted(ch
     Overpass call goes uncounted: messages a lost fetch reply stranded in a live
     worker's acknowledgement set come back by themselves (enrichment_actors/broker.py)."""
     from enrichment_actors.store import PoiStore
-    from middleware.backends.redis import RedisBackend
-    from middleware.policy.quota import QuotaLimits, QuotaPolicy
+    from enrichment_middleware.backends.redis import RedisBackend
+    from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
     from tests.bench.servers import PostgresServer, RedisServer
     from tests.support.proxy import FlakyProxy
 

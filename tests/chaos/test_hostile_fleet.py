@@ -129,8 +129,8 @@ class HostileRun:
 
     def lift_hold(self) -> None:
         """What an operator does after a redirect: ``enrichment release-hold``."""
-        from middleware.backends.redis import RedisBackend
-        from middleware.policy.pause import PauseLimits, PausePolicy
+        from enrichment_middleware.backends.redis import RedisBackend
+        from enrichment_middleware.policy.pause import PauseLimits, PausePolicy
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
         if PausePolicy(self.policy, PauseLimits(), backend).release_hold():
@@ -138,8 +138,8 @@ class HostileRun:
 
     def pending(self) -> int:
         """Messages queued, delayed, or parked."""
-        from middleware.backends.redis import RedisBackend
-        from middleware.policy.parking import ParkingLot
+        from enrichment_middleware.backends.redis import RedisBackend
+        from enrichment_middleware.policy.parking import ParkingLot
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
         queued = sum(int(self.redis.hlen(f"dramatiq:{QUEUE}{q}.msgs")) for q in ("", ".DQ"))
@@ -258,8 +258,8 @@ def test_a_fleet_against_a_hostile_server_pays_a_bounded_cost_and_leaks_nothing(
 
 def quota_usage(redis_url: str, policy: str) -> tuple[int, int]:
     """(requests, bytes) the quota of ``policy`` (the endpoint's) counted in its one long window."""
-    from middleware.backends.redis import RedisBackend
-    from middleware.policy.quota import QuotaLimits, QuotaPolicy
+    from enrichment_middleware.backends.redis import RedisBackend
+    from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
 
     backend = RedisBackend.from_url(redis_url, namespace="enrichment")
     limits: Any = QuotaLimits(requests=-1, bytes=-1, window_s=LONG_WINDOW_S)

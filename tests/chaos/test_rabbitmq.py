@@ -55,8 +55,8 @@ def rabbit() -> Any:
 def test_workers_killed_and_the_broker_restarted_lose_no_job_and_make_no_extra_call(
     chaos: Chaos, rabbit: rabbitmq.RabbitServer, restart: str
 ) -> None:
-    from middleware.backends.redis import RedisBackend
-    from middleware.policy.parking import ParkingLot
+    from enrichment_middleware.backends.redis import RedisBackend
+    from enrichment_middleware.policy.parking import ParkingLot
 
     chaos.stub.set_latency(0.15)
     settings = {"broker": "rabbitmq", "rabbitmq_url": rabbit.url, "semaphore_permits": 4}
@@ -114,8 +114,8 @@ def test_a_job_deferred_past_consumer_timeout_waits_parked_not_held(chaos: Chaos
     comes back after the window without a channel ever being closed, and one call each."""
     if not rabbitmq.rabbitmq_installed():
         pytest.skip("rabbitmq-server is not installed: run `make servers` (as root) or apt-get install it")
-    from middleware.backends.redis import RedisBackend
-    from middleware.policy.parking import ParkingLot
+    from enrichment_middleware.backends.redis import RedisBackend
+    from enrichment_middleware.policy.parking import ParkingLot
 
     timeout_ms, window_s = 2000, 8
     server = rabbitmq.RabbitServer(consumer_timeout_ms=timeout_ms).start()

@@ -25,9 +25,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from middleware.backends import BackendUnavailable
-from middleware.backends.redis import RedisBackend
-from middleware.policy.parking import ParkingLot
+from enrichment_middleware.backends import BackendUnavailable
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.parking import ParkingLot
 from tests.support.redis_topologies import MASTER, SentinelSetup
 from tests.support.workers import eventually
 

@@ -10,7 +10,7 @@ from enrichment_actors import metrics as m
 from enrichment_actors.overpass_client import OverpassClient
 from enrichment_actors.overpass_responses import OverpassError
 from enrichment_actors.stub_overpass import StubOverpass
-from middleware.policy.breaker import BreakerStatus
+from enrichment_middleware.policy.breaker import BreakerStatus
 from tests.features.conftest import QUEUE, World, scrape_workers
 from tests.support.scrape import Scrape, sample_key
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from middleware.backends.base import window_key
-from middleware.policy.breaker import BreakerStatus
-from middleware.policy.quota import QuotaLimits, QuotaPolicy
+from enrichment_middleware.backends.base import window_key
+from enrichment_middleware.policy.breaker import BreakerStatus
+from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
 from tests.features.conftest import World, expected_pois_full
 from tests.support.workers import WorkerProcesses, eventually
 

@@ -85,8 +85,8 @@ def endpoint_of(stub: StubOverpass) -> str:
 
 
 def parked(redis_url: str) -> int:
-    from middleware.backends.redis import RedisBackend
-    from middleware.policy.parking import ParkingLot
+    from enrichment_middleware.backends.redis import RedisBackend
+    from enrichment_middleware.policy.parking import ParkingLot
 
     return ParkingLot(RedisBackend.from_url(redis_url, namespace="enrichment")).count()
 
@@ -234,7 +234,7 @@ def fleet_settled(world: World, polite: Polite, store: Any) -> None:
 def pause_record(world: World, stub: StubOverpass) -> dict[str, Any]:
     """The fleet's pause of ``stub``'s endpoint as the backend keeps it (an hour after it ends):
     ``paused_since`` and ``paused_until`` on the Redis server's clock, this machine's clock too."""
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     backend = RedisBackend.from_url(world.redis_url, namespace="enrichment")
     record = backend.pause_get(f"pause:{policy_of(world, stub)}")

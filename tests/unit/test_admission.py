@@ -16,15 +16,15 @@ import pytest
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.admission import STATE_UNAVAILABLE, AdmissionMiddleware
-from middleware.backends import MemoryBackend
-from middleware.breaker import CircuitBreaker
-from middleware.deferral import AdmissionDenied
-from middleware.policy.breaker import BreakerLimits
-from middleware.policy.quota import QuotaLimits
-from middleware.policy.semaphore import SemaphoreLimits
-from middleware.quota import Quota
-from middleware.semaphore import ConcurrencySemaphore
+from enrichment_middleware.admission import STATE_UNAVAILABLE, AdmissionMiddleware
+from enrichment_middleware.backends import MemoryBackend
+from enrichment_middleware.breaker import CircuitBreaker
+from enrichment_middleware.deferral import AdmissionDenied
+from enrichment_middleware.policy.breaker import BreakerLimits
+from enrichment_middleware.policy.quota import QuotaLimits
+from enrichment_middleware.policy.semaphore import SemaphoreLimits
+from enrichment_middleware.quota import Quota
+from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 
 @pytest.mark.parametrize("copies", [2, 3])

@@ -16,10 +16,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from middleware.backends import Backend, BackendUnavailable, MemoryBackend
-from middleware.backends.base import WAKE_TOKENS_KEPT, ParkedClaim
-from middleware.backends.redis import RedisBackend, RedisTopologyError
-from middleware.policy.clock import ManualClock
+from enrichment_middleware.backends import Backend, BackendUnavailable, MemoryBackend
+from enrichment_middleware.backends.base import WAKE_TOKENS_KEPT, ParkedClaim
+from enrichment_middleware.backends.redis import RedisBackend, RedisTopologyError
+from enrichment_middleware.policy.clock import ManualClock
 from tests.support.redis_topologies import MASTER
 
 NOW = 1_700_000_000.0
@@ -624,9 +624,9 @@ def test_other_error_replies_are_not_taken_for_unavailability(redis_client: redi
 
 def test_importing_the_backends_package_does_not_import_redis() -> None:
     check = (
-        "import sys, middleware.backends, middleware.policy; "
+        "import sys, enrichment_middleware.backends, enrichment_middleware.policy; "
         "assert 'redis' not in sys.modules, 'redis was imported'; "
-        "from middleware.backends import RedisBackend; assert 'redis' in sys.modules"
+        "from enrichment_middleware.backends import RedisBackend; assert 'redis' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", check], check=True, cwd=Path(__file__).resolve().parents[2])
 

@@ -17,15 +17,15 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.base import Backend
-from middleware.backends.memory import MemoryBackend
-from middleware.breaker import CircuitBreaker, Verdict, every_exception_fails
-from middleware.deferral import AdmissionDenied, Defer
-from middleware.policy.breaker import BreakerLimits, BreakerPolicy, BreakerStatus
-from middleware.policy.semaphore import SemaphoreLimits
-from middleware.retries import Retries
-from middleware.semaphore import ConcurrencySemaphore
-from middleware.usage import report_no_call
+from enrichment_middleware.backends.base import Backend
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.breaker import CircuitBreaker, Verdict, every_exception_fails
+from enrichment_middleware.deferral import AdmissionDenied, Defer
+from enrichment_middleware.policy.breaker import BreakerLimits, BreakerPolicy, BreakerStatus
+from enrichment_middleware.policy.semaphore import SemaphoreLimits
+from enrichment_middleware.retries import Retries
+from enrichment_middleware.semaphore import ConcurrencySemaphore
+from enrichment_middleware.usage import report_no_call
 from tests.support.contention import cpu_hog
 from tests.support.workers import eventually
 
@@ -38,7 +38,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
         return
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     request.getfixturevalue("redis_client")
     yield RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="waiters")

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from enrichment_actors.broker import RecoveringRedisBroker
-from middleware import failpoints
+from enrichment_middleware import failpoints
 from tests.support.contention import spin
 from tests.support.proxy import FlakyProxy
 from tests.support.workers import eventually

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from enrichment_actors.coverage.claims import TileClaims
-from middleware.backends.redis import RedisBackend
-from middleware.failpoints import FailpointError, configure
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.failpoints import FailpointError, configure
 from tests.support.contention import cpu_hog
 
 THREADS = 16

@@ -133,8 +133,8 @@ def test_status_shows_each_endpoint_its_profile_and_live_state(
     from enrichment_actors.cli import _endpoint_status
     from enrichment_actors.runtime import build_runtime
     from enrichment_actors.settings import load_settings
-    from middleware.backends.memory import MemoryBackend
-    from middleware.policy.clock import ManualClock
+    from enrichment_middleware.backends.memory import MemoryBackend
+    from enrichment_middleware.policy.clock import ManualClock
 
     clock = ManualClock(start=1_800_000_000.0)  # 2027-01-15 08:00 UTC
     settings = load_settings({"BROKER": "stub", "STATE_BACKEND": "memory", **environ})

@@ -7,9 +7,9 @@ from typing import Any
 from enrichment_actors.runtime import build_runtime
 from enrichment_actors.settings import load_settings
 from enrichment_actors.startup import carry_over_quota
-from middleware.backends.memory import MemoryBackend
-from middleware.backends.redis import RedisBackend
-from middleware.policy.quota import QuotaLimits, QuotaPolicy
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
 
 PRIVATE = "http://10.0.0.5:8080/api/interpreter"
 PUBLIC = "https://overpass-api.de/api/interpreter"

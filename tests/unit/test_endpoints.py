@@ -21,10 +21,10 @@ from enrichment_actors.overpass_endpoints import (
     resolve_endpoints,
     spread_interval,
 )
-from middleware.backends.memory import MemoryBackend
-from middleware.policy.clock import ManualClock
-from middleware.policy.pacing import PacingLimits, PacingPolicy
-from middleware.policy.quota import QuotaLimits, QuotaPolicy
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.pacing import PacingLimits, PacingPolicy
+from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
 
 PUBLIC_URL = "https://overpass-api.de/api/interpreter"
 OWN_URL = "http://overpass.internal.example:12345/api/interpreter"

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from middleware import failpoints
-from middleware.failpoints import FailpointError, configure, failpoint, hooked
+from enrichment_middleware import failpoints
+from enrichment_middleware.failpoints import FailpointError, configure, failpoint, hooked
 
 
 @pytest.fixture(autouse=True)

@@ -23,11 +23,11 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.backends.redis import RedisBackend
-from middleware.policy.breaker import BreakerLimits, BreakerPolicy
-from middleware.policy.quota import QuotaLimits, QuotaPolicy
-from middleware.policy.semaphore import SemaphoreLimits, SemaphorePolicy
-from middleware.retries import Retries
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.breaker import BreakerLimits, BreakerPolicy
+from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
+from enrichment_middleware.policy.semaphore import SemaphoreLimits, SemaphorePolicy
+from enrichment_middleware.retries import Retries
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "fleet-clock"
@@ -42,11 +42,11 @@ pytestmark = pytest.mark.skipif(
 # What the skewed host does: one policy call, answered as JSON with its own clock.
 SKEWED_HOST = """
 import json, sys, time
-from middleware.backends.redis import RedisBackend
-from middleware.policy.breaker import BreakerLimits, BreakerPolicy
-from middleware.policy.quota import QuotaLimits, QuotaPolicy
-from middleware.policy.semaphore import SemaphoreLimits, SemaphorePolicy
-from middleware.retries import Retries
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.breaker import BreakerLimits, BreakerPolicy
+from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
+from enrichment_middleware.policy.semaphore import SemaphoreLimits, SemaphorePolicy
+from enrichment_middleware.retries import Retries
 
 url, namespace, action, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 backend = RedisBackend.from_url(url, namespace=namespace)

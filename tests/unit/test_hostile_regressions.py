@@ -24,7 +24,7 @@ from enrichment_actors import actors
 from enrichment_actors.overpass_client import OverpassClient
 from enrichment_actors.overpass_responses import ClientTimeout, OverpassError, QueryTooLarge
 from enrichment_actors.settings import SettingsError, load_settings
-from middleware.usage import take_charged_bytes, take_no_call
+from enrichment_middleware.usage import take_charged_bytes, take_no_call
 from tests.support.hostile import HostileServer
 
 T = TypeVar("T")

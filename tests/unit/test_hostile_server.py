@@ -23,8 +23,8 @@ from enrichment_actors.overpass_responses import (
     Redirected,
 )
 from enrichment_actors.settings import SettingsError, load_settings
-from middleware.retries import error_text, traceback_text
-from middleware.usage import take_charged_bytes, take_no_call
+from enrichment_middleware.retries import error_text, traceback_text
+from enrichment_middleware.usage import take_charged_bytes, take_no_call
 from tests.support.hostile import HostileServer
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"

@@ -20,7 +20,7 @@ import pytest
 from enrichment_actors.coverage.cover import members
 from enrichment_actors.coverage.ledger import Answer
 from enrichment_actors.store import PoiStore
-from middleware.failpoints import hooked
+from enrichment_middleware.failpoints import hooked
 from tests.support.contention import cpu_hog
 
 from .test_ledger import AMENITY, SHOP, TILES, A, B, answer, key, keys

@@ -33,12 +33,12 @@ from enrichment_actors.overpass_responses import (
 )
 from enrichment_actors.prometheus import EnrichmentPrometheus
 from enrichment_actors.store import PersistenceError
-from middleware.admission import STATE_UNAVAILABLE
-from middleware.breaker import CIRCUIT_OPEN
-from middleware.deferral import AdmissionDenied, Defer
-from middleware.policy.pause import HELD, PAUSED
-from middleware.quota import QUOTA_EXHAUSTED
-from middleware.semaphore import NO_PERMIT
+from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.breaker import CIRCUIT_OPEN
+from enrichment_middleware.deferral import AdmissionDenied, Defer
+from enrichment_middleware.policy.pause import HELD, PAUSED
+from enrichment_middleware.quota import QUOTA_EXHAUSTED
+from enrichment_middleware.semaphore import NO_PERMIT
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ENRICH, FETCH, STORE = "enrich", "fetch_pois", "store_pois"

@@ -19,17 +19,17 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.base import Backend
-from middleware.backends.memory import MemoryBackend
-from middleware.breaker import CircuitBreaker, Verdict
-from middleware.deferral import Defer
-from middleware.policy.breaker import BreakerLimits, BreakerStatus
-from middleware.policy.quota import QuotaLimits
-from middleware.policy.semaphore import SemaphoreLimits
-from middleware.quota import Quota
-from middleware.retries import DEFERRALS, Retries
-from middleware.semaphore import ConcurrencySemaphore, release_permit_early
-from middleware.usage import charge_bytes, charge_cost
+from enrichment_middleware.backends.base import Backend
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.breaker import CircuitBreaker, Verdict
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.policy.breaker import BreakerLimits, BreakerStatus
+from enrichment_middleware.policy.quota import QuotaLimits
+from enrichment_middleware.policy.semaphore import SemaphoreLimits
+from enrichment_middleware.quota import Quota
+from enrichment_middleware.retries import DEFERRALS, Retries
+from enrichment_middleware.semaphore import ConcurrencySemaphore, release_permit_early
+from enrichment_middleware.usage import charge_bytes, charge_cost
 
 
 class UpstreamDown(Exception):
@@ -140,7 +140,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
         return
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     request.getfixturevalue("redis_client")
     yield RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="mwtest")
@@ -446,7 +446,7 @@ def test_a_deferral_refreshes_the_age_limit(backend: Backend) -> None:
 def test_an_unreachable_backend_stops_calls_and_keeps_the_job() -> None:
     import socket
 
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

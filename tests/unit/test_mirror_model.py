@@ -71,7 +71,7 @@ from enrichment_actors.store import PoiStore
 from enrichment_actors.stub_overpass import StubOverpass
 from enrichment_actors.stub_overpass.lattice import candidates, poi_of
 from enrichment_actors.stub_overpass.queries import parse_query
-from middleware.failpoints import FailpointError, hooked
+from enrichment_middleware.failpoints import FailpointError, hooked
 
 from .test_ledger_concurrency import waiting_on_a_lock
 

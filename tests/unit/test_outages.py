@@ -21,9 +21,9 @@ from enrichment_actors.outages import (
     waiting_out_outages,
 )
 from enrichment_actors.store import DatabaseUnreachable, PersistenceError
-from middleware.admission import STATE_UNAVAILABLE
-from middleware.backends.base import BackendUnavailable
-from middleware.deferral import Defer
+from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.deferral import Defer
 
 POLICY = OutagePolicy(max_s=100.0, min_wait_s=1.0, max_wait_s=600.0)
 

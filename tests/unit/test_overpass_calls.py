@@ -32,9 +32,9 @@ from enrichment_actors.overpass_responses import (
 )
 from enrichment_actors.runtime import overpass_verdict, runtime
 from enrichment_actors.stub_overpass import StubOverpass
-from middleware.breaker import Verdict
-from middleware.deferral import Defer
-from middleware.usage import take_charged_bytes, take_no_call
+from enrichment_middleware.breaker import Verdict
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.usage import take_charged_bytes, take_no_call
 from tests.support.workers import WorkerProcesses, eventually
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"

@@ -15,14 +15,14 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.admission import STATE_UNAVAILABLE, UnknownPolicy
-from middleware.backends import Backend, BackendUnavailable, MemoryBackend
-from middleware.deferral import AdmissionDenied
-from middleware.failpoints import FailpointError, configure
-from middleware.pacing import PACED, PACING_SLOT, Pacing
-from middleware.policy.clock import ManualClock
-from middleware.policy.pacing import PacingLimits
-from middleware.retries import DEFERRALS, Retries
+from enrichment_middleware.admission import STATE_UNAVAILABLE, UnknownPolicy
+from enrichment_middleware.backends import Backend, BackendUnavailable, MemoryBackend
+from enrichment_middleware.deferral import AdmissionDenied
+from enrichment_middleware.failpoints import FailpointError, configure
+from enrichment_middleware.pacing import PACED, PACING_SLOT, Pacing
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.pacing import PacingLimits
+from enrichment_middleware.retries import DEFERRALS, Retries
 from tests.support.workers import eventually
 
 NOW = 1_700_000_000.0
@@ -161,7 +161,7 @@ def test_a_message_option_rate_overrides_the_actors(rig: Rig) -> None:
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return MemoryBackend()
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     request.getfixturevalue("redis_client")
     return RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="pacingtest")

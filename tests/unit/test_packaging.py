@@ -38,7 +38,7 @@ def test_the_sdist_carries_the_licence_the_type_hints_and_the_operations_kit(tmp
         "docs/prometheus/alerts_test.yml",
         "docs/grafana/enrichment.json",
         "enrichment_actors/py.typed",
-        "middleware/py.typed",
+        "middleware/enrichment_middleware/py.typed",
     ):
         assert wanted in files, wanted
     setup = (REPO / "setup.cfg").read_text()

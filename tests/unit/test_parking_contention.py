@@ -24,10 +24,10 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.backends.redis import RedisBackend
-from middleware.failpoints import FailpointError, configure
-from middleware.policy.parking import ParkingLot
-from middleware.retries import Retries
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.failpoints import FailpointError, configure
+from enrichment_middleware.policy.parking import ParkingLot
+from enrichment_middleware.retries import Retries
 from tests.support.contention import spin
 from tests.support.workers import eventually
 
@@ -159,7 +159,7 @@ def test_a_payload_that_cannot_be_decoded_stays_parked_and_does_not_hold_up_the_
     assert retries.parking is not None
     retries.parking.park("poison", b"\xff not a message", 0)
     retries.schedule(broker, message("fine"), 0)
-    with caplog.at_level(logging.ERROR, logger="middleware.retries"):
+    with caplog.at_level(logging.ERROR, logger="enrichment_middleware.retries"):
         assert retries.release_due(broker) == 1
     assert queued_ids(broker) == {"fine"}
     assert parked_ids(redis_client, "poison") == {"poison"}
@@ -199,7 +199,7 @@ def test_a_wait_that_cannot_be_parked_goes_to_the_brokers_delay_queue(
         backend=RedisBackend.from_url(f"redis://127.0.0.1:{_closed_port()}/0", socket_timeout_s=1)
     )
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="middleware.retries"):
+    with caplog.at_level(logging.WARNING, logger="enrichment_middleware.retries"):
         retries.schedule(broker, message("unparked"), 30.0)
     assert time.monotonic() - started < 5
     (encoded,) = list(broker.queues[f"{QUEUE}.DQ"].queue)

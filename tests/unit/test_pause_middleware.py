@@ -20,12 +20,12 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.base import Backend
-from middleware.backends.memory import MemoryBackend
-from middleware.deferral import AdmissionDenied
-from middleware.pause import HELD, PAUSED, HoldUpstream, Pause, PauseUpstream
-from middleware.policy.pause import PauseLimits, PausePolicy
-from middleware.retries import DEFERRALS, Retries
+from enrichment_middleware.backends.base import Backend
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.deferral import AdmissionDenied
+from enrichment_middleware.pause import HELD, PAUSED, HoldUpstream, Pause, PauseUpstream
+from enrichment_middleware.policy.pause import PauseLimits, PausePolicy
+from enrichment_middleware.retries import DEFERRALS, Retries
 from tests.support.workers import eventually
 
 #: Short pauses on the real clock (Redis keeps the server's time); jitter small but not zero.
@@ -37,7 +37,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
         return
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     request.getfixturevalue("redis_client")
     yield RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="pausetest")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from middleware.policy.backoff import exponential_backoff, jittered
+from enrichment_middleware.policy.backoff import exponential_backoff, jittered
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from middleware.backends import MemoryBackend
-from middleware.backends.redis import RedisBackend
-from middleware.policy.breaker import (
+from enrichment_middleware.backends import MemoryBackend
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.breaker import (
     Admission,
     BreakerLimits,
     BreakerPolicy,
@@ -24,7 +24,7 @@ from middleware.policy.breaker import (
     decide,
     record,
 )
-from middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.clock import ManualClock
 
 CLOSED, OPEN, HALF_OPEN = BreakerStatus.CLOSED, BreakerStatus.OPEN, BreakerStatus.HALF_OPEN
 LIMITS = BreakerLimits(failure_threshold=3, cooldown_s=60.0, probe_ttl_s=120.0, jitter_s=5.0)

@@ -8,16 +8,16 @@ import importlib
 import pytest
 
 MODULES = [
-    "middleware.backends.memory",
-    "middleware.backends.redis",
-    "middleware.policy.backoff",
-    "middleware.policy.breaker",
-    "middleware.policy.clock",
-    "middleware.policy.pacing",
-    "middleware.policy.parking",
-    "middleware.policy.pause",
-    "middleware.policy.quota",
-    "middleware.policy.semaphore",
+    "enrichment_middleware.backends.memory",
+    "enrichment_middleware.backends.redis",
+    "enrichment_middleware.policy.backoff",
+    "enrichment_middleware.policy.breaker",
+    "enrichment_middleware.policy.clock",
+    "enrichment_middleware.policy.pacing",
+    "enrichment_middleware.policy.parking",
+    "enrichment_middleware.policy.pause",
+    "enrichment_middleware.policy.quota",
+    "enrichment_middleware.policy.semaphore",
 ]
 
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from middleware.backends import Backend, MemoryBackend
-from middleware.backends.redis import RedisBackend
-from middleware.policy.clock import ManualClock
-from middleware.policy.pacing import PacingLimits, PacingPolicy, PacingStatus, Reservation
+from enrichment_middleware.backends import Backend, MemoryBackend
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.pacing import PacingLimits, PacingPolicy, PacingStatus, Reservation
 from tests.support.contention import cpu_hog
 
 NOW = 1_700_000_000.0

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from middleware.backends import MemoryBackend
-from middleware.policy.clock import ManualClock
-from middleware.policy.parking import ParkingLot
+from enrichment_middleware.backends import MemoryBackend
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.parking import ParkingLot
 
 T = 1_700_000_000.0
 
@@ -96,7 +96,7 @@ def test_a_member_without_payload_is_logged_by_name_and_counted(caplog: pytest.L
     lot.park("lost-message", b"x", 0)
     lot.park("kept-message", b"y", 0)
     backend.lose_payload(lot.key, "lost-message")
-    with caplog.at_level(logging.ERROR, logger="middleware.policy.parking"):
+    with caplog.at_level(logging.ERROR, logger="enrichment_middleware.policy.parking"):
         assert members(lot) == [("kept-message", b"y")]
     assert lot.orphans() == 1
     assert any("lost-message" in record.getMessage() for record in caplog.records)

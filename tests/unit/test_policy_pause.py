@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import redis
 
-from middleware.backends import Backend, MemoryBackend
-from middleware.backends.base import PAUSE_KEPT_S
-from middleware.backends.redis import RedisBackend
-from middleware.failpoints import FailpointError, configure
-from middleware.policy.clock import ManualClock
-from middleware.policy.pause import (
+from enrichment_middleware.backends import Backend, MemoryBackend
+from enrichment_middleware.backends.base import PAUSE_KEPT_S
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.failpoints import FailpointError, configure
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.pause import (
     HELD,
     PAUSED,
     PauseDecision,
@@ -422,9 +422,9 @@ def test_concurrent_openers_on_redis_exactly_one_opens(
 def test_docstring_examples_hold() -> None:
     import doctest
 
-    import middleware.policy.pause
+    import enrichment_middleware.policy.pause
 
-    failed, attempted = doctest.testmod(middleware.policy.pause, report=False)
+    failed, attempted = doctest.testmod(enrichment_middleware.policy.pause, report=False)
     assert attempted > 0 and failed == 0
 
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from middleware.backends import Backend, MemoryBackend
-from middleware.backends.redis import RedisBackend
-from middleware.policy.clock import ManualClock
-from middleware.policy.quota import QuotaLimits, QuotaPolicy, window_bounds
+from enrichment_middleware.backends import Backend, MemoryBackend
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy, window_bounds
 
 MIDNIGHT = datetime(2024, 3, 1, tzinfo=UTC).timestamp()  # 2024-03-01T00:00:00Z
 DAY = 86_400

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from middleware.backends import Backend, MemoryBackend
-from middleware.backends.redis import RedisBackend
-from middleware.policy.clock import ManualClock
-from middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
+from enrichment_middleware.backends import Backend, MemoryBackend
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
 
 NOW = 1_700_000_000.0
 

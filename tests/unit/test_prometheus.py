@@ -38,13 +38,13 @@ from enrichment_actors.prometheus import (
 )
 from enrichment_actors.runtime import OVERPASS, build_runtime
 from enrichment_actors.settings import load_settings
-from middleware.backends.redis import RedisBackend
-from middleware.deferral import Defer
-from middleware.policy.breaker import BreakerStatus
-from middleware.policy.pacing import PacingLimits, PacingPolicy
-from middleware.policy.pause import PauseLimits, PausePolicy
-from middleware.policy.quota import QuotaUsage
-from middleware.retries import Retries
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.policy.breaker import BreakerStatus
+from enrichment_middleware.policy.pacing import PacingLimits, PacingPolicy
+from enrichment_middleware.policy.pause import PauseLimits, PausePolicy
+from enrichment_middleware.policy.quota import QuotaUsage
+from enrichment_middleware.retries import Retries
 from tests.support.scrape import Scrape
 
 REPO = Path(__file__).resolve().parents[2]

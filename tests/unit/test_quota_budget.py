@@ -20,15 +20,15 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.base import Backend
-from middleware.breaker import CircuitBreaker
-from middleware.policy.breaker import BreakerLimits
-from middleware.policy.quota import QuotaLimits
-from middleware.policy.semaphore import SemaphoreLimits
-from middleware.quota import Quota
-from middleware.retries import Retries
-from middleware.semaphore import ConcurrencySemaphore, release_permit_early
-from middleware.usage import charge_bytes, report_no_call
+from enrichment_middleware.backends.base import Backend
+from enrichment_middleware.breaker import CircuitBreaker
+from enrichment_middleware.policy.breaker import BreakerLimits
+from enrichment_middleware.policy.quota import QuotaLimits
+from enrichment_middleware.policy.semaphore import SemaphoreLimits
+from enrichment_middleware.quota import Quota
+from enrichment_middleware.retries import Retries
+from enrichment_middleware.semaphore import ConcurrencySemaphore, release_permit_early
+from enrichment_middleware.usage import charge_bytes, report_no_call
 from tests.support.contention import cpu_hog
 from tests.support.workers import eventually
 
@@ -83,7 +83,7 @@ def settle(fleet: Fleet, worker: dramatiq.Worker, timeout_s: float = 30.0) -> No
 
 @pytest.fixture
 def backend(redis_client: object, redis_url: str) -> Backend:
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     return RedisBackend.from_url(redis_url, namespace="budget")
 
@@ -199,7 +199,7 @@ def test_the_product_checks_the_permit_then_the_breaker_then_the_quota() -> None
     """The runtime's order, which the tests above rely on (docs/architecture.md, "Order of the checks")."""
     from enrichment_actors.runtime import build_runtime
     from enrichment_actors.settings import load_settings
-    from middleware.callbacks import Callbacks
+    from enrichment_middleware.callbacks import Callbacks
 
     runtime = build_runtime(load_settings({"BROKER": "stub", "STATE_BACKEND": "memory"}))
     order = [type(m) for m in runtime.broker.middleware]

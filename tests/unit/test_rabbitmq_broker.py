@@ -24,7 +24,7 @@ def message(queue: str) -> dramatiq.Message[object]:
 def test_broker_rabbitmq_confirms_publishes_and_keeps_the_state_in_redis() -> None:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
     settings = load_settings(
         {

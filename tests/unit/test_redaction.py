@@ -12,9 +12,9 @@ import redis
 
 from enrichment_actors.settings import SettingsError, load_settings
 from enrichment_actors.store import PersistenceError, PoiStore
-from middleware.backends.base import BackendUnavailable
-from middleware.backends.redis import RedisBackend
-from middleware.redaction import redact, redact_url
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.redaction import redact, redact_url
 from tests.support.workers import free_port
 
 SECRET = "s3cret"
@@ -126,7 +126,7 @@ def test_a_failed_store_leaves_no_password_in_logs_or_the_message(caplog: pytest
     import dramatiq
     from dramatiq.brokers.stub import StubBroker
 
-    from middleware.retries import Retries
+    from enrichment_middleware.retries import Retries
 
     broker = StubBroker()
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, dramatiq.middleware.Retries)]

@@ -14,8 +14,8 @@ from enrichment_actors.redis_topology import TopologyCheck
 from enrichment_actors.runtime import make_backend
 from enrichment_actors.settings import SettingsError, load_settings
 from enrichment_actors.staging import stash_for
-from middleware.backends.redis import RedisBackend
-from middleware.policy.parking import ParkingLot
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.parking import ParkingLot
 from tests.support.redis_topologies import MASTER
 from tests.support.workers import free_port
 

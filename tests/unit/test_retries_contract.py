@@ -23,10 +23,10 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 from dramatiq.middleware import Retries as StockRetries
 
-from middleware.backends.memory import MemoryBackend
-from middleware.callbacks import replace_stock_callbacks
-from middleware.deferral import AdmissionDenied, Defer
-from middleware.retries import DEFERRALS, Retries
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.callbacks import replace_stock_callbacks
+from enrichment_middleware.deferral import AdmissionDenied, Defer
+from enrichment_middleware.retries import DEFERRALS, Retries
 from tests.support.workers import eventually
 
 #: Backoffs short enough for a table of cases (milliseconds).

@@ -22,14 +22,14 @@ from enrichment_actors.routing import (
     choose,
     readiness,
 )
-from middleware.backends import MemoryBackend
-from middleware.backends.base import BackendUnavailable
-from middleware.deferral import AdmissionDenied
-from middleware.policy.breaker import BreakerState, BreakerStatus
-from middleware.policy.clock import ManualClock
-from middleware.policy.pause import PauseStatus
-from middleware.policy.quota import QuotaLimits, QuotaUsage
-from middleware.quota import Quota
+from enrichment_middleware.backends import MemoryBackend
+from enrichment_middleware.backends.base import BackendUnavailable
+from enrichment_middleware.deferral import AdmissionDenied
+from enrichment_middleware.policy.breaker import BreakerState, BreakerStatus
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.pause import PauseStatus
+from enrichment_middleware.policy.quota import QuotaLimits, QuotaUsage
+from enrichment_middleware.quota import Quota
 
 A, B, C = resolve_endpoints(
     EndpointSettings(
@@ -322,10 +322,10 @@ def test_the_product_routes_first_then_pause_permit_breaker_pacing_quota() -> No
     """The runtime's order (docs/architecture.md, "Order of the checks")."""
     from enrichment_actors.runtime import build_runtime
     from enrichment_actors.settings import load_settings
-    from middleware.breaker import CircuitBreaker
-    from middleware.pacing import Pacing
-    from middleware.pause import Pause
-    from middleware.semaphore import ConcurrencySemaphore
+    from enrichment_middleware.breaker import CircuitBreaker
+    from enrichment_middleware.pacing import Pacing
+    from enrichment_middleware.pause import Pause
+    from enrichment_middleware.semaphore import ConcurrencySemaphore
 
     urls = "http://a.example/api/interpreter,http://b.example/api/interpreter"
     runtime = build_runtime(

@@ -26,12 +26,12 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.backends import Backend, MemoryBackend
-from middleware.backends.redis import RedisBackend
-from middleware.failpoints import configure
-from middleware.policy.clock import ManualClock
-from middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
-from middleware.semaphore import ConcurrencySemaphore
+from enrichment_middleware.backends import Backend, MemoryBackend
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.failpoints import configure
+from enrichment_middleware.policy.clock import ManualClock
+from enrichment_middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
+from enrichment_middleware.semaphore import ConcurrencySemaphore
 from tests.support.workers import REPO, eventually
 
 NOW = 1_700_000_000.0
@@ -330,8 +330,8 @@ CHILD = """
 import json, random, sys, threading, time
 import redis
 import tests.support.hog
-from middleware.backends.redis import RedisBackend
-from middleware.policy.semaphore import SemaphoreLimits, SemaphorePolicy
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.semaphore import SemaphoreLimits, SemaphorePolicy
 
 url, permits, seconds, lease_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 client = redis.Redis.from_url(url)

@@ -12,7 +12,7 @@ from enrichment_actors.overpass_client import OverpassClient
 from enrichment_actors.overpass_responses import ClientTimeout, ConnectionFailed, OverpassError
 from enrichment_actors.server_time import charge_server_time, server_seconds
 from enrichment_actors.stub_overpass import StubOverpass
-from middleware.usage import meter_into, take_charged_cost
+from enrichment_middleware.usage import meter_into, take_charged_cost
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
 QUERY = '[out:json][timeout:25];nwr["amenity"](46.50,6.62,46.52,6.65);out center tags;'

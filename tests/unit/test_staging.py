@@ -24,7 +24,7 @@ from enrichment_actors.staging import (
     encode_chunks,
 )
 from enrichment_actors.stub_overpass import StubOverpass
-from middleware.backends.redis import RedisBackend
+from enrichment_middleware.backends.redis import RedisBackend
 from tests.support.workers import eventually, free_port
 
 POI = ["node", 1, 48.85, 2.29, {"amenity": "cafe", "name": "Café du Parc"}]
@@ -269,7 +269,7 @@ def test_staging_waits_for_an_unreachable_redis_rather_than_call_again(
 ) -> None:
     """Failing after the call would mean a retry, and a retry a second call: staging waits instead."""
     from enrichment_actors import actors, fetch_pois
-    from middleware.backends.base import BackendUnavailable
+    from enrichment_middleware.backends.base import BackendUnavailable
 
     runtime, stub = product
     monkeypatch.setattr(actors, "stage_key", lambda: "fetch:blip")
@@ -299,7 +299,7 @@ def test_a_deferred_redelivery_of_a_fetch_whose_answer_landed_takes_no_claim(
     claims for an hour, and a forced job for those tiles then ended "coalesced" with no call."""
     from enrichment_actors import actors, fetch_pois
     from enrichment_actors.coverage.claims import TileClaims
-    from middleware.deferral import Defer
+    from enrichment_middleware.deferral import Defer
 
     runtime, _ = product
     monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: None)

@@ -44,12 +44,12 @@ from enrichment_actors.overpass_responses import (
 from enrichment_actors.runtime import runtime
 from enrichment_actors.settings import load_settings
 from enrichment_actors.stub_overpass import StubOverpass
-from middleware.admission import STATE_UNAVAILABLE
-from middleware.backends.redis import RedisBackend
-from middleware.deferral import Defer
-from middleware.failpoints import configure
-from middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
-from middleware.usage import take_no_call
+from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.deferral import Defer
+from enrichment_middleware.failpoints import configure
+from enrichment_middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
+from enrichment_middleware.usage import take_no_call
 from tests.support.contention import cpu_hog
 from tests.support.workers import WorkerProcesses, eventually
 

@@ -283,7 +283,7 @@ class Backend(ABC):
 
     # -- pacing -------------------------------------------------------------
     # A GCRA schedule per key: the theoretical arrival time of the next
-    # reservation, and the earliest next start (see middleware.policy.pacing).
+    # reservation, and the earliest next start (see enrichment_middleware.policy.pacing).
 
     @abstractmethod
     def gcra_reserve(

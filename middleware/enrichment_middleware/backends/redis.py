@@ -37,7 +37,7 @@ import redis
 import redis.cluster
 import redis.sentinel
 
-from middleware.backends.base import (
+from enrichment_middleware.backends.base import (
     PAUSE_KEPT_S,
     WAKE_TOKEN_TTL_S,
     WAKE_TOKENS_KEPT,
@@ -47,7 +47,7 @@ from middleware.backends.base import (
     WindowCounts,
     check_counter_arguments,
 )
-from middleware.redaction import redact, redact_url
+from enrichment_middleware.redaction import redact, redact_url
 
 # Every script that needs the time starts with this: the server's clock, in
 # epoch seconds with microseconds.  Times go back to Redis as '%.6f' strings:
@@ -247,7 +247,7 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
-#: A window counter's key as :func:`~middleware.backends.base.window_key` makes it
+#: A window counter's key as :func:`~enrichment_middleware.backends.base.window_key` makes it
 #: (``<key>:<window start>:<name>``): its hash tag is ``<key>``, the tag of the
 #: counters WINDOW_ADMIT names, so a refund reaches the counter it admitted on.
 _WINDOW_COUNTER = re.compile(r"^(?P<key>.*):(?P<start>\d+):(?P<name>[^:]+)$", re.DOTALL)
@@ -304,7 +304,7 @@ def _sentinel_addresses(sentinels: Sequence[str] | str) -> list[tuple[str, int]]
 
 
 class RedisBackend(Backend):
-    """Every primitive of :class:`~middleware.backends.base.Backend` on a Redis server (5 or later).
+    """Every primitive of :class:`~enrichment_middleware.backends.base.Backend` on a Redis server (5 or later).
 
     The server's clock is the fleet's clock: hosts whose clocks disagree still
     agree on leases, windows, cooldowns and due times.  A standalone Redis, a

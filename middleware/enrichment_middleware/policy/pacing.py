@@ -31,8 +31,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from middleware.backends.base import Backend
-from middleware.policy.base import Policy
+from enrichment_middleware.backends.base import Backend
+from enrichment_middleware.policy.base import Policy
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ class PacingPolicy(Policy[PacingLimits]):
     """Spaces call starts by an interval, fleet-wide, with reserved slots (GCRA).
 
     Examples:
-      >>> from middleware.backends.memory import MemoryBackend
-      >>> from middleware.policy.clock import ManualClock
+      >>> from enrichment_middleware.backends.memory import MemoryBackend
+      >>> from enrichment_middleware.policy.clock import ManualClock
       >>> clock = ManualClock(start=1_000.0)
       >>> pacing = PacingPolicy("api", PacingLimits(interval_s=10.0), MemoryBackend(clock=clock))
       >>> pacing.reserve()

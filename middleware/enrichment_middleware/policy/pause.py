@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from middleware.failpoints import failpoint
-from middleware.policy.backoff import jittered
-from middleware.policy.base import Policy
+from enrichment_middleware.failpoints import failpoint
+from enrichment_middleware.policy.backoff import jittered
+from enrichment_middleware.policy.base import Policy
 
 #: Deferral reason while a pause is in force.
 PAUSED = "paused"
@@ -126,7 +126,7 @@ class PauseDecision:
 
 
 def read_status(record: Mapping[str, Any] | None) -> PauseStatus:
-    """The status that a backend's :meth:`~middleware.backends.base.Backend.pause_get` answer says.
+    """The status that a backend's :meth:`~enrichment_middleware.backends.base.Backend.pause_get` answer says.
 
     A pause is in force while now < paused_until: at its end exactly, calls
     flow again and the next pause opens anew.
@@ -193,8 +193,8 @@ class PausePolicy(Policy[PauseLimits]):
     """A pause and a hold that the whole fleet shares.
 
     Examples:
-      >>> from middleware.backends.memory import MemoryBackend
-      >>> from middleware.policy.clock import ManualClock
+      >>> from enrichment_middleware.backends.memory import MemoryBackend
+      >>> from enrichment_middleware.policy.clock import ManualClock
       >>> clock = ManualClock(start=1_000.0)
       >>> pause = PausePolicy("api", PauseLimits(min_pause_s=30.0, jitter_s=0.0), MemoryBackend(clock=clock))
       >>> pause.pause(30.0, "slow_down")  # this call opened the pause

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import ClassVar, Generic, TypeVar
 
-from middleware.backends.base import Backend
+from enrichment_middleware.backends.base import Backend
 
 LimitsT = TypeVar("LimitsT")
 
@@ -15,8 +15,8 @@ class Policy(Generic[LimitsT]):
 
     Policies decide; the backend counts and keeps the time, so every host of a
     fleet agrees on leases, windows and cooldowns whatever its own clock says
-    (tests give a :class:`~middleware.backends.memory.MemoryBackend` a
-    :class:`~middleware.policy.clock.ManualClock`).
+    (tests give a :class:`~enrichment_middleware.backends.memory.MemoryBackend` a
+    :class:`~enrichment_middleware.policy.clock.ManualClock`).
 
     Parameters:
       name(str): Names the policy's state in the backend; policies of the same
@@ -48,5 +48,5 @@ class Policy(Generic[LimitsT]):
 
     @property
     def backend(self) -> Backend:
-        """Where the state lives; its :meth:`~middleware.backends.base.Backend.now` is the fleet's clock."""
+        """Where the state lives; its :meth:`~enrichment_middleware.backends.base.Backend.now` is the fleet's clock."""
         return self._backend

@@ -9,7 +9,7 @@ retry) to just before it.  When it comes back it is admitted on that slot,
 without taking another, so the deferred jobs come back one slot apart.
 A job that comes back after its slot (an earlier middleware held it up) still
 starts no closer than one interval after the previous start: see
-:mod:`middleware.policy.pacing`.
+:mod:`enrichment_middleware.policy.pacing`.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from middleware.policy.backoff import jittered
-from middleware.policy.base import Policy
+from enrichment_middleware.policy.backoff import jittered
+from enrichment_middleware.policy.base import Policy
 
 #: Compare-and-set conflicts tolerated before giving up; each conflict means
 #: another worker moved the breaker, so this is only reached under a storm.
@@ -216,7 +216,7 @@ class BreakerPolicy(Policy[BreakerLimits]):
     """A circuit breaker whose state the whole fleet shares.
 
     Examples:
-      >>> from middleware.backends.memory import MemoryBackend
+      >>> from enrichment_middleware.backends.memory import MemoryBackend
       >>> breaker = BreakerPolicy("api", BreakerLimits(failure_threshold=1), MemoryBackend())
       >>> admission = breaker.admit("message-1")
       >>> admission.allowed
@@ -233,9 +233,9 @@ class BreakerPolicy(Policy[BreakerLimits]):
       rng(random.Random): The source of jitter.  Defaults to a new Random.
 
     Cooldowns and probe claims are reckoned by the backend's clock
-    (:meth:`~middleware.backends.base.Backend.now`), the same for every host:
+    (:meth:`~enrichment_middleware.backends.base.Backend.now`), the same for every host:
     a host whose clock runs ahead cannot end a cooldown early.  The state and
-    that clock are read together (:meth:`~middleware.backends.base.Backend.state_get_now`):
+    that clock are read together (:meth:`~enrichment_middleware.backends.base.Backend.state_get_now`):
     a closed breaker's admission, and a success that changes nothing, cost one
     round trip; a transition adds its compare-and-set.
     """

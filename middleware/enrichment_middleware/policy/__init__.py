@@ -1,7 +1,7 @@
 """Pure policy code: quota, semaphore, circuit breaker, pause, pacing, backoff and parking, over a storage backend."""
 
-from middleware.policy.backoff import exponential_backoff, jittered
-from middleware.policy.breaker import (
+from enrichment_middleware.policy.backoff import exponential_backoff, jittered
+from enrichment_middleware.policy.breaker import (
     Admission,
     BreakerLimits,
     BreakerPolicy,
@@ -11,12 +11,18 @@ from middleware.policy.breaker import (
     decide,
     record,
 )
-from middleware.policy.clock import Clock, ManualClock, SystemClock
-from middleware.policy.pacing import PacingLimits, PacingPolicy, PacingStatus, Reservation
-from middleware.policy.parking import ParkingLot
-from middleware.policy.pause import PauseDecision, PauseLimits, PausePolicy, PauseStatus
-from middleware.policy.quota import QuotaDecision, QuotaLimits, QuotaPolicy, QuotaUsage, window_bounds
-from middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
+from enrichment_middleware.policy.clock import Clock, ManualClock, SystemClock
+from enrichment_middleware.policy.pacing import PacingLimits, PacingPolicy, PacingStatus, Reservation
+from enrichment_middleware.policy.parking import ParkingLot
+from enrichment_middleware.policy.pause import PauseDecision, PauseLimits, PausePolicy, PauseStatus
+from enrichment_middleware.policy.quota import (
+    QuotaDecision,
+    QuotaLimits,
+    QuotaPolicy,
+    QuotaUsage,
+    window_bounds,
+)
+from enrichment_middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
 
 __all__ = [
     "Admission",

@@ -1,8 +1,8 @@
 """Clocks for a backend that keeps time in this process: the system clock, or a hand-moved one in tests.
 
 Policies take their time from their backend, the one clock of the fleet
-(:meth:`~middleware.backends.base.Backend.now`; on Redis, the server's
-``TIME``).  :class:`~middleware.backends.memory.MemoryBackend` takes a
+(:meth:`~enrichment_middleware.backends.base.Backend.now`; on Redis, the server's
+``TIME``).  :class:`~enrichment_middleware.backends.memory.MemoryBackend` takes a
 ``clock`` so that windows, leases and cooldowns can be tested exactly and
 instantly: a test moves a :class:`ManualClock` to 23:59:59.999 instead of
 waiting for midnight.

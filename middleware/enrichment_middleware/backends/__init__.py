@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from middleware.backends.base import Backend, BackendUnavailable
-from middleware.backends.memory import MemoryBackend
+from enrichment_middleware.backends.base import Backend, BackendUnavailable
+from enrichment_middleware.backends.memory import MemoryBackend
 
 if TYPE_CHECKING:
-    from middleware.backends.redis import RedisBackend
+    from enrichment_middleware.backends.redis import RedisBackend
 
 __all__ = ["Backend", "BackendUnavailable", "MemoryBackend", "RedisBackend"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "RedisBackend":
-        from middleware.backends.redis import RedisBackend
+        from enrichment_middleware.backends.redis import RedisBackend
 
         return RedisBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ worker killed with ``kill -9`` comes back after the lease time even while
 other workers keep acquiring. A thread that finds no permit waits a short,
 bounded time (woken by releases, never spinning), then defers the message.
 A permit given back while another thread of this process waits goes straight
-to it (see :mod:`middleware.policy.semaphore`): the failpoint
+to it (see :mod:`enrichment_middleware.policy.semaphore`): the failpoint
 ``semaphore.handed_off`` is between moving the lease and waking that thread.
 """
 
@@ -32,7 +32,7 @@ def release_permit_early() -> None:
 
     For an actor whose limited call is over but that has more to do (hand its
     result on, say): the next call can start meanwhile. Report the call's
-    usage first (``middleware.usage.charge_bytes``), so that the next call is
+    usage first (``enrichment_middleware.usage.charge_bytes``), so that the next call is
     admitted against it. Does nothing when the message holds no permit, or
     gave it back already.
     """

@@ -66,7 +66,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
       limits: breaker limits by policy name; actors opt in with ``breaker=NAME``.
       verdict: maps the actor's exception (``None`` when it returned) to a
         :class:`Verdict`. Denials by other middlewares, and calls the actor
-        reports never left (:func:`~middleware.usage.report_no_call`), never
+        reports never left (:func:`~enrichment_middleware.usage.report_no_call`), never
         reach it: the call did not happen.
       clock: this host's clock, for what is not shared state; the policies never read it.
       rng: injectable randomness.

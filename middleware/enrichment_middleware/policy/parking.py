@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from middleware.backends.base import Backend, ParkedClaim
+from enrichment_middleware.backends.base import Backend, ParkedClaim
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ class ParkingLot:
     Ten thousand jobs waiting for tomorrow cost a worker nothing.
 
     Examples:
-      >>> from middleware.backends.memory import MemoryBackend
-      >>> from middleware.policy.clock import ManualClock
+      >>> from enrichment_middleware.backends.memory import MemoryBackend
+      >>> from enrichment_middleware.policy.clock import ManualClock
       >>> clock = ManualClock(start=1000.0)
       >>> lot = ParkingLot(MemoryBackend(clock=clock))
       >>> token = lot.park("message-1", b"encoded message", delay_s=60.0)

@@ -3,10 +3,10 @@
 A middleware that refuses to admit a message now (no quota, circuit open, no
 permit) raises :class:`AdmissionDenied`; an actor that learns it must wait
 (the upstream asked it to slow down) raises :class:`Defer`. The
-:class:`~middleware.retries.Retries` middleware puts the message back with
+:class:`~enrichment_middleware.retries.Retries` middleware puts the message back with
 the delay, without counting a retry and without holding it in worker memory
 when the wait is long. A deferral is no outcome: it never reaches
-``retry_when`` or ``on_retry_exhausted``, :class:`~middleware.callbacks.Callbacks`
+``retry_when`` or ``on_retry_exhausted``, :class:`~enrichment_middleware.callbacks.Callbacks`
 fires neither ``on_success`` nor ``on_failure`` for it, and the breaker's
 default verdict ignores it.
 """

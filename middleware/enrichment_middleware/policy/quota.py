@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from middleware.backends.base import WindowCounts, mean_cost, window_key
-from middleware.policy.backoff import jittered
-from middleware.policy.base import Policy
+from enrichment_middleware.backends.base import WindowCounts, mean_cost, window_key
+from enrichment_middleware.policy.backoff import jittered
+from enrichment_middleware.policy.base import Policy
 
 #: Counters outlive their window by this much, so late byte counts still land.
 _COUNTER_GRACE_S = 3600
@@ -44,7 +44,7 @@ class QuotaLimits:
       jitter_s(float): A denied job comes back at the next window start plus
         uniform(0, jitter_s), so the fleet does not stampede at midnight.
       cost(int): Units of cost per window (any unit the actor reports with
-        :func:`~middleware.usage.charge_cost`); below 0 means unlimited.  A call
+        :func:`~enrichment_middleware.usage.charge_cost`); below 0 means unlimited.  A call
         is admitted only while what is left covers the mean cost per call.
       cost_prior(int): The mean cost per call assumed before any call of the
         window (at least 1).
@@ -177,7 +177,7 @@ class QuotaPolicy(Policy[QuotaLimits]):
     window, even after it ended.
 
     Examples:
-      >>> from middleware.backends.memory import MemoryBackend
+      >>> from enrichment_middleware.backends.memory import MemoryBackend
       >>> quota = QuotaPolicy("api", QuotaLimits(requests=2), MemoryBackend())
       >>> decision = quota.admit()
       >>> decision.allowed

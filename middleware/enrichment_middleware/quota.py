@@ -3,9 +3,9 @@
 Requests are counted atomically at admission, so however many processes
 race, no more calls are admitted than the limit; a request whose call never
 happened (a later middleware deferred the job, or the actor reported
-:func:`~middleware.usage.report_no_call`) is given back. Response bytes are
+:func:`~enrichment_middleware.usage.report_no_call`) is given back. Response bytes are
 charged as the actor reports them, failed calls included, and so is the cost
-(see :mod:`middleware.usage`). Put the quota last, after the permit: the byte
+(see :mod:`enrichment_middleware.usage`). Put the quota last, after the permit: the byte
 budget is checked at admission, so it must be checked right before the
 call, not before a wait. A denied message makes no call and is deferred to
 the start of the next window plus jitter.

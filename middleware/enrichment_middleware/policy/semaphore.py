@@ -7,7 +7,7 @@ under it.
 
 Within one process a released permit goes straight to a thread of the same
 process that waits for it: one backend call moves the lease to the waiter
-with a fresh expiry (:meth:`~middleware.backends.base.Backend.lease_transfer`),
+with a fresh expiry (:meth:`~enrichment_middleware.backends.base.Backend.lease_transfer`),
 and the waiter is woken in memory, without waiting on the backend or taking
 the lease itself.  The fleet's count never moves during the hand-off, and a
 handed-on lease lapses like any other when its process dies.
@@ -29,8 +29,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from middleware.failpoints import failpoint
-from middleware.policy.base import Policy
+from enrichment_middleware.failpoints import failpoint
+from enrichment_middleware.policy.base import Policy
 
 #: Longest sleep between two attempts while waiting for a permit; a release
 #: wakes a waiter sooner, this only bounds how late a missed wake-up is noticed.
@@ -126,7 +126,7 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
     """Limits how many calls the whole fleet makes at once.
 
     Examples:
-      >>> from middleware.backends.memory import MemoryBackend
+      >>> from enrichment_middleware.backends.memory import MemoryBackend
       >>> semaphore = SemaphorePolicy("api", SemaphoreLimits(permits=1), MemoryBackend())
       >>> permit = semaphore.acquire("message-1")
       >>> semaphore.acquire("message-2", wait_s=0.0) is None

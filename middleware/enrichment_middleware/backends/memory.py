@@ -1,7 +1,7 @@
 """An in-process backend: the primitives over plain dicts behind one lock.
 
 For tests and single-process use.  State is not shared between processes, so
-a fleet of workers needs :class:`~middleware.backends.redis.RedisBackend`.
+a fleet of workers needs :class:`~enrichment_middleware.backends.redis.RedisBackend`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from middleware.backends.base import (
+from enrichment_middleware.backends.base import (
     PAUSE_KEPT_S,
     WAKE_TOKEN_TTL_S,
     WAKE_TOKENS_KEPT,
@@ -24,23 +24,23 @@ from middleware.backends.base import (
     mean_cost,
     window_key,
 )
-from middleware.policy.clock import Clock, SystemClock
+from enrichment_middleware.policy.clock import Clock, SystemClock
 
 
 class MemoryBackend(Backend):
-    """Every primitive of :class:`~middleware.backends.base.Backend`, in this process's memory.
+    """Every primitive of :class:`~enrichment_middleware.backends.base.Backend`, in this process's memory.
 
     One lock makes each primitive atomic; a condition on that lock wakes
     :meth:`lease_wait`.  The backend keeps time with ``clock``: leases,
     windows, parking, and the TTLs of counters and caps all follow it, so a
-    test that moves a :class:`~middleware.policy.clock.ManualClock` moves
+    test that moves a :class:`~enrichment_middleware.policy.clock.ManualClock` moves
     every one of them, exactly and instantly.  Waits and wake-ups are real
     (monotonic) time.  Values given to :meth:`state_cas` are stored as JSON,
     exactly as a shared store would keep them, so a value that would not
     survive Redis fails here too.
 
     Examples:
-      >>> from middleware.policy.clock import ManualClock
+      >>> from enrichment_middleware.policy.clock import ManualClock
       >>> clock = ManualClock(start=1_700_000_000.0)
       >>> backend = MemoryBackend(clock=clock)
       >>> backend.window_admit("q", ["requests"], [1], [1], window_s=60, ttl_s=120).values
