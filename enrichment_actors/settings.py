@@ -40,6 +40,9 @@ from .settings_values import (
 )
 
 __all__ = [
+    "DEFAULT_TAGS",
+    "PACING_MAX_WAIT_S",
+    "SERVER_HOLD_S",
     "TABLE",
     "SenderSettings",
     "Setting",
@@ -127,9 +130,7 @@ class Settings:
         "amqp://user:pass@host:5672/vhost",
         sender=True,
         secret=True,
-        doc=(
-            "The RabbitMQ broker when `BROKER=rabbitmq` (`amqp://` or `amqps://`; `%2F` is the default vhost)"
-        ),
+        doc="The RabbitMQ broker when `BROKER=rabbitmq` (`amqp://` or `amqps://`; `%2F` is the default vhost)",
     )
     state_redis_url: str = setting(
         "STATE_REDIS_URL",
@@ -292,7 +293,7 @@ class Settings:
     )
     default_tags: tuple[str, ...] = setting(
         "ENRICH_DEFAULT_TAGS",
-        "amenity,shop,tourism,leisure,office,craft,healthcare",
+        ",".join(DEFAULT_TAGS),
         tags,
         sender=True,
         doc="Tag filters used when a job names none",
@@ -340,9 +341,7 @@ class Settings:
         float,
         whole_tiles,
         "degrees that divide 180 into whole tiles",
-        doc=(
-            "Side of the global tile grid, in degrees (must divide 180 on the 1e-7 grid: 0.01, 0.02, 0.05...)"
-        ),
+        doc="Side of the global tile grid, in degrees (must divide 180 on the 1e-7 grid: 0.01, 0.02, 0.05...)",
     )
     fresh_s: float = setting(
         "ENRICH_FRESH_S",
@@ -617,9 +616,7 @@ class Settings:
         float,
         positive,
         "seconds > 0",
-        doc=(
-            "How long staged POIs wait for the database; must exceed STORE_MAX_RETRIES x RETRY_MAX_BACKOFF_S"
-        ),
+        doc="How long staged POIs wait for the database; must exceed STORE_MAX_RETRIES x RETRY_MAX_BACKOFF_S",
     )
 
     @property

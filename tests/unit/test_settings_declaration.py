@@ -96,7 +96,7 @@ ADVICE = ("expected ", "give ", "name ", "must exceed", "use printable")
 
 @pytest.mark.parametrize("field", dataclasses.fields(Settings), ids=lambda field: field.name)
 def test_every_field_is_declared_with_its_variable(field: dataclasses.Field[object]) -> None:
-    declaration = field.metadata.get("setting")
+    declaration = dict(declared(Settings)).get(field.name)
     assert declaration is not None, f"Settings.{field.name} is not declared with setting(...)"
     assert declaration.env.isupper() and declaration.help, declaration
 
@@ -151,7 +151,7 @@ def test_the_sender_settings_are_the_fields_declared_for_it() -> None:
     declared_for_sender = [
         (field.name, field.type, field.repr)
         for field in dataclasses.fields(Settings)
-        if field.metadata["setting"].sender
+        if field.name in dict(declared(Settings, sender=True))
     ]
     assert [
         (field.name, field.type, field.repr) for field in dataclasses.fields(SenderSettings)
