@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 from enrichment_middleware.policy.pacing import PacingLimits
 from enrichment_middleware.redaction import redact_url
 
-from . import __version__
 from .overpass_client import is_sendable_header
 from .overpass_endpoints import Endpoint, EndpointError, EndpointSettings, require_contact, resolve_endpoints
 from .overpass_responses import cut
+from .version import __version__
 
 T = TypeVar("T")
 
@@ -656,3 +656,51 @@ def _is_http_url(value: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.path.endswith("/interpreter")
+
+
+#: The settings an app process reads to send jobs (:mod:`enrichment_actors.sender`): where the
+#: product's queue is, its name, and the limits a job must keep. No worker-only setting.
+SENDER_SETTINGS = (
+    "BROKER",
+    "REDIS_URL",
+    "RABBITMQ_URL",
+    "ENRICH_QUEUE",
+    "ENRICH_DEFAULT_TAGS",
+    "ENRICH_MAX_AREA_DEG2",
+    "ENRICH_MAX_TAGS",
+)
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """What a sender needs: the broker the product's workers consume, the queue, and the job limits."""
+
+    broker: str
+    redis_url: str
+    rabbitmq_url: str
+    queue: str
+    default_tags: tuple[str, ...]
+    max_area_deg2: float
+    max_tags: int
+
+
+def load_sender_settings(environ: Mapping[str, str] | None = None) -> SenderSettings:
+    """Read only :data:`SENDER_SETTINGS` from ``environ`` (default ``os.environ``), checked as the workers do.
+
+    Every other setting is left at its default, so a process that only sends
+    needs no ``OVERPASS_CONTACT``, ``DATABASE_URL`` or any other worker setting.
+
+    Raises:
+      SettingsError: naming the first of those variables whose value is unusable.
+    """
+    env = os.environ if environ is None else environ
+    s = load_settings({name: env[name] for name in SENDER_SETTINGS if name in env})
+    return SenderSettings(
+        broker=s.broker,
+        redis_url=s.redis_url,
+        rabbitmq_url=s.rabbitmq_url,
+        queue=s.queue,
+        default_tags=s.default_tags,
+        max_area_deg2=s.max_area_deg2,
+        max_tags=s.max_tags,
+    )
