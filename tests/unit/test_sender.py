@@ -82,17 +82,21 @@ def test_message_is_what_the_actor_takes_on_the_products_queue() -> None:
     assert sender.message(BBOX, ["shop"]).args == (BBOX, ["shop"])
 
 
-# An app process: its own broker set, the product's sender used, no worker setting.
+# An app process: its own broker set as the global one, the product's sender used, no worker setting.
 _APP = """
 import json, sys
 import dramatiq
+from dramatiq.brokers.stub import StubBroker
+app_broker = StubBroker()
+dramatiq.set_broker(app_broker)
 from enrichment_actors import enrich
 message = enrich.send(bbox={"south": 48.85, "west": 2.29, "north": 48.86, "east": 2.30}, tags=["amenity"])
 delayed = enrich.send_with_options(kwargs={"bbox": {"south": 1, "west": 1, "north": 1.1, "east": 1.1}}, delay=60000)
 import dramatiq.broker
 print(json.dumps({
     "id": message.message_id, "delayed": delayed.message_id,
-    "global": dramatiq.broker.global_broker is not None,
+    "global": dramatiq.broker.global_broker is app_broker,
+    "app": [sorted(app_broker.actors), sorted(app_broker.queues)],
     "actors": sorted(enrich.broker.actors),
 }))
 """
@@ -119,7 +123,8 @@ def test_sending_needs_no_worker_setting_and_lands_on_the_products_queue(
     )
     assert done.returncode == 0, done.stderr
     said = json.loads(done.stdout)
-    assert said["global"] is False, "the sender made its broker Dramatiq's global broker"
+    assert said["global"] is True, "the sender made its broker Dramatiq's global broker"
+    assert said["app"] == [[], []], "the sender declared an actor or a queue on the app's broker"
     assert said["actors"] == [], "the sender declared an actor"
     queued = [dramatiq.Message.decode(raw) for raw in redis_client.hvals("dramatiq:enrichment.msgs")]
     assert [(m.message_id, m.actor_name, m.kwargs["tags"]) for m in queued] == [
