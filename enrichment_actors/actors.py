@@ -780,7 +780,7 @@ def declare(runtime: Runtime) -> Actors:
     # A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.
     broker.add_middleware(HoldRelease(_boot_fingerprints))
     # Every log line about a job names it: first on the broker, to see the message before and after the others.
-    broker.middleware.insert(0, JobLogContext())
+    broker.middleware.insert(0, JobLogContext(actors=ACTORS))
     # Each worker process says what limits it keeps, and checks the database, before it takes a message.
     broker.add_middleware(StartupReport(lambda: runtime))
     return declared

@@ -6,7 +6,8 @@ own calls ``install`` twice. The product's three actors are then declared
 on the app's broker, which stays Dramatiq's global broker; the app's actor is
 untouched; every middleware the app had is still there, in order, except
 Dramatiq's ``Retries`` and ``Callbacks``, replaced in place by the product's;
-the size limit and the product's metrics cover only its actors, with no
+the size limit, the job names in log lines and the product's metrics cover
+only its actors, with no
 second metrics server beside the app's; the Redis checks look at the
 product's state Redis, not the app's broker.
 """
@@ -39,6 +40,7 @@ before = list(broker.middleware)
 options = dict(app_job.options)
 
 import enrichment_actors
+from enrichment_actors.job_logs import JobLogContext
 from enrichment_actors.message_limit import MessageSizeLimit
 from enrichment_actors.prometheus import EnrichmentPrometheus
 from enrichment_actors.redis_checks import RedisChecks
@@ -57,6 +59,7 @@ print(json.dumps({
     "order": [after.index(m) for m in before if m in after] == sorted(after.index(m) for m in before if m in after),
     "added": sorted(type(m).__name__ for m in ours),
     "size_limit": sorted(next(m for m in ours if isinstance(m, MessageSizeLimit)).actors),
+    "job_logs": sorted(next(m for m in ours if isinstance(m, JobLogContext)).actors),
     "metrics": [(sorted(m.actors), m.forks) for m in ours if isinstance(m, EnrichmentPrometheus)],
     "redis_checked": sorted(checks.clients()),
     "queues": sorted(broker.get_declared_queues()),
@@ -89,7 +92,7 @@ def test_install_puts_the_product_on_the_apps_broker_and_leaves_the_apps_own_alo
     assert {"Retries", "Callbacks", "MessageSizeLimit", "EnrichmentPrometheus", "RedisChecks"} <= set(
         said["added"]
     )
-    assert said["size_limit"] == ["enrich", "fetch_pois", "store_pois"]
+    assert said["size_limit"] == said["job_logs"] == ["enrich", "fetch_pois", "store_pois"]
     assert said["metrics"] == [[["enrich", "fetch_pois", "store_pois"], []]]  # the app's Prometheus serves
     assert said["redis_checked"] == ["state backend"]
     assert said["queues"] == ["app", "enrichment"]
