@@ -92,6 +92,9 @@ class EnrichmentPrometheus(Prometheus):
         middleware serves the same multiprocess files).
       actors: the names of the actors whose messages are counted; None: every
         actor (the product's own broker). On an app's broker, only ours.
+      stock: whether to record Dramatiq's stock message metrics (``dramatiq_*``)
+        too; False when an app's own Prometheus middleware records them for
+        every actor, ours included (they would be counted twice).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class EnrichmentPrometheus(Prometheus):
         port: int = HTTP_PORT,
         exposition: Callable[[], int] | None = None,
         actors: Collection[str] | None = None,
+        stock: bool = True,
     ) -> None:
         super().__init__()
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
@@ -110,6 +114,7 @@ class EnrichmentPrometheus(Prometheus):
         self.port = port
         self.exposition = exposition
         self.actors = None if actors is None else frozenset(actors)
+        self.stock = stock
         self._recorders: _Recorders | None = None
         self._files_written = False
 
@@ -132,7 +137,7 @@ class EnrichmentPrometheus(Prometheus):
 
     def start_recording(self, registry: CollectorRegistry) -> None:
         """Declare every worker metric on ``registry`` and start recording (tests call it directly)."""
-        self._recorders = _Recorders(registry)
+        self._recorders = _Recorders(registry, stock=self.stock)
         # A success series that exists from the start lets increase() see the first success.
         self._recorders.jobs.labels(m.STORE_ACTOR, Outcome.SUCCESS.value, m.FINAL_TRUE)
 
@@ -282,10 +287,26 @@ def _labels(message: dramatiq.Message[Any] | dramatiq.MessageProxy) -> tuple[str
     return q_name(message.queue_name), message.actor_name
 
 
-class _Recorders:
-    """The worker metrics, declared on one registry from their specs."""
+class _Unrecorded:
+    """A metric not recorded: Dramatiq's stock ones when the app's Prometheus middleware records them."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def labels(self, *values: str) -> _Unrecorded:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+class _Recorders:
+    """The worker metrics, declared on one registry from their specs (``stock``: Dramatiq's too)."""
+
+    def __init__(self, registry: CollectorRegistry, *, stock: bool = True) -> None:
         self.jobs: Counter = _declare(m.JOBS, registry)
         self.calls: Counter = _declare(m.OVERPASS_CALLS, registry)
         self.call_seconds: Histogram = _declare(m.OVERPASS_CALL_SECONDS, registry)
@@ -301,6 +322,9 @@ class _Recorders:
         self.in_progress: Gauge = _declare(m.MESSAGES_IN_PROGRESS, registry)
         self.delayed: Gauge = _declare(m.DELAYED_MESSAGES_IN_PROGRESS, registry)
         self.duration: Histogram = _declare(m.MESSAGE_DURATION, registry)
+        if not stock:
+            self.messages = self.errors = self.retries = self.rejects = _Unrecorded()  # type: ignore[assignment]
+            self.in_progress = self.delayed = self.duration = _Unrecorded()  # type: ignore[assignment]
 
 
 def _declare(spec: MetricSpec, registry: CollectorRegistry) -> Any:

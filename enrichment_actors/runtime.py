@@ -246,9 +246,10 @@ def build_runtime(
     ``broker``: an app's broker to build on (``enrichment_actors.install``)
     instead of one made from the settings. Then the Redis checks (no
     eviction, persistence) look at the product's state Redis only, the
-    metrics count the product's actors only, and there is no exposition
-    process of ours when the app's broker has a Prometheus middleware
-    already. ``exposition``: the function the CLI forks to serve the metrics.
+    metrics count the product's actors only, and when the app's broker has
+    a Prometheus middleware already, it serves the metrics and counts
+    Dramatiq's stock ones: ours adds the enrichment metrics only, with no
+    exposition process of its own. ``exposition``: the function the CLI forks to serve the metrics.
     """
     s = settings
     on_app_broker = broker is not None
@@ -273,7 +274,9 @@ def build_runtime(
     # demo in-process, where the hooks would record nothing anyway.
     app_metrics = any(isinstance(m, Prometheus) for m in broker.middleware)
     metrics = EnrichmentPrometheus(
-        exposition=None if app_metrics else exposition, actors=ACTORS if on_app_broker else None
+        exposition=None if app_metrics else exposition,
+        actors=ACTORS if on_app_broker else None,
+        stock=not app_metrics,
     )
     if not isinstance(broker, StubBroker):
         # Before Retries, so that its after-hook runs after Retries' and sees

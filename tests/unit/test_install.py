@@ -60,7 +60,7 @@ print(json.dumps({
     "added": sorted(type(m).__name__ for m in ours),
     "size_limit": sorted(next(m for m in ours if isinstance(m, MessageSizeLimit)).actors),
     "job_logs": sorted(next(m for m in ours if isinstance(m, JobLogContext)).actors),
-    "metrics": [(sorted(m.actors), m.forks) for m in ours if isinstance(m, EnrichmentPrometheus)],
+    "metrics": [(sorted(m.actors), m.forks, m.stock) for m in ours if isinstance(m, EnrichmentPrometheus)],
     "redis_checked": sorted(checks.clients()),
     "queues": sorted(broker.get_declared_queues()),
 }))
@@ -93,7 +93,8 @@ def test_install_puts_the_product_on_the_apps_broker_and_leaves_the_apps_own_alo
         said["added"]
     )
     assert said["size_limit"] == said["job_logs"] == ["enrich", "fetch_pois", "store_pois"]
-    assert said["metrics"] == [[["enrich", "fetch_pois", "store_pois"], []]]  # the app's Prometheus serves
+    # The app's Prometheus serves the metrics and counts Dramatiq's stock ones; ours adds the enrichment ones.
+    assert said["metrics"] == [[["enrich", "fetch_pois", "store_pois"], [], False]]
     assert said["redis_checked"] == ["state backend"]
     assert said["queues"] == ["app", "enrichment"]
 
