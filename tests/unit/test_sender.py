@@ -133,3 +133,16 @@ def test_sending_needs_no_worker_setting_and_lands_on_the_products_queue(
     assert redis_client.llen("dramatiq:enrichment") == 1
     delayed = [dramatiq.Message.decode(raw) for raw in redis_client.hvals("dramatiq:enrichment.DQ.msgs")]
     assert [m.message_id for m in delayed] == [said["delayed"]]
+
+
+def test_the_sender_reads_only_where_the_queue_is_and_the_job_limits() -> None:
+    from enrichment_actors.settings import SettingsError, load_sender_settings
+
+    settings = load_sender_settings(
+        {"QUOTA_REQUESTS": "abc", "SEMAPHORE_LEASE_S": "1", "ENRICH_QUEUE": "poi", "ENRICH_MAX_TAGS": "3"}
+    )
+    assert (settings.queue, settings.max_tags, settings.broker) == ("poi", 3, "redis")
+    with pytest.raises(
+        SettingsError, match=r"^BROKER='kafka' is not valid: expected redis, rabbitmq or stub\.$"
+    ):
+        load_sender_settings({"BROKER": "kafka"})
