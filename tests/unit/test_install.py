@@ -92,6 +92,7 @@ def test_install_puts_the_product_on_the_apps_broker_and_leaves_the_apps_own_alo
     assert {"Retries", "Callbacks", "MessageSizeLimit", "EnrichmentPrometheus", "RedisChecks"} <= set(
         said["added"]
     )
+    assert len(said["added"]) == len(set(said["added"])), "the second install added middleware again"
     assert said["size_limit"] == said["job_logs"] == ["enrich", "fetch_pois", "store_pois"]
     # The app's Prometheus serves the metrics and counts Dramatiq's stock ones; ours adds the enrichment ones.
     assert said["metrics"] == [[["enrich", "fetch_pois", "store_pois"], [], False]]
