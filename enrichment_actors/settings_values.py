@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 from enrichment_middleware.redaction import redact_url
 
-from . import __version__
 from .overpass_client import is_sendable_header
 from .overpass_responses import cut
 from .settings_declaration import SettingsError
+from .version import __version__
 
 
 def positive(value: float) -> bool:

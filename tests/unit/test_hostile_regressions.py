@@ -26,6 +26,14 @@ from enrichment_actors.overpass_responses import ClientTimeout, OverpassError, Q
 from enrichment_actors.settings import SettingsError, load_settings
 from enrichment_middleware.usage import take_charged_bytes, take_no_call
 from tests.support.hostile import HostileServer
+from tests.support.product import product
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    """The product built in this process: the actors' functions read it."""
+    product()
+
 
 T = TypeVar("T")
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"

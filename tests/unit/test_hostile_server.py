@@ -30,6 +30,14 @@ from enrichment_middleware import failpoints
 from enrichment_middleware.retries import error_text, traceback_text
 from enrichment_middleware.usage import take_charged_bytes, take_no_call
 from tests.support.hostile import HostileServer
+from tests.support.product import product
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    """The product built in this process: the actors' functions read it."""
+    product()
+
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
 QUERY = '[out:json][timeout:25];nwr["amenity"](46.50,6.62,46.52,6.65);out center tags;'
