@@ -299,7 +299,7 @@ class OverpassClient:
             if answered:
                 watch.settle()
             else:
-                watch.settle_cut_short()
+                watch.settle_cut_short(answer_bytes=_declared_bytes(response, header_bytes[0]))
             failpoint("overpass.counted")  # between the count and the close: bytes may still arrive
             if watch.fired:
                 response.raw.close()  # never hand a shut-down connection back to the pool
@@ -453,6 +453,20 @@ def _wire_bytes(body: AnswerBody, watch: CallDeadline, header_bytes: int) -> int
     if received is None:
         return body.wire_bytes
     return max(body.wire_bytes, received if watch.fired else received - header_bytes)
+
+
+def _declared_bytes(response: requests.Response, header_bytes: int) -> int | None:
+    """The answer's size on the wire as its head declares it (``Content-Length``), or None.
+
+    ``header_bytes`` may fall a little short of the head as sent (it is
+    rebuilt from the parsed headers): a few bytes of slack cover that.
+    """
+    length = response.headers.get("Content-Length", "")
+    return header_bytes + int(length) + _HEAD_SLACK if length.isdigit() and header_bytes else None
+
+
+#: Bytes by which the rebuilt head may fall short of the head as sent (folded or padded header lines).
+_HEAD_SLACK = 32
 
 
 def _header_bytes(response: requests.Response) -> int:

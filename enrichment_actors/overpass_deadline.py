@@ -130,6 +130,7 @@ class CallDeadline:
         self.fired = False
         self._lock = threading.Lock()
         self._sockets: dict[socket.socket, int] = {}
+        self._first: dict[socket.socket, int] = {}  # each socket's count when the call began to watch it
         self._received = 0
         # Per socket of a call cut short: what may still land on it before it is closed.
         self._tail: dict[socket.socket, int] = {}
@@ -157,7 +158,7 @@ class CallDeadline:
             if sock not in self._sockets:
                 start = kernel_received(sock)
                 self._known = self._known or start is not None
-                self._sockets[sock] = start or 0
+                self._sockets[sock] = self._first[sock] = start or 0
             if self.fired:
                 _shut(sock)
 
@@ -167,7 +168,7 @@ class CallDeadline:
             for sock in list(self._sockets):
                 self._settle(sock)
 
-    def settle_cut_short(self, wait_s: float = CUT_SHORT_WAIT_S) -> None:
+    def settle_cut_short(self, wait_s: float = CUT_SHORT_WAIT_S, *, answer_bytes: int | None = None) -> None:
         """Count, the call ending before its answer did (call it before the sockets are closed).
 
         The server may still be sending: shrink each socket's receive
@@ -175,7 +176,8 @@ class CallDeadline:
         or the server done), then count what arrived plus what may still
         land before the close (see :func:`_may_still_arrive`): never less
         than the server gets onto the wire, and exact when the server is
-        done.
+        done. ``answer_bytes``, the answer's size as its head declared it
+        (head included), bounds what is charged for a socket beyond that.
         """
         with self._lock:
             sockets = [sock for sock in self._sockets if sock.fileno() >= 0]
@@ -187,7 +189,10 @@ class CallDeadline:
         with self._lock:
             for sock in sockets:
                 self._settle(sock)
-                self._tail[sock] = _may_still_arrive(sock)
+                tail = _may_still_arrive(sock)
+                if answer_bytes is not None:
+                    tail = min(tail, max(0, answer_bytes - (self._sockets[sock] - self._first[sock])))
+                self._tail[sock] = tail
 
     @property
     def received(self) -> int | None:
