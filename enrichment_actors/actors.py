@@ -93,7 +93,13 @@ def retry_when(retries: int, exception: BaseException) -> bool:
 
 
 # OutageTooLong: an outage waited out for OUTAGE_MAX_S (not a retry); dead-lettered at once, naming it.
-@dramatiq.actor(queue_name=settings.queue, throws=(InvalidJob, OutageTooLong), max_retries=settings.retry_max)
+# park_retries: its retries wait parked in the state backend, as a gated actor's (it opts into no gate).
+@dramatiq.actor(
+    queue_name=settings.queue,
+    throws=(InvalidJob, OutageTooLong),
+    max_retries=settings.retry_max,
+    park_retries=True,
+)
 def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, **unexpected: Any) -> None:
     """Fill the POIs of ``bbox`` (south, west, north, east) matching ``tags`` (default: the usual POI families).
 
@@ -373,6 +379,7 @@ def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
 @dramatiq.actor(
     queue_name=settings.queue,
     throws=(StagedAnswerMissing, OutageTooLong),
+    park_retries=True,
     max_retries=settings.store_max_retries,
     min_backoff=int(settings.retry_min_backoff_s * 1000),
     max_backoff=int(settings.retry_max_backoff_s * 1000),
