@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, TimeLimit
 from dramatiq.middleware import Retries as StockRetries
 
 from enrichment_middleware.backends.memory import MemoryBackend
@@ -54,6 +55,8 @@ class AppActor:
     options: dict[str, Any]
     fails: int | None = None
     error: Callable[[], BaseException] = lambda: AppError("the app failed")
+    #: Seconds each attempt works before it ends (in small sleeps, so that TimeLimit can interrupt it).
+    works_s: float = 0.0
 
 
 CASES = [
@@ -71,6 +74,16 @@ CASES = [
     ),
     pytest.param(
         AppActor({"max_retries": 9, "retry_when": first_two, "on_failure": "failed"}), id="retry_when says no"
+    ),
+    pytest.param(
+        # Attempt 1 at 0 s, attempt 2 after 0.2 s and a 10-20 ms backoff, attempt 3 would start after
+        # 0.44 s: AgeLimit drops it, as the age counts from the first enqueue (a retry keeps it).
+        AppActor({"max_retries": 5, "max_age": 350, "on_failure": "failed"}, works_s=0.2),
+        id="max_age: a retry keeps the message's age",
+    ),
+    pytest.param(
+        AppActor({"max_retries": 1, "time_limit": 50, "on_failure": "failed"}, fails=0, works_s=1.0),
+        id="time_limit: interrupted, retried, dead",
     ),
 ]
 
@@ -116,12 +129,14 @@ class LogLines(logging.Handler):
 
 
 def app_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
-    """The app's broker: Dramatiq's middleware, its ``Retries`` configured by the app."""
+    """The app's broker: Dramatiq's middleware, its ``Retries`` configured by the app, its time limits checked often."""
     for index, middleware in enumerate(broker.middleware):
         if isinstance(middleware, StockRetries):
             broker.middleware[index] = StockRetries(
                 max_retries=2, min_backoff=MIN_BACKOFF, max_backoff=MAX_BACKOFF
             )
+        elif isinstance(middleware, TimeLimit):
+            broker.middleware[index] = TimeLimit(interval=10)
     return broker
 
 
@@ -152,6 +167,8 @@ def run(broker: dramatiq.Broker, app: AppActor, dead: Callable[[], list[int | No
         with lock:
             seen.attempts.append(message.options.get("retries", 0))
             attempt = len(seen.attempts)
+        for _ in range(int(app.works_s * 100)):
+            time.sleep(0.01)
         if app.fails is None or attempt <= app.fails:
             raise app.error()
 
@@ -167,6 +184,8 @@ def run(broker: dramatiq.Broker, app: AppActor, dead: Callable[[], list[int | No
 
     handler = LogLines(seen.logs)
     logging.getLogger().addHandler(handler)
+    # What the CLI emits in each worker process: TimeLimit starts its watch then.
+    broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
     worker.start()
     try:
@@ -226,6 +245,13 @@ def test_the_cases_see_what_dramatiq_does() -> None:
     broker = app_broker(StubBroker())
     seen = run(broker, CASES[1].values[0], stub_dead(broker))
     assert seen.attempts == [0, 1, 2] and seen.dead == [3] and len(seen.callbacks) == 3
+    broker = app_broker(StubBroker())
+    seen = run(broker, CASES[4].values[0], stub_dead(broker))
+    assert seen.attempts == [0, 1] and seen.dead == [2] and len(seen.callbacks) == 2  # the third was too old
+    broker = app_broker(StubBroker())
+    seen = run(broker, CASES[5].values[0], stub_dead(broker))
+    assert seen.attempts == [0, 1] and seen.dead == [2]
+    assert all("TimeLimitExceeded" in callback for callback in seen.callbacks) and len(seen.callbacks) == 2
 
 
 @pytest.fixture
