@@ -105,10 +105,13 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# lint-imports checks the layers; import_cycles, that no module of ours imports
+# itself back through others (imports inside functions count).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(PY) -m tests.support.import_cycles
 
 bench: install
 	$(PY) -m tests.bench

@@ -7,6 +7,12 @@ stages its answer (:mod:`.staging`) before handing it on, and the store
 messages carry only a reference to a bounded chunk of it: a database
 failure is retried without a second Overpass call, and so is a fetch whose
 hand-off failed.
+
+Importing this module declares nothing. :func:`declare` adds the actors'
+middleware to a runtime's broker and declares the three actors there; the
+actor functions read the runtime at call time (:func:`~.runtime.current`).
+:mod:`enrichment_actors.worker` calls it, for the product's own workers and
+for an app's broker alike.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -37,7 +43,7 @@ from .coverage.cover import TileCover
 from .coverage.cover import members as file_by_tile
 from .coverage.ledger import Answer, fetch_time, read_osm_base
 from .job_logs import JobLogContext, origin_options
-from .jobs import InvalidJob, Job, build_query, validate_job
+from .jobs import InvalidJob, Job, build_query, validate_enrich, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
 from .outages import OutagePolicy, OutageTooLong, waiting_out_outages
@@ -63,7 +69,7 @@ from .overpass_responses import (
     RateLimited,
     read_response,
 )
-from .runtime import OVERPASS, runtime
+from .runtime import ACTORS, OVERPASS, Runtime, current
 from .server_time import charge_server_time
 from .staging import (
     Stage,
@@ -79,27 +85,13 @@ from .startup import StartupReport
 from .store import PersistenceError
 
 logger = logging.getLogger(__name__)
-settings = runtime.settings
-
-# The fetch finds its stage by its message id; every message is bounded.
-for _middleware in (CurrentMessage(), MessageSizeLimit(settings.message_max_bytes)):
-    if not any(isinstance(m, type(_middleware)) for m in runtime.broker.middleware):
-        runtime.broker.add_middleware(_middleware)
 
 
 def retry_when(retries: int, exception: BaseException) -> bool:
     """Retry transient failures up to ``RETRY_MAX`` times; permanent ones never."""
-    return retries < settings.retry_max and getattr(exception, "retryable", True)
+    return retries < current().settings.retry_max and getattr(exception, "retryable", True)
 
 
-# OutageTooLong: an outage waited out for OUTAGE_MAX_S (not a retry); dead-lettered at once, naming it.
-# park_retries: its retries wait parked in the state backend, as a gated actor's (it opts into no gate).
-@dramatiq.actor(
-    queue_name=settings.queue,
-    throws=(InvalidJob, OutageTooLong),
-    max_retries=settings.retry_max,
-    park_retries=True,
-)
 def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, **unexpected: Any) -> None:
     """Fill the POIs of ``bbox`` (south, west, north, east) matching ``tags`` (default: the usual POI families).
 
@@ -107,25 +99,20 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, *
     that are neither fresh nor being fetched by another job are fetched;
     ``force=True`` fetches fresh tiles too.
     """
-    if args or unexpected:
-        names = ", ".join([f"positional argument {a!r}" for a in args] + sorted(unexpected))
-        raise InvalidJob(f"enrich takes bbox=, tags= and force= only; unexpected: {names}.")
-    if not isinstance(force, bool):
-        raise InvalidJob(f"force must be true or false, got {type(force).__name__}.")
-    job = validate_job(bbox, tags, limits=runtime.job_limits)
+    job = validate_enrich((bbox, tags, *args), {"force": force, **unexpected}, limits=current().job_limits)
     # An id derived from this message's: a redelivered enrich sends the same
     # fetch, which finds its staged answer instead of calling again.
     fetch_id = derived_message_id(f"enrich:{current_message_id()}", "fetch", 0)
     arguments = job.as_message()
-    if settings.coverage:
+    if current().settings.coverage:
         # The ledger (PostgreSQL) and the claims (the state backend): an outage of either is waited out.
         with _outages():
             cover = _tiles_to_fetch(job, owner=fetch_id, force=force)
         if cover is None:
             return
         arguments.update(tiles=cover.ids, owner=fetch_id, force=force)
-    fetch = fetch_pois.message(**arguments)
-    runtime.broker.enqueue(fetch.copy(message_id=fetch_id, options=origin_options(fetch.options)))
+    fetch = _actor("fetch_pois").message(**arguments)
+    current().broker.enqueue(fetch.copy(message_id=fetch_id, options=origin_options(fetch.options)))
 
 
 def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
@@ -133,9 +120,11 @@ def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
 
     The job's outcome is noted when it ends here: ``fresh`` or ``coalesced``.
     """
-    cover = TileCover.of_job(job, tile_deg=settings.tile_deg, owner=owner)
+    cover = TileCover.of_job(job, tile_deg=current().settings.tile_deg, owner=owner)
     fresh = (
-        set() if force else runtime.store().fresh_tiles(cover.tagset, cover.ids, max_age_s=settings.fresh_s)
+        set()
+        if force
+        else current().store().fresh_tiles(cover.tagset, cover.ids, max_age_s=current().settings.fresh_s)
     )
     needed = [tile for tile in cover.ids if tile not in fresh]
     if not needed:
@@ -155,36 +144,18 @@ def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
 
 
 def _claims() -> TileClaims:
-    return TileClaims(runtime.backend, ttl_s=settings.claim_ttl_s)
+    return TileClaims(current().backend, ttl_s=current().settings.claim_ttl_s)
 
 
 def _outages(staged: Stage | None = None) -> contextlib.AbstractContextManager[None]:
     """Wait out PostgreSQL or the state backend unreachable (:mod:`.outages`); ``staged`` is kept meanwhile."""
-    s = runtime.settings  # read at call time: tests replace the settings
+    s = current().settings
     policy = OutagePolicy(
         max_s=s.outage_max_s, min_wait_s=s.retry_min_backoff_s, max_wait_s=s.retry_max_backoff_s
     )
     return waiting_out_outages(policy, on_wait=staged.keep if staged is not None else lambda: None)
 
 
-@dramatiq.actor(
-    queue_name=settings.queue,
-    # The router picks the endpoint of each attempt and names its policies in
-    # the message options, which override these (the first endpoint's).
-    route=OVERPASS,
-    pause=runtime.endpoint().policy,
-    semaphore=runtime.endpoint().policy,
-    breaker=runtime.endpoint().policy,
-    rate=runtime.endpoint().policy,
-    quota=runtime.endpoint().policy,
-    # Permanent answers: dead-lettered at once, logged without a traceback. A 406
-    # or 403 is not among them: it holds the endpoint, and the job waits.
-    throws=(InvalidJob, QueryRejected, QueryFailed, QueryTooLarge, QueryUnsendable),
-    max_retries=settings.retry_max,
-    retry_when=retry_when,
-    min_backoff=int(settings.retry_min_backoff_s * 1000),
-    max_backoff=int(settings.retry_max_backoff_s * 1000),
-)
 def fetch_pois(
     bbox: dict[str, float],
     tags: list[str],
@@ -202,7 +173,7 @@ def fetch_pois(
     A forced fetch of tiles the ledger holds asks only for what changed since
     (an augmented diff), unless ``diff`` is false (the server refused one).
     """
-    job = validate_job(bbox, tags, depth=depth, limits=runtime.job_limits)
+    job = validate_job(bbox, tags, depth=depth, limits=current().job_limits)
     cover = None if tiles is None else TileCover.from_message(tiles, job.tags, owner)
     stage = _stage()
     staged = stage.load()
@@ -217,7 +188,7 @@ def fetch_pois(
         return
     since = _diff_since(cover, force) if cover is not None and diff else None
     query, read = _query(job, cover, since)
-    client = runtime.client(runtime.current_endpoint())
+    client = current().client(current().current_endpoint())
     _defer_if_paused()
     try:
         result = _call_overpass(client, query, read)
@@ -229,7 +200,7 @@ def fetch_pois(
         # permit, still held, counted), else let it end by its own [timeout].
         failpoint("fetch.timed_out")
         try:
-            in_flight = runtime.semaphore.policies[_policy_name("semaphore")].in_use()
+            in_flight = current().semaphore.policies[_policy_name("semaphore")].in_use()
         except BackendUnavailable as exc:
             in_flight = None
             logger.warning("Overpass call timed out; calls in flight unknown (%s): query not killed.", exc)
@@ -240,7 +211,7 @@ def fetch_pois(
                 "Overpass call timed out with %d calls in flight: not killing our queries (that would end the "
                 "others' too); this one ends by its own [timeout:%d].",
                 in_flight,
-                settings.query_timeout_s,
+                current().settings.query_timeout_s,
             )
         raise
     except RateLimited as exc:
@@ -262,7 +233,7 @@ def fetch_pois(
     # admitted after sees them): the next call may start while this job hands
     # its POIs on.
     release_permit_early()
-    runtime.metrics.count_elements_dropped(result.parsed.dropped)
+    current().metrics.count_elements_dropped(result.parsed.dropped)
     failpoint("fetch.answered")
     _hand_on(job, stage, _stage_answer(stage, result, cover, since), cover, force)
 
@@ -271,7 +242,10 @@ def _query(
     job: Job, cover: TileCover | None, since: str | None
 ) -> tuple[str, Callable[[int, bytes], ParsedResponse]]:
     """The query text of this fetch and the reader of its answer: the job's box, its tiles, or their diff."""
-    limits = {"timeout_s": settings.query_timeout_s, "maxsize_bytes": settings.maxsize_bytes}
+    limits = {
+        "timeout_s": current().settings.query_timeout_s,
+        "maxsize_bytes": current().settings.maxsize_bytes,
+    }
     if cover is None:
         return build_query(job, **limits), read_response
     if since is None:
@@ -286,7 +260,7 @@ def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, si
     if cover is not None:
         osm_base, unusable = read_osm_base(parsed.osm_base)
         if unusable:
-            runtime.metrics.count_osm_base_unusable()
+            current().metrics.count_osm_base_unusable()
             logger.warning(
                 "Overpass sent an unusable timestamp_osm_base %.60r: this answer is ordered by its fetch time.",
                 parsed.osm_base,
@@ -302,7 +276,7 @@ def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, si
             len(parsed.pois),
             len(parsed.gone),
         )
-    chunk_bytes = runtime.settings.stage_chunk_bytes  # read at call time: tests replace the settings
+    chunk_bytes = current().settings.stage_chunk_bytes
     return retry_until_reachable(  # type: ignore[no-any-return]
         "stage the fetched POIs",
         lambda: stage.put_pois(
@@ -330,10 +304,10 @@ def _diff_since(cover: TileCover, force: bool) -> str | None:
     several timestamps would miss an element created after it, fetched into
     a newer tile and deleted since: it is at neither end of that diff.
     """
-    if not force or not settings.refresh_diff:
+    if not force or not current().settings.refresh_diff:
         return None
     try:
-        bases = runtime.store().tile_bases(cover.tagset, cover.ids)
+        bases = current().store().tile_bases(cover.tagset, cover.ids)
     except PersistenceError as exc:
         logger.warning("Could not read the coverage ledger (%s); fetching the tiles whole.", exc)
         return None
@@ -344,7 +318,7 @@ def _diff_since(cover: TileCover, force: bool) -> str | None:
     if since is None or unusable:
         return None
     age_s = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(since)).total_seconds()
-    return since if age_s <= settings.diff_max_age_s else None
+    return since if age_s <= current().settings.diff_max_age_s else None
 
 
 def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
@@ -360,7 +334,7 @@ def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
     if force:
         return False
     try:
-        fresh = runtime.store().fresh_tiles(cover.tagset, cover.ids, max_age_s=settings.fresh_s)
+        fresh = current().store().fresh_tiles(cover.tagset, cover.ids, max_age_s=current().settings.fresh_s)
     except PersistenceError as exc:
         logger.warning("Could not read the coverage ledger (%s); fetching anyway.", exc)
         return False
@@ -376,14 +350,6 @@ def _fresh_since_claimed(cover: TileCover, force: bool) -> bool:
     return True
 
 
-@dramatiq.actor(
-    queue_name=settings.queue,
-    throws=(StagedAnswerMissing, OutageTooLong),
-    park_retries=True,
-    max_retries=settings.store_max_retries,
-    min_backoff=int(settings.retry_min_backoff_s * 1000),
-    max_backoff=int(settings.retry_max_backoff_s * 1000),
-)
 def store_pois(
     job: dict[str, Any],
     stage: str | None = None,
@@ -402,7 +368,7 @@ def store_pois(
     staged = None if stage is None else _stage(stage)
     with _outages(staged):
         if staged is None:
-            runtime.metrics.count_pois_upserted(runtime.store().upsert(pois or []))
+            current().metrics.count_pois_upserted(current().store().upsert(pois or []))
             return
         rows = staged.load_chunk(chunk)
         answer = _staged_answer(staged) if ledger else None
@@ -415,10 +381,10 @@ def store_pois(
             logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, stage)
             return
         members = None if answer is None else file_by_tile(answer.tiles, rows)
-        stored = runtime.store().upsert(rows, answer=answer, members=members)
+        stored = current().store().upsert(rows, answer=answer, members=members)
         failpoint("store.upserted")
         complete = staged.mark_stored(chunk)
-        runtime.metrics.count_pois_upserted(stored)
+        current().metrics.count_pois_upserted(stored)
         logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, stage)
         if answer is not None and complete:
             failpoint("store.before_finish")
@@ -435,8 +401,8 @@ def _staged_answer(staged: Stage) -> Answer:
 def _finish(staged: Stage, answer: Answer) -> None:
     """The whole answer has landed: the ledger drops what it no longer holds; the claims go back."""
     gone = retry_until_reachable("read the elements gone", staged.load_gone) if answer.diff else []
-    deleted = runtime.store().finish_answer(answer, gone=gone)
-    runtime.metrics.count_pois_deleted(deleted)
+    deleted = current().store().finish_answer(answer, gone=gone)
+    current().metrics.count_pois_deleted(deleted)
     retry_until_reachable("note an answer finished", staged.mark_finished)
     if answer.owner is not None:
         _claims().release(answer.tagset, answer.tiles, owner=answer.owner)
@@ -463,10 +429,10 @@ def _call_overpass(
     except OverpassError as exc:
         if not exc.request_sent:
             report_no_call()
-        runtime.metrics.observe_overpass_call(exc.label, time.monotonic() - started, endpoint=endpoint)
+        current().metrics.observe_overpass_call(exc.label, time.monotonic() - started, endpoint=endpoint)
         if isinstance(exc, DuplicateQuery):
             # Spread over a second window, so identical jobs do not come back together.
-            pause_s = settings.query_timeout_s * (1 + random.random()) + 1
+            pause_s = current().settings.query_timeout_s * (1 + random.random()) + 1
             logger.info("Overpass refused a duplicate query; this job comes back in %.0f s.", pause_s)
             raise Defer(pause_s, reason=Outcome.DUPLICATE_QUERY.value) from exc
         raise
@@ -474,8 +440,8 @@ def _call_overpass(
         # Whatever ended the call (a MemoryError while reading too): what crossed the wire is charged,
         # and the server's time.
         charge_bytes(cost.wire_bytes)
-        charge_server_time(cost, settings.query_timeout_s)
-    runtime.metrics.observe_overpass_call(
+        charge_server_time(cost, current().settings.query_timeout_s)
+    current().metrics.observe_overpass_call(
         CALL_OK, result.duration_s, endpoint=endpoint, response_bytes=result.response_bytes
     )
     return result
@@ -483,7 +449,7 @@ def _call_overpass(
 
 def _stage(key: str | None = None) -> Stage:
     """The stage of the fetch message running now (or the one named ``key``)."""
-    s = runtime.settings
+    s = current().settings
     stash = stash_for(
         s.state_backend,
         s.state_redis_url,
@@ -506,9 +472,9 @@ def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, fo
     else:
         message = job.as_message()
         messages = [
-            store_pois.message(job=message, stage=stage.key, chunk=i, ledger=True)
+            _actor("store_pois").message(job=message, stage=stage.key, chunk=i, ledger=True)
             if cover is not None
-            else store_pois.message(job=message, stage=stage.key, chunk=i)
+            else _actor("store_pois").message(job=message, stage=stage.key, chunk=i)
             for i in range(staged.chunks)
         ]
         role = "chunk"
@@ -517,7 +483,7 @@ def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, fo
             message_id=derived_message_id(stage.key, role, index),
             options=origin_options(messages[index].options),
         )
-        runtime.broker.enqueue(derived)
+        current().broker.enqueue(derived)
         retry_until_reachable("note a hand-off", functools.partial(stage.mark_sent, index))
         failpoint("fetch.sent")
     if staged.children and not staged.fallback:
@@ -536,16 +502,19 @@ def _children(
     """
     if fallback and cover is not None:
         return [
-            fetch_pois.message(
+            _actor("fetch_pois").message(
                 **job.as_message(), tiles=cover.ids, owner=cover.owner, force=force, diff=False
             )
         ]
     if cover is not None and len(cover.tiles) > 1:
         child = {**job.as_message(), "depth": job.depth + 1, "owner": cover.owner, "force": force}
-        return [fetch_pois.message(**child, tiles=group.ids) for group in cover.split()]
+        return [_actor("fetch_pois").message(**child, tiles=group.ids) for group in cover.split()]
     if cover is not None:
         job = Job(cover.tiles[0].bbox, job.tags, job.depth)
-    return [fetch_pois.message(**child.as_message()) for child in job.split(settings.min_tile_deg)]
+    return [
+        _actor("fetch_pois").message(**child.as_message())
+        for child in job.split(current().settings.min_tile_deg)
+    ]
 
 
 def _split(job: Job, stage: Stage, cover: TileCover | None, force: bool) -> bool:
@@ -570,13 +539,13 @@ def _policy_name(option: str) -> str:
     """The policy name of this attempt for ``option`` (the router's message option), else the actor's."""
     message = CurrentMessage.get_current_message()
     name = message.options.get(option) if message is not None else None
-    return str(name or fetch_pois.options.get(option) or runtime.endpoint().policy)
+    return str(name or _actor("fetch_pois").options.get(option) or current().endpoint().policy)
 
 
 def _pause_policy(name: str | None = None) -> PausePolicy:
     """The fleet-wide pause of the endpoint this attempt calls (or of policy ``name``): the Pause
     middleware's own, so that admission sees what the actor sets."""
-    return runtime.pause.policies[name or _policy_name("pause")]
+    return current().pause.policies[name or _policy_name("pause")]
 
 
 def _after_429(client: OverpassClient) -> Defer:
@@ -586,7 +555,7 @@ def _after_429(client: OverpassClient) -> Defer:
         pause_s = _rate_limit_pause_s(client)
     except BackendUnavailable as exc:
         # The fleet cannot be told; this job at least waits, and is never retried for it.
-        pause_s = settings.rate_limit_pause_s
+        pause_s = current().settings.rate_limit_pause_s
         logger.warning(
             "Overpass %s answered 429 (rate limited) and the pause could not be shared (%s): only this job "
             "pauses %.0f s.",
@@ -632,7 +601,7 @@ def _defer_if_paused() -> None:
     except BackendUnavailable as exc:
         # As the middlewares do: no call unchecked.
         report_no_call()
-        raise Defer(settings.semaphore_retry_max_s, reason=STATE_UNAVAILABLE) from exc
+        raise Defer(current().settings.semaphore_retry_max_s, reason=STATE_UNAVAILABLE) from exc
     if not decision.allowed:
         report_no_call()  # the quota gives the request back; the breaker hears nothing
         raise Defer(decision.delay_s, reason=decision.reason or PAUSED)
@@ -656,20 +625,20 @@ def _rate_limit_pause_s(client: OverpassClient | None = None) -> float:
     later, and caps the fleet's permits at the server's rate limit. One
     warning per pause, with its length.
     """
-    client = client or runtime.client(runtime.current_endpoint())
+    client = client or current().client(current().current_endpoint())
     semaphore = _policy_name("semaphore")
     return pause_after_429(
         _pause_policy(),
-        pause_s=settings.rate_limit_pause_s,
+        pause_s=current().settings.rate_limit_pause_s,
         read_status=client.status,
-        cap_permits=lambda limit: runtime.semaphore.cap(semaphore, limit),
+        cap_permits=lambda limit: current().semaphore.cap(semaphore, limit),
         endpoint=_endpoint_name(client),
     )
 
 
 def _endpoints() -> list[tuple[str, str, OverpassClient]]:
     """Each endpoint's name (host[:port]), policy name and client."""
-    return [(e.name, e.policy, runtime.client(e)) for e in runtime.endpoints]
+    return [(e.name, e.policy, current().client(e)) for e in current().endpoints]
 
 
 def _boot_fingerprints() -> dict[str, tuple[PausePolicy, str]]:
@@ -712,7 +681,7 @@ class ClaimRelease(dramatiq.Middleware):
     @staticmethod
     def _cover(message: dramatiq.MessageProxy) -> TileCover | None:
         kwargs = message.kwargs or {}
-        if message.actor_name != fetch_pois.actor_name or not kwargs.get("tiles"):
+        if message.actor_name != "fetch_pois" or not kwargs.get("tiles"):
             return None
         try:
             job = validate_job(kwargs.get("bbox"), kwargs.get("tags"), depth=kwargs.get("depth", 0))
@@ -735,28 +704,89 @@ class ClaimRelease(dramatiq.Middleware):
                 # deferred now has nothing to fetch, and a claim taken for it would only turn
                 # the next job for these tiles (a forced one too) into a silent "coalesced".
                 return
-            _claims().renew(cover.tagset, cover.ids, owner=cover.owner, ttl_s=delay_s + settings.claim_ttl_s)
+            _claims().renew(
+                cover.tagset, cover.ids, owner=cover.owner, ttl_s=delay_s + current().settings.claim_ttl_s
+            )
         except BackendUnavailable as exc:
             logger.warning("Could not keep the tile claims of a deferred fetch (%s).", exc)
 
 
-# After Retries in the hooks that run after a message (they run in reverse order): it has decided by then.
-if not any(isinstance(m, ClaimRelease) for m in runtime.broker.middleware):
-    runtime.broker.add_middleware(ClaimRelease(), before=type(runtime.retries))
+def _actor(name: str) -> dramatiq.Actor[Any, Any]:
+    """The actor ``name`` as :func:`declare` declared it on the current runtime's broker."""
+    return current().broker.get_actor(name)
 
 
-# A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.
-if not any(isinstance(m, HoldRelease) for m in runtime.broker.middleware):
-    runtime.broker.add_middleware(HoldRelease(_boot_fingerprints))
+class Actors(NamedTuple):
+    """The three actors :func:`declare` declared, in the order a job runs them."""
+
+    enrich: dramatiq.Actor[Any, None]
+    fetch_pois: dramatiq.Actor[Any, None]
+    store_pois: dramatiq.Actor[Any, None]
 
 
-# Every log line about a job names it: first on the broker, to see the message before and after the others.
-if not any(isinstance(m, JobLogContext) for m in runtime.broker.middleware):
-    runtime.broker.middleware.insert(0, JobLogContext())
+def declare(runtime: Runtime) -> Actors:
+    """Add the actors' middleware to ``runtime.broker``, then declare enrich, fetch_pois and store_pois on it.
 
-# Each worker process says what limits it keeps, and checks the database, before it takes a message.
-if not any(isinstance(m, StartupReport) for m in runtime.broker.middleware):
-    runtime.broker.add_middleware(StartupReport(lambda: runtime))
+    Middleware goes on before the actors: Dramatiq checks an actor's options
+    against the middleware there when it is declared. The actor functions read
+    :func:`~.runtime.current` at call time, so ``runtime`` must be made current
+    before a message runs (:mod:`enrichment_actors.worker` does both).
+    """
+    broker = runtime.broker
+    settings = runtime.settings
+    # The fetch finds its stage by its message id; every message of ours is bounded.
+    if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
+        broker.add_middleware(CurrentMessage())
+    broker.add_middleware(MessageSizeLimit(settings.message_max_bytes, actors=ACTORS))
+    first = runtime.endpoint().policy
+    declared = Actors(
+        # OutageTooLong: an outage waited out for OUTAGE_MAX_S (not a retry); dead-lettered at once, naming it.
+        dramatiq.actor(
+            broker=broker,
+            queue_name=settings.queue,
+            throws=(InvalidJob, OutageTooLong),
+            max_retries=settings.retry_max,
+            # Its retries wait parked in the state backend, as a gated actor's (it opts into no gate).
+            park_retries=True,
+        )(enrich),
+        dramatiq.actor(
+            broker=broker,
+            queue_name=settings.queue,
+            # The router picks the endpoint of each attempt and names its policies in
+            # the message options, which override these (the first endpoint's).
+            route=OVERPASS,
+            pause=first,
+            semaphore=first,
+            breaker=first,
+            rate=first,
+            quota=first,
+            # Permanent answers: dead-lettered at once, logged without a traceback. A 406
+            # or 403 is not among them: it holds the endpoint, and the job waits.
+            throws=(InvalidJob, QueryRejected, QueryFailed, QueryTooLarge, QueryUnsendable),
+            max_retries=settings.retry_max,
+            retry_when=retry_when,
+            min_backoff=int(settings.retry_min_backoff_s * 1000),
+            max_backoff=int(settings.retry_max_backoff_s * 1000),
+        )(fetch_pois),
+        dramatiq.actor(
+            broker=broker,
+            queue_name=settings.queue,
+            throws=(StagedAnswerMissing, OutageTooLong),
+            park_retries=True,
+            max_retries=settings.store_max_retries,
+            min_backoff=int(settings.retry_min_backoff_s * 1000),
+            max_backoff=int(settings.retry_max_backoff_s * 1000),
+        )(store_pois),
+    )
+    # After Retries in the hooks that run after a message (they run in reverse order): it has decided by then.
+    broker.add_middleware(ClaimRelease(), before=type(runtime.retries))
+    # A worker that boots with other settings (URL, User-Agent, contact) lifts a hold set under the old ones.
+    broker.add_middleware(HoldRelease(_boot_fingerprints))
+    # Every log line about a job names it: first on the broker, to see the message before and after the others.
+    broker.middleware.insert(0, JobLogContext(actors=ACTORS))
+    # Each worker process says what limits it keeps, and checks the database, before it takes a message.
+    broker.add_middleware(StartupReport(lambda: runtime))
+    return declared
 
 
-__all__ = ["OverpassError", "enrich", "fetch_pois", "store_pois"]
+__all__ = ["Actors", "OverpassError", "declare", "enrich", "fetch_pois", "hold_targets", "store_pois"]

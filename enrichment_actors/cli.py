@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__
+from .version import __version__
 
-if TYPE_CHECKING:  # the runtime reads the settings when imported: only the commands import it
+if TYPE_CHECKING:
     from .coverage.ledger import Ledger, TileCoverage
     from .overpass_endpoints import Endpoint
     from .runtime import Runtime
@@ -203,9 +203,7 @@ def _fail_clearly(command: Callable[[], int]) -> int:
         print(f"enrichment: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except peewee.PeeweeException as exc:
-        from . import runtime
-
-        url = runtime.settings.database_url
+        url = _runtime().settings.database_url
         print(
             f"enrichment: the database at {redact_url(url)} cannot be used ({redact(_one_line(str(exc)), url)}). "
             "Check that the server is running and that DATABASE_URL points at it.",
@@ -214,9 +212,7 @@ def _fail_clearly(command: Callable[[], int]) -> int:
         return 1
     except (redis.RedisError, BrokerConnectionError, ConnectionError) as exc:
         # The broker's own errors name no URL: say which one was used.
-        from . import runtime
-
-        settings = runtime.settings
+        settings = _runtime().settings
         if settings.broker == "rabbitmq" and not isinstance(exc, redis.RedisError):
             url, what, variable = settings.rabbitmq_url, "RabbitMQ", "RABBITMQ_URL (host, port, user, vhost)"
         elif settings.broker == "rabbitmq":
@@ -234,6 +230,19 @@ def _fail_clearly(command: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _runtime() -> Runtime:
+    """The product in this process: built from the environment on first use (SettingsError says what to fix).
+
+    Each command is a process of the product's own, as a worker is: its
+    broker is made Dramatiq's global broker (:func:`.worker.start`).
+    """
+    from .runtime import installed
+    from .settings import check_startable, load_settings
+    from .worker import start
+
+    return installed() or start(check_startable(load_settings()))
 
 
 def _stdout_closed() -> bool:
@@ -260,9 +269,10 @@ def _parse_bbox(bbox_text: str) -> dict[str, float] | None:
 
 
 def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
-    from . import enrich, runtime
     from .jobs import InvalidJob, validate_job
+    from .sender import enrich
 
+    runtime = _runtime()
     bbox = _parse_bbox(bbox_text)
     if bbox is None:
         return 2
@@ -277,8 +287,9 @@ def _enqueue(bbox_text: str, tags: list[str] | None) -> int:
 
 
 def _status() -> int:
-    from . import runtime
     from .queues import queue_sizes
+
+    runtime = _runtime()
 
     parked = runtime.retries.parking.count() if runtime.retries.parking else 0
     for endpoint in runtime.endpoints:
@@ -293,9 +304,10 @@ def _status() -> int:
 
 def _coverage(bbox_text: str, tags_text: str | None) -> int:
     """What the ledger holds for the tiles of a box: one line per (tile, tag set), then a summary."""
-    from . import runtime
     from .coverage.tiles import Tile, tagset_key, tile_units, tiles_of
     from .jobs import InvalidJob, validate_job
+
+    runtime = _runtime()
 
     bbox = _parse_bbox(bbox_text)
     if bbox is None:
@@ -385,8 +397,10 @@ def _refresh_budget(share: float, quota_requests: int, interval_s: float) -> int
 
 def _refresh(older_than_s: float, limit: int | None, every_s: float | None) -> int:
     """Send the stalest tiles again (``force=True``); once, or every ``every_s`` until SIGTERM or Ctrl-C."""
-    from . import enrich, runtime
     from .coverage.tiles import Tile, tile_units
+    from .sender import enrich
+
+    runtime = _runtime()
 
     settings = runtime.settings
     if not settings.coverage:
@@ -532,6 +546,7 @@ def _release_hold(endpoint: str | None) -> int:
     """Lift the hold of ``endpoint`` (every endpoint when None), whatever settings set it."""
     from .actors import hold_targets
 
+    _runtime()
     targets = hold_targets()
     if endpoint is not None and endpoint not in targets:
         known = ", ".join(sorted(targets))
@@ -551,8 +566,8 @@ def _release_hold(endpoint: str | None) -> int:
 def _demo() -> int:
     """Re-run as ``python -m enrichment_actors.demo`` with embedded defaults for what the user did not set.
 
-    The broker is built when the package is imported, so the defaults must be
-    in the environment of a fresh interpreter.
+    The demo reads its settings from the environment when it builds the
+    runtime, so the defaults go into the environment of a fresh interpreter.
     """
     env = dict(os.environ)
     if "REDIS_URL" not in env and "STATE_REDIS_URL" not in env:

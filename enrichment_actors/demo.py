@@ -22,9 +22,11 @@ from dramatiq.brokers.stub import StubBroker
 
 from enrichment_middleware.redaction import redact_url
 
-from . import enrich, runtime
 from .job_logs import JobLogContext, install
 from .metrics import Outcome, is_final, outcome_of, take_noted_outcome
+from .runtime import current
+from .settings import SettingsError, check_startable, load_settings
+from .worker import start
 
 BOXES: tuple[tuple[str, dict[str, float], list[str] | None], ...] = (
     (
@@ -75,6 +77,11 @@ def main() -> int:
     # failures the demo provokes on purpose are not.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("dramatiq.worker").setLevel(logging.CRITICAL)
+    try:
+        runtime = start(check_startable(load_settings()))
+    except SettingsError as exc:
+        print(f"SettingsError: {exc}", file=sys.stderr)
+        return 2
     for middleware in runtime.broker.middleware:
         if isinstance(middleware, JobLogContext):
             install(middleware)  # each warning names its job: [job ID box S,W,N,E]
@@ -91,6 +98,7 @@ def main() -> int:
     quota = runtime.quota.policies[runtime.endpoint().policy]
     calls_before = quota.usage().requests_used
 
+    enrich = runtime.broker.get_actor("enrich")
     tally = OutcomeTally()
     runtime.broker.middleware.insert(0, tally)
     worker = dramatiq.Worker(runtime.broker, worker_threads=8, worker_timeout=100)
@@ -99,6 +107,8 @@ def main() -> int:
     try:
         for name, bbox, tags in BOXES:
             print(f"enqueue  {name:<42} tags={tags or 'default'}")
+            # The actor itself, not the app's sender (which would refuse the invalid box before
+            # sending it): the demo shows the worker's own check and its dead letter.
             enrich.send(bbox=bbox, tags=tags)
         _wait_until_done(settings.queue, worker=worker)
         worker.join()
@@ -140,6 +150,7 @@ def _wait_until_done(queue: str, timeout_s: float = 120.0, *, worker: dramatiq.W
     RabbitMQ's counts (AMQP tells ready messages only) leave out what the
     worker holds unacknowledged: ``worker.join()`` waits for that.
     """
+    runtime = current()
     parking = runtime.retries.parking
     deadline = time.monotonic() + timeout_s
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import dramatiq
@@ -37,17 +37,23 @@ _JOB: contextvars.ContextVar[str] = contextvars.ContextVar("enrichment_job", def
 
 
 class JobLogContext(dramatiq.Middleware, logging.Filter):
-    """Names the job of this thread in every log record (``%(job)s``); see the module's docstring."""
+    """Names the job of this thread in every log record (``%(job)s``); see the module's docstring.
 
-    def __init__(self) -> None:
+    ``actors``: the names of the actors whose messages are named; None: every
+    actor. On an app's broker, ours only: the app's own lines keep their text.
+    """
+
+    def __init__(self, *, actors: Collection[str] | None = None) -> None:
         dramatiq.Middleware.__init__(self)
         logging.Filter.__init__(self)
+        self.actors = None if actors is None else frozenset(actors)
 
     def after_process_boot(self, broker: Broker) -> None:
         install(self)  # a worker process of the dramatiq CLI: its handlers are set up
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        _JOB.set(job_label(message.message_id, message.options, message.kwargs))
+        if self.actors is None or message.actor_name in self.actors:
+            _JOB.set(job_label(message.message_id, message.options, message.kwargs))
 
     def after_process_message(
         self,

@@ -192,6 +192,34 @@ def validate_job(bbox: Any, tags: Any = None, *, depth: Any = 0, limits: JobLimi
     return Job(box, filters, depth)
 
 
+def validate_enrich(
+    args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *, limits: JobLimits | None = None
+) -> Job:
+    """The job an ``enrich`` message's arguments ask for, or :class:`InvalidJob` saying why.
+
+    ``enrich`` takes ``bbox``, ``tags`` (positional or by name) and ``force``
+    (a bool) only: the actor checks its arguments with this, and so does the
+    app's sender before it enqueues anything.
+
+    Examples:
+      >>> validate_enrich(kwargs={"bbox": {"south": 1, "west": 2, "north": 1.1, "east": 2.1}, "force": "yes"})
+      Traceback (most recent call last):
+      ...
+      enrichment_actors.jobs.InvalidJob: force must be true or false, got str.
+    """
+    named = dict(kwargs or {})
+    positional = list(args)
+    bbox = positional.pop(0) if positional else named.pop("bbox", None)
+    tags = positional.pop(0) if positional else named.pop("tags", None)
+    force = named.pop("force", False)
+    if positional or named:
+        names = ", ".join([f"positional argument {a!r}" for a in positional] + sorted(named))
+        raise InvalidJob(f"enrich takes bbox=, tags= and force= only; unexpected: {names}.")
+    if not isinstance(force, bool):
+        raise InvalidJob(f"force must be true or false, got {type(force).__name__}.")
+    return validate_job(bbox, tags, limits=limits)
+
+
 def build_query(job: Job, *, timeout_s: int, maxsize_bytes: int) -> str:
     """The Overpass QL for a job: one ``nwr`` statement per tag filter and box part.
 

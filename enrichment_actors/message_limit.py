@@ -11,6 +11,7 @@ carry a reference); this middleware refuses, at send, a message that is not
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import dramatiq
@@ -40,12 +41,18 @@ class MessageSizeLimit(dramatiq.Middleware):
 
     Parameters:
       max_bytes: the bound, in bytes of the encoded message.
+      actors: the names of the actors whose messages are bounded; None: every
+        actor. On an app's broker (``enrichment_actors.install``), only ours:
+        the app's own messages are the app's business.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, actors: Collection[str] | None = None) -> None:
         self.max_bytes = max_bytes
+        self.actors = None if actors is None else frozenset(actors)
 
     def before_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        if self.actors is not None and message.actor_name not in self.actors:
+            return
         size = len(message.encode())
         if size <= self.max_bytes:
             return

@@ -17,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 import urllib3.exceptions
 
+from enrichment_middleware.failpoints import failpoint
 from enrichment_middleware.redaction import redact, redact_url
 
 from .overpass_answer import ACCEPT_ENCODING, AnswerBody, read_body
@@ -275,6 +276,7 @@ class OverpassClient:
             ) from exc
         # The status line leaves the server when the query is done: this is its time, slot wait included.
         cost.server_s = response.elapsed.total_seconds()
+        answered = False  # the body read to its end: the server has nothing more to send
         try:
             # Connection: close leaves the socket with the response only: watch it there too.
             watch.watch(_socket_of(response))
@@ -291,8 +293,14 @@ class OverpassClient:
             if watch.fired:
                 # A body without a length ends quietly when its socket is shut down.
                 raise _DeadlinePassed
+            answered = True
         finally:
-            watch.settle()  # count what arrived, read or not, while the socket is still open
+            # Count what arrived, read or not, while the socket is still open.
+            if answered:
+                watch.settle()
+            else:
+                watch.settle_cut_short()
+            failpoint("overpass.counted")  # between the count and the close: bytes may still arrive
             if watch.fired:
                 response.raw.close()  # never hand a shut-down connection back to the pool
             response.close()
@@ -436,11 +444,15 @@ def _chunks(response: requests.Response) -> Iterator[bytes]:
 
 
 def _wire_bytes(body: AnswerBody, watch: CallDeadline, header_bytes: int) -> int:
-    """Body bytes that crossed the wire: the kernel's count less the headers, or at least those read."""
+    """Body bytes that crossed the wire: the kernel's count less the headers, or at least those read.
+
+    A call whose deadline passed is charged every byte received: its head may never have been finished
+    (trickled), and http.client then returns what it had as headers.
+    """
     received = watch.received
-    if received is None or not header_bytes:
+    if received is None:
         return body.wire_bytes
-    return max(body.wire_bytes, received - header_bytes)
+    return max(body.wire_bytes, received if watch.fired else received - header_bytes)
 
 
 def _header_bytes(response: requests.Response) -> int:

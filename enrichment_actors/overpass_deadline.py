@@ -11,7 +11,14 @@ which ends any read blocked on it at once (closing it would not).
 The same registration gives the call's cost on the wire: what the kernel
 received on the connection while the call ran (``TCP_INFO``, Linux), which
 also counts bytes that arrived but were never read because the call ended
-early (a deadline, an answer over its cap).
+early (a deadline, an answer over its cap). A call that ends before its
+answer did is counted by :meth:`CallDeadline.settle_cut_short`: the server
+may still be sending, and what reaches the kernel between the count and the
+close is on the wire all the same, so it shrinks the receive buffer (the
+kernel then drops what does not fit, unacknowledged), waits a moment for the
+flow to stop (the window full, or the server done) and charges, for a
+connection still open to more, the window last advertised plus that buffer:
+the most that can land before the close.
 """
 
 from __future__ import annotations
@@ -32,10 +39,18 @@ __all__ = ["CallDeadline", "DeadlineAdapter"]
 
 _current = threading.local()
 
-# struct tcp_info (linux/tcp.h): tcpi_bytes_received is the u64 at offset 128 (Linux >= 4.1).
+# struct tcp_info (linux/tcp.h): tcpi_state is its first byte; tcpi_bytes_received is the u64 at offset
+# 128 (Linux >= 4.1); tcpi_rcv_wnd, the receive window last advertised, the u32 at 232 (Linux >= 6.2).
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _BYTES_RECEIVED = struct.Struct("=Q")
 _BYTES_RECEIVED_AT = 128
+_RCV_WND = struct.Struct("=I")
+_RCV_WND_AT = 232
+# tcpi_state values in which the peer may still send: established, and our side closing (FIN_WAIT1/2).
+_PEER_MAY_SEND = frozenset({1, 4, 5})
+
+#: How long a call that ends before its answer did waits for the server's bytes to stop arriving.
+CUT_SHORT_WAIT_S = 0.25
 
 
 def kernel_received(sock: socket.socket) -> int | None:
@@ -50,6 +65,51 @@ def kernel_received(sock: socket.socket) -> int | None:
         return None
     received: int = _BYTES_RECEIVED.unpack_from(info, _BYTES_RECEIVED_AT)[0]
     return received
+
+
+def _may_still_arrive(sock: socket.socket) -> int:
+    """Bytes that can still reach ``sock``'s kernel if this process reads no more: 0 once the peer is
+    done (closed or reset); else the window last advertised plus the receive buffer's size.
+
+    The window alone is no bound: with the app reading no more, the kernel
+    may compact its queue and open the window again (seen: 181 bytes after
+    a window of 0). Past the buffer's size it drops what comes: hence
+    :func:`_stop_receiving` first, which makes that size the smallest.
+    """
+    if _TCP_INFO is None or sock.fileno() < 0:
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _RCV_WND_AT + 4)
+        if not info or info[0] not in _PEER_MAY_SEND:
+            return 0
+        buffer: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if len(info) < _RCV_WND_AT + 4:
+            return 2 * buffer  # no window reported: as large as the window could be
+        window: int = _RCV_WND.unpack_from(info, _RCV_WND_AT)[0]
+        return window + buffer
+    except OSError:
+        return 0
+
+
+def _receiving(sock: socket.socket) -> bool:
+    """Whether bytes are still flowing into ``sock``: the peer is not done and the window is open."""
+    if _TCP_INFO is None or sock.fileno() < 0:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _RCV_WND_AT + 4)
+    except OSError:
+        return False
+    if not info or info[0] not in _PEER_MAY_SEND or len(info) < _RCV_WND_AT + 4:
+        return False
+    window: int = _RCV_WND.unpack_from(info, _RCV_WND_AT)[0]
+    return window > 0
+
+
+def _stop_receiving(sock: socket.socket) -> None:
+    """Shrink ``sock``'s receive buffer to the least the kernel allows: what it holds already fills it,
+    so whatever comes next is dropped unacknowledged (not on the wire for the server's count either)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
 
 
 class CallDeadline:
@@ -71,6 +131,8 @@ class CallDeadline:
         self._lock = threading.Lock()
         self._sockets: dict[socket.socket, int] = {}
         self._received = 0
+        # Per socket of a call cut short: what may still land on it before it is closed.
+        self._tail: dict[socket.socket, int] = {}
         self._known = False  # whether the kernel counted for any watched socket
         self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
         self._timer.daemon = True
@@ -105,12 +167,35 @@ class CallDeadline:
             for sock in list(self._sockets):
                 self._settle(sock)
 
+    def settle_cut_short(self, wait_s: float = CUT_SHORT_WAIT_S) -> None:
+        """Count, the call ending before its answer did (call it before the sockets are closed).
+
+        The server may still be sending: shrink each socket's receive
+        buffer, wait up to ``wait_s`` for its flow to stop (its window full,
+        or the server done), then count what arrived plus what may still
+        land before the close (see :func:`_may_still_arrive`): never less
+        than the server gets onto the wire, and exact when the server is
+        done.
+        """
+        with self._lock:
+            sockets = [sock for sock in self._sockets if sock.fileno() >= 0]
+        end = time.monotonic() + wait_s
+        for sock in sockets:
+            _stop_receiving(sock)
+            while _receiving(sock) and time.monotonic() < end:
+                time.sleep(0.002)
+        with self._lock:
+            for sock in sockets:
+                self._settle(sock)
+                self._tail[sock] = _may_still_arrive(sock)
+
     @property
     def received(self) -> int | None:
-        """Bytes the watched sockets received during the call, by the kernel's count (None: unknown)."""
+        """Bytes the watched sockets received during the call, by the kernel's count, plus what may still
+        reach a socket of a call cut short (None: unknown)."""
         self.settle()
         with self._lock:
-            return self._received if self._known else None
+            return self._received + sum(self._tail.values()) if self._known else None
 
     def _settle(self, sock: socket.socket) -> None:
         # Add what arrived since the last look; a closed socket (fileno -1) keeps its last count.

@@ -23,11 +23,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dramatiq
 import redis
@@ -50,7 +50,13 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client.metrics_core import Metric
 
-    from .runtime import Runtime
+    from enrichment_middleware.backends.base import Backend
+    from enrichment_middleware.breaker import CircuitBreaker
+    from enrichment_middleware.pacing import Pacing
+    from enrichment_middleware.pause import Pause
+    from enrichment_middleware.quota import Quota
+    from enrichment_middleware.retries import Retries
+    from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +87,40 @@ class EnrichmentPrometheus(Prometheus):
       db_path: directory of the multiprocess files; default ``dramatiq_prom_db``.
       host, port: where the exposition listens; default ``dramatiq_prom_host``
         and ``dramatiq_prom_port``.
+      exposition: the function the CLI forks to serve the metrics (see
+        :func:`serve`); None: no exposition process (an app's own Prometheus
+        middleware serves the same multiprocess files).
+      actors: the names of the actors whose messages are counted; None: every
+        actor (the product's own broker). On an app's broker, only ours.
+      stock: whether to record Dramatiq's stock message metrics (``dramatiq_*``)
+        too; False when an app's own Prometheus middleware records them for
+        every actor, ours included (they would be counted twice).
     """
 
-    def __init__(self, *, db_path: str = DB_PATH, host: str = HTTP_HOST, port: int = HTTP_PORT) -> None:
+    def __init__(
+        self,
+        *,
+        db_path: str = DB_PATH,
+        host: str = HTTP_HOST,
+        port: int = HTTP_PORT,
+        exposition: Callable[[], int] | None = None,
+        actors: Collection[str] | None = None,
+        stock: bool = True,
+    ) -> None:
         super().__init__()
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.db_path = db_path
         self.host = host
         self.port = port
+        self.exposition = exposition
+        self.actors = None if actors is None else frozenset(actors)
+        self.stock = stock
         self._recorders: _Recorders | None = None
         self._files_written = False
 
     @property
     def forks(self) -> list[Callable[[], int]]:
-        return [serve_metrics]
+        return [] if self.exposition is None else [self.exposition]
 
     @property
     def recording(self) -> bool:
@@ -111,7 +137,7 @@ class EnrichmentPrometheus(Prometheus):
 
     def start_recording(self, registry: CollectorRegistry) -> None:
         """Declare every worker metric on ``registry`` and start recording (tests call it directly)."""
-        self._recorders = _Recorders(registry)
+        self._recorders = _Recorders(registry, stock=self.stock)
         # A success series that exists from the start lets increase() see the first success.
         self._recorders.jobs.labels(m.STORE_ACTOR, Outcome.SUCCESS.value, m.FINAL_TRUE)
 
@@ -160,8 +186,14 @@ class EnrichmentPrometheus(Prometheus):
 
     # --- Message hooks --------------------------------------------------------------------------
 
+    def _records(self, message: dramatiq.Message[Any] | dramatiq.MessageProxy) -> _Recorders | None:
+        """The recorders when ``message`` is counted: after boot, and one of :attr:`actors`."""
+        if self.actors is not None and message.actor_name not in self.actors:
+            return None
+        return self._recorders
+
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
-        r = self._recorders
+        r = self._records(message)
         if r is None:
             return
         take_noted_outcome()  # a note left by an earlier message must not be read as this one's
@@ -176,7 +208,7 @@ class EnrichmentPrometheus(Prometheus):
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        r = self._recorders
+        r = self._records(message)
         if r is None:
             return
         labels, started = self._finish(r, message)
@@ -201,7 +233,7 @@ class EnrichmentPrometheus(Prometheus):
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        r = self._recorders
+        r = self._records(message)
         if r is None:
             return
         self._finish(r, message)
@@ -218,8 +250,9 @@ class EnrichmentPrometheus(Prometheus):
         return labels, started
 
     def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
-        if self._recorders is not None:
-            self._recorders.rejects.labels(*_labels(message)).inc()
+        r = self._records(message)
+        if r is not None:
+            r.rejects.labels(*_labels(message)).inc()
 
     def after_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
@@ -227,19 +260,21 @@ class EnrichmentPrometheus(Prometheus):
         # Retries are counted in after_process_message. A delayed message
         # leaves worker memory by being enqueued again, undelayed, by the
         # consumer that held it: the same process, so the gauge pairs up.
-        if self._recorders is None or delay:
+        r = self._records(message)
+        if r is None or delay:
             return
         try:
             self.delayed_messages.remove(message.message_id)
         except KeyError:
             return
-        self._recorders.delayed.labels(*_labels(message)).dec()
+        r.delayed.labels(*_labels(message)).dec()
 
     def before_delay_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
-        if self._recorders is None:
+        r = self._records(message)
+        if r is None:
             return
         self.delayed_messages.add(message.message_id)
-        self._recorders.delayed.labels(*_labels(message)).inc()
+        r.delayed.labels(*_labels(message)).inc()
 
     def _count_outcome(self, message: dramatiq.MessageProxy, outcome: Outcome | None) -> None:
         if outcome is not None and self._recorders is not None:
@@ -252,10 +287,26 @@ def _labels(message: dramatiq.Message[Any] | dramatiq.MessageProxy) -> tuple[str
     return q_name(message.queue_name), message.actor_name
 
 
-class _Recorders:
-    """The worker metrics, declared on one registry from their specs."""
+class _Unrecorded:
+    """A metric not recorded: Dramatiq's stock ones when the app's Prometheus middleware records them."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def labels(self, *values: str) -> _Unrecorded:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+class _Recorders:
+    """The worker metrics, declared on one registry from their specs (``stock``: Dramatiq's too)."""
+
+    def __init__(self, registry: CollectorRegistry, *, stock: bool = True) -> None:
         self.jobs: Counter = _declare(m.JOBS, registry)
         self.calls: Counter = _declare(m.OVERPASS_CALLS, registry)
         self.call_seconds: Histogram = _declare(m.OVERPASS_CALL_SECONDS, registry)
@@ -271,6 +322,9 @@ class _Recorders:
         self.in_progress: Gauge = _declare(m.MESSAGES_IN_PROGRESS, registry)
         self.delayed: Gauge = _declare(m.DELAYED_MESSAGES_IN_PROGRESS, registry)
         self.duration: Histogram = _declare(m.MESSAGE_DURATION, registry)
+        if not stock:
+            self.messages = self.errors = self.retries = self.rejects = _Unrecorded()  # type: ignore[assignment]
+            self.in_progress = self.delayed = self.duration = _Unrecorded()  # type: ignore[assignment]
 
 
 def _declare(spec: MetricSpec, registry: CollectorRegistry) -> Any:
@@ -439,7 +493,28 @@ def read_endpoints(
     return tuple(readings)
 
 
-def read_fleet(runtime: Runtime) -> FleetReading:
+class FleetState(Protocol):
+    """What :func:`read_fleet` reads: the broker, the backend and the policies (a :class:`~.runtime.Runtime`)."""
+
+    @property
+    def broker(self) -> dramatiq.Broker: ...
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def quota(self) -> Quota: ...
+    @property
+    def breaker(self) -> CircuitBreaker: ...
+    @property
+    def semaphore(self) -> ConcurrencySemaphore: ...
+    @property
+    def retries(self) -> Retries: ...
+    @property
+    def pause(self) -> Pause: ...
+    @property
+    def pacing(self) -> Pacing: ...
+
+
+def read_fleet(runtime: FleetState) -> FleetReading:
     """Read the fleet gauges from the shared backend and the broker; raises when they cannot be reached."""
     broker = runtime.broker
     try:
@@ -660,11 +735,12 @@ def make_exposition_server(registry: CollectorRegistry, host: str, port: int) ->
     return server
 
 
-def serve_metrics() -> int:
-    """The exposition process the CLI forks: the workers' files plus the fleet gauges, until SIGTERM."""
-    from .runtime import runtime
+def serve(runtime: FleetState, middleware: EnrichmentPrometheus, queue: str) -> int:
+    """Serve the workers' files plus the fleet gauges of ``runtime`` until SIGTERM (the exposition process).
 
-    middleware = runtime.metrics
+    :func:`enrichment_actors.worker.serve_metrics`, which the CLI forks,
+    builds the runtime and calls this.
+    """
     _enter_multiprocess_mode(middleware.db_path)
     import prometheus_client
     from prometheus_client import multiprocess
@@ -673,7 +749,7 @@ def serve_metrics() -> int:
     multiprocess.MultiProcessCollector(registry, path=middleware.db_path)  # type: ignore[no-untyped-call]
     # This process imports no actor module (the CLI forks it before, and it
     # loads only this function), so its broker knows no queue until told.
-    runtime.broker.declare_queue(runtime.settings.queue)
+    runtime.broker.declare_queue(queue)
     registry.register(FleetCollector(lambda: read_fleet(runtime)))
     try:
         server = make_exposition_server(registry, middleware.host, middleware.port)

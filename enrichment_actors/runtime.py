@@ -1,26 +1,26 @@
 """The runtime: the broker, its middleware, the Overpass client and the POI store, built from settings.
 
-Middleware must be on the broker before any actor is declared, so this module
-builds everything and sets the global broker when it is first imported: by
-:mod:`enrichment_actors.worker` (what ``dramatiq`` loads), by the actors, or
-on the package's first ``enrich`` or ``runtime``; and by the demo program. No
-other module imports it at import time, so they read no setting
-(tests/unit/test_imports.py).
+Importing this module builds nothing. :func:`build_runtime` makes a
+:class:`Runtime` from :class:`~.settings.Settings`: on a broker of its own
+(:func:`make_broker`), or on an app's broker it is given. Who builds the one
+the actors run on is :mod:`enrichment_actors.worker` (``build()`` for the
+product's own workers, ``install(broker)`` for an app's), which then makes it
+:func:`current`: the runtime the actors read at call time.
 The Overpass clients (one per endpoint) and the POI store are created
 lazily, once per worker process (after the CLI forks), and shared by its
-threads. The module-level runtime refuses to be built for a public endpoint
-without a contact (:func:`~.settings.check_startable`): no worker starts.
+threads.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Retries as StockRetries
+from dramatiq.middleware.prometheus import Prometheus
 
 from enrichment_middleware.backends.base import Backend
 from enrichment_middleware.backends.memory import MemoryBackend
@@ -35,7 +35,7 @@ from enrichment_middleware.policy.pause import PauseLimits
 from enrichment_middleware.policy.quota import QuotaLimits
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
 from enrichment_middleware.quota import Quota
-from enrichment_middleware.retries import Retries
+from enrichment_middleware.retries import Retries, replace_stock_retries
 from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 from .broker import RecoveringRedisBroker
@@ -48,10 +48,25 @@ from .redis_checks import RedisChecks, redis_clients
 from .redis_topology import TopologyCheck
 from .routing import ENDPOINT, EndpointReading, EndpointRouter
 from .server_time import MS_PER_S
-from .settings import Settings, SettingsError, check_startable, load_settings
+from .settings import Settings, SettingsError
 from .store import PoiStore
 
-__all__ = ["OVERPASS", "Runtime", "build_runtime", "make_backend", "overpass_verdict", "runtime"]
+__all__ = [
+    "ACTORS",
+    "OVERPASS",
+    "NotBuilt",
+    "Runtime",
+    "build_runtime",
+    "current",
+    "installed",
+    "make_backend",
+    "make_broker",
+    "overpass_verdict",
+    "set_current",
+]
+
+#: The product's actors, by name: what its middleware counts and bounds on an app's broker.
+ACTORS = ("enrich", "fetch_pois", "store_pois")
 
 
 def overpass_verdict(exception: BaseException | None) -> Verdict:
@@ -212,18 +227,36 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
     )
 
 
-def build_runtime(settings: Settings, *, backend: Backend | None = None, **policy_kwargs: Any) -> Runtime:
+def build_runtime(
+    settings: Settings,
+    *,
+    backend: Backend | None = None,
+    broker: dramatiq.Broker | None = None,
+    exposition: Callable[[], int] | None = None,
+    **policy_kwargs: Any,
+) -> Runtime:
     """A broker with the metrics, quota, semaphore, breaker and retry middleware, configured by ``settings``.
 
     ``policy_kwargs`` (``clock``, ``rng``) go to every middleware. The policies
     take their time from the backend, never from ``clock``: tests that need a
     manual clock build a ``MemoryBackend(clock=...)`` and pass it as ``backend``
     (it replaces the one the settings name).
+
+    ``broker``: an app's broker to build on (``enrichment_actors.install``)
+    instead of one made from the settings. Then the Redis checks (no
+    eviction, persistence) look at the product's state Redis only, the
+    metrics count the product's actors only, and when the app's broker has
+    a Prometheus middleware already, it serves the metrics and counts
+    Dramatiq's stock ones: ours adds the enrichment metrics only, with no
+    exposition process of its own. ``exposition``: the function the CLI forks to serve the metrics.
     """
     s = settings
-    broker = make_broker(s)
+    on_app_broker = broker is not None
+    broker = broker if broker is not None else make_broker(s)
     backend = backend or make_backend(s)
-    broker.add_middleware(RedisChecks(lambda: redis_clients(broker, backend)))  # refuses an evicting Redis
+    # Refuses an evicting Redis: ours, not the app's broker (its durability is the app's call).
+    checked_broker = None if on_app_broker else broker
+    broker.add_middleware(RedisChecks(lambda: redis_clients(checked_broker, backend)))
     broker.add_middleware(TopologyCheck(backend))  # refuses a wrong Redis topology
     retries = Retries(
         backend=backend,
@@ -232,14 +265,20 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
         max_backoff=int(s.retry_max_backoff_s * 1000),
         **policy_kwargs,
     )
-    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
-    broker.add_middleware(retries)
+    # Where Dramatiq's stood; that one keeps retrying the actors that opt into no gate (an app's,
+    # with the app's settings): they act as without the product (tests/unit/test_retries_parity.py).
+    replace_stock_retries(broker, retries)
     # A deferral is not a failure: no on_failure callback for it (middleware/enrichment_middleware/callbacks.py).
     replace_stock_callbacks(broker)
     # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the
     # demo in-process, where the hooks would record nothing anyway.
-    metrics = EnrichmentPrometheus()
-    if s.broker != "stub":
+    app_metrics = any(isinstance(m, Prometheus) for m in broker.middleware)
+    metrics = EnrichmentPrometheus(
+        exposition=None if app_metrics else exposition,
+        actors=ACTORS if on_app_broker else None,
+        stock=not app_metrics,
+    )
+    if not isinstance(broker, StubBroker):
         # Before Retries, so that its after-hook runs after Retries' and sees
         # whether the message was retried or dead-lettered.
         broker.add_middleware(metrics, before=Retries)
@@ -331,6 +370,33 @@ def build_runtime(settings: Settings, *, backend: Backend | None = None, **polic
     )
 
 
-# Built once, at this module's first import; the actors are declared on this broker.
-runtime = build_runtime(check_startable(load_settings()))
-dramatiq.set_broker(runtime.broker)
+class NotBuilt(RuntimeError):
+    """The actors ran, or the runtime was asked for, before the product was built in this process."""
+
+
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    """The runtime the actors run on: the one ``build()`` or ``install(broker)`` made in this process.
+
+    Raises:
+      NotBuilt: neither was called.
+    """
+    if _current is None:
+        raise NotBuilt(
+            "The product is not built in this process: call enrichment_actors.worker.build() "
+            "(or enrichment_actors.install(broker)) first."
+        )
+    return _current
+
+
+def installed() -> Runtime | None:
+    """The current runtime, or None when the product is not built in this process."""
+    return _current
+
+
+def set_current(runtime: Runtime | None) -> None:
+    """Make ``runtime`` the one the actors run on (:mod:`enrichment_actors.worker` does; None forgets it)."""
+    global _current
+    _current = runtime

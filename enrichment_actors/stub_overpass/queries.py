@@ -10,10 +10,21 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
-if TYPE_CHECKING:
-    from .lattice import Poi
+
+class Poi(Protocol):
+    """What a statement matches: an element's kind, tags and position (:class:`.lattice.Poi` is one)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def tags(self) -> dict[str, str]: ...
+    @property
+    def lat_e7(self) -> int: ...
+    @property
+    def lon_e7(self) -> int: ...
+
 
 _KINDS = {
     "node": ("node",),

@@ -157,7 +157,7 @@ def slot_utilisation(env: Environment, *, quick: bool) -> Measured:
                 permits: int = permits,
                 jobs: int = jobs,
             ) -> FleetRun:
-                return run_fleet(name, env, module="enrichment_actors.worker", queue="enrichment",
+                return run_fleet(name, env, module="enrichment_actors.worker:build", queue="enrichment",
                                  fleet_env=_ours(env, stub, permits), stub=stub, jobs=jobs, cap_s=cap_s,
                                  processes=processes, modules=modules)  # fmt: skip
 
@@ -243,7 +243,7 @@ def slot_utilisation_rabbitmq(env: Environment, *, quick: bool, measured: dict[s
             latency_s=LATENCY_S, slots=permits, enforce_slots=True, hold_s=HOLD_S, pois_per_box=POIS_PER_JOB
         ) as stub:
             fleet_env = {**_ours(env, stub, permits), "BROKER": "rabbitmq", "RABBITMQ_URL": server.url}
-            run = run_fleet("ours on RabbitMQ", env, module="enrichment_actors.worker", queue="enrichment",
+            run = run_fleet("ours on RabbitMQ", env, module="enrichment_actors.worker:build", queue="enrichment",
                             fleet_env=fleet_env, stub=stub, jobs=jobs, cap_s=cap_s, box_origin=origin,
                             rabbitmq_url=server.url)  # fmt: skip
     finally:
@@ -302,7 +302,7 @@ def pacing(env: Environment, *, quick: bool) -> Measured:
     with StubOverpass(
         latency_s=LATENCY_S, slots=1, enforce_slots=True, hold_s=HOLD_S, pois_per_box=POIS_PER_JOB
     ) as stub:
-        run = run_fleet("ours, paced", env, module="enrichment_actors.worker", queue="enrichment",
+        run = run_fleet("ours, paced", env, module="enrichment_actors.worker:build", queue="enrichment",
                         fleet_env=_ours(env, stub, 1, pacing_interval_s=PACING_INTERVAL_S), stub=stub,
                         jobs=jobs, cap_s=60, box_origin=(40.0, -20.0))  # fmt: skip
     starts = [start for start, _ in run.timeline]
@@ -369,15 +369,15 @@ def overhead(env: Environment, jobs: int) -> Measured:
         # Permits enough for every thread: this measures the bookkeeping, not the limit.
         fleet_env = {**product_env(env, stub, semaphore_permits=16), **common}
         check_boxes(jobs, origin=origin)
-        full = run_fleet("full middleware", env, module="enrichment_actors.worker", queue="enrichment",
+        full = run_fleet("full middleware", env, module="enrichment_actors.worker:build", queue="enrichment",
                          fleet_env=fleet_env, stub=stub, jobs=jobs, cap_s=300, box_origin=origin)  # fmt: skip
-        bare = run_fleet("without middleware", env, module="tests.bench.bare_actors:broker", queue="enrichment",
+        bare = run_fleet("without middleware", env, module="tests.bench.bare_actors:build", queue="enrichment",
                          fleet_env=fleet_env, stub=stub, jobs=jobs, cap_s=300, box_origin=origin)  # fmt: skip
         trips: dict[str, dict[str, float]] = {}
         calls: dict[str, int] = {}
         for name, module in (
-            ("full", "enrichment_actors.worker"),
-            ("bare", "tests.bench.bare_actors:broker"),
+            ("full", "enrichment_actors.worker:build"),
+            ("bare", "tests.bench.bare_actors:build"),
         ):
             sample = 100
             with RoundTripCounter(env.redis_url) as counter:

@@ -3,7 +3,7 @@
 With ``handoff_max=0`` every released permit goes back through Redis (a
 waiter wakes from ``BLPOP`` and takes the lease itself), as the semaphore
 worked before permits were handed straight to a waiting thread. Only the
-benchmarks load it (``dramatiq enrichment_actors.worker tests.bench.no_handoff``),
+benchmarks load it (``dramatiq enrichment_actors.worker:build tests.bench.no_handoff``),
 after the runtime is built.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from enrichment_actors.worker import runtime
+from enrichment_actors.runtime import current
+
+runtime = current()
 
 for policy in runtime.semaphore.policies.values():
     # The limits are fixed once a policy is made; a benchmark-only switch reaches in.

@@ -40,8 +40,9 @@ class StagingResult:
 _PROBE = """
 import gc, json, sys, time, tracemalloc
 import dramatiq, psycopg, redis
-from enrichment_actors import runtime, store_pois
 from enrichment_actors.actors import _stage
+from tests.support.product import product
+runtime, store_pois = product().runtime, product().store_pois
 from enrichment_actors.overpass_responses import read_response
 
 body = open(sys.argv[1], "rb").read()

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -123,23 +124,26 @@ def world(
 
 
 @pytest.fixture
-def app(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The product, as app code imports it (its settings point at the test servers).
+def app(world: World) -> Iterator[Any]:
+    """The product as app code uses it: ``enrich`` (the sender), with the runtime built in this process.
 
-    On RabbitMQ its actors send through a RabbitMQ broker for the scenario
-    (the package's own was built for Redis when it was first imported).
+    ``runtime`` (its shared state) and ``broker`` (the product's, the sender's) are
+    those of :func:`tests.support.product.product`. On RabbitMQ the sender
+    enqueues on a RabbitMQ broker of the scenario's server (the process's own
+    broker was built for Redis).
     """
     import enrichment_actors
+    from enrichment_actors.sender import Sender
+    from tests.support.product import product
 
+    built = product()
     if world.broker != "rabbitmq":
-        yield enrichment_actors
+        yield SimpleNamespace(enrich=enrichment_actors.enrich, runtime=built.runtime, broker=built.broker)
         return
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
     broker = RabbitmqBroker(url=world.rabbit.url, confirm_delivery=True)
-    for actor in (enrichment_actors.enrich, enrichment_actors.fetch_pois, enrichment_actors.store_pois):
-        monkeypatch.setattr(actor, "broker", broker)
-    yield enrichment_actors
+    yield SimpleNamespace(enrich=Sender(broker=broker), runtime=built.runtime, broker=broker)
     broker.close()
 
 
@@ -254,14 +258,20 @@ def enqueue_again(world: World, app: Any) -> None:
 
 @when(parsers.parse("I send enrich with {arguments}"))
 def send_raw(world: World, app: Any, arguments: str) -> None:
+    """Enqueue an ``enrich`` message as a client without the sender's check would (another language, say):
+    the workers check it again."""
     if match := re.fullmatch(r"tags (.+) in box (\{.*\})", arguments):
-        _send(world, app, tags=json.loads(match[1]), bbox=json.loads(match[2]))
+        kwargs = {"tags": json.loads(match[1]), "bbox": json.loads(match[2])}
     elif arguments.startswith("bbox "):
-        _send(world, app, bbox=json.loads(arguments[5:]))
+        kwargs = {"bbox": json.loads(arguments[5:])}
     elif arguments.startswith("unexpected "):
-        _send(world, app, **json.loads(arguments[11:]))
+        kwargs = json.loads(arguments[11:])
     else:
         raise ValueError(f"unknown arguments form: {arguments}")
+    world.last_job = kwargs
+    app.broker.enqueue(
+        dramatiq.Message(queue_name=QUEUE, actor_name="enrich", args=(), kwargs=kwargs, options={})
+    )
 
 
 def wait_until_done(app: Any, timeout_s: float = 30.0, *, world: World | None = None) -> None:

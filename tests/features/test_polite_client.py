@@ -1,6 +1,6 @@
 """One fleet, one polite client (polite_client.feature): issue 9's scenarios on real workers.
 
-Every scenario runs ``dramatiq enrichment_actors.worker`` processes on the
+Every scenario runs ``dramatiq enrichment_actors.worker:build`` processes on the
 session's Redis and PostgreSQL against the stand-in Overpass server, and
 judges the fleet by what the server saw: each request's arrival time
 (``started_at``), its peak of calls in flight, its status reads. What the

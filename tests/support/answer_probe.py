@@ -1,7 +1,7 @@
 """Report how much of each answer a worker process decoded: one stderr line per body read.
 
 Loaded as one more module of the ``dramatiq`` CLI (``dramatiq
-enrichment_actors.worker tests.support.answer_probe``), it wraps the client's
+enrichment_actors.worker:build tests.support.answer_probe``), it wraps the client's
 body reader so that every read, however it ends (the cap, a corrupt body,
 the deadline), prints ``answer probe: decoded N wire M`` to stderr, which
 :class:`~tests.support.workers.WorkerProcesses` captures. A chaos scenario

@@ -3,7 +3,7 @@
 Contention bugs hide on an idle machine: a step that takes microseconds
 there takes a whole GIL switch interval (5 ms) or more when a thread is
 parsing a large body next to it. Loaded as one more module of the
-``dramatiq`` CLI (``dramatiq enrichment_actors.worker tests.support.hog``), this
+``dramatiq`` CLI (``dramatiq enrichment_actors.worker:build tests.support.hog``), this
 starts, in each worker process, ``CPU_HOG_THREADS`` daemon threads (default
 1) that compute without pause and without ever releasing the GIL by
 themselves, so the worker threads, the parking releaser and the heartbeat

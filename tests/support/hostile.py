@@ -127,6 +127,13 @@ class HostileServer:
         with self._lock:
             return self._rng.choice(self._script)
 
+    def wait_idle(self, timeout_s: float = 5.0) -> None:
+        """Wait until no call is in flight: the server counts what it sent when a handler ends, which may
+        be after the client gave up."""
+        deadline = time.monotonic() + timeout_s
+        while self.stats.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def __enter__(self) -> HostileServer:
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -247,7 +254,7 @@ def _handler(server: HostileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(307)
                 self.send_header("Location", server.redirect_target)
                 self.send_header("Content-Length", "0")
-                self.end_headers()
+                self._end_head()
                 return 0
             if behaviour == "huge-remark":
                 return self._send(200, server.huge_remark)
@@ -266,11 +273,15 @@ def _handler(server: HostileServer) -> type[BaseHTTPRequestHandler]:
             if encoding is not None:
                 self.send_header("Content-Encoding", encoding)
             self.send_header("Content-Length", str(len(body)))
-            self.head_bytes = sum(map(len, self._headers_buffer)) + 2  # the blank line too
-            self.end_headers()
+            self._end_head()
             self.wfile.write(body)
             self.wfile.flush()
             return len(body)
+
+        def _end_head(self) -> None:
+            # A head sent whole is no body: the counts of both sides leave it out.
+            self.head_bytes = sum(map(len, self._headers_buffer)) + 2  # the blank line too
+            self.end_headers()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -78,7 +78,7 @@ class WorkerProcesses:
         self,
         env: Mapping[str, str],
         *,
-        module: str = "enrichment_actors.worker",
+        module: str = "enrichment_actors.worker:build",
         modules: Sequence[str] = (),
         processes: int = 1,
         threads: int = 4,

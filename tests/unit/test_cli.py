@@ -41,7 +41,9 @@ def test_enqueue_sends_one_enrich_message(capsys: pytest.CaptureFixture[str], re
 
 
 def test_status_reads_the_shared_state(capsys: pytest.CaptureFixture[str], redis_client: Any) -> None:
-    from enrichment_actors import runtime
+    from tests.support.product import product
+
+    runtime = product().runtime
 
     policy = runtime.endpoint().policy
     runtime.quota.policies[policy].admit()

@@ -39,7 +39,9 @@ import json, os, sys
 from enrichment_actors.cli import main
 code = main(sys.argv[1:])
 from dramatiq import Message
-from enrichment_actors import broker, runtime
+from enrichment_actors.runtime import current
+runtime = current()
+broker = runtime.broker
 queue = broker.queues.get(runtime.settings.queue)
 sent = [Message.decode(data).kwargs for data in list(queue.queue)] if queue is not None else []
 with open(os.environ["SENT_FILE"], "w") as out:

@@ -6,6 +6,8 @@ behaves that way (tests/support/hostile.py).
 
 from __future__ import annotations
 
+import gzip
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,11 +23,21 @@ from enrichment_actors.overpass_responses import (
     OverpassError,
     QueryTooLarge,
     Redirected,
+    read_response,
 )
 from enrichment_actors.settings import SettingsError, load_settings
+from enrichment_middleware import failpoints
 from enrichment_middleware.retries import error_text, traceback_text
 from enrichment_middleware.usage import take_charged_bytes, take_no_call
 from tests.support.hostile import HostileServer
+from tests.support.product import product
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    """The product built in this process: the actors' functions read it."""
+    product()
+
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
 QUERY = '[out:json][timeout:25];nwr["amenity"](46.50,6.62,46.52,6.65);out center tags;'
@@ -75,7 +87,25 @@ def test_bytes_are_charged_whatever_ends_the_call(server: HostileServer, clean: 
         actors._call_overpass(client_of(server.interpreter_url), QUERY, out_of_memory)
 
     charged = take_charged_bytes()
+    server.wait_idle()
     assert charged >= server.stats.bytes_sent > 0, (charged, server.stats)
+
+
+def test_bytes_arriving_between_the_count_and_the_close_are_charged(
+    server: HostileServer, clean: None
+) -> None:
+    """A call cut short (the cap) while the server still sends: what lands before the close is charged
+    too (a clean-clone chaos run once charged 67 KB less than the server got onto the wire)."""
+    # Stored, not deflated: three times the cap on the wire, so the server is still sending at the cap.
+    server.bomb = gzip.compress(os.urandom(3 * CAP), 0)
+    server.script("gzip-bomb")
+
+    with failpoints.hooked("overpass.counted", lambda: time.sleep(0.3)), pytest.raises(AnswerTooLarge):
+        actors._call_overpass(client_of(server.interpreter_url), QUERY, read_response)
+
+    charged = take_charged_bytes()
+    server.wait_idle()
+    assert charged >= server.stats.bytes_sent > CAP, (charged, server.stats)
 
 
 # 3. A contact that cannot go into a header is refused at start, not per call.

@@ -1,18 +1,15 @@
-"""Importing the product, or any of its modules, talks to no server and builds nothing (finding 12).
+"""Importing the product, or any of its modules, builds nothing and talks to no server (finding 12, issue 19).
 
-Building the broker, the shared-state backend and the middleware makes
-clients, not connections: Redis, PostgreSQL and Overpass are first reached
-when a worker starts or a command needs them. Each check runs in a fresh
-interpreter whose REDIS_URL, DATABASE_URL and OVERPASS_URL point at loopback
-listeners this test owns, with an audit hook that reports any
-``socket.connect`` at all (the machine's own servers included).
-
-Only :mod:`enrichment_actors.worker` (what ``dramatiq`` loads), the actors,
-the runtime and the demo program build the runtime when imported; any other
-module (the stand-in server, the ``enrichment`` tools) reads no setting and
-leaves Dramatiq's global broker alone, so it imports even when a setting is
-invalid. Real ``dramatiq`` processes show that each supported worker command
-consumes a job.
+Building happens only when asked: ``enrichment_actors.worker.build()`` (what
+``dramatiq enrichment_actors.worker:build`` calls), ``start(settings)`` or
+``enrichment_actors.install(broker)``. Each check runs in a fresh interpreter
+whose REDIS_URL, DATABASE_URL and OVERPASS_URL point at loopback listeners
+this test owns, with an audit hook that reports any ``socket.connect`` at all
+(the machine's own servers included), and an app's broker already set as
+Dramatiq's global broker: after every module of both packages is imported,
+that broker is still the global one, with the same middleware list and no
+actor of ours, even with an unusable setting. Real ``dramatiq`` processes
+show that the supported worker command consumes a job.
 """
 
 from __future__ import annotations
@@ -28,12 +25,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dramatiq
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Imports each module named on the command line, in order, and prints every
-# socket.connect with the module being imported at the time.
+# Sets an app's broker as Dramatiq's global one, imports each module named on
+# the command line, in order, and prints every socket.connect with the module
+# being imported at the time; then what became of the app's broker.
 _IMPORTER = """
 import importlib, sys
 current = ["(start)"]
@@ -41,30 +40,34 @@ def audit(event, args):
     if event == "socket.connect":
         print(f"CONNECT {args[1]!r} while importing {current[0]}", flush=True)
 sys.addaudithook(audit)
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+app_broker = StubBroker()
+dramatiq.set_broker(app_broker)
+middleware = list(app_broker.middleware)
 for name in sys.argv[1:]:
     current[0] = name
     importlib.import_module(name)
 current[0] = "(after the imports)"
 import dramatiq.broker
-broker = dramatiq.broker.global_broker
-print("RUNTIME", "enrichment_actors.runtime" in sys.modules, "enrichment_actors.actors" in sys.modules)
-print("GLOBAL_BROKER", type(broker).__name__, flush=True)
-if broker is not None:
-    print("ACTORS", ",".join(sorted(broker.actors)), flush=True)
+print("GLOBAL_BROKER", "same" if dramatiq.broker.global_broker is app_broker else "replaced", flush=True)
+print("MIDDLEWARE", "same" if app_broker.middleware == middleware else "changed", flush=True)
+print("ACTORS", ",".join(sorted(app_broker.actors)) or "none", flush=True)
+runtime = sys.modules.get("enrichment_actors.runtime")
+print("RUNTIME", runtime.installed() if runtime is not None else None, flush=True)
 """
 
-#: The modules whose import builds the runtime: what the CLI loads, and the demo program.
-BUILDERS = {
-    "enrichment_actors.worker",
-    "enrichment_actors.actors",
-    "enrichment_actors.runtime",
-    "enrichment_actors.demo",
+#: Where each package's modules live in the repository.
+PACKAGE_PATHS = {
+    "enrichment_actors": "enrichment_actors",
+    "enrichment_middleware": "middleware/enrichment_middleware",
 }
 
 
 def _modules(package: str) -> list[str]:
     return [package] + [
-        info.name for info in pkgutil.walk_packages([str(REPO / package)], prefix=f"{package}.")
+        info.name
+        for info in pkgutil.walk_packages([str(REPO / PACKAGE_PATHS[package])], prefix=f"{package}.")
     ]
 
 
@@ -117,87 +120,64 @@ def _environment(servers: dict[str, Listener]) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("package", ["enrichment_actors", "middleware"])
-def test_importing_any_module_connects_to_nothing(package: str, servers: dict[str, Listener]) -> None:
-    modules = _modules(package)
-    assert len(modules) > 5
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORTER, *modules],
-        cwd=REPO, env=_environment(servers), capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "CONNECT" not in done.stdout, done.stdout
-    time.sleep(0.3)
-    assert {name: s.accepted for name, s in servers.items()} == {"redis": 0, "postgresql": 0, "overpass": 0}
-
-
 def _said(stdout: str, key: str) -> list[str]:
     return next(line.split()[1:] for line in stdout.splitlines() if line.startswith(key + " "))
 
 
-def test_the_worker_module_declares_the_actors_on_the_global_broker_as_dramatiqs_cli_needs(
-    servers: dict[str, Listener],
+@pytest.mark.parametrize("setting", [{}, {"QUOTA_REQUESTS": "abc"}], ids=["valid", "invalid-setting"])
+@pytest.mark.parametrize("package", sorted(PACKAGE_PATHS))
+def test_importing_every_module_leaves_the_apps_broker_alone_and_connects_to_nothing(
+    package: str, setting: dict[str, str], servers: dict[str, Listener]
 ) -> None:
-    """``dramatiq enrichment_actors.worker`` imports the module, then takes Dramatiq's global broker."""
+    modules = _modules(package)
+    assert len(modules) > 10
+    if package == "enrichment_actors":
+        assert "enrichment_actors.worker" in modules  # the entry point too: the CLI calls build()
     done = subprocess.run(
-        [sys.executable, "-c", _IMPORTER, "enrichment_actors.worker"],
-        cwd=REPO, env=_environment(servers), capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-c", _IMPORTER, *modules],
+        cwd=REPO, env={**_environment(servers), **setting}, capture_output=True, text=True, timeout=120,
+        check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert _said(done.stdout, "GLOBAL_BROKER") != ["NoneType"]
-    assert {"enrich", "fetch_pois", "store_pois"} <= set(_said(done.stdout, "ACTORS")[0].split(","))
-    assert "CONNECT" not in done.stdout
+    assert "CONNECT" not in done.stdout, done.stdout
+    assert _said(done.stdout, "GLOBAL_BROKER") == ["same"], "Dramatiq's global broker was replaced"
+    assert _said(done.stdout, "MIDDLEWARE") == ["same"], "middleware was added to the app's broker"
+    assert _said(done.stdout, "ACTORS") == ["none"], "actors were declared on the app's broker"
+    assert _said(done.stdout, "RUNTIME") == ["None"], "a runtime was built"
+    time.sleep(0.3)
+    assert {name: s.accepted for name, s in servers.items()} == {"redis": 0, "postgresql": 0, "overpass": 0}
 
 
-@pytest.mark.parametrize("module", sorted(set(_modules("enrichment_actors")) - BUILDERS))
-def test_importing_a_module_builds_no_runtime_even_with_an_invalid_setting(
-    module: str, servers: dict[str, Listener]
-) -> None:
-    env = {**_environment(servers), "QUOTA_REQUESTS": "abc"}
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORTER, module],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert _said(done.stdout, "RUNTIME") == ["False", "False"], "the runtime or the actors were built"
-    assert _said(done.stdout, "GLOBAL_BROKER") == ["NoneType"], "Dramatiq's global broker was replaced"
-
-
-# Whatever names the submodules ``runtime`` and ``broker`` first, the package's
-# ``runtime`` and ``broker`` are the built objects, as app code and the tests use them.
-_NAMES = """
-import importlib, sys
+# What the CLI does with ``enrichment_actors.worker:build``: import, call, take the global broker.
+_BUILD = """
 import dramatiq
-importlib.import_module(sys.argv[1])
-import enrichment_actors
-from enrichment_actors import runtime
-assert type(enrichment_actors.runtime).__name__ == "Runtime", enrichment_actors.runtime
-assert runtime is enrichment_actors.runtime
-assert enrichment_actors.broker is runtime.broker is dramatiq.get_broker()
-assert "enrich" in enrichment_actors.broker.actors
-from enrichment_actors import enrich, fetch_pois, store_pois
-print("OK", enrich.actor_name, fetch_pois.actor_name, store_pois.actor_name)
+from dramatiq.cli import import_broker
+module, broker = import_broker("enrichment_actors.worker:build")
+print("GLOBAL_BROKER", type(broker).__name__, broker is dramatiq.get_broker(), flush=True)
+print("ACTORS", ",".join(sorted(broker.actors)), flush=True)
 """
 
 
-@pytest.mark.parametrize(
-    "imported_first",
-    [
-        "enrichment_actors",
-        "enrichment_actors.runtime",
-        "enrichment_actors.broker",
-        "enrichment_actors.worker",
-    ],
-)
-def test_the_package_runtime_and_broker_are_the_built_objects_whatever_was_imported_first(
-    imported_first: str, servers: dict[str, Listener]
+def test_the_worker_build_declares_the_actors_on_the_broker_dramatiqs_cli_takes(
+    servers: dict[str, Listener],
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", _NAMES, imported_first],
+        [sys.executable, "-c", _BUILD],
         cwd=REPO, env=_environment(servers), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["OK", "enrich", "fetch_pois", "store_pois"]
+    assert _said(done.stdout, "GLOBAL_BROKER") == ["RecoveringRedisBroker", "True"]
+    assert _said(done.stdout, "ACTORS") == ["enrich,fetch_pois,store_pois"]
+    assert "CONNECT" not in done.stdout
+
+
+def test_the_package_exports_the_sender_install_and_the_error() -> None:
+    import enrichment_actors
+    from enrichment_actors.sender import Sender
+
+    assert sorted(enrichment_actors.__all__) == ["InvalidJob", "__version__", "enrich", "install"]
+    assert isinstance(enrichment_actors.enrich, Sender)
+    assert not isinstance(enrichment_actors.enrich, dramatiq.Actor)
 
 
 _ENRICHMENT = str(Path(sys.executable).with_name("enrichment"))
@@ -248,11 +228,8 @@ def test_the_stand_in_server_runs_without_touching_redis_or_overpass(
     assert {name: s.accepted for name, s in servers.items()} == {"redis": 0, "postgresql": 0, "overpass": 0}
 
 
-# The documented command, the broker named explicitly, and the package alone
-# (which must never become a worker on a default broker with no actors).
-@pytest.mark.parametrize(
-    "module", ["enrichment_actors.worker", "enrichment_actors:broker", "enrichment_actors"]
-)
+# The Procfile's command.
+@pytest.mark.parametrize("module", ["enrichment_actors.worker:build"])
 def test_each_supported_dramatiq_command_consumes_a_job(
     module: str, redis_url: str, redis_client: object, tmp_path: Path
 ) -> None:

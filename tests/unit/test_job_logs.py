@@ -8,10 +8,17 @@ from typing import Any
 
 import pytest
 
-from enrichment_actors import actors
 from enrichment_actors.job_logs import job_label
 from enrichment_actors.stub_overpass import StubOverpass
+from tests.support.product import product
 from tests.support.workers import WorkerProcesses, eventually
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    """The product built in this process: the actors' functions read it."""
+    product()
+
 
 BBOX = {"south": 48.85, "west": 2.29, "north": 48.855, "east": 2.295}
 
@@ -33,8 +40,8 @@ def test_worker_lines_about_a_job_carry_the_enqueued_id_and_the_box(
         "DATABASE_URL": f"sqlite:///{tmp_path / 'pois.sqlite3'}",
     }
     with WorkerProcesses(env, processes=1, threads=2) as workers:
-        good = actors.enrich.send(bbox=BBOX, tags=["amenity"])
-        bad = actors.enrich.send(bbox={"south": 10, "west": 0, "north": 9, "east": 1})
+        good = product().enrich.send(bbox=BBOX, tags=["amenity"])
+        bad = product().enrich.send(bbox={"south": 10, "west": 0, "north": 9, "east": 1})
         eventually(lambda: stub.stats().calls >= 2, timeout_s=30, message="the fetch retried and answered")
         eventually(lambda: workers.count(f"[job {bad.message_id} box 10,0,9,1]"), message="the dead letter")
         eventually(lambda: workers.count("Stored "), message="the store step")

@@ -30,12 +30,16 @@ from enrichment_actors.overpass_responses import (
     ServerProtocolError,
     ServerUnwell,
 )
-from enrichment_actors.runtime import overpass_verdict, runtime
+from enrichment_actors.runtime import overpass_verdict
 from enrichment_actors.stub_overpass import StubOverpass
 from enrichment_middleware.breaker import Verdict
 from enrichment_middleware.deferral import Defer
 from enrichment_middleware.usage import take_charged_bytes, take_no_call
+from tests.support.product import product
 from tests.support.workers import WorkerProcesses, eventually
+
+#: The product built in this process: the actors' functions read it.
+runtime = product().runtime
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
 BBOX = {"south": 48.85, "west": 2.29, "north": 48.86, "east": 2.30}
@@ -112,7 +116,7 @@ def test_fetch_pois_charges_a_successful_call_once(
 ) -> None:
     use_client(monkeypatch, stub.interpreter_url)
 
-    actors.fetch_pois.fn(bbox=BBOX, tags=["amenity"])
+    actors.fetch_pois(bbox=BBOX, tags=["amenity"])
 
     (request,) = [r for r in stub.requests if r.path == "/api/interpreter"]
     body = OverpassClient(stub.interpreter_url, user_agent=USER_AGENT, http_timeout_s=5).fetch(request.query)
@@ -174,7 +178,7 @@ def test_a_timeout_beside_a_healthy_sibling_leaves_the_sibling_alone(
     use_client(monkeypatch, stub.interpreter_url, http_timeout_s=0.5)
 
     with caplog.at_level(logging.WARNING, logger="enrichment_actors.actors"), pytest.raises(ClientTimeout):
-        actors.fetch_pois.fn(bbox=BBOX, tags=["amenity"])
+        actors.fetch_pois(bbox=BBOX, tags=["amenity"])
     thread.join(timeout=10)
 
     assert stub.stats().kill_calls == 0
@@ -195,7 +199,7 @@ def test_a_timeout_of_the_only_call_in_flight_kills_its_query(
     use_client(monkeypatch, stub.interpreter_url, http_timeout_s=0.5)
 
     with pytest.raises(ClientTimeout):
-        actors.fetch_pois.fn(bbox=BBOX, tags=["amenity"])
+        actors.fetch_pois(bbox=BBOX, tags=["amenity"])
 
     assert stub.stats().kill_calls == 1
     eventually(lambda: stub.stats().served.get("killed") == 1)  # the stalled query is freed
@@ -339,7 +343,7 @@ def test_six_identical_jobs_on_a_healthy_server_all_land_and_the_circuit_stays_c
         }
         with WorkerProcesses(env, processes=1, threads=6):
             for _ in range(6):
-                actors.enrich.send(bbox=BBOX, tags=["amenity"])
+                product().enrich.send(bbox=BBOX, tags=["amenity"])
             parking = runtime.retries.parking
             eventually(
                 lambda: (
@@ -387,7 +391,7 @@ def test_trickled_answers_never_put_more_calls_in_flight_than_permits(
         with WorkerProcesses(env, processes=2, threads=3, modules=["tests.support.hog"]):
             for index in range(3):
                 box = {**BBOX, "south": BBOX["south"] + index * 0.001}
-                actors.enrich.send(bbox=box, tags=["amenity"])
+                product().enrich.send(bbox=box, tags=["amenity"])
             # Calls over several leases, or a second call in flight, whichever comes first.
             eventually(
                 lambda: stub.stats().calls >= 6 or stub.stats().peak_in_flight > 1,

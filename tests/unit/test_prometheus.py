@@ -119,6 +119,41 @@ def test_a_retry_counts_once_and_a_deferral_never(
     assert jobs == {("flaky", "upstream_error", "false"): 2, ("deferring", "rate_limited", "false"): 2}
 
 
+@pytest.mark.parametrize("stock", [True, False], ids=["app-without-prometheus", "app-with-prometheus"])
+def test_on_an_apps_broker_only_our_actors_are_counted(stock: bool) -> None:
+    """``install(broker)``: the app's actor is not ours to count; with the app's own Prometheus
+    middleware, Dramatiq's stock metrics are its to record (ours would count our actors twice)."""
+    broker = StubBroker()
+    broker.middleware[:] = [mw for mw in broker.middleware if not isinstance(mw, StockRetries)]
+    broker.add_middleware(Retries(max_retries=0))
+    metrics = EnrichmentPrometheus(actors=["store_pois"], stock=stock)
+    broker.add_middleware(metrics, before=Retries)
+    registry = CollectorRegistry()
+    metrics.start_recording(registry)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="store_pois")
+    def ours() -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def app_job() -> None:
+        pass
+
+    run(broker, lambda: (ours.send(), app_job.send()))
+    broker.close()
+
+    def counted(spec: m.MetricSpec) -> dict[str, float]:
+        return {
+            s.labels.get(m.ACTOR_NAME) or s.labels[m.ACTOR]: s.value
+            for f in registry.collect()
+            for s in f.samples
+            if s.name == spec.sample_name and s.value
+        }
+
+    assert counted(m.JOBS) == {"store_pois": 1}
+    assert counted(m.MESSAGES) == ({"store_pois": 1} if stock else {})
+
+
 def test_gauges_return_to_zero_on_the_queue_they_rose_on(
     recorded_broker: tuple[StubBroker, CollectorRegistry],
 ) -> None:

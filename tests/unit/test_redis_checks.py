@@ -193,7 +193,9 @@ def test_the_cli_worker_refuses_to_start_on_an_evicting_redis(tmp_path: Any) -> 
 
 
 def test_the_product_broker_is_the_recovering_one() -> None:
-    from enrichment_actors.runtime import runtime
+    from tests.support.product import product
+
+    runtime = product().runtime
 
     assert isinstance(runtime.broker, RecoveringRedisBroker)
     assert any(isinstance(m, RedisChecks) for m in runtime.broker.middleware)

@@ -16,8 +16,15 @@ from enrichment_actors.settings import SettingsError, load_settings
 from enrichment_actors.staging import stash_for
 from enrichment_middleware.backends.redis import RedisBackend
 from enrichment_middleware.policy.parking import ParkingLot
+from tests.support.product import product
 from tests.support.redis_topologies import MASTER
 from tests.support.workers import free_port
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    """The product built in this process: the actors' functions read it."""
+    product()
 
 
 @pytest.mark.parametrize(
@@ -96,7 +103,6 @@ def test_workers_keep_the_state_on_the_topology_and_the_queues_on_the_broker(
     topology: str, redis_url: str, postgres_url: str, redis_client: Any, request: pytest.FixtureRequest
 ) -> None:
     # Dramatiq's Redis broker cannot run on a cluster: the queues stay on the session's Redis.
-    from enrichment_actors import actors
     from enrichment_actors.store import PoiStore
     from enrichment_actors.stub_overpass import StubOverpass
     from tests.support.workers import WorkerProcesses, eventually
@@ -128,7 +134,7 @@ def test_workers_keep_the_state_on_the_topology_and_the_queues_on_the_broker(
                     "north": 48.855 + index * 0.01,
                     "east": 2.30,
                 }
-                actors.enrich.send(bbox=box, tags=["amenity"])
+                product().enrich.send(bbox=box, tags=["amenity"])
             eventually(
                 lambda: stub.stats().calls >= 3 and store.count() > 0, timeout_s=60, message="jobs stored"
             )

@@ -25,6 +25,7 @@ from enrichment_actors.staging import (
 )
 from enrichment_actors.stub_overpass import StubOverpass
 from enrichment_middleware.backends.redis import RedisBackend
+from tests.support.product import product as built
 from tests.support.workers import eventually, free_port
 
 POI = ["node", 1, 48.85, 2.29, {"amenity": "cafe", "name": "Café du Parc"}]
@@ -151,10 +152,10 @@ class SizeRecorder(dramatiq.Middleware):
 @pytest.fixture
 def product(redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, StubOverpass]]:
     """The product in this process: its broker on the test Redis, Overpass the stand-in, the database down."""
-    from enrichment_actors import runtime
     from enrichment_actors.overpass_client import OverpassClient
     from enrichment_actors.store import PoiStore
 
+    runtime = built().runtime
     stub = StubOverpass().start()
     monkeypatch.setattr(
         runtime,
@@ -172,7 +173,9 @@ def test_a_failed_hand_off_is_resumed_without_a_second_call(
     product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Finding 5: the broker drops at the second store message; the retried fetch sends only the rest."""
-    from enrichment_actors import actors, fetch_pois
+    from enrichment_actors import actors
+
+    fetch_pois = built().fetch_pois
 
     runtime, stub = product
     monkeypatch.setattr(actors, "stage_key", lambda: "fetch:resumed")
@@ -201,7 +204,7 @@ def test_a_failing_store_logs_short_lines_and_no_message_is_over_the_bound(
     product: tuple[Any, StubOverpass], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Finding 7: a 3 MB answer with the database down: every message and log line stays small."""
-    from enrichment_actors import fetch_pois, store_pois
+    fetch_pois, store_pois = built().fetch_pois, built().store_pois
 
     runtime, stub = product
     recorder = SizeRecorder()
@@ -232,7 +235,7 @@ def test_a_redelivered_enrich_sends_the_same_fetch(monkeypatch: pytest.MonkeyPat
     """A fetch sent twice (enrich redelivered) is one job: the second copy finds the first's staged answer."""
     from dramatiq.middleware import CurrentMessage
 
-    from enrichment_actors import enrich, runtime
+    enrich, runtime = built().enrich, built().runtime
 
     sent: list[dramatiq.Message[Any]] = []
     monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: sent.append(message))
@@ -268,7 +271,9 @@ def test_staging_waits_for_an_unreachable_redis_rather_than_call_again(
     product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Failing after the call would mean a retry, and a retry a second call: staging waits instead."""
-    from enrichment_actors import actors, fetch_pois
+    from enrichment_actors import actors
+
+    fetch_pois = built().fetch_pois
     from enrichment_middleware.backends.base import BackendUnavailable
 
     runtime, stub = product
@@ -297,7 +302,9 @@ def test_a_deferred_redelivery_of_a_fetch_whose_answer_landed_takes_no_claim(
 ) -> None:
     """Issue 16, finding 6: the second delivery of a finished fetch, deferred at admission, re-took its tiles'
     claims for an hour, and a forced job for those tiles then ended "coalesced" with no call."""
-    from enrichment_actors import actors, fetch_pois
+    from enrichment_actors import actors
+
+    fetch_pois = built().fetch_pois
     from enrichment_actors.coverage.claims import TileClaims
     from enrichment_middleware.deferral import Defer
 

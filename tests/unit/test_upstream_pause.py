@@ -41,7 +41,6 @@ from enrichment_actors.overpass_responses import (
     UserAgentRejected,
     read_response,
 )
-from enrichment_actors.runtime import runtime
 from enrichment_actors.settings import load_settings
 from enrichment_actors.stub_overpass import StubOverpass
 from enrichment_middleware.admission import STATE_UNAVAILABLE
@@ -51,7 +50,11 @@ from enrichment_middleware.failpoints import configure
 from enrichment_middleware.policy.pause import HELD, PAUSED, PauseLimits, PausePolicy
 from enrichment_middleware.usage import take_no_call
 from tests.support.contention import cpu_hog
+from tests.support.product import product
 from tests.support.workers import WorkerProcesses, eventually
+
+#: The product built in this process: the actors' functions read it.
+runtime = product().runtime
 
 USER_AGENT = "overpass-enrichment-tests/0.1 (tests@example.org)"
 QUERY = '[out:json][timeout:25];nwr["amenity"](48.85,2.29,48.86,2.30);out center tags;'
@@ -249,7 +252,7 @@ def test_permanent_answers_are_dead_lettered_without_a_traceback_and_a_406_is_no
 ) -> None:
     # In ``throws``: dead-lettered at once (not retryable), logged without a traceback.
     # A 406 is turned into a hold by the actor: it must never be dead-lettered.
-    assert issubclass(error, actors.fetch_pois.options["throws"]) is thrown
+    assert issubclass(error, product().fetch_pois.options["throws"]) is thrown
 
 
 def test_a_406_holds_the_endpoint_without_a_dead_letter_and_keeps_the_backlog(
@@ -260,7 +263,7 @@ def test_a_406_holds_the_endpoint_without_a_dead_letter_and_keeps_the_backlog(
     env = {"REDIS_URL": redis_url, "OVERPASS_URL": stub.interpreter_url, "SEMAPHORE_PERMITS": "2"}
     with WorkerProcesses(env, processes=1, threads=2) as workers:
         for index in range(jobs):
-            actors.enrich.send(bbox={**BBOX, "south": BBOX["south"] + index * 0.001}, tags=["amenity"])
+            product().enrich.send(bbox={**BBOX, "south": BBOX["south"] + index * 0.001}, tags=["amenity"])
         parking = runtime.retries.parking
         assert parking is not None
         # Every fetch is deferred (parked), none is dead-lettered.

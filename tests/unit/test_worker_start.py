@@ -1,4 +1,4 @@
-"""What a worker says when it starts (``dramatiq enrichment_actors.worker``), as a newcomer first runs it."""
+"""What a worker says when it starts (``dramatiq enrichment_actors.worker:build``), as a newcomer first runs it."""
 
 from __future__ import annotations
 
