@@ -746,6 +746,8 @@ def declare(runtime: Runtime) -> Actors:
             queue_name=settings.queue,
             throws=(InvalidJob, OutageTooLong),
             max_retries=settings.retry_max,
+            # Its retries wait parked in the state backend, as a gated actor's (it opts into no gate).
+            park_retries=True,
         )(enrich),
         dramatiq.actor(
             broker=broker,
@@ -770,6 +772,7 @@ def declare(runtime: Runtime) -> Actors:
             broker=broker,
             queue_name=settings.queue,
             throws=(StagedAnswerMissing, OutageTooLong),
+            park_retries=True,
             max_retries=settings.store_max_retries,
             min_backoff=int(settings.retry_min_backoff_s * 1000),
             max_backoff=int(settings.retry_max_backoff_s * 1000),

@@ -20,7 +20,6 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Retries as StockRetries
 from dramatiq.middleware.prometheus import Prometheus
 
 from enrichment_middleware.backends.base import Backend
@@ -36,7 +35,7 @@ from enrichment_middleware.policy.pause import PauseLimits
 from enrichment_middleware.policy.quota import QuotaLimits
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
 from enrichment_middleware.quota import Quota
-from enrichment_middleware.retries import Retries
+from enrichment_middleware.retries import Retries, replace_stock_retries
 from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 from .broker import RecoveringRedisBroker
@@ -266,8 +265,9 @@ def build_runtime(
         max_backoff=int(s.retry_max_backoff_s * 1000),
         **policy_kwargs,
     )
-    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
-    broker.add_middleware(retries)
+    # Where Dramatiq's stood; that one keeps retrying the actors that opt into no gate (an app's,
+    # with the app's settings): they act as without the product (tests/unit/test_retries_parity.py).
+    replace_stock_retries(broker, retries)
     # A deferral is not a failure: no on_failure callback for it (middleware/enrichment_middleware/callbacks.py).
     replace_stock_callbacks(broker)
     # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the

@@ -6,7 +6,9 @@ neither succeeded nor failed. Dramatiq's own ``Callbacks`` sees an exception
 and sends ``on_failure`` for every deferral (a job deferred seven times would
 report seven failures and then, when it runs, one success). This one sends
 nothing for a deferral: ``on_success`` when an attempt returns, ``on_failure``
-when an attempt fails (retried or not, exactly as Dramatiq's).
+when an attempt fails (retried or not, exactly as Dramatiq's). Only this
+package raises a ``Defer``: for an app's actors on the same broker, this is
+Dramatiq's ``Callbacks`` (tests/unit/test_retries_parity.py).
 """
 
 from __future__ import annotations

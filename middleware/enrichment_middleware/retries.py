@@ -1,12 +1,19 @@
 """Retries and deferrals by re-enqueueing, never by sleeping in a worker thread.
 
-Replaces Dramatiq's stock ``Retries``. Transient failures are retried with
-capped exponential backoff and full jitter (the cap is never exceeded);
-after the last attempt the message is dead-lettered. A :class:`~.deferral.Defer`
-is not a failure: it does not count against ``max_retries``. Waits are
-parked in the backend instead of Dramatiq's delay queue, which workers
-prefetch and hold in memory (and drop on a broker reconnect): ten thousand
-jobs waiting for tomorrow cost a worker nothing, and come back by themselves.
+Replaces Dramatiq's stock ``Retries``. For actors that opt into a gate of
+this package (an actor option of a limiting middleware on the broker, or
+``park_retries=True``), transient failures are retried with capped
+exponential backoff and full jitter (the cap is never exceeded); after the
+last attempt the message is dead-lettered. A :class:`~.deferral.Defer` is
+not a failure: it does not count against ``max_retries``. Waits are parked in
+the backend instead of Dramatiq's delay queue, which workers prefetch and
+hold in memory (and drop on a broker reconnect): ten thousand jobs waiting
+for tomorrow cost a worker nothing, and come back by themselves.
+
+Every other actor (an app's, on a broker the product was installed on) is
+retried by Dramatiq's own ``Retries``, the one this replaced: same attempts,
+delays, log lines and dead letters, and a retried message waits in the
+broker, so ``broker.join`` and ``worker.join`` wait for it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.middleware import Retries as StockRetries
 from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 
+from .admission import AdmissionMiddleware
 from .backends.base import Backend, BackendUnavailable
 from .deferral import Defer
 from .failpoints import failpoint
@@ -37,6 +45,8 @@ from .redaction import redact_url
 UNREACHABLE_LOG_EVERY_S = 60.0
 #: Message option counting deferrals (retries are counted in ``retries``).
 DEFERRALS = "deferrals"
+#: Actor option: this actor's retries are this package's (parked, capped jitter) though it opts into no gate.
+PARK_RETRIES = "park_retries"
 #: The most of an error's text a message keeps (``last_error``) and of each line of its ``traceback``:
 #: an error can quote what a remote server sent, of any size, and messages live in Redis and logs.
 ERROR_TEXT_MAX = 500
@@ -66,7 +76,10 @@ class Retries(StockRetries):
     A drop-in for Dramatiq's ``Retries``: every option means what it means
     there (``max_retries``, ``min_backoff``, ``max_backoff``, ``retry_when``,
     ``throws``, ``on_retry_exhausted``; message options ``retries``,
-    ``traceback``, ``requeue_timestamp``). Two differences: the backoff is
+    ``traceback``, ``requeue_timestamp``). An actor that opts into no gate
+    (no actor or message option of a limiting middleware on the broker, no
+    ``park_retries=True``) is left to :attr:`dramatiq_retries`, Dramatiq's
+    own, exactly as if this were not there. For the others, two differences: the backoff is
     uniform(min, min(max, min * 2**retries)) rather than Dramatiq's
     [half, whole] of that ceiling, and a :class:`~.deferral.Defer` is not a
     failure: it counts in ``deferrals``, not in ``retries``, never reaches
@@ -99,6 +112,9 @@ class Retries(StockRetries):
       clock: this host's clock, for the ``message_timestamp`` of messages put
         back (what ``AgeLimit`` reads); due times are the backend's clock.
       rng: injectable randomness.
+      dramatiq_retries: Dramatiq's ``Retries`` that actors opting into no gate
+        get (default: one with the options above; :func:`replace_stock_retries`
+        gives it the one it replaces, as the app configured it).
     """
 
     def __init__(
@@ -114,6 +130,7 @@ class Retries(StockRetries):
         transient_errors: tuple[type[BaseException], ...] = (Exception,),
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        dramatiq_retries: StockRetries | None = None,
     ) -> None:
         super().__init__(
             # Dramatiq annotates int, yet its code reads None as "no limit" (as here).
@@ -131,6 +148,27 @@ class Retries(StockRetries):
         self.parking = ParkingLot(backend) if backend is not None else None
         self._stop = threading.Event()
         self._releaser: threading.Thread | None = None
+        self.dramatiq_retries = dramatiq_retries or StockRetries(
+            max_retries=max_retries,  # type: ignore[arg-type]
+            min_backoff=min_backoff,
+            max_backoff=max_backoff,
+            retry_when=retry_when,
+        )
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {*super().actor_options, PARK_RETRIES}
+
+    def parks(self, broker: Broker, message: MessageProxy) -> bool:
+        """Whether ``message`` gets this package's retries: its actor opts into a gate, or ``park_retries``."""
+        actor = broker.get_actor(message.actor_name)
+        if actor.options.get(PARK_RETRIES):
+            return True
+        gates = {m.option for m in broker.middleware if isinstance(m, AdmissionMiddleware)}
+        # A message option of a gate counts too: the gate reads it before the actor's.
+        return any(
+            actor.options.get(gate) is not None or message.options.get(gate) is not None for gate in gates
+        )
 
     def after_process_message(
         self,
@@ -143,8 +181,12 @@ class Retries(StockRetries):
         if exception is None:
             return
         if isinstance(exception, Defer):
+            # Only this package's gates and actors raise it: a deferral whatever the actor.
             message.options[DEFERRALS] = message.options.get(DEFERRALS, 0) + 1
             self.schedule(broker, message, exception.delay_s, refresh_age=True)
+            return
+        if not self.parks(broker, message):
+            self.dramatiq_retries.after_process_message(broker, message, result=result, exception=exception)  # type: ignore[no-untyped-call]
             return
         actor = broker.get_actor(message.actor_name)
         message.options["last_error"] = error_text(exception)
@@ -330,6 +372,23 @@ class Retries(StockRetries):
             except Exception:
                 self.logger.exception("Releasing parked messages failed; trying again shortly.")
                 time.sleep(self.poll_interval_s)
+
+
+def replace_stock_retries(broker: Broker, retries: Retries) -> Retries:
+    """Put ``retries`` where Dramatiq's ``Retries`` stood on ``broker`` (or at the end) and return it.
+
+    The one it replaces keeps retrying the actors that opt into no gate, with
+    the options the app gave it: the app's actors see no change.
+    """
+    for index, middleware in enumerate(broker.middleware):
+        if isinstance(middleware, StockRetries) and not isinstance(middleware, Retries):
+            retries.dramatiq_retries = middleware
+            # Same place: the after-hooks run in the same order as before.
+            broker.middleware[index] = retries
+            broker.actor_options |= retries.actor_options
+            return retries
+    broker.add_middleware(retries)
+    return retries
 
 
 class _OutageLog:

@@ -367,7 +367,7 @@ def test_a_denial_after_the_breaker_gives_back_the_probe_claim(backend: Backend)
 def test_transient_failures_are_retried_with_capped_backoff_then_dead_lettered(backend: Backend) -> None:
     rig = make_rig(backend)
 
-    @dramatiq.actor(broker=rig.broker, max_retries=3, min_backoff=20, max_backoff=40)
+    @dramatiq.actor(broker=rig.broker, max_retries=3, min_backoff=20, max_backoff=40, park_retries=True)
     def failing() -> None:
         rig.call("failing")
         raise UpstreamDown("always")
@@ -386,7 +386,7 @@ def test_transient_failures_are_retried_with_capped_backoff_then_dead_lettered(b
 def test_throws_are_never_retried(backend: Backend) -> None:
     rig = make_rig(backend)
 
-    @dramatiq.actor(broker=rig.broker, throws=(ValueError,))
+    @dramatiq.actor(broker=rig.broker, throws=(ValueError,), park_retries=True)
     def invalid() -> None:
         rig.call("invalid")
         raise ValueError("bad input")

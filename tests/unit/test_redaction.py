@@ -133,7 +133,8 @@ def test_a_failed_store_leaves_no_password_in_logs_or_the_message(caplog: pytest
     broker.add_middleware(Retries(max_retries=1, min_backoff=1, max_backoff=1))
     store = PoiStore(f"postgresql://u:{SECRET}@127.0.0.1:{free_port()}/pois")
 
-    @dramatiq.actor(broker=broker, queue_name="redaction")
+    # park_retries: the product's own retries (store_pois's), which keep last_error.
+    @dramatiq.actor(broker=broker, queue_name="redaction", park_retries=True)
     def store_one() -> None:
         store.upsert([("node", 1, 1.0, 2.0, {})])
 

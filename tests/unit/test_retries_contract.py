@@ -2,7 +2,9 @@
 
 Each case runs the same actor, with the same options and the same sequence
 of failures, once under Dramatiq's stock ``Retries`` and once under ours
-(parking in a memory backend, as the product does), and compares what a user
+(parking in a memory backend, as the product does for its own actors, which
+``park_retries=True`` stands for here: an actor that opts into no gate is
+retried by Dramatiq's own, tests/unit/test_retries_parity.py), and compares what a user
 can see: the ``retries`` and ``requeue_timestamp`` options at each attempt,
 the dead letters, the ``on_retry_exhausted`` messages and the
 ``on_success``/``on_failure`` callbacks. Only the backoff's spread differs
@@ -152,8 +154,16 @@ def run(flavour: str, case: Case, timeout_s: float = 30.0) -> Seen:
     seen = Seen()
     lock = threading.Lock()
 
+    # Ours retries an actor that opts into no gate as Dramatiq's own does; park_retries compares its own path.
+    parked = {"park_retries": True} if flavour == "ours" else {}
+
     @dramatiq.actor(
-        broker=broker, actor_name="subject", on_success="succeeded", on_failure="failed", **case.actor
+        broker=broker,
+        actor_name="subject",
+        on_success="succeeded",
+        on_failure="failed",
+        **case.actor,
+        **parked,
     )
     def subject() -> None:
         message = CurrentMessage.get_current_message()
@@ -207,7 +217,7 @@ def test_requeue_timestamp_is_the_time_of_the_failure() -> None:
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, StockRetries)]
     broker.add_middleware(Retries(backend=MemoryBackend(), max_retries=1, poll_interval_s=0.01, **FAST))
 
-    @dramatiq.actor(broker=broker)
+    @dramatiq.actor(broker=broker, park_retries=True)
     def failing() -> None:
         raise UpstreamDown("down")
 
@@ -290,7 +300,7 @@ def test_a_failure_after_deferrals_still_fires_on_failure_and_on_retry_exhausted
     broker.add_middleware(DenyFirst(3))
     callbacks: list[str] = []
 
-    @dramatiq.actor(broker=broker, on_failure="failed", on_retry_exhausted="exhausted")
+    @dramatiq.actor(broker=broker, on_failure="failed", on_retry_exhausted="exhausted", park_retries=True)
     def doomed() -> None:
         raise UpstreamDown("down")
 
