@@ -408,7 +408,8 @@ def test_a_permit_handed_on_in_a_killed_process_still_lapses(
 ) -> None:
     """The process dies (SIGKILL) right after moving the lease to its waiter, before waking it: the
     new holder's lease, with its fresh expiry, is the only one left, and it lapses."""
-    lease_s = 2.0
+    # Longer than the hold (HOLD_S), or the holder's own lease lapses before it releases: no hand-off.
+    lease_s = 2 * HOLD_S
     child = _child(redis_url, 1, 0, lease_s, "hold", 3, failpoints="semaphore.handed_off=kill:1")
     out, _ = child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL, out
