@@ -31,6 +31,9 @@ def query_of(job: dict[str, object]) -> str:
     return build_query(validate_job(job["bbox"], job["tags"]), timeout_s=5, maxsize_bytes=67108864)
 
 
+# make chaos (13 s): test_contention.py's quota runs (quick sizes, a fleet of processes, the quota
+# running out mid-run, every call counted exactly) stay in make test.
+@pytest.mark.soak
 def test_the_quota_admits_exactly_its_limit_across_four_processes(chaos: Chaos) -> None:
     started = time.monotonic()
     chaos.workers(

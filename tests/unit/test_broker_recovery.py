@@ -115,6 +115,10 @@ def test_messages_of_a_lost_fetch_reply_are_queued_again_without_a_worker_restar
     assert all(count == 1 for count in run.seen.values()), run.seen
 
 
+# make chaos (9 s): it shows Dramatiq's own broker's fault; the recovery of ours stays in make test
+# (test_messages_of_a_lost_fetch_reply_are_queued_again_without_a_worker_restart, both variants).
+@pytest.mark.chaos
+@pytest.mark.soak
 def test_dramatiqs_own_broker_leaves_them_to_the_worker_that_never_got_them(
     proxy: FlakyProxy, redis_client: redis.Redis[bytes]
 ) -> None:
@@ -169,7 +173,14 @@ def test_checks_never_take_back_a_message_the_worker_holds(
     assert run.stranded(redis_client) == 0
 
 
-@pytest.mark.parametrize("kind", [RecoveringRedisBroker, RedisBroker], ids=["recovering", "dramatiq"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(RecoveringRedisBroker, id="recovering"),
+        # make chaos (9 s): Dramatiq's own broker's fault; the recovering one stays in make test.
+        pytest.param(RedisBroker, id="dramatiq", marks=[pytest.mark.chaos, pytest.mark.soak]),
+    ],
+)
 def test_a_delayed_message_dropped_from_memory_on_a_connection_error_comes_back(
     proxy: FlakyProxy, redis_client: redis.Redis[bytes], kind: type[RedisBroker]
 ) -> None:
