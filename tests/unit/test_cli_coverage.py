@@ -329,6 +329,16 @@ def test_refresh_every_runs_until_stopped_and_ends_cleanly(
 ) -> None:
     _seed(store, TILES[0], ["amenity"], age=dt.timedelta(days=9))
     budget = {"QUOTA_REQUESTS": "100", "REFRESH_BUDGET_SHARE": "0.1"}
+    # As from a terminal: a test run started in the background has SIGINT ignored, and a child inherits
+    # that; a handler of ours is reset to the default in the child instead.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _refresh_until(stop, database, budget)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _refresh_until(stop: signal.Signals, database: str, budget: dict[str, str]) -> None:
     with subprocess.Popen(
         [sys.executable, "-m", "enrichment_actors.cli", "refresh", "--older-than", "7d", "--every", "1h"],
         env=_env(database, **budget),
@@ -336,9 +346,12 @@ def test_refresh_every_runs_until_stopped_and_ends_cleanly(
         stderr=subprocess.PIPE,
         text=True,
     ) as clock:
-        assert clock.stdout is not None and clock.stderr is not None
-        # 0.1 of 100 requests a day, over one hour: 1 tile per run.
-        assert clock.stdout.readline().strip() == "refresh: sent 1 of 1 stale tiles (limit 1)"
-        clock.send_signal(stop)
-        assert clock.wait(timeout=30) == 0, clock.stderr.read()
-        assert "Traceback" not in clock.stderr.read()
+        try:
+            assert clock.stdout is not None and clock.stderr is not None
+            # 0.1 of 100 requests a day, over one hour: 1 tile per run.
+            assert clock.stdout.readline().strip() == "refresh: sent 1 of 1 stale tiles (limit 1)"
+            clock.send_signal(stop)
+            assert clock.wait(timeout=30) == 0, clock.stderr.read()
+            assert "Traceback" not in clock.stderr.read()
+        finally:
+            clock.kill()  # a failed assertion must not leave the with-block waiting for ever
