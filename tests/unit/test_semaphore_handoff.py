@@ -324,8 +324,8 @@ def test_two_workers_of_eight_threads_never_exceed_the_permits(
 
 #: Run by each child process: 8 threads take permits for ``seconds``, count the calls in flight in
 #: Redis (INCR after the permit, DECR before the release) and print what they saw.
-#: How long the child's first thread holds the permit in "hold" mode.
-HOLD_S = 2.0
+#: How long, at least, the child's first thread holds the permit in "hold" mode.
+HOLD_S = 1.0
 CHILD = """
 import json, random, sys, threading, time
 import redis
@@ -339,18 +339,26 @@ policy = SemaphorePolicy("api", SemaphoreLimits(permits=permits, lease_s=lease_s
 lock = threading.Lock()
 seen = {"calls": 0, "peak": 0, "handed": 0, "timeouts": 0}
 mode = sys.argv[5]
+held = threading.Event()
 
 def work(n):
     if mode == "hold":
-        # Thread 0 holds the permit for 2 s; 1 then 2 queue behind it (a leader, then a follower). Two
-        # seconds, not one: on a busy machine (a clean-clone CI run) a waiter once started too late to queue.
+        # Thread 0 takes the permit; then 1 and 2 queue behind it, in that order (a leader, then a
+        # follower, to which the release hands the permit on). Each step waits for the one before:
+        # with a CPU hog on a busy machine (clean-clone CI runs) fixed delays came out of order.
         if n == 0:
             permit = policy.acquire("holder", wait_s=30)
             print(json.dumps({"holder": permit.holder, "acquired_at": permit.acquired_at}), flush=True)
-            time.sleep(2.0)  # HOLD_S
+            held.set()
+            time.sleep(1.0)  # HOLD_S
+            end = time.monotonic() + 2.0  # the lease (4 s) outlives the hold
+            while len(policy._waiters) < 2 and time.monotonic() < end:
+                time.sleep(0.01)
             policy.release(permit)
         else:
-            time.sleep(0.2 * n)
+            held.wait(30)
+            while len(policy._waiters) < n - 1:
+                time.sleep(0.01)
             policy.acquire(f"waiter-{n}", wait_s=30)
         return
     end = time.monotonic() + seconds
@@ -408,8 +416,9 @@ def test_a_permit_handed_on_in_a_killed_process_still_lapses(
 ) -> None:
     """The process dies (SIGKILL) right after moving the lease to its waiter, before waking it: the
     new holder's lease, with its fresh expiry, is the only one left, and it lapses."""
-    # Longer than the hold (HOLD_S), or the holder's own lease lapses before it releases: no hand-off.
-    lease_s = 2 * HOLD_S
+    # Longer than the longest hold (HOLD_S, then up to 2 s for the waiters to queue), or the holder's own
+    # lease lapses before it releases: nothing would be handed on.
+    lease_s = 4.0
     child = _child(redis_url, 1, 0, lease_s, "hold", 3, failpoints="semaphore.handed_off=kill:1")
     out, _ = child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL, out
