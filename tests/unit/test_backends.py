@@ -414,13 +414,15 @@ PAYLOAD = b"\x00\xff binary \x80 payload"
 
 def test_parked_members_come_due_earliest_first_up_to_the_limit(timed: Timed) -> None:
     backend = timed.backend
-    backend.park("lot", "late", b"3", 0.03, "t3")
-    backend.park("lot", "early", PAYLOAD, 0.01, "t1")
-    backend.park("lot", "middle", b"2", 0.02, "t2")
+    # Tenths of a second, not hundredths: on a busy machine (a clean-clone run) the four parks and the
+    # count took over 10 ms on a Redis Cluster, and "early" was due before the first claim.
+    backend.park("lot", "late", b"3", 0.5, "t3")
+    backend.park("lot", "early", PAYLOAD, 0.3, "t1")
+    backend.park("lot", "middle", b"2", 0.4, "t2")
     backend.park("lot", "future", b"4", 1000, "t4")
     assert backend.parked_count("lot") == 4
     assert claims(backend.claim_due("lot", 10, 60)) == []
-    timed.advance(0.05)
+    timed.advance(0.6)
     claimed, _ = backend.claim_due("lot", 2, 60)
     assert claimed == [ParkedClaim("early", PAYLOAD, "t1"), ParkedClaim("middle", b"2", "t2")]
     assert claims(backend.claim_due("lot", 10, 60)) == [("late", b"3")]
