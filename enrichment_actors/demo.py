@@ -163,12 +163,17 @@ def _wait_until_done(queue: str, timeout_s: float = 120.0, *, worker: dramatiq.W
             if worker is not None:
                 worker.join()
 
+    def parked() -> int:
+        return 0 if parking is None else parking.count()
+
     while time.monotonic() < deadline:
         join()
-        if parking is None or parking.count() == 0:
-            # A released message is enqueued before it leaves the parking lot.
+        if parked() == 0:
+            # A released message is enqueued before it leaves the parking lot: the second join runs
+            # it; if it was deferred again there (a permit still busy), it is parked again: go on.
             join()
-            return
+            if parked() == 0:
+                return
         time.sleep(0.1)
 
 
