@@ -167,6 +167,9 @@ class EndpointRouter(dramatiq.Middleware):
       rng: picks among ready endpoints.
     """
 
+    #: First of the gates: the others read the policy names it sets (enrichment_middleware.order).
+    admission_rank = 0
+
     def __init__(
         self,
         routes: Mapping[str, Sequence[Endpoint]],

@@ -25,8 +25,8 @@ from dramatiq.middleware.prometheus import Prometheus
 from enrichment_middleware.backends.base import Backend
 from enrichment_middleware.backends.memory import MemoryBackend
 from enrichment_middleware.breaker import CircuitBreaker, Verdict
-from enrichment_middleware.callbacks import replace_stock_callbacks
 from enrichment_middleware.deferral import Defer
+from enrichment_middleware.installation import install
 from enrichment_middleware.pacing import Pacing
 from enrichment_middleware.pause import Pause
 from enrichment_middleware.policy.breaker import BreakerLimits
@@ -35,7 +35,7 @@ from enrichment_middleware.policy.pause import PauseLimits
 from enrichment_middleware.policy.quota import QuotaLimits
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
 from enrichment_middleware.quota import Quota
-from enrichment_middleware.retries import Retries, replace_stock_retries
+from enrichment_middleware.retries import Retries
 from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 from .broker import RecoveringRedisBroker
@@ -265,23 +265,6 @@ def build_runtime(
         max_backoff=int(s.retry_max_backoff_s * 1000),
         **policy_kwargs,
     )
-    # Where Dramatiq's stood; that one keeps retrying the actors that opt into no gate (an app's,
-    # with the app's settings): they act as without the product (tests/unit/test_retries_parity.py).
-    replace_stock_retries(broker, retries)
-    # A deferral is not a failure: no on_failure callback for it (middleware/enrichment_middleware/callbacks.py).
-    replace_stock_callbacks(broker)
-    # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the
-    # demo in-process, where the hooks would record nothing anyway.
-    app_metrics = any(isinstance(m, Prometheus) for m in broker.middleware)
-    metrics = EnrichmentPrometheus(
-        exposition=None if app_metrics else exposition,
-        actors=ACTORS if on_app_broker else None,
-        stock=not app_metrics,
-    )
-    if not isinstance(broker, StubBroker):
-        # Before Retries, so that its after-hook runs after Retries' and sees
-        # whether the message was retried or dead-lettered.
-        broker.add_middleware(metrics, before=Retries)
     endpoints = s.endpoints
     breaker = CircuitBreaker(
         backend,
@@ -349,22 +332,23 @@ def build_runtime(
         )
 
     router = EndpointRouter({OVERPASS: endpoints}, read=read, now=backend.now, rng=policy_kwargs.get("rng"))
-    # Order matters (docs/architecture.md, "Order of the checks"). The router
-    # first: the others read the endpoint's policy names it sets. The pause
-    # next: it refuses every job of a paused or held endpoint with one read,
-    # before anything is waited for or counted. Then the permit: the only
-    # step that waits, with nothing else held. Then the breaker, the pacing
-    # and the quota, back to back and right before the call, so that no job
-    # admitted before the circuit opened, or before the bytes ran out, calls
-    # after: nothing waits between their checks and the call (a pacing wait
-    # is at most its max_wait_s; a later slot defers the job). The breaker
-    # before the quota: a job the breaker then denies has spent no request
-    # (a request counted and given back could make the quota refuse another
-    # job for a whole window), and a probe claim a quota denial leaves is
-    # given back at once. The pacing before the quota, so that a job sent
-    # to a later slot spends no request either.
-    for middleware in (router, pause, semaphore, breaker, pacing, quota):
-        broker.add_middleware(middleware)
+    # One ordered admission (docs/architecture.md, "Admission"): install() puts the gates in
+    # their order and our Retries and Callbacks where Dramatiq's stood. Dramatiq's Retries keeps
+    # retrying the actors that opt into no gate (an app's, with the app's settings): they act as
+    # without the product (tests/unit/test_retries_parity.py); a deferral fires no on_failure.
+    install(broker, router, pause, semaphore, breaker, pacing, quota, retries=retries)
+    # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the
+    # demo in-process, where the hooks would record nothing anyway.
+    app_metrics = any(isinstance(m, Prometheus) for m in broker.middleware)
+    metrics = EnrichmentPrometheus(
+        exposition=None if app_metrics else exposition,
+        actors=ACTORS if on_app_broker else None,
+        stock=not app_metrics,
+    )
+    if not isinstance(broker, StubBroker):
+        # Before Retries, so that its after-hook runs after Retries' and sees
+        # whether the message was retried or dead-lettered.
+        broker.add_middleware(metrics, before=Retries)
     return Runtime(
         s, broker, backend, quota, semaphore, breaker, retries, metrics, pause, pacing, router, endpoints
     )

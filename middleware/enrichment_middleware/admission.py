@@ -21,6 +21,7 @@ from dramatiq.middleware import MiddlewareError
 
 from .backends.base import Backend, BackendUnavailable
 from .deferral import AdmissionDenied
+from .order import check_order
 from .policy.base import Policy
 from .policy.clock import Clock, SystemClock
 
@@ -53,6 +54,8 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
     """
 
     option: str = ""
+    #: This gate's place in the one ordered admission (:data:`.order.RANKS`).
+    admission_rank: int
     policy_class: type[PolicyT]
 
     def __init__(
@@ -100,6 +103,10 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
     @property
     def actor_options(self) -> set[str]:
         return {self.option}
+
+    def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        # Every gate checks, so a broker assembled by hand in another order does not start.
+        check_order(broker.middleware)
 
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         name = actor.options.get(self.option)

@@ -31,6 +31,9 @@ class Callbacks(StockCallbacks):
         ..., "message": ...})`` to, as in Dramatiq.
     """
 
+    #: A deferral is no failure here (what enrichment_middleware.order checks beside the gates).
+    understands_deferrals = True
+
     def after_process_message(
         self,
         broker: Broker,

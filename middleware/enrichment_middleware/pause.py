@@ -100,6 +100,7 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
     """
 
     option = "pause"
+    admission_rank = 1  # enrichment_middleware.order.RANKS says why
     policy_class = PausePolicy
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:

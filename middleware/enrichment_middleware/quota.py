@@ -43,6 +43,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
     """
 
     option = "quota"
+    admission_rank = 5  # enrichment_middleware.order.RANKS says why
     policy_class = QuotaPolicy
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:

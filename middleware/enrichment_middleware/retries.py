@@ -117,6 +117,9 @@ class Retries(StockRetries):
         gives it the one it replaces, as the app configured it).
     """
 
+    #: A deferral is no failure here (what enrichment_middleware.order checks beside the gates).
+    understands_deferrals = True
+
     def __init__(
         self,
         *,

@@ -59,6 +59,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
     """
 
     option = "semaphore"
+    admission_rank = 2  # enrichment_middleware.order.RANKS says why
     policy_class = SemaphorePolicy
 
     def cap(self, name: str, limit: int | None) -> None:

@@ -20,6 +20,7 @@ from enrichment_middleware.admission import STATE_UNAVAILABLE, AdmissionMiddlewa
 from enrichment_middleware.backends import MemoryBackend
 from enrichment_middleware.breaker import CircuitBreaker
 from enrichment_middleware.deferral import AdmissionDenied
+from enrichment_middleware.installation import install
 from enrichment_middleware.policy.breaker import BreakerLimits
 from enrichment_middleware.policy.quota import QuotaLimits
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
@@ -32,7 +33,7 @@ def test_copies_of_one_message_running_together_each_give_back_their_own_permit(
     backend = MemoryBackend()
     semaphore = ConcurrencySemaphore(backend, {"up": SemaphoreLimits(permits=copies, lease_s=600)})
     broker = StubBroker()
-    broker.add_middleware(semaphore)
+    install(broker, semaphore)
     together = threading.Barrier(copies, timeout=10)
     in_use_inside: list[int] = []
 

@@ -23,6 +23,7 @@ from enrichment_middleware.backends.base import Backend
 from enrichment_middleware.backends.memory import MemoryBackend
 from enrichment_middleware.breaker import CircuitBreaker, Verdict
 from enrichment_middleware.deferral import Defer
+from enrichment_middleware.order import MiddlewareOrderError
 from enrichment_middleware.policy.breaker import BreakerLimits, BreakerStatus
 from enrichment_middleware.policy.quota import QuotaLimits
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
@@ -126,9 +127,8 @@ def make_rig(
         backend,
         {"up": QuotaLimits(requests=requests, bytes=bytes_, window_s=window_s, jitter_s=0.05, cost=cost)},
     )
-    # The product's order: the permit, then the breaker and the quota right
-    # before the call (another app may put the breaker first: the middlewares
-    # allow any order).
+    # By hand, as an app without install() would: the product's order, or (breaker_first) one
+    # a worker refuses to boot with.
     order = (breaker, quota, semaphore) if breaker_first else (semaphore, breaker, quota)
     for middleware in (retries, *order):
         broker.add_middleware(middleware)
@@ -345,23 +345,13 @@ def test_a_job_the_quota_denies_gives_the_probe_claim_back(backend: Backend) -> 
     assert state.status is BreakerStatus.HALF_OPEN and state.probe_holder is None and state.probe_expires == 0
 
 
-def test_a_denial_after_the_breaker_gives_back_the_probe_claim(backend: Backend) -> None:
-    rig = make_rig(backend, requests=0, threshold=1, cooldown_s=0.01, breaker_first=True)
-
-    @dramatiq.actor(broker=rig.broker, breaker="up", quota="up", max_retries=0)
-    def never() -> None:
-        rig.call("never")
-
-    policy = rig.breaker.policies["up"]
-    admission = policy.admit("seed")
-    policy.record(admission, success=False)
-    time.sleep(0.02)
-    never.send()
-    rig.run_for(0.3)
-    assert rig.calls == []
-    state = policy.state()
-    # The quota denied after the breaker admitted a probe: the claim is free again.
-    assert state.status is BreakerStatus.HALF_OPEN and state.probe_expires == 0
+def test_gates_put_on_in_another_order_stop_the_worker_at_boot_saying_why(backend: Backend) -> None:
+    """The order is code: the breaker before the permit would decide before a wait, stale after it."""
+    rig = make_rig(backend, breaker_first=True)
+    worker = dramatiq.Worker(rig.broker, worker_threads=1)
+    with pytest.raises(MiddlewareOrderError, match=r"ConcurrencySemaphore \(semaphore=\) stands after Quota"):
+        worker.start()
+    worker.stop()
 
 
 def test_transient_failures_are_retried_with_capped_backoff_then_dead_lettered(backend: Backend) -> None:

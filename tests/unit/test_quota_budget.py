@@ -196,7 +196,7 @@ def test_requests_counted_equal_calls_made_when_some_calls_never_leave(backend: 
 
 
 def test_the_product_checks_the_permit_then_the_breaker_then_the_quota() -> None:
-    """The runtime's order, which the tests above rely on (docs/architecture.md, "Order of the checks")."""
+    """The runtime's order, which the tests above rely on (docs/architecture.md, "Admission")."""
     from enrichment_actors.runtime import build_runtime
     from enrichment_actors.settings import load_settings
     from enrichment_middleware.callbacks import Callbacks

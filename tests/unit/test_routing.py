@@ -319,7 +319,7 @@ def test_an_actor_asking_for_an_unknown_route_is_refused() -> None:
 
 
 def test_the_product_routes_first_then_pause_permit_breaker_pacing_quota() -> None:
-    """The runtime's order (docs/architecture.md, "Order of the checks")."""
+    """The runtime's order (docs/architecture.md, "Admission")."""
     from enrichment_actors.runtime import build_runtime
     from enrichment_actors.settings import load_settings
     from enrichment_middleware.breaker import CircuitBreaker

@@ -29,6 +29,7 @@ from dramatiq.brokers.stub import StubBroker
 from enrichment_middleware.backends import Backend, MemoryBackend
 from enrichment_middleware.backends.redis import RedisBackend
 from enrichment_middleware.failpoints import configure
+from enrichment_middleware.installation import install
 from enrichment_middleware.policy.clock import ManualClock
 from enrichment_middleware.policy.semaphore import Permit, SemaphoreLimits, SemaphorePolicy
 from enrichment_middleware.semaphore import ConcurrencySemaphore
@@ -284,11 +285,12 @@ def test_two_workers_of_eight_threads_never_exceed_the_permits(
     workers = []
     for index in range(2):
         broker = StubBroker()
-        broker.add_middleware(
+        install(
+            broker,
             ConcurrencySemaphore(
                 Transferring(redis_client),
                 {"up": SemaphoreLimits(permits=permits, lease_s=30, wait_s=30, handoff_max=4)},
-            )
+            ),
         )
 
         def call(index: int = index) -> None:
