@@ -265,17 +265,9 @@ def _script_names() -> dict[str, str]:
     """SHA1 of every Lua script the fleet runs -> a readable name."""
     import dramatiq.brokers.redis as dramatiq_redis
 
-    from enrichment_middleware.backends import redis as ours
+    from enrichment_middleware.backends.lua_scripts import SCRIPTS, source
 
-    names = {}
-    # Scripts are module constants (LEASE_ACQUIRE) or class attributes of the backend (_PAUSE_GET).
-    for namespace in (ours, ours.RedisBackend):
-        for attribute in dir(namespace):
-            source = getattr(namespace, attribute)
-            if attribute.lstrip("_").isupper() and isinstance(source, str) and "redis.call" in source:
-                names[hashlib.sha1(source.encode()).hexdigest()] = (
-                    f"middleware:{attribute.lstrip('_').lower()}"
-                )
+    names = {hashlib.sha1(source(name).encode()).hexdigest(): f"middleware:{name}" for name in SCRIPTS}
     for path in (Path(dramatiq_redis.__file__).parent / "redis").glob("*.lua"):
         names[hashlib.sha1(path.read_bytes()).hexdigest()] = f"dramatiq:{path.stem}"
     return names

@@ -39,10 +39,13 @@ def test_the_sdist_carries_the_licence_the_type_hints_and_the_operations_kit(tmp
         "docs/grafana/enrichment.json",
         "enrichment_actors/py.typed",
         "middleware/enrichment_middleware/py.typed",
+        "middleware/enrichment_middleware/backends/lua/lease_acquire.lua",
+        "middleware/enrichment_middleware/backends/lua/now.lua",
     ):
         assert wanted in files, wanted
     setup = (REPO / "setup.cfg").read_text()
     assert "enrichment_actors = py.typed" in setup and "middleware = py.typed" in setup  # in the wheel too
+    assert "enrichment_middleware.backends = lua/*.lua" in setup
     assert "MIT License" in (REPO / "LICENSE").read_text() and "license = MIT" in setup
 
 

@@ -1,7 +1,7 @@
 """A backend on Redis: the primitives shared by every worker of a fleet.
 
-Each multi-step primitive is one Lua script, so it is atomic and costs one
-round trip.  Every script that needs "now" reads the server's ``TIME``, so
+Each multi-step primitive is one Lua script (a file of ``lua/``, loaded by
+:mod:`.lua_scripts`), so it is atomic and costs one round trip.  Every script that needs "now" reads the server's ``TIME``, so
 the whole fleet shares one clock whatever its hosts' clocks say (scripts are
 replicated by their effects, the default since Redis 5, so ``TIME`` is
 allowed before writes).  Keys are ``<namespace>:<kind>:{<key>}``; the kinds are
@@ -47,209 +47,12 @@ from enrichment_middleware.backends.base import (
     WindowCounts,
     check_counter_arguments,
 )
+from enrichment_middleware.backends.lua_scripts import source
 from enrichment_middleware.redaction import redact, redact_url
-
-# Every script that needs the time starts with this: the server's clock, in
-# epoch seconds with microseconds.  Times go back to Redis as '%.6f' strings:
-# Lua would print a number with 14 significant digits, a tenth of a millisecond.
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function at(seconds) return string.format('%.6f', seconds) end
-"""
-
-# KEYS: the counters' prefix (``<namespace>:counter:{<key>}``: the counters
-# named here share its hash tag, so a cluster routes the script to their slot).
-# ARGV: window_s, TTL in ms, n, then n names, n limits, n increments, n priors.
-# Reply: admitted (0/1), window start, now, then the n values.
-WINDOW_ADMIT = (
-    _NOW
-    + """
-local sec = tonumber(t[1])
-local window = tonumber(ARGV[1])
-local start = sec - (sec % window)
-local n = tonumber(ARGV[3])
-local keys, values = {}, {}
-for i = 1, n do
-  keys[i] = KEYS[1] .. ':' .. string.format('%d', start) .. ':' .. ARGV[3 + i]
-  values[i] = tonumber(redis.call('GET', keys[i]) or '0')
-end
-local admitted = 1
-for i = 1, n do
-  local limit = tonumber(ARGV[3 + n + i])
-  if limit >= 0 and values[i] >= limit then admitted = 0 end
-  -- A cost counter (prior > 0) must have its mean per admission left (base.mean_cost).
-  local prior = tonumber(ARGV[3 + 3 * n + i])
-  if limit >= 0 and prior > 0 then
-    local need = prior
-    if values[1] > 0 then need = values[i] / values[1] end
-    if limit - values[i] < need then admitted = 0 end
-  end
-end
-if admitted == 1 then
-  for i = 1, n do
-    local increment = tonumber(ARGV[3 + 2 * n + i])
-    if increment ~= 0 then
-      values[i] = redis.call('INCRBY', keys[i], increment)
-      if redis.call('PTTL', keys[i]) == -1 then redis.call('PEXPIRE', keys[i], ARGV[2]) end
-    end
-  end
-end
-local reply = {admitted, string.format('%d', start), at(now)}
-for i = 1, n do reply[3 + i] = values[i] end
-return reply
-"""
-)
-
-# KEYS: the counter.  ARGV: amount, TTL in ms.
-# A refund (amount < 0) never creates the counter nor takes it below 0: after
-# a restart that lost it, giving a request back must not admit an extra one.
-COUNTER_ADD = """
-local amount = tonumber(ARGV[1])
-if amount < 0 then
-  local current = redis.call('GET', KEYS[1])
-  if not current then return 0 end
-  current = tonumber(current)
-  if current + amount < 0 then amount = -current end
-  if amount == 0 then return current end
-end
-local value = redis.call('INCRBY', KEYS[1], amount)
-if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return value
-"""
-
-# KEYS: leases, cap.  ARGV: holder, limit, lease_s.  Reply: the grant time, or nil.
-# The set itself expires a minute after its last lease would, so an
-# abandoned semaphore leaves nothing behind.
-LEASE_ACQUIRE = (
-    _NOW
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', at(now))
-local limit = tonumber(ARGV[2])
-local cap = redis.call('GET', KEYS[2])
-if cap then limit = math.min(limit, tonumber(cap)) end
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= limit then
-  return false
-end
-redis.call('ZADD', KEYS[1], at(now + tonumber(ARGV[3])), ARGV[1])
-local ttl_ms = math.ceil(tonumber(ARGV[3]) * 1000) + 60000
-if redis.call('PTTL', KEYS[1]) < ttl_ms then redis.call('PEXPIRE', KEYS[1], ttl_ms) end
-return at(now)
-"""
-)
-
-# KEYS: leases.
-LEASE_COUNT = (
-    _NOW
-    + """
-return redis.call('ZCOUNT', KEYS[1], '(' .. at(now), '+inf')
-"""
-)
-
-# KEYS: leases, wake list.  ARGV: holder, tokens kept, token TTL in ms.
-LEASE_RELEASE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], 'x')
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-
-# KEYS: leases, cap, wake list.  ARGV: from holder, to holder, limit, lease_s,
-# tokens kept, token TTL in ms.  Reply: the grant time, or nil.
-# Release and acquire in one step: the count never moves, so no other
-# process can take the permit in between, nor can the fleet go over.  When
-# the new holder gets nothing (a lowered cap), the release wakes a waiter.
-LEASE_TRANSFER = (
-    _NOW
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', at(now))
-local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
-local limit = tonumber(ARGV[3])
-local cap = redis.call('GET', KEYS[2])
-if cap then limit = math.min(limit, tonumber(cap)) end
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], at(now + tonumber(ARGV[4])), ARGV[2])
-  local ttl_ms = math.ceil(tonumber(ARGV[4]) * 1000) + 60000
-  if redis.call('PTTL', KEYS[1]) < ttl_ms then redis.call('PEXPIRE', KEYS[1], ttl_ms) end
-  return at(now)
-end
-if held then
-  redis.call('LPUSH', KEYS[3], 'x')
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
-  redis.call('PEXPIRE', KEYS[3], ARGV[6])
-end
-return false
-"""
-)
-
-# KEYS: state hash.  ARGV: expected version, JSON value.
-STATE_CAS = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if current ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'version', current + 1, 'value', ARGV[2])
-return 1
-"""
-
-# KEYS: state hash.  Returns {version, value, seconds, microseconds}: the state and
-# the server's TIME in one round trip (a breaker's admission needs both).
-STATE_GET_NOW = """
-local state = redis.call('HMGET', KEYS[1], 'version', 'value')
-local t = redis.call('TIME')
-return {state[1] or false, state[2] or false, t[1], t[2]}
-"""
-
-# KEYS: due set, payload hash, token hash.  ARGV: member, payload, delay_s, token.
-PARK = (
-    _NOW
-    + """
-redis.call('ZADD', KEYS[1], at(now + tonumber(ARGV[3])), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-"""
-)
-
-# KEYS: due set, payload hash, token hash, orphan counter.  ARGV: limit, claim_s.
-# Reply: {member, payload, token, ...} claimed, then {member, ...} orphans: a
-# member due without a payload is removed and counted, never handed out empty.
-CLAIM_DUE = (
-    _NOW
-    + """
-local claim_until = at(now + tonumber(ARGV[2]))
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', at(now), 'LIMIT', 0, ARGV[1])
-local claimed, orphans = {}, {}
-for _, member in ipairs(due) do
-  local payload = redis.call('HGET', KEYS[2], member)
-  if payload then
-    redis.call('ZADD', KEYS[1], claim_until, member)
-    table.insert(claimed, member)
-    table.insert(claimed, payload)
-    table.insert(claimed, redis.call('HGET', KEYS[3], member) or '')
-  else
-    redis.call('ZREM', KEYS[1], member)
-    redis.call('HDEL', KEYS[3], member)
-    redis.call('INCR', KEYS[4])
-    table.insert(orphans, member)
-  end
-end
-return {claimed, orphans}
-"""
-)
-
-# KEYS: due set, payload hash, token hash.  ARGV: member, token.
-# Only the parking that was claimed is forgotten: a member parked again since
-# (a new token) stays.
-UNPARK = """
-if (redis.call('HGET', KEYS[3], ARGV[1]) or '') ~= ARGV[2] then return 0 end
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return 1
-"""
 
 #: A window counter's key as :func:`~enrichment_middleware.backends.base.window_key` makes it
 #: (``<key>:<window start>:<name>``): its hash tag is ``<key>``, the tag of the
-#: counters WINDOW_ADMIT names, so a refund reaches the counter it admitted on.
+#: counters lua/window_admit.lua names, so a refund reaches the counter it admitted on.
 _WINDOW_COUNTER = re.compile(r"^(?P<key>.*):(?P<start>\d+):(?P<name>[^:]+)$", re.DOTALL)
 
 #: How long a park waits for replicas to confirm it (``WAIT``) before it is
@@ -373,22 +176,8 @@ class RedisBackend(Backend):
             self._longest_block_s = max(socket_timeout - 0.5, socket_timeout / 2)
         else:
             self._longest_block_s = 4.5
-        self._scripts: dict[str, Callable[..., Any]] = {
-            name: self.client.register_script(source)  # type: ignore[union-attr]  # both have it
-            for name, source in [
-                ("window_admit", WINDOW_ADMIT),
-                ("counter_add", COUNTER_ADD),
-                ("lease_acquire", LEASE_ACQUIRE),
-                ("lease_count", LEASE_COUNT),
-                ("lease_release", LEASE_RELEASE),
-                ("lease_transfer", LEASE_TRANSFER),
-                ("state_cas", STATE_CAS),
-                ("state_get_now", STATE_GET_NOW),
-                ("park", PARK),
-                ("claim_due", CLAIM_DUE),
-                ("unpark", UNPARK),
-            ]
-        }
+        # Registered on first use: a registered script is only its text and its SHA.
+        self._scripts: dict[str, Callable[..., Any]] = {}
 
     @classmethod
     def from_url(
@@ -561,15 +350,22 @@ class RedisBackend(Backend):
         return f"{self.namespace}:{kind}:{{{key}}}"
 
     def _counter_key(self, key: str) -> str:
-        # A window counter keeps the tag of the window's key, as WINDOW_ADMIT names it.
+        # A window counter keeps the tag of the window's key, as lua/window_admit.lua names it.
         window = _WINDOW_COUNTER.match(key)
         if window is None:
             return self._key("counter", key)
         return f"{self._key('counter', window['key'])}:{window['start']}:{window['name']}"
 
+    def _script(self, name: str) -> Callable[..., Any]:
+        """Script ``name`` of :mod:`.lua_scripts`, registered on this client on first use."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(source(name))
+        return script
+
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         with self._reachable():
-            return self._scripts[script](keys=list(keys), args=list(args))
+            return self._script(script)(keys=list(keys), args=list(args))
 
     def now(self) -> float:
         with self._reachable():
@@ -702,7 +498,7 @@ class RedisBackend(Backend):
         # error, and the caller parks again (the same member, harmlessly).
         with self._reachable():
             pipe = self.client.pipeline(transaction=False)
-            self._scripts["park"](keys=self._park_keys(key), args=args, client=pipe)
+            self._script("park")(keys=self._park_keys(key), args=args, client=pipe)
             pipe.execute_command("WAIT", self.park_replicas, _ms(PARK_WAIT_S))
             confirmed = int(pipe.execute()[-1])
         if confirmed < self.park_replicas:
@@ -741,74 +537,19 @@ class RedisBackend(Backend):
     # -- pause --------------------------------------------------------------
     # Keys ``pause:<key>`` (a hash of until, since, reason; it expires
     # PAUSE_KEPT_S after the pause ends) and ``hold:<key>`` (a hash of since,
-    # reason, fingerprint; it never expires).  The scripts are registered on
-    # first use: a registered script is only its text and its SHA.
-
-    # KEYS: pause hash.  ARGV: seconds, reason, kept in ms.  Reply: {opened, until}.
-    _PAUSE_EXTEND = (
-        _NOW
-        + """
-local wanted = now + tonumber(ARGV[1])
-local current = redis.call('HGET', KEYS[1], 'until')
-local opened, ends = 0, current
-if (not current) or tonumber(current) <= now then
-  opened, ends = 1, at(wanted)
-  redis.call('HSET', KEYS[1], 'until', ends, 'since', at(now), 'reason', ARGV[2])
-elseif wanted > tonumber(current) then
-  ends = at(wanted)
-  redis.call('HSET', KEYS[1], 'until', ends, 'reason', ARGV[2])
-end
-redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ends) - now) * 1000) + tonumber(ARGV[3]))
-return {opened, ends}
-"""
-    )
-
-    # KEYS: pause hash, hold hash.  Reply: {now, until, since, reason, held, since, reason, fingerprint}.
-    _PAUSE_GET = (
-        _NOW
-        + """
-local p = redis.call('HMGET', KEYS[1], 'until', 'since', 'reason')
-local h = redis.call('HMGET', KEYS[2], 'since', 'reason', 'fingerprint')
-return {at(now), p[1], p[2], p[3], redis.call('EXISTS', KEYS[2]), h[1], h[2], h[3]}
-"""
-    )
-
-    # KEYS: hold hash.  ARGV: reason, fingerprint.  Reply: 1 when newly held.
-    _HOLD_SET = (
-        _NOW
-        + """
-local new = redis.call('EXISTS', KEYS[1]) == 0
-if new then redis.call('HSET', KEYS[1], 'since', at(now)) end
-redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'fingerprint', ARGV[2])
-if new then return 1 end
-return 0
-"""
-    )
-
-    # KEYS: hold hash.  ARGV: '1' to keep a hold of the same fingerprint, the fingerprint.
-    _HOLD_CLEAR = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'fingerprint') == ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-    def _run_pause(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if name not in self._scripts:
-            self._scripts[name] = self.client.register_script(source)
-        return self._run(name, keys, args)
+    # reason, fingerprint; it never expires).
 
     def pause_extend(self, key: str, seconds: float, reason: str) -> tuple[bool, float]:
         if not seconds > 0:
             raise ValueError(f"pause_extend needs seconds > 0, got {seconds}")
         args = [repr(float(seconds)), reason, _ms(PAUSE_KEPT_S)]
-        opened, ends = self._run_pause("pause_extend", self._PAUSE_EXTEND, [self._key("pause", key)], args)
+        opened, ends = self._run("pause_extend", [self._key("pause", key)], args)
         return bool(opened), float(_text(ends))
 
     def pause_get(self, key: str) -> dict[str, Any] | None:
         keys = [self._key("pause", key), self._key("hold", key)]
-        now, until, since, reason, held, held_since, hold_reason, fingerprint = self._run_pause(
-            "pause_get", self._PAUSE_GET, keys, []
+        now, until, since, reason, held, held_since, hold_reason, fingerprint = self._run(
+            "pause_get", keys, []
         )
         if until is None and not held:
             return None
@@ -832,11 +573,11 @@ return 1
 
     def hold_set(self, key: str, reason: str, fingerprint: str) -> bool:
         args = [reason, fingerprint]
-        return bool(self._run_pause("hold_set", self._HOLD_SET, [self._key("hold", key)], args))
+        return bool(self._run("hold_set", [self._key("hold", key)], args))
 
     def hold_clear(self, key: str, unless_fingerprint: str | None) -> bool:
         args = ["0", ""] if unless_fingerprint is None else ["1", unless_fingerprint]
-        return bool(self._run_pause("hold_clear", self._HOLD_CLEAR, [self._key("hold", key)], args))
+        return bool(self._run("hold_clear", [self._key("hold", key)], args))
 
     # -- pacing -------------------------------------------------------------
     # Key ``pacing:<key>``: a hash of ``tat`` (the next reservation) and
@@ -844,61 +585,7 @@ return 1
     # slot it reserved.  Times are rounded to the microsecond (``at``) before
     # they are compared, so the caller, comparing the returned strings, agrees.
 
-    # ARGV: interval_s, burst, wait_s (then the claim's slot).  Defines the
-    # state, ``keep`` (write it back) and ``reserve`` (GCRA's next slot).
-    _GCRA = (
-        _NOW
-        + """
-now = tonumber(at(now))
-local interval, wait = tonumber(ARGV[1]), tonumber(ARGV[3])
-local tau = (tonumber(ARGV[2]) - 1) * interval
-local state = redis.call('HMGET', KEYS[1], 'tat', 'start')
-local tat, start = tonumber(state[1] or '0'), tonumber(state[2] or '0')
-local function keep(new_tat, new_start)
-  redis.call('HSET', KEYS[1], 'tat', at(new_tat), 'start', at(new_start))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(new_tat, new_start) - now) * 1000) + 60000)
-end
-local function reserve()
-  local base = math.max(tat, start, now)
-  local slot = tonumber(at(math.max(now, base - tau)))
-  local new_start = start
-  if slot - now <= wait then new_start = math.max(start, slot) + interval end
-  keep(base + interval, new_start)
-  return {at(slot), at(now)}
-end
-"""
-    )
-
-    # KEYS: schedule.  ARGV: interval_s, burst, wait_s.  Reply: {slot_at, now}.
-    _GCRA_RESERVE = _GCRA + "return reserve()\n"
-
-    # KEYS: schedule.  ARGV: interval_s, burst, wait_s, slot_at.  Reply: {start_at, now}.
-    _GCRA_CLAIM = (
-        _GCRA
-        + """
-local slot = tonumber(ARGV[4])
-local begin = tonumber(at(math.max(slot, start - tau)))
-if begin - now <= wait then
-  keep(tat, math.max(start, begin, now) + interval)
-  return {at(begin), at(now)}
-end
-if begin == slot then return {at(slot), at(now)} end
-return reserve()
-"""
-    )
-
-    # KEYS: schedule.  Reply: {base, now}.
-    _GCRA_GET = (
-        _NOW
-        + """
-local state = redis.call('HMGET', KEYS[1], 'tat', 'start')
-return {at(math.max(tonumber(state[1] or '0'), tonumber(state[2] or '0'))), at(now)}
-"""
-    )
-
-    def _run_pacing(self, name: str, source: str, key: str, args: Sequence[Any]) -> tuple[float, float]:
-        if name not in self._scripts:
-            self._scripts[name] = self.client.register_script(source)
+    def _run_pacing(self, name: str, key: str, args: Sequence[Any]) -> tuple[float, float]:
         first, now = self._run(name, [self._key("pacing", key)], args)
         return float(_text(first)), float(_text(now))
 
@@ -906,13 +593,13 @@ return {at(math.max(tonumber(state[1] or '0'), tonumber(state[2] or '0'))), at(n
         self, key: str, interval_s: float, burst: int, *, wait_s: float = 0.0
     ) -> tuple[float, float]:
         args = [repr(float(interval_s)), int(burst), repr(float(wait_s))]
-        return self._run_pacing("gcra_reserve", self._GCRA_RESERVE, key, args)
+        return self._run_pacing("gcra_reserve", key, args)
 
     def gcra_claim(
         self, key: str, slot_at: float, interval_s: float, burst: int, *, wait_s: float = 0.0
     ) -> tuple[float, float]:
         args = [repr(float(interval_s)), int(burst), repr(float(wait_s)), repr(float(slot_at))]
-        return self._run_pacing("gcra_claim", self._GCRA_CLAIM, key, args)
+        return self._run_pacing("gcra_claim", key, args)
 
     def gcra_get(self, key: str) -> tuple[float, float]:
-        return self._run_pacing("gcra_get", self._GCRA_GET, key, [])
+        return self._run_pacing("gcra_get", key, [])

@@ -1,0 +1,50 @@
+"""The Redis backend's Lua scripts: one file each under ``lua/``, read on first use.
+
+Each primitive that takes more than one step is one script, so it is atomic
+and costs one round trip. A file may begin with ``-- include: NAME.lua``
+lines: the named file's text (its own includes resolved) takes each line's
+place. ``now.lua`` gives every script that needs the time the server's
+clock, so the whole fleet shares one clock whatever its hosts' clocks say.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+#: Every script the backend runs (a file ``lua/<name>.lua`` each); the others are included.
+SCRIPTS = (
+    "window_admit",
+    "counter_add",
+    "lease_acquire",
+    "lease_count",
+    "lease_release",
+    "lease_transfer",
+    "state_cas",
+    "state_get_now",
+    "park",
+    "claim_due",
+    "unpark",
+    "pause_extend",
+    "pause_get",
+    "hold_set",
+    "hold_clear",
+    "gcra_reserve",
+    "gcra_claim",
+    "gcra_get",
+)
+
+_INCLUDE = re.compile(r"^-- include: (?P<name>[a-z_]+)\.lua\n", re.MULTILINE)
+_COMMENT = re.compile(r"^--(?! include:).*\n", re.MULTILINE)
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The text of script ``name`` as Redis runs it: its includes in place, its comments left out
+    (they document the file, and Redis would only carry them)."""
+    path = resources.files(__package__).joinpath("lua", f"{name}.lua")
+    if not path.is_file():
+        raise LookupError(f"no Lua script {name!r} in {__package__}/lua (known: {', '.join(SCRIPTS)})")
+    text = _COMMENT.sub("", path.read_text(encoding="utf-8"))
+    return _INCLUDE.sub(lambda include: source(include["name"]), text)
