@@ -30,7 +30,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
 from tests.support.workers import REPO
 
-from . import parsing, replay, server_time, staging, storage
+from . import admission, parsing, replay, server_time, staging, storage
 from .servers import PostgresServer, RedisServer
 from .throughput import (
     POIS_PER_JOB,
@@ -556,6 +556,39 @@ def coverage_replay(env: Environment, *, quick: bool) -> Measured:
     return Measured(rows, lines)
 
 
+def admission_round_trips(env: Environment) -> Measured:
+    trips = admission.measure(env.redis_url, env.database_url)
+    rows = [
+        Row(
+            "Admission: Redis round trips before the call (one that waits for nothing)",
+            f"{trips.before:g}",
+            "<= 1",
+            trips.before <= 1,
+            "a free permit, no pause, the circuit closed, no pacing, budget left; "
+            f"median of {trips.calls} fetch_pois deliveries, a script or a pipeline counting once",
+            beside="Middleware overhead: jobs/s full stack / bare (zero latency)",
+        ),
+        Row(
+            "Admission: Redis round trips after the call (charges, permit, outcome)",
+            f"{trips.after:g}",
+            "<= 1",
+            trips.after <= 1,
+            "the bytes and the server time charged, the permit given back early, the after-hooks",
+            beside="Admission: Redis round trips before the call (one that waits for nothing)",
+        ),
+    ]
+    lines = [
+        f"admission round trips per call: {trips.before:g} before, {trips.after:g} after ({trips.calls} calls)"
+    ]
+    limits = [
+        f"Admission round trips: {trips.before:g} before the call (the pause read, the permit, the breaker "
+        f"read, the quota), {trips.after:g} after it (bytes and server time charged apart, the permit "
+        "released, the breaker's outcome read): each gate decides in its own round trip. One script for "
+        "the whole decision is issue 21's remaining step."
+    ]
+    return Measured(rows, lines, limits)
+
+
 def server_time_charged(env: Environment, *, quick: bool) -> Measured:
     """Issue 18: the server time the quota charged / the stand-in's own measure, calls of mixed cost."""
     run = server_time.measure(env, jobs=20 if quick else 50)
@@ -642,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             ("Pacing", lambda: pacing(env, quick=args.quick)),
             ("Middleware overhead", lambda: overhead(env, 300 if args.quick else 1000)),
+            ("Admission round trips", lambda: admission_round_trips(env)),
             ("Upsert rate", lambda: Measured(*upserts(env, 10_000 if args.quick else 50_000))),
             ("Parse rate and memory", lambda: Measured(*parse(5_000_000 if args.quick else 50_000_000))),
             ("Coverage replay", lambda: coverage_replay(env, quick=args.quick)),
