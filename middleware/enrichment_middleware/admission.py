@@ -1,6 +1,17 @@
-"""What the three limiting middlewares share: an actor option naming a policy,
-per-delivery bookkeeping of what was acquired, and failing closed when the
-shared state cannot be reached.
+"""What the gates share: an actor option naming a policy, per-delivery
+bookkeeping of what was acquired, failing closed when the shared state cannot
+be reached, and admitting a delivery through every gate in one step.
+
+One step: when a delivery's gates share a backend and none of them has to
+wait, the first of them (by rank) asks each for its :class:`Part` (the one
+backend step its policy takes, with the condition that admits) and runs them
+all as one all-or-nothing batch (``Backend.all_or_nothing``: one script on
+Redis, one round trip). If every condition holds, every gate's decision is
+made from its reply by its own pure policy code and taken at once, and the
+later gates' hooks find their part done; if any fails, nothing happened, and
+each gate decides alone, as it always did. The batch is the same steps on
+the same keys, back to back with nothing in between: one order the gates
+could have run in anyway.
 """
 
 from __future__ import annotations
@@ -11,18 +22,20 @@ import random
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import MiddlewareError
 
-from .backends.base import Backend, BackendUnavailable
+from .backends.base import Backend, BackendUnavailable, Step
 from .deferral import AdmissionDenied
+from .failpoints import failpoint
 from .order import check_order
-from .policy.base import Policy
+from .policy.base import NotOneStep, Policy
 from .policy.clock import Clock, SystemClock
 
 PolicyT = TypeVar("PolicyT", bound=Policy[Any])
@@ -32,9 +45,40 @@ HeldT = TypeVar("HeldT")
 #: run unaccounted, and the job comes back after ``unavailable_retry_s``.
 STATE_UNAVAILABLE = "state_unavailable"
 
+#: The attribute of a delivery (its ``MessageProxy``) holding the gates that admitted it together.
+_TOGETHER = "_admitted_together"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One gate's share of a delivery's admission in one step.
+
+    Parameters:
+      step: the backend step its policy takes, with the condition that admits; None when it
+        decides without the backend (then it decides at its own hook, as alone).
+      decide: the policy's decision from that step's reply (pure: it takes nothing).
+      allowed: whether a decision admits.
+      take: holds what an admitting decision granted, for this delivery.
+      give_back: undoes the step's effect when the batch is abandoned after it ran.
+    """
+
+    step: Step | None
+    decide: Callable[[Any], Any] = lambda reply: None
+    allowed: Callable[[Any], bool] = lambda decision: True
+    take: Callable[[Any], None] = lambda decision: None
+    give_back: Callable[[Any], None] = lambda decision: None
+
 
 class UnknownPolicy(MiddlewareError, ValueError):
     """An actor opted into a policy the middleware was not given."""
+
+
+def _decided(part: Part, reply: Any) -> Any:
+    """The part's decision from its reply; None when its policy needs more than that one step."""
+    try:
+        return part.decide(reply)
+    except NotOneStep:
+        return None
 
 
 class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
@@ -80,6 +124,72 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
         self._held: dict[int, tuple[MessageProxy, HeldT]] = {}
         self._lock = threading.Lock()
         self._host = f"{socket.gethostname()}:{os.getpid()}"
+
+    def part(self, broker: Broker, message: MessageProxy, policy: PolicyT) -> Part | None:
+        """This gate's share of an admission in one step, or None when it cannot take part now
+        (then every gate of the delivery decides alone)."""
+        return None
+
+    def admitted_together(self, broker: Broker, message: MessageProxy) -> bool:
+        """Whether this gate's admission of ``message`` is done, in one step with the others'.
+
+        The first gate of the delivery tries the step (see the module's
+        docstring); the later ones find their part done. False: decide alone.
+        """
+        together: set[int] | None = getattr(message, _TOGETHER, None)
+        if together is not None:
+            if id(self) in together:
+                together.discard(id(self))
+                return True
+            return False
+        gates = [
+            (gate, policy)
+            for gate in broker.middleware
+            if isinstance(gate, AdmissionMiddleware)
+            and (policy := gate.policy_for(broker, message)) is not None
+        ]
+        if len(gates) < 2 or gates[0][0] is not self or any(g.backend is not self.backend for g, _ in gates):
+            return False
+        with self.failing_closed():
+            parts = [(gate, gate.part(broker, message, policy)) for gate, policy in gates]
+            if any(p is None for _, p in parts):
+                setattr(message, _TOGETHER, set())  # one of them must wait: each decides alone
+                return False
+            stepping = [(gate, p) for gate, p in parts if p is not None and p.step is not None]
+            if not stepping or stepping[0][0] is not self:
+                return False
+            ready = [p for _, p in stepping]
+            replies = self.backend.all_or_nothing([p.step for p in ready if p.step is not None])
+        if replies is None:
+            setattr(message, _TOGETHER, set())
+            return False
+        decisions = [_decided(p, reply) for p, reply in zip(ready, replies, strict=True)]
+        if not all(d is not None and p.allowed(d) for p, d in zip(ready, decisions, strict=True)):
+            # The backend's conditions admitted what a policy does not: a defect, never expected.
+            self.logger.error(
+                "An admission in one step disagreed with a policy; undoing it, deciding gate by gate."
+            )
+            for p, decision in zip(ready, decisions, strict=True):
+                if decision is not None:
+                    with self.logging_unavailable("undo an admission in one step"):
+                        p.give_back(decision)
+            setattr(message, _TOGETHER, set())
+            return False
+        setattr(message, _TOGETHER, {id(gate) for gate, _ in stepping[1:]})
+        taken = 0
+        try:
+            with self.failing_closed():
+                failpoint("admission.together")
+                for p, decision in zip(ready, decisions, strict=True):
+                    p.take(decision)
+                    taken += 1
+        except AdmissionDenied:
+            # What was taken, each gate's after-hook gives back (Dramatiq runs them all); the rest, here.
+            for p, decision in list(zip(ready, decisions, strict=True))[taken:]:
+                with self.logging_unavailable("give back an admission in one step"):
+                    p.give_back(decision)
+            raise
+        return True
 
     def denial(self, retry_at: float | None, reason: str) -> AdmissionDenied:
         """The deferral of a message that may come back at ``retry_at`` (None: now).

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware
+from .admission import AdmissionMiddleware, Part
 from .backends.base import Backend
 from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
@@ -89,9 +89,33 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         super().__init__(backend, limits, clock=clock, rng=rng, unavailable_retry_s=unavailable_retry_s)
         self.verdict = verdict
 
+    def part(self, broker: Broker, message: MessageProxy, policy: BreakerPolicy) -> Part | None:
+        holder = self.new_holder()
+
+        def admit(p: BreakerPolicy) -> Admission:
+            return p.admit(holder)
+
+        step = policy.step_of(admit, condition="closed")
+        if step is None:
+            return Part(None)
+        return Part(
+            step,
+            decide=lambda reply: policy.decided(admit, step, reply),
+            allowed=lambda admission: admission.allowed,
+            take=lambda admission: self._take(message, policy, admission, holder),
+            give_back=lambda admission: policy.abandon(admission, holder),
+        )
+
+    def _take(self, message: MessageProxy, policy: BreakerPolicy, admission: Admission, holder: str) -> None:
+        take_no_call()  # a report left by an earlier message of this thread
+        self.hold(message, (policy, admission, holder))
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
         if policy is None:
+            return
+        if self.admitted_together(broker, message):
+            failpoint("breaker.admitted")
             return
         take_no_call()  # a report left by an earlier message of this thread
         holder = self.new_holder()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware
+from .admission import AdmissionMiddleware, Part
 from .backends.base import Backend
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
@@ -89,9 +89,30 @@ class Pacing(AdmissionMiddleware[PacingPolicy, None]):
         }
         self.sleep = sleep
 
+    def part(self, broker: Broker, message: MessageProxy, policy: PacingPolicy) -> Part | None:
+        if message.options.get(PACING_SLOT) is not None:
+            return None  # it comes back to a slot kept for it: the pacing decides alone
+        step = policy.step_of(PacingPolicy.reserve, condition="within_wait")
+        if step is None:
+            return Part(None)
+        return Part(
+            step,
+            decide=lambda reply: policy.decided(PacingPolicy.reserve, step, reply),
+            allowed=lambda reservation: reservation.admitted,
+            take=lambda reservation: self._take(message, reservation),
+        )
+
+    def _take(self, message: MessageProxy, reservation: Reservation) -> None:
+        message.options.pop(PACING_SLOT, None)
+        if reservation.delay_s > 0:
+            self.sleep(reservation.delay_s)
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
         if policy is None:
+            return
+        if self.admitted_together(broker, message):
+            failpoint("pacing.admitted")
             return
         kept = message.options.get(PACING_SLOT)
         with self.failing_closed():
@@ -103,9 +124,7 @@ class Pacing(AdmissionMiddleware[PacingPolicy, None]):
         if not reservation.admitted:
             message.options[PACING_SLOT] = {"name": policy.name, "at": reservation.slot_at}
             raise self._deferral(policy, reservation)
-        message.options.pop(PACING_SLOT, None)
-        if reservation.delay_s > 0:
-            self.sleep(reservation.delay_s)
+        self._take(message, reservation)
         failpoint("pacing.admitted")
 
     def _deferral(self, policy: PacingPolicy, reservation: Reservation) -> AdmissionDenied:

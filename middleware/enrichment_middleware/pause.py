@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware
+from .admission import AdmissionMiddleware, Part
 from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
@@ -103,9 +103,23 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
     admission_rank = 1  # enrichment_middleware.order.RANKS says why
     policy_class = PausePolicy
 
+    def part(self, broker: Broker, message: MessageProxy, policy: PausePolicy) -> Part | None:
+        step = policy.step_of(PausePolicy.admit, condition="not_paused")
+        if step is None:
+            return Part(None)
+        return Part(
+            step,
+            decide=lambda reply: policy.decided(PausePolicy.admit, step, reply),
+            allowed=lambda decision: decision.allowed,
+            take=lambda decision: None,
+        )
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
         if policy is None:
+            return
+        if self.admitted_together(broker, message):
+            failpoint("pause.admitted")
             return
         with self.failing_closed():
             decision = policy.admit()

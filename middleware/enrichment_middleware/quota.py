@@ -15,15 +15,23 @@ from __future__ import annotations
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware
+from .admission import AdmissionMiddleware, Part
 from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
-from .policy.quota import QuotaPolicy
+from .policy.quota import QuotaDecision, QuotaPolicy
 from .usage import UNITS, meter_into, no_call_reported, take_charged, take_no_call
 
 #: Deferral reason when the window's budget is spent.
 QUOTA_EXHAUSTED = "quota_exhausted"
+
+
+def _forget_reports() -> None:
+    """Drop reports left over by a message of this thread that no quota admitted."""
+    meter_into(None)
+    for unit in UNITS:
+        take_charged(unit)
+    take_no_call()
 
 
 class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
@@ -46,23 +54,38 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
     admission_rank = 5  # enrichment_middleware.order.RANKS says why
     policy_class = QuotaPolicy
 
+    def part(self, broker: Broker, message: MessageProxy, policy: QuotaPolicy) -> Part | None:
+        step = policy.step_of(QuotaPolicy.admit, condition="admitted")
+        if step is None:
+            return Part(None)
+        return Part(
+            step,
+            decide=lambda reply: policy.decided(QuotaPolicy.admit, step, reply),
+            allowed=lambda decision: decision.allowed,
+            take=lambda decision: self._take(message, policy, decision),
+            give_back=lambda decision: policy.refund(decision.window_start),
+        )
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
         if policy is None:
             return
-        # Reports left over by a message of this thread that no quota admitted.
-        meter_into(None)
-        for unit in UNITS:
-            take_charged(unit)
-        take_no_call()
+        if self.admitted_together(broker, message):
+            failpoint("quota.admitted")
+            return
+        _forget_reports()
         with self.failing_closed():
             decision = policy.admit()
         if not decision.allowed:
             raise self.denial(decision.retry_at, QUOTA_EXHAUSTED)
+        self._take(message, policy, decision)
+        failpoint("quota.admitted")
+
+    def _take(self, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision) -> None:
+        _forget_reports()
         self.hold(message, (policy, decision.window_start))
         window_start = decision.window_start
         meter_into(lambda unit, amount: self._charge(policy, window_start, unit, amount))
-        failpoint("quota.admitted")
 
     def after_process_message(
         self,

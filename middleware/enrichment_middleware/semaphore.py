@@ -16,7 +16,7 @@ import threading
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware
+from .admission import AdmissionMiddleware, Part
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .policy.semaphore import Permit, SemaphorePolicy
@@ -67,17 +67,42 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
         with self.logging_unavailable(f"cap semaphore {name!r} at {limit}"):
             self.policies[name].cap(limit)
 
+    def part(self, broker: Broker, message: MessageProxy, policy: SemaphorePolicy) -> Part | None:
+        if policy.has_waiters():
+            return None  # a newcomer queues behind this process's waiters: it waits
+        holder = self.new_holder()
+
+        def try_acquire(p: SemaphorePolicy) -> Permit | None:
+            return p.try_acquire(holder)
+
+        step = policy.step_of(try_acquire, condition="granted")
+        if step is None:
+            return Part(None)
+        return Part(
+            step,
+            decide=lambda reply: policy.decided(try_acquire, step, reply),
+            allowed=lambda permit: permit is not None,
+            take=lambda permit: self._take(message, policy, permit),
+            give_back=policy.release,
+        )
+
+    def _take(self, message: MessageProxy, policy: SemaphorePolicy, permit: Permit) -> None:
+        self.hold(message, (policy, permit))
+        _current.release = lambda: self._release(message)
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
         if policy is None:
+            return
+        if self.admitted_together(broker, message):
+            failpoint("semaphore.acquired")
             return
         holder = self.new_holder()
         with self.failing_closed():
             permit = policy.acquire(holder)
             if permit is None:
                 raise AdmissionDenied(policy.retry_delay(), NO_PERMIT)
-        self.hold(message, (policy, permit))
-        _current.release = lambda: self._release(message)
+        self._take(message, policy, permit)
         failpoint("semaphore.acquired")
 
     def after_process_message(

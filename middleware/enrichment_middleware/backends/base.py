@@ -16,8 +16,8 @@ absolute times.  Policies that compute with time in plain Python ask
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 #: How many unconsumed wake-ups a lease key keeps.  A release with nobody
@@ -83,6 +83,52 @@ def window_key(key: str, window_start: float, name: str) -> str:
       'quota:api:1699920000:bytes'
     """
     return f"{key}:{int(window_start)}:{name}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One primitive of an all-or-nothing batch (:meth:`Backend.all_or_nothing`) and the condition
+    its reply must meet for the batch to go on.
+
+    Parameters:
+      primitive(str): The name of the :class:`Backend` method to run (one that runs one
+        atomic step: ``pause_get``, ``lease_acquire``, ``state_get_now``, ``gcra_reserve``,
+        ``window_admit``).
+      args(tuple): Its positional arguments.
+      kwargs(Mapping): Its keyword arguments.
+      condition(str): A name in :data:`CONDITIONS`.
+    """
+
+    primitive: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    condition: str = "granted"
+
+
+def _not_paused(reply: Any, step: Step) -> bool:
+    return reply is None or (
+        not reply["held"] and (reply["paused_until"] is None or reply["paused_until"] <= reply["now"])
+    )
+
+
+def _closed(reply: Any, step: Step) -> bool:
+    return reply[1] is None or reply[1].get("status", "closed") == "closed"
+
+
+#: What a step's reply must be for an all-or-nothing batch to go on, by name. The Redis backend
+#: checks the same in Lua (backends/lua/all_or_nothing.lua), on the same numbers.
+CONDITIONS: dict[str, Callable[[Any, Step], bool]] = {
+    # lease_acquire: a lease was granted.
+    "granted": lambda reply, step: reply is not None,
+    # window_admit: every counter had room.
+    "admitted": lambda reply, step: bool(reply.allowed),
+    # pause_get: neither paused (now >= paused_until) nor held.
+    "not_paused": _not_paused,
+    # state_get_now: the state is absent or its "status" is "closed".
+    "closed": _closed,
+    # gcra_reserve: the slot is at most wait_s away.
+    "within_wait": lambda reply, step: reply[0] - reply[1] <= float(step.kwargs.get("wait_s", 0.0)),
+}
 
 
 class Backend(ABC):
@@ -246,6 +292,16 @@ class Backend(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise :class:`BackendUnavailable` if the store cannot be reached."""
+
+    def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
+        """Run ``steps`` as one atomic step: every primitive, in order, if each reply meets its
+        condition; else none of them (the store as if nothing ran) and None.
+
+        What lets several gates admit a call in one round trip. The replies are
+        each primitive's own. A backend that cannot do it answers None, always:
+        callers then run the primitives one by one, as without it.
+        """
+        return None
 
     # -- pause --------------------------------------------------------------
     # A fleet-wide "paused until T" and an open-ended hold, one of each per key.

@@ -35,6 +35,10 @@ SCRIPTS = (
     "gcra_get",
 )
 
+#: The driver of :meth:`~enrichment_middleware.backends.base.Backend.all_or_nothing`: not run alone,
+#: but after the primitives it runs (:func:`all_or_nothing_source`).
+ALL_OR_NOTHING = "all_or_nothing"
+
 _INCLUDE = re.compile(r"^-- include: (?P<name>[a-z_]+)\.lua\n", re.MULTILINE)
 _COMMENT = re.compile(r"^--(?! include:).*\n", re.MULTILINE)
 
@@ -48,3 +52,13 @@ def source(name: str) -> str:
         raise LookupError(f"no Lua script {name!r} in {__package__}/lua (known: {', '.join(SCRIPTS)})")
     text = _COMMENT.sub("", path.read_text(encoding="utf-8"))
     return _INCLUDE.sub(lambda include: source(include["name"]), text)
+
+
+@functools.cache
+def all_or_nothing_source(primitives: tuple[str, ...]) -> str:
+    """The script that runs any of ``primitives`` (names in :data:`SCRIPTS`) as one all-or-nothing
+    step: each one's text as a function of its own KEYS and ARGV, then the driver."""
+    functions = "".join(
+        f"steps['{name}'] = function(KEYS, ARGV)\n{source(name)}\nend\n" for name in sorted(set(primitives))
+    )
+    return "local steps = {}\n" + functions + source(ALL_OR_NOTHING)

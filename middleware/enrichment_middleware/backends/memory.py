@@ -6,6 +6,7 @@ a fleet of workers needs :class:`~enrichment_middleware.backends.redis.RedisBack
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -13,11 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from enrichment_middleware.backends.base import (
+    CONDITIONS,
     PAUSE_KEPT_S,
     WAKE_TOKEN_TTL_S,
     WAKE_TOKENS_KEPT,
     Backend,
     ParkedClaim,
+    Step,
     WindowCounts,
     check_counter_arguments,
     counter_refuses,
@@ -57,7 +60,8 @@ class MemoryBackend(Backend):
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
+        # Reentrant: all_or_nothing runs the primitives, which take it too, under it.
+        self._lock = threading.RLock()
         self._woken = threading.Condition(self._lock)
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
         self._leases: dict[str, dict[str, float]] = {}  # key -> holder -> expires at
@@ -306,6 +310,25 @@ class MemoryBackend(Backend):
 
     def ping(self) -> None:
         """Always reachable."""
+
+    #: What all_or_nothing puts back when a step's condition fails: every kind of state it keeps.
+    _STATE = (
+        "_counters", "_leases", "_caps", "_wakes", "_states", "_parked", "_orphans", "_pauses", "_holds",
+        "_schedules",
+    )  # fmt: skip
+
+    def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
+        with self._lock:
+            saved = {name: copy.deepcopy(getattr(self, name)) for name in self._STATE}
+            replies = []
+            for step in steps:
+                reply = getattr(self, step.primitive)(*step.args, **step.kwargs)
+                if not CONDITIONS[step.condition](reply, step):
+                    for name, value in saved.items():
+                        setattr(self, name, value)
+                    return None
+                replies.append(reply)
+            return replies
 
     # -- pause --------------------------------------------------------------
 

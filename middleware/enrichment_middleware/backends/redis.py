@@ -25,6 +25,7 @@ with replicas behind Sentinel, or a Redis Cluster (see
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import re
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.cluster
 import redis.sentinel
+from redis.crc import key_slot
 
 from enrichment_middleware.backends.base import (
     PAUSE_KEPT_S,
@@ -44,10 +46,11 @@ from enrichment_middleware.backends.base import (
     Backend,
     BackendUnavailable,
     ParkedClaim,
+    Step,
     WindowCounts,
     check_counter_arguments,
 )
-from enrichment_middleware.backends.lua_scripts import source
+from enrichment_middleware.backends.lua_scripts import all_or_nothing_source, source
 from enrichment_middleware.redaction import redact, redact_url
 
 #: A window counter's key as :func:`~enrichment_middleware.backends.base.window_key` makes it
@@ -59,11 +62,16 @@ _WINDOW_COUNTER = re.compile(r"^(?P<key>.*):(?P<start>\d+):(?P<name>[^:]+)$", re
 #: reported as failed (and retried: parking the same member again is harmless).
 PARK_WAIT_S = 2.0
 
+
 #: Error replies that mean "not now" rather than "never": a replica after a
 #: failover (READONLY), a full memory (OOM), a server loading its data
 #: (LOADING, a ConnectionError in redis-py already), a replica cut off from
 #: its primary (MASTERDOWN), a cluster in flux (TRYAGAIN, CLUSTERDOWN).
 #: redis-py turns those codes into these classes...
+class _Captured(Exception):
+    """Stops a primitive once its script call is captured (RedisBackend._captured)."""
+
+
 _TRANSIENT_ERRORS = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]  # not in types-redis yet
@@ -178,6 +186,7 @@ class RedisBackend(Backend):
             self._longest_block_s = 4.5
         # Registered on first use: a registered script is only its text and its SHA.
         self._scripts: dict[str, Callable[..., Any]] = {}
+        self._batches: dict[tuple[str, ...], Callable[..., Any]] = {}
 
     @classmethod
     def from_url(
@@ -366,6 +375,61 @@ class RedisBackend(Backend):
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         with self._reachable():
             return self._script(script)(keys=list(keys), args=list(args))
+
+    # -- all or nothing -----------------------------------------------------
+
+    def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
+        """One script runs every step (lua/all_or_nothing.lua): one round trip, atomic.
+
+        Each primitive is captured as it would run (its script, keys and
+        arguments), and its reply decoded as it would be, by the primitive's
+        own method; so a batched step is the same script on the same keys.
+        None (nothing ran), for the caller to go step by step, when the keys
+        are in more than one slot of a Redis Cluster, or a ``window_admit``
+        (whose counters are not all its keys) is not the last step.
+        """
+        if any(step.primitive == "window_admit" for step in steps[:-1]):
+            return None
+        calls = [self._captured(step) for step in steps]
+        keys = [key for _, step_keys, _ in calls for key in step_keys]
+        if self._cluster and len({key_slot(key.encode()) for key in keys}) > 1:
+            return None
+        args: list[Any] = [len(steps)]
+        for step, (script, step_keys, step_args) in zip(steps, calls, strict=True):
+            args += [script, step.condition, len(step_keys), len(step_args), *step_args]
+        primitives = tuple(sorted({script for script, _, _ in calls}))
+        batch = self._batches.get(primitives)
+        if batch is None:
+            batch = self._batches[primitives] = self.client.register_script(all_or_nothing_source(primitives))
+        with self._reachable():
+            reply = batch(keys=keys, args=args)
+        if reply[0] != 0:
+            return None
+        return [self._decoded(step, raw) for step, raw in zip(steps, reply[1:], strict=True)]
+
+    def _captured(self, step: Step) -> tuple[str, list[str], list[Any]]:
+        """The script, keys and arguments ``step``'s primitive would run (it runs nothing)."""
+        captured: list[tuple[str, list[str], list[Any]]] = []
+
+        def capture(script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            captured.append((script, list(keys), list(args)))
+            raise _Captured
+
+        recorder = copy.copy(self)
+        recorder._run = capture  # type: ignore[method-assign]
+        with contextlib.suppress(_Captured):
+            getattr(recorder, step.primitive)(*step.args, **step.kwargs)
+        if len(captured) != 1:
+            raise ValueError(
+                f"{step.primitive} does not run one script: it cannot be a step of all_or_nothing"
+            )
+        return captured[0]
+
+    def _decoded(self, step: Step, raw: Any) -> Any:
+        """What ``step``'s primitive answers when its script replies ``raw``."""
+        replayer = copy.copy(self)
+        replayer._run = lambda script, keys, args: raw  # type: ignore[method-assign]
+        return getattr(replayer, step.primitive)(*step.args, **step.kwargs)
 
     def now(self) -> float:
         with self._reachable():

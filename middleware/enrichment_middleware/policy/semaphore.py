@@ -157,6 +157,10 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
         )
         return None if granted_at is None else Permit(self._name, holder, granted_at)
 
+    def has_waiters(self) -> bool:
+        """Whether threads of this process wait for a permit (a newcomer queues behind them)."""
+        return bool(self._waiters)
+
     def acquire(self, holder: str, *, wait_s: float | None = None) -> Permit | None:
         """Take a permit, waiting up to ``wait_s`` real seconds (default ``limits.wait_s``)
         for one to be released.  None when none came free in time.
