@@ -23,6 +23,7 @@ from enrichment_middleware.backends.base import Backend
 from enrichment_middleware.backends.memory import MemoryBackend
 from enrichment_middleware.breaker import CircuitBreaker, Verdict
 from enrichment_middleware.deferral import Defer
+from enrichment_middleware.failpoints import hooked
 from enrichment_middleware.order import MiddlewareOrderError
 from enrichment_middleware.policy.breaker import BreakerLimits, BreakerStatus
 from enrichment_middleware.policy.quota import QuotaLimits
@@ -461,3 +462,64 @@ def test_an_unknown_policy_name_is_refused_when_the_actor_is_declared() -> None:
         @dramatiq.actor(broker=rig.broker, quota="nope")
         def misconfigured() -> None:
             pass
+
+
+# -- the admission in one step (docs/architecture.md, "One step when nothing waits") -----------
+
+
+def _one_step_rig(backend: Backend) -> tuple[Rig, dramatiq.Actor[Any, None]]:
+    rig = make_rig(backend, requests=10, permits=1, wait_s=0.05)
+    for gate in (rig.semaphore, rig.breaker, rig.quota):
+        gate.unavailable_retry_s = 0.05  # a deferral after a failure comes back at once
+
+    @dramatiq.actor(broker=rig.broker, semaphore="up", breaker="up", quota="up")
+    def limited() -> None:
+        rig.call("limited")
+
+    return rig, limited
+
+
+def test_a_failure_after_the_one_step_admission_defers_the_job_and_gives_everything_back(
+    backend: Backend,
+) -> None:
+    rig, limited = _one_step_rig(backend)
+    failed: list[int] = []
+
+    def fail_once() -> None:
+        if not failed:
+            failed.append(rig.semaphore.policies["up"].in_use())
+            raise RuntimeError("stopped between the admission and the gates taking their parts")
+
+    with hooked("admission.together", fail_once):
+        limited.send()
+        rig.run(threads=1)
+    # The failure came after the permit and the request were taken in one step, and both came back.
+    assert failed == [1] and len(rig.calls) == 1
+    assert rig.quota.policies["up"].usage().requests_used == 1
+    assert rig.semaphore.policies["up"].in_use() == 0
+
+
+def test_a_job_paused_after_the_one_step_admission_holds_the_permit_and_the_request(backend: Backend) -> None:
+    rig, limited = _one_step_rig(backend)
+    paused, go = threading.Event(), threading.Event()
+    seen: list[tuple[int, int]] = []
+
+    def pause_the_first() -> None:
+        if not paused.is_set():
+            paused.set()
+            assert go.wait(10)
+
+    with hooked("admission.together", pause_the_first):
+        limited.send()
+        limited.send()
+        running = threading.Thread(target=rig.run, kwargs={"threads": 2})
+        running.start()
+        assert paused.wait(10)
+        time.sleep(0.3)  # the second job tries meanwhile: no permit is free
+        seen.append((rig.semaphore.policies["up"].in_use(), rig.quota.policies["up"].usage().requests_used))
+        go.set()
+        running.join(30)
+    # Both were taken at once, before the pause: nothing between them for the second job to slip into.
+    assert seen == [(1, 1)]
+    assert len(rig.calls) == 2 and rig.peak == 1
+    assert rig.quota.policies["up"].usage().requests_used == 2
