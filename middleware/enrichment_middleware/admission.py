@@ -148,7 +148,9 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
             if isinstance(gate, AdmissionMiddleware)
             and (policy := gate.policy_for(broker, message)) is not None
         ]
-        if len(gates) < 2 or gates[0][0] is not self or any(g.backend is not self.backend for g, _ in gates):
+        # Only the first gate that takes a step (below) runs the batch; one that decides
+        # without the backend (pacing off, say) leaves it to the next.
+        if len(gates) < 2 or any(g.backend is not self.backend for g, _ in gates):
             return False
         with self.failing_closed():
             parts = [(gate, gate.part(broker, message, policy)) for gate, policy in gates]
