@@ -130,6 +130,29 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
         (then every gate of the delivery decides alone)."""
         return None
 
+    def part_of(
+        self,
+        policy: PolicyT,
+        decision: Callable[[PolicyT], Any],
+        *,
+        condition: str,
+        allowed: Callable[[Any], bool],
+        take: Callable[[Any], None] = lambda decision: None,
+        give_back: Callable[[Any], None] = lambda decision: None,
+    ) -> Part:
+        """The :class:`Part` of ``decision(policy)``: the one step it takes, with ``condition``, and
+        its decision from that step's reply made by the policy's own code."""
+        step = policy.step_of(decision, condition=condition)
+        if step is None:
+            return Part(None)
+        return Part(
+            step,
+            decide=lambda reply: policy.decided(decision, step, reply),
+            allowed=allowed,
+            take=take,
+            give_back=give_back,
+        )
+
     def admitted_together(self, broker: Broker, message: MessageProxy) -> bool:
         """Whether this gate's admission of ``message`` is done, in one step with the others'.
 

@@ -95,12 +95,10 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         def admit(p: BreakerPolicy) -> Admission:
             return p.admit(holder)
 
-        step = policy.step_of(admit, condition="closed")
-        if step is None:
-            return Part(None)
-        return Part(
-            step,
-            decide=lambda reply: policy.decided(admit, step, reply),
+        return self.part_of(
+            policy,
+            admit,
+            condition="closed",
             allowed=lambda admission: admission.allowed,
             take=lambda admission: self._take(message, policy, admission, holder),
             give_back=lambda admission: policy.abandon(admission, holder),

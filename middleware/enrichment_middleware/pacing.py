@@ -92,12 +92,10 @@ class Pacing(AdmissionMiddleware[PacingPolicy, None]):
     def part(self, broker: Broker, message: MessageProxy, policy: PacingPolicy) -> Part | None:
         if message.options.get(PACING_SLOT) is not None:
             return None  # it comes back to a slot kept for it: the pacing decides alone
-        step = policy.step_of(PacingPolicy.reserve, condition="within_wait")
-        if step is None:
-            return Part(None)
-        return Part(
-            step,
-            decide=lambda reply: policy.decided(PacingPolicy.reserve, step, reply),
+        return self.part_of(
+            policy,
+            PacingPolicy.reserve,
+            condition="within_wait",
             allowed=lambda reservation: reservation.admitted,
             take=lambda reservation: self._take(message, reservation),
         )

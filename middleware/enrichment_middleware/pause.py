@@ -104,14 +104,8 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
     policy_class = PausePolicy
 
     def part(self, broker: Broker, message: MessageProxy, policy: PausePolicy) -> Part | None:
-        step = policy.step_of(PausePolicy.admit, condition="not_paused")
-        if step is None:
-            return Part(None)
-        return Part(
-            step,
-            decide=lambda reply: policy.decided(PausePolicy.admit, step, reply),
-            allowed=lambda decision: decision.allowed,
-            take=lambda decision: None,
+        return self.part_of(
+            policy, PausePolicy.admit, condition="not_paused", allowed=lambda decision: decision.allowed
         )
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:

@@ -55,12 +55,10 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
     policy_class = QuotaPolicy
 
     def part(self, broker: Broker, message: MessageProxy, policy: QuotaPolicy) -> Part | None:
-        step = policy.step_of(QuotaPolicy.admit, condition="admitted")
-        if step is None:
-            return Part(None)
-        return Part(
-            step,
-            decide=lambda reply: policy.decided(QuotaPolicy.admit, step, reply),
+        return self.part_of(
+            policy,
+            QuotaPolicy.admit,
+            condition="admitted",
             allowed=lambda decision: decision.allowed,
             take=lambda decision: self._take(message, policy, decision),
             give_back=lambda decision: policy.refund(decision.window_start),

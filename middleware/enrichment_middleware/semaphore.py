@@ -75,12 +75,10 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
         def try_acquire(p: SemaphorePolicy) -> Permit | None:
             return p.try_acquire(holder)
 
-        step = policy.step_of(try_acquire, condition="granted")
-        if step is None:
-            return Part(None)
-        return Part(
-            step,
-            decide=lambda reply: policy.decided(try_acquire, step, reply),
+        return self.part_of(
+            policy,
+            try_acquire,
+            condition="granted",
             allowed=lambda permit: permit is not None,
             take=lambda permit: self._take(message, policy, permit),
             give_back=policy.release,

@@ -18,6 +18,8 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from tests.support.workers import REPO
 
@@ -71,6 +73,22 @@ class AdmissionTrips:
     calls: int
 
 
+def run_child(code: str, *args: str, env: dict[str, str], cwd: Path = REPO, timeout_s: float) -> Any:
+    """Run ``code`` in a fresh interpreter; what it printed last, as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"a round-trip count failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def measure(redis_url: str, database_url: str, calls: int = 20) -> AdmissionTrips:
     env = {
         **os.environ,
@@ -81,18 +99,7 @@ def measure(redis_url: str, database_url: str, calls: int = 20) -> AdmissionTrip
         "OVERPASS_URL": "http://127.0.0.1:9/api/interpreter",
         "ENRICH_COVERAGE": "false",
     }
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(calls)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the admission count failed: {done.stderr[-2000:]}")
-    trips = json.loads(done.stdout.strip().splitlines()[-1])
+    trips = run_child(_CHILD, str(calls), env=env, timeout_s=120)
     return AdmissionTrips(
         before=statistics.median(b for b, _ in trips),
         after=statistics.median(a for _, a in trips),

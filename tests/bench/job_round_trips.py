@@ -13,14 +13,13 @@ are measured alike in one run.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.workers import REPO
+
+from .admission import run_child
 
 _CHILD = """
 import json, os, sys, threading, time
@@ -121,18 +120,7 @@ def measure(redis_url: str, database_url: str, jobs: int = 40, source: Path | No
         "SEMAPHORE_PERMITS": "4",
         "PYTHONPATH": os.pathsep.join([str(root), str(root / "middleware")]),
     }
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(jobs)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the job round-trip count failed: {done.stderr[-3000:]}")
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = run_child(_CHILD, str(jobs), env=env, cwd=root, timeout_s=300)
     if found["calls"] != jobs + 1 or not found["stored"]:
         raise RuntimeError(f"not one call per job, or nothing stored: {found}")
     return JobTrips(send=found["send"] / jobs, run=found["run"] / jobs, jobs=jobs)
