@@ -143,3 +143,19 @@ def test_many_threads_with_a_cpu_hog_never_half_admit(backend: Backend) -> None:
     assert store(backend)["requests"] == [len(admitted)] and len(admitted) <= requests
     assert peak[0] <= permits and store(backend)["leases"] == 0
     assert refused[0] > 0, "the permits and the quota never refused: the test proves nothing"
+
+
+def test_a_step_that_fails_with_an_error_puts_back_what_ran_before(backend: Backend) -> None:  # noqa: F811
+    if isinstance(backend, RedisBackend):
+        backend.client.set(backend._key("state", KEY), "not a hash")  # the breaker's read fails: WRONGTYPE
+    else:
+
+        def broken(key: str) -> Any:
+            raise RuntimeError("the store failed half way")
+
+        backend.state_get_now = broken  # type: ignore[method-assign]
+    with pytest.raises(Exception):  # noqa: B017, PT011 (each backend says it in its own words)
+        backend.all_or_nothing(steps())
+    # The pause was read and a permit taken before the failing step: the permit is back.
+    assert backend.lease_count(KEY) == 0
+    assert backend.window_admit(KEY, ["requests"], [-1], [0], **WINDOW).values == [0]

@@ -321,14 +321,23 @@ class MemoryBackend(Backend):
         with self._lock:
             saved = {name: copy.deepcopy(getattr(self, name)) for name in self._STATE}
             replies = []
-            for step in steps:
-                reply = getattr(self, step.primitive)(*step.args, **step.kwargs)
-                if not CONDITIONS[step.condition](reply, step):
-                    for name, value in saved.items():
-                        setattr(self, name, value)
-                    return None
-                replies.append(reply)
-            return replies
+            try:
+                for step in steps:
+                    reply = getattr(self, step.primitive)(*step.args, **step.kwargs)
+                    if not CONDITIONS[step.condition](reply, step):
+                        break
+                    replies.append(reply)
+                else:
+                    return replies
+            except BaseException:
+                self._put_back(saved)
+                raise
+            self._put_back(saved)
+            return None
+
+    def _put_back(self, saved: dict[str, Any]) -> None:
+        for name, value in saved.items():
+            setattr(self, name, value)
 
     # -- pause --------------------------------------------------------------
 

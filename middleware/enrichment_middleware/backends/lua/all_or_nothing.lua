@@ -6,7 +6,8 @@
 -- Reply: {0, reply, ...} when every step's reply met its condition; {i} when
 -- step i's did not, every key a step named put back as it was (DUMP and
 -- RESTORE), so the store is as if nothing ran.  A step may write only its own
--- KEYS, but for the last (window_admit names its counters in the script).
+-- KEYS, but for the last (window_admit names its counters in the script).  A step
+-- that fails with an error puts everything back too, and the error is the reply.
 -- The conditions are backends/base.py's CONDITIONS, on the same numbers.
 local conditions = {
   granted = function(r, a) return r ~= false and r ~= nil end,
@@ -50,7 +51,12 @@ for i = 1, tonumber(ARGV[1]) do
     args[j] = ARGV[a]
     a = a + 1
   end
-  local reply = steps[name](keys, args)
+  local ran, reply = pcall(steps[name], keys, args)
+  if not ran then
+    -- An error half way (say, out of memory): what ran before is put back too.
+    put_back()
+    return redis.error_reply(tostring(reply))
+  end
   if not conditions[condition](reply, args) then
     put_back()
     return {i}
