@@ -154,7 +154,7 @@ def test_a_step_that_fails_with_an_error_puts_back_what_ran_before(backend: Back
             raise RuntimeError("the store failed half way")
 
         backend.state_get_now = broken  # type: ignore[method-assign]
-    with pytest.raises(Exception):  # noqa: B017, PT011 (each backend says it in its own words)
+    with pytest.raises(Exception):  # noqa: B017 (each backend says it in its own words)
         backend.all_or_nothing(steps())
     # The pause was read and a permit taken before the failing step: the permit is back.
     assert backend.lease_count(KEY) == 0
