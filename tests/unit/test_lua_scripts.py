@@ -7,7 +7,13 @@ from importlib import resources
 
 import pytest
 
-from enrichment_middleware.backends.lua_scripts import _INCLUDE, SCRIPTS, source
+from enrichment_middleware.backends.lua_scripts import (
+    _INCLUDE,
+    ALL_OR_NOTHING,
+    SCRIPTS,
+    all_or_nothing_source,
+    source,
+)
 
 LUA = resources.files("enrichment_middleware.backends").joinpath("lua")
 
@@ -31,6 +37,12 @@ def test_each_script_loads_on_redis_with_its_includes_in_place(name: str, redis_
         )
     sha = redis_client.script_load(text)  # type: ignore[attr-defined]  # a syntax error raises here
     assert redis_client.script_exists(sha) == [True]  # type: ignore[attr-defined]
+
+
+def test_the_all_or_nothing_script_loads_with_every_primitive(redis_client: object) -> None:
+    text = all_or_nothing_source(tuple(SCRIPTS))
+    assert text.count("= function(KEYS, ARGV)") == len(SCRIPTS)
+    redis_client.script_load(text)  # type: ignore[attr-defined]  # a syntax error raises here
 
 
 def test_an_unknown_script_is_named_with_the_known_ones() -> None:
