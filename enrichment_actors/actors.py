@@ -36,7 +36,7 @@ from enrichment_middleware.failpoints import failpoint
 from enrichment_middleware.policy.backoff import jittered
 from enrichment_middleware.policy.pause import HELD, PAUSED, PausePolicy
 from enrichment_middleware.semaphore import release_permit_early
-from enrichment_middleware.usage import charge_bytes, report_no_call
+from enrichment_middleware.usage import charge, report_no_call
 
 from .coverage.claims import TileClaims
 from .coverage.cover import TileCover
@@ -70,7 +70,7 @@ from .overpass_responses import (
     read_response,
 )
 from .runtime import ACTORS, OVERPASS, Runtime, current
-from .server_time import charge_server_time
+from .server_time import server_milliseconds
 from .staging import (
     Stage,
     Staged,
@@ -439,8 +439,7 @@ def _call_overpass(
     finally:
         # Whatever ended the call (a MemoryError while reading too): what crossed the wire is charged,
         # and the server's time.
-        charge_bytes(cost.wire_bytes)
-        charge_server_time(cost, current().settings.query_timeout_s)
+        charge(bytes=cost.wire_bytes, cost=server_milliseconds(cost, current().settings.query_timeout_s))
     current().metrics.observe_overpass_call(
         CALL_OK, result.duration_s, endpoint=endpoint, response_bytes=result.response_bytes
     )

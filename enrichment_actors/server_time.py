@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 from enrichment_middleware.policy.quota import QuotaUsage
-from enrichment_middleware.usage import charge_cost
 
 from .overpass_client import CallCost, FetchResult
 from .overpass_responses import OverpassError
@@ -44,12 +43,10 @@ def server_seconds(outcome: FetchResult | OverpassError | CallCost, query_timeou
     return float(query_timeout_s) if outcome.request_sent else 0.0
 
 
-def charge_server_time(outcome: FetchResult | OverpassError | CallCost, query_timeout_s: float) -> float:
-    """Charge the server time of ``outcome`` to the current message's quota; return the seconds."""
-    seconds = server_seconds(outcome, query_timeout_s)
-    # Rounded up: the budget is never charged less than the server spent.
-    charge_cost(math.ceil(seconds * MS_PER_S))
-    return seconds
+def server_milliseconds(outcome: FetchResult | OverpassError | CallCost, query_timeout_s: float) -> int:
+    """The server time of ``outcome`` in whole milliseconds, rounded up: the budget is never
+    charged less than the server spent (the quota's cost unit)."""
+    return math.ceil(server_seconds(outcome, query_timeout_s) * MS_PER_S)
 
 
 def server_time_line(usage: QuotaUsage) -> str:

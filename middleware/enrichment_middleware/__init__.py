@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from enrichment_middleware.quota import Quota
     from enrichment_middleware.retries import Retries
     from enrichment_middleware.semaphore import ConcurrencySemaphore, release_permit_early
-    from enrichment_middleware.usage import charge_bytes, report_no_call
+    from enrichment_middleware.usage import charge, charge_bytes, report_no_call
 
 #: Each public name, by the module that defines it.
 _EXPORTS = {
@@ -53,6 +53,7 @@ _EXPORTS = {
     "PacingLimits": "policy.pacing",
     "Quota": "quota",
     "QuotaLimits": "policy.quota",
+    "charge": "usage",
     "charge_bytes": "usage",
     "report_no_call": "usage",
     "Backend": "backends.base",
@@ -83,6 +84,7 @@ __all__ = [
     "Retries",
     "SemaphoreLimits",
     "Verdict",
+    "charge",
     "charge_bytes",
     "install",
     "release_permit_early",

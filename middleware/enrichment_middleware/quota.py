@@ -13,6 +13,8 @@ the start of the next window plus jitter.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware, Part
@@ -83,7 +85,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         _forget_reports()
         self.hold(message, (policy, decision.window_start))
         window_start = decision.window_start
-        meter_into(lambda unit, amount: self._charge(policy, window_start, unit, amount))
+        meter_into(lambda amounts: self._charge(policy, window_start, amounts))
 
     def after_process_message(
         self,
@@ -100,23 +102,21 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         policy, window_start = held
         # Every byte downloaded and every unit of cost is charged, whatever the
         # outcome: a failed call used the upstream too. These are the reports not charged yet.
-        for unit in UNITS:
-            uncharged = take_charged(unit)
-            if uncharged:
-                self._charge(policy, window_start, unit, uncharged)
+        uncharged = {unit: amount for unit in UNITS if (amount := take_charged(unit))}
+        if uncharged:
+            self._charge(policy, window_start, uncharged)
         # A middleware after this one deferred the job, or the actor says its
         # call never left the process: the request is given back.
         if no_call_reported() or isinstance(exception, AdmissionDenied):
             with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
                 policy.refund(window_start)
 
-    def _charge(self, policy: QuotaPolicy, window_start: float, unit: str, amount: int) -> bool:
-        """Charge ``amount`` of ``unit`` to the window the call was admitted in; False if the backend failed."""
-        record = policy.record_cost if unit == "cost" else policy.record_bytes
+    def _charge(self, policy: QuotaPolicy, window_start: float, amounts: Mapping[str, int]) -> bool:
+        """Charge ``amounts`` (by unit) to the window the call was admitted in; False if the backend failed."""
         try:
-            record(amount, window_start)
+            policy.record(amounts, window_start)
         except BackendUnavailable as exc:
-            self.logger.error("Could not charge %d %s to quota %r: %s", amount, unit, policy.name, exc)
+            self.logger.error("Could not charge %s to quota %r: %s", dict(amounts), policy.name, exc)
             return False
         return True
 

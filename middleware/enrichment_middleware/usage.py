@@ -10,7 +10,8 @@ giving a permit back early (``release_permit_early``), so that no call
 starts with them uncharged. A report the backend could not take is kept
 and charged again when the actor returns. The cost (the quota's third
 budget, in whatever unit the actor measures: server milliseconds, credits)
-is reported the same way, with :func:`charge_cost`.
+is reported the same way, with :func:`charge_cost`; both at once with
+:func:`charge`, in one charge (one round trip to the backend).
 
 An actor whose call never left the process (it failed before sending) says
 so with :func:`report_no_call`, and the quota gives the request back. The
@@ -21,35 +22,38 @@ its hooks.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 _local = threading.local()
 
 #: The units a message reports: the quota's counters other than requests.
 UNITS = ("bytes", "cost")
 
-#: Charges an amount of a unit to the budget now; False if it could not (it is kept for later).
-Sink = Callable[[str, int], bool]
+#: Charges amounts of units to the budget now, together; False if it could not (they are kept for later).
+Sink = Callable[[Mapping[str, int]], bool]
 
 
 def charge_bytes(amount: int) -> None:
     """Add ``amount`` bytes to what the current message used (no-op outside a quota)."""
-    _charge("bytes", amount)
+    charge(bytes=amount)
 
 
 def charge_cost(amount: int) -> None:
     """Add ``amount`` units of cost (say, server milliseconds) to what the current message used."""
-    _charge("cost", amount)
+    charge(cost=amount)
 
 
-def _charge(unit: str, amount: int) -> None:
-    amount = max(0, int(amount))
-    if not amount:
+def charge(*, bytes: int = 0, cost: int = 0) -> None:
+    """Add what one call used, its ``bytes`` and its ``cost``, to what the current message used: one
+    charge, so one round trip to the backend for both."""
+    amounts = {unit: amount for unit, amount in (("bytes", int(bytes)), ("cost", int(cost))) if amount > 0}
+    if not amounts:
         return
     sink: Sink | None = getattr(_local, "sink", None)
-    if sink is not None and sink(unit, amount):
+    if sink is not None and sink(amounts):
         return
-    setattr(_local, unit, getattr(_local, unit, 0) + amount)
+    for unit, amount in amounts.items():
+        setattr(_local, unit, getattr(_local, unit, 0) + amount)
 
 
 def take_charged(unit: str) -> int:

@@ -5,7 +5,7 @@ so every command that reaches Redis is the gates'. Each of ``calls``
 ``fetch_pois`` deliveries passes the broker's before-hooks (an admission
 that waits for nothing: a free permit, no pause, the circuit closed, no
 pacing, budget left), then does what the actor does once its answer is in
-(charge the bytes and the server time, give the permit back early) and
+(charge the bytes and the server time in one report, give the permit back early) and
 passes the after-hooks. A round trip is one send to Redis (redis-py's
 ``send_packed_command``): a script or a pipeline counts once.
 """
@@ -42,8 +42,8 @@ from dramatiq.broker import MessageProxy
 
 from enrichment_actors.settings import check_startable, load_settings
 from enrichment_actors.worker import start
-from enrichment_middleware import charge_bytes, release_permit_early
-from enrichment_middleware.usage import charge_cost
+from enrichment_middleware import release_permit_early
+from enrichment_middleware.usage import charge
 
 runtime = start(check_startable(load_settings()))
 broker = runtime.broker
@@ -55,8 +55,7 @@ for index in range(int(sys.argv[1]) + 1):
     first = sends[0]
     broker.emit_before("process_message", message)
     admitted = sends[0]
-    charge_bytes(20_000)
-    charge_cost(150)
+    charge(bytes=20_000, cost=150)  # as fetch_pois charges its call
     release_permit_early()
     broker.emit_after("process_message", message, result=None)
     trips.append((admitted - first, sends[0] - admitted))

@@ -118,6 +118,8 @@ def _closed(reply: Any, step: Step) -> bool:
 #: What a step's reply must be for an all-or-nothing batch to go on, by name. The Redis backend
 #: checks the same in Lua (backends/lua/all_or_nothing.lua), on the same numbers.
 CONDITIONS: dict[str, Callable[[Any, Step], bool]] = {
+    # Any reply: the step is an effect that always goes (counter_add: a charge).
+    "any": lambda reply, step: True,
     # lease_acquire: a lease was granted.
     "granted": lambda reply, step: reply is not None,
     # window_admit: every counter had room.

@@ -15,9 +15,10 @@ however many workers race, no more than the limit are admitted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from enrichment_middleware.backends.base import WindowCounts, mean_cost, window_key
+from enrichment_middleware.backends.base import Step, WindowCounts, mean_cost, window_key
 from enrichment_middleware.policy.backoff import jittered
 from enrichment_middleware.policy.base import Policy
 
@@ -228,20 +229,35 @@ class QuotaPolicy(Policy[QuotaLimits]):
     def record_bytes(self, amount: int, window_start: float) -> None:
         """Charge ``amount`` response bytes to the window the request was admitted in
         (``decision.window_start``), even if that window has ended since."""
-        self._record("bytes", amount, window_start)
+        self.record({"bytes": amount}, window_start)
 
     def record_cost(self, amount: int, window_start: float) -> None:
         """Charge ``amount`` units of cost (what the call used, say server milliseconds) to the
         window the request was admitted in, even if that window has ended since."""
-        self._record("cost", amount, window_start)
+        self.record({"cost": amount}, window_start)
 
-    def _record(self, counter: str, amount: int, window_start: float) -> None:
-        if amount < 0:
-            raise ValueError(f"record_{counter} needs the amount the call used (0 or more), got {amount}")
-        if amount:
-            self._backend.counter_add(
-                window_key(self._key, window_start, counter), amount, ttl_s=self._ttl_s()
+    def record(self, amounts: Mapping[str, int], window_start: float) -> None:
+        """Charge what one call used, by counter (``bytes``, ``cost``), to the window it was admitted
+        in, even if that window has ended since: all in one backend step when the backend can."""
+        for counter, amount in amounts.items():
+            if counter not in _COUNTERS[1:]:
+                raise ValueError(f"record charges {_COUNTERS[1:]}, not {counter!r}")
+            if amount < 0:
+                raise ValueError(f"record_{counter} needs the amount the call used (0 or more), got {amount}")
+        steps = [
+            Step(
+                "counter_add",
+                (window_key(self._key, window_start, counter), amount),
+                {"ttl_s": self._ttl_s()},
+                "any",
             )
+            for counter, amount in amounts.items()
+            if amount
+        ]
+        if len(steps) > 1 and self._backend.all_or_nothing(steps) is not None:
+            return
+        for step in steps:
+            self._backend.counter_add(*step.args, **step.kwargs)
 
     def refund(self, window_start: float) -> None:
         """Give back one request admitted in ``window_start`` whose call was never made

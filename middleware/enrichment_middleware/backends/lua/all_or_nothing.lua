@@ -10,6 +10,7 @@
 -- that fails with an error puts everything back too, and the error is the reply.
 -- The conditions are backends/base.py's CONDITIONS, on the same numbers.
 local conditions = {
+  any = function(r, a) return true end,
   granted = function(r, a) return r ~= false and r ~= nil end,
   admitted = function(r, a) return r[1] == 1 end,
   not_paused = function(r, a) return r[5] == 0 and ((not r[2]) or tonumber(r[2]) <= tonumber(r[1])) end,
