@@ -9,7 +9,9 @@ all as one all-or-nothing batch (``Backend.all_or_nothing``: one script on
 Redis, one round trip). If every condition holds, every gate's decision is
 made from its reply by its own pure policy code and taken at once, and the
 later gates' hooks find their part done; if any fails, nothing happened, and
-each gate decides alone, as it always did. The batch is the same steps on
+each gate decides alone, as it always did. After the batch, anything that
+goes wrong (a decision that fails, an interrupt) defers the job and gives
+back what no gate took. The batch is the same steps on
 the same keys, back to back with nothing in between: one order the gates
 could have run in anyway.
 """
@@ -35,7 +37,7 @@ from .backends.base import Backend, BackendUnavailable, Step
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .order import check_order
-from .policy.base import NotOneStep, Policy
+from .policy.base import Policy
 from .policy.clock import Clock, SystemClock
 
 PolicyT = TypeVar("PolicyT", bound=Policy[Any])
@@ -71,14 +73,6 @@ class Part:
 
 class UnknownPolicy(MiddlewareError, ValueError):
     """An actor opted into a policy the middleware was not given."""
-
-
-def _decided(part: Part, reply: Any) -> Any:
-    """The part's decision from its reply; None when its policy needs more than that one step."""
-    try:
-        return part.decide(reply)
-    except NotOneStep:
-        return None
 
 
 class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
@@ -188,31 +182,28 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
         if replies is None:
             setattr(message, _TOGETHER, set())
             return False
-        decisions = [_decided(p, reply) for p, reply in zip(ready, replies, strict=True)]
-        if not all(d is not None and p.allowed(d) for p, d in zip(ready, decisions, strict=True)):
-            # The backend's conditions admitted what a policy does not: a defect, never expected.
-            self.logger.error(
-                "An admission in one step disagreed with a policy; undoing it, deciding gate by gate."
-            )
-            for p, decision in zip(ready, decisions, strict=True):
-                if decision is not None:
-                    with self.logging_unavailable("undo an admission in one step"):
-                        p.give_back(decision)
-            setattr(message, _TOGETHER, set())
-            return False
         setattr(message, _TOGETHER, {id(gate) for gate, _ in stepping[1:]})
+        decisions: list[Any] = [None] * len(ready)
         taken = 0
         try:
             with self.failing_closed():
+                for index, (p, reply) in enumerate(zip(ready, replies, strict=True)):
+                    decisions[index] = p.decide(reply)
+                if not all(p.allowed(d) for p, d in zip(ready, decisions, strict=True)):
+                    raise RuntimeError("the backend's conditions admitted what a policy refuses")
                 failpoint("admission.together")
                 for p, decision in zip(ready, decisions, strict=True):
                     p.take(decision)
                     taken += 1
-        except AdmissionDenied:
-            # What was taken, each gate's after-hook gives back (Dramatiq runs them all); the rest, here.
+        except BaseException:
+            # The job is deferred (or the worker interrupted): what was taken, each gate's
+            # after-hook gives back (Dramatiq runs them all); what a policy decided but no gate
+            # took, here. A step whose decision failed cannot be: its request stays counted and
+            # its permit lapses with its lease, too much rather than too little.
             for p, decision in list(zip(ready, decisions, strict=True))[taken:]:
-                with self.logging_unavailable("give back an admission in one step"):
-                    p.give_back(decision)
+                if decision is not None and p.allowed(decision):
+                    with self.logging_unavailable("give back an admission in one step"):
+                        p.give_back(decision)
             raise
         return True
 

@@ -92,11 +92,19 @@ class Pacing(AdmissionMiddleware[PacingPolicy, None]):
     def part(self, broker: Broker, message: MessageProxy, policy: PacingPolicy) -> Part | None:
         if message.options.get(PACING_SLOT) is not None:
             return None  # it comes back to a slot kept for it: the pacing decides alone
+        # Asked once: the step and the decision from its reply must use the same interval.
+        interval = policy.interval_s()
+
+        def reserve(p: PacingPolicy) -> Reservation:
+            return p.reserve(interval_s=interval)
+
+        # Only a slot due now: a job that would sleep for its slot must count its request
+        # after the sleep (the quota decides last, right before the call), so it decides alone.
         return self.part_of(
             policy,
-            PacingPolicy.reserve,
-            condition="within_wait",
-            allowed=lambda reservation: reservation.admitted,
+            reserve,
+            condition="due_now",
+            allowed=lambda reservation: reservation.admitted and reservation.delay_s <= 0,
             take=lambda reservation: self._take(message, reservation),
         )
 

@@ -130,6 +130,8 @@ CONDITIONS: dict[str, Callable[[Any, Step], bool]] = {
     "closed": _closed,
     # gcra_reserve: the slot is at most wait_s away.
     "within_wait": lambda reply, step: reply[0] - reply[1] <= float(step.kwargs.get("wait_s", 0.0)),
+    # gcra_reserve: the slot is now (or past): no wait for it.
+    "due_now": lambda reply, step: reply[0] - reply[1] <= 0,
 }
 
 

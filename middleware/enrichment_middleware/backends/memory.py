@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from enrichment_middleware.backends.base import (
     CONDITIONS,
@@ -311,7 +311,16 @@ class MemoryBackend(Backend):
     def ping(self) -> None:
         """Always reachable."""
 
-    #: What all_or_nothing puts back when a step's condition fails: every kind of state it keeps.
+    #: What all_or_nothing puts back when a step's condition fails: the state each primitive writes
+    #: (a primitive not named here: every kind of state this backend keeps).
+    _WRITES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "pause_get": (),
+        "state_get_now": (),
+        "lease_acquire": ("_leases",),
+        "window_admit": ("_counters",),
+        "counter_add": ("_counters",),
+        "gcra_reserve": ("_schedules",),
+    }
     _STATE = (
         "_counters", "_leases", "_caps", "_wakes", "_states", "_parked", "_orphans", "_pauses", "_holds",
         "_schedules",
@@ -319,7 +328,10 @@ class MemoryBackend(Backend):
 
     def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
         with self._lock:
-            saved = {name: copy.deepcopy(getattr(self, name)) for name in self._STATE}
+            # Only the kinds of state the steps write: a copy of every parked payload per
+            # admission would cost more than the admission.
+            written = {name for step in steps for name in self._WRITES.get(step.primitive, self._STATE)}
+            saved = {name: copy.deepcopy(getattr(self, name)) for name in written}
             replies = []
             try:
                 for step in steps:

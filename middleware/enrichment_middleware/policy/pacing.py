@@ -187,13 +187,14 @@ class PacingPolicy(Policy[PacingLimits]):
             return self._limits.interval_s
         return check_interval(self._interval())
 
-    def reserve(self) -> Reservation:
+    def reserve(self, *, interval_s: float | None = None) -> Reservation:
         """Reserve the next slot of the schedule: admitted when it is at most ``max_wait_s`` away.
 
         One atomic backend call.  With pacing off (interval 0) nothing is kept
-        and the answer is "admitted, now" (``slot_at`` 0).
+        and the answer is "admitted, now" (``slot_at`` 0).  ``interval_s``: the
+        interval :meth:`interval_s` answered already (asked once, it may read the backend).
         """
-        interval = self.interval_s()
+        interval = self.interval_s() if interval_s is None else interval_s
         if interval == 0:
             return Reservation(0.0, 0.0, True, 0.0)
         slot_at, now = self._backend.gcra_reserve(

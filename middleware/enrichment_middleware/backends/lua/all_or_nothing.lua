@@ -20,6 +20,7 @@ local conditions = {
     return status == nil or status == 'closed'
   end,
   within_wait = function(r, a) return tonumber(r[1]) - tonumber(r[2]) <= tonumber(a[3]) end,
+  due_now = function(r, a) return tonumber(r[1]) - tonumber(r[2]) <= 0 end,
 }
 local saved = {}
 local function keep(key)
@@ -30,7 +31,11 @@ end
 local function put_back()
   for key, was in pairs(saved) do
     if was then
-      redis.call('RESTORE', key, math.max(was[2], 0), was[1], 'REPLACE')
+      -- PTTL -1: no expiry (RESTORE's 0); 0: in its last millisecond, which RESTORE's 0 would
+      -- make for ever, so 1.
+      local ttl = was[2]
+      if ttl < 0 then ttl = 0 elseif ttl == 0 then ttl = 1 end
+      redis.call('RESTORE', key, ttl, was[1], 'REPLACE')
     else
       redis.call('DEL', key)
     end
