@@ -123,7 +123,7 @@ bench: install
 # fresh examples, ten times as many: `make test` draws the same ones every run
 # (profiles in tests/conftest.py).
 chaos: install
-	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -m chaos -p no:randomly tests/chaos tests/features/test_pipeline.py tests/features/test_overpass_enrichment.py tests/unit/test_overpass_calls.py tests/unit/test_broker_recovery.py
+	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -m chaos -p no:randomly tests/chaos tests/features/test_pipeline.py tests/features/test_overpass_enrichment.py tests/unit/test_overpass_calls.py tests/unit/test_broker_recovery.py tests/unit/test_parking_contention.py
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -m hypothesis -p no:randomly tests/unit
 
 clean:

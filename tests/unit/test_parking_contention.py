@@ -82,7 +82,7 @@ def queued_ids(broker: StubBroker) -> set[str]:
         pytest.param(
             "parking.claimed=sleep:0-0.01,parking.enqueued=sleep:0-0.03",
             id="random pauses",
-            marks=pytest.mark.soak,
+            marks=[pytest.mark.chaos, pytest.mark.soak],
         ),
         pytest.param("", id="cpu hogs only"),
     ],
