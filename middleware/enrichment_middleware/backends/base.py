@@ -5,6 +5,14 @@ top of these primitives; a new store means implementing this class, not the
 policies.  Each method is atomic with respect to every other caller of the
 same store, in this process or any other.
 
+The port is a small core (:class:`Core`: the clock, a liveness check, the
+all-or-nothing batch) and one capability group per kind of state, each the
+primitives of one policy: :class:`Counters` (the quota), :class:`Leases`
+(the semaphore), :class:`States` (the breaker), :class:`Parking` (deferred
+work), :class:`Pauses` (the pause and hold) and :class:`Schedules` (the
+pacing). :class:`Backend` is all of them, as the memory and Redis backends
+are; a store that serves one policy only may implement its group alone.
+
 The backend also keeps the time.  Hosts' clocks disagree (a host 100 s ahead
 would see every lease of the others as lapsed), so every primitive that needs
 "now" reads the backend's own clock (the Redis server's ``TIME``), and callers
@@ -135,24 +143,31 @@ CONDITIONS: dict[str, Callable[[Any, Step], bool]] = {
 }
 
 
-class Backend(ABC):
-    """The atomic primitives every policy is built on.
-
-    Keys are plain strings; a backend may prefix them with its namespace, and
-    keeps each kind of primitive (counters, leases, state, parking) apart, so
-    the same key used by two kinds never collides.  Times are the backend's
-    own clock (:meth:`now`), the one clock of the whole fleet; arguments are
-    durations in seconds.  Blocking waits (:meth:`lease_wait`) and the
-    expiry of wake-ups are real (monotonic) time.  Every method raises
-    :class:`BackendUnavailable` when the store cannot be reached or refuses
-    writes for a while (a replica after a failover, a full memory).
-    """
+class Core(ABC):
+    """What every backend has: the fleet's clock, a check that it answers, and the
+    all-or-nothing batch of its other primitives (see :class:`Backend` for what holds of all)."""
 
     @abstractmethod
     def now(self) -> float:
         """The backend's clock, in epoch seconds: the time every host of the fleet agrees on."""
 
-    # -- counters (quota) ---------------------------------------------------
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`BackendUnavailable` if the store cannot be reached."""
+
+    def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
+        """Run ``steps`` as one atomic step: every primitive, in order, if each reply meets its
+        condition; else none of them (the store as if nothing ran) and None.
+
+        What lets several gates admit a call in one round trip. The replies are
+        each primitive's own. A backend that cannot do it answers None, always:
+        callers then run the primitives one by one, as without it.
+        """
+        return None
+
+
+class Counters(Core):
+    """Counters in time windows, and plain ones: the quota."""
 
     @abstractmethod
     def window_admit(
@@ -192,7 +207,9 @@ class Backend(ABC):
     def counters_get(self, keys: Sequence[str]) -> list[int]:
         """Return the counters' values, 0 for absent ones."""
 
-    # -- leases (semaphore permits that expire) -----------------------------
+
+class Leases(Core):
+    """Leases that expire, with a cap and wake-ups: the semaphore's permits."""
 
     @abstractmethod
     def lease_acquire(self, key: str, holder: str, limit: int, lease_s: float) -> float | None:
@@ -241,7 +258,9 @@ class Backend(ABC):
     def lease_get_cap(self, key: str) -> int | None:
         """Return the cap in force, or None."""
 
-    # -- versioned state (circuit breaker) ----------------------------------
+
+class States(Core):
+    """A versioned value written by compare-and-set: the circuit breaker."""
 
     @abstractmethod
     def state_get(self, key: str) -> tuple[int, dict[str, Any] | None]:
@@ -262,7 +281,9 @@ class Backend(ABC):
         version, value = self.state_get(key)
         return version, value, self.now()
 
-    # -- parking lot (deferred work held outside worker memory) -------------
+
+class Parking(Core):
+    """Deferred work held outside worker memory until it is due: the parking lot."""
 
     @abstractmethod
     def park(self, key: str, member: str, payload: bytes, delay_s: float, token: str) -> None:
@@ -293,22 +314,9 @@ class Backend(ABC):
     def parked_orphans(self, key: str) -> int:
         """How many members :meth:`claim_due` found without a payload, ever (a counter)."""
 
-    @abstractmethod
-    def ping(self) -> None:
-        """Raise :class:`BackendUnavailable` if the store cannot be reached."""
 
-    def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
-        """Run ``steps`` as one atomic step: every primitive, in order, if each reply meets its
-        condition; else none of them (the store as if nothing ran) and None.
-
-        What lets several gates admit a call in one round trip. The replies are
-        each primitive's own. A backend that cannot do it answers None, always:
-        callers then run the primitives one by one, as without it.
-        """
-        return None
-
-    # -- pause --------------------------------------------------------------
-    # A fleet-wide "paused until T" and an open-ended hold, one of each per key.
+class Pauses(Core):
+    """A fleet-wide "paused until T" and an open-ended hold, one of each per key."""
 
     @abstractmethod
     def pause_extend(self, key: str, seconds: float, reason: str) -> tuple[bool, float]:
@@ -341,9 +349,9 @@ class Backend(ABC):
         """Atomically drop the hold of ``key``: always when ``unless_fingerprint`` is None,
         else only when the stored fingerprint differs from it.  True when a hold was dropped."""
 
-    # -- pacing -------------------------------------------------------------
-    # A GCRA schedule per key: the theoretical arrival time of the next
-    # reservation, and the earliest next start (see enrichment_middleware.policy.pacing).
+
+class Schedules(Core):
+    """A GCRA schedule per key: the pacing (see enrichment_middleware.policy.pacing)."""
 
     @abstractmethod
     def gcra_reserve(
@@ -380,6 +388,20 @@ class Backend(ABC):
     def gcra_get(self, key: str) -> tuple[float, float]:
         """Return (base, now): the later of the schedule's next reservation and next start
         (0.0 when no schedule is kept), and the backend's now.  Changes nothing."""
+
+
+class Backend(Counters, Leases, States, Parking, Pauses, Schedules):
+    """The atomic primitives every policy is built on.
+
+    Keys are plain strings; a backend may prefix them with its namespace, and
+    keeps each kind of primitive (counters, leases, state, parking) apart, so
+    the same key used by two kinds never collides.  Times are the backend's
+    own clock (:meth:`now`), the one clock of the whole fleet; arguments are
+    durations in seconds.  Blocking waits (:meth:`lease_wait`) and the
+    expiry of wake-ups are real (monotonic) time.  Every method raises
+    :class:`BackendUnavailable` when the store cannot be reached or refuses
+    writes for a while (a replica after a failover, a full memory).
+    """
 
 
 def check_counter_arguments(
