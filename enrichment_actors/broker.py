@@ -184,7 +184,34 @@ class _RecoveringConsumer(_RedisConsumer):
 
     def nack(self, message: MessageProxy) -> None:
         super().nack(message)  # type: ignore[no-untyped-call]
-        self.broker._settle(self.queue_name, [message.options["redis_message_id"]])
+        redis_id = message.options["redis_message_id"]
+        self.broker._settle(self.queue_name, [redis_id])
+        self._keep_dead_letter(message, redis_id)
+
+    def _keep_dead_letter(self, message: MessageProxy, redis_id: str) -> None:
+        """Dead-letter ``message`` from this worker's copy if Redis lost its own.
+
+        Dramatiq's nack moves the message it holds in Redis to the dead-letter
+        queue. A Redis restarted without persistence while a worker held the
+        message has neither the acknowledgement nor the body, so that moves
+        nothing and the dead letter would be gone, reported only in a log line.
+        """
+        canonical = self.queue_name.removesuffix(".DQ")
+        dead = f"{self.broker.namespace}:{canonical}.XQ"
+        try:
+            if self.broker.client.hexists(f"{dead}.msgs", redis_id):
+                return
+            pipe = self.broker.client.pipeline(transaction=True)
+            pipe.zadd(dead, {redis_id: int(time.time() * 1000)}, nx=True)
+            pipe.hsetnx(f"{dead}.msgs", redis_id, message._message.encode())
+            pipe.execute()
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        logger.warning(
+            "Message %s was dead-lettered after Redis lost its own copy (a restart without persistence): "
+            "it was kept from the worker's.",
+            message.message_id,
+        )
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         messages = list(messages)

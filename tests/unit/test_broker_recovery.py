@@ -202,3 +202,30 @@ def test_a_delayed_message_dropped_from_memory_on_a_connection_error_comes_back(
         else:
             time.sleep(8.0)  # well past its due time and Dramatiq's consumer restart delay
             assert run.seen[7] == 0 and redis_client.scard(delayed) == 1
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["redis kept it", "redis lost it"])
+def test_a_dead_letter_is_kept_when_redis_lost_the_message_a_worker_held(
+    redis_url: str, redis_client: redis.Redis[bytes], lost: bool
+) -> None:
+    """Dramatiq's nack moves the message Redis holds to the dead letters; after a restart
+    without persistence Redis holds nothing, so the worker's own copy is dead-lettered."""
+    broker = RecoveringRedisBroker(url=redis_url)
+
+    @dramatiq.actor(broker=broker, queue_name="deadq")
+    def job() -> None: ...
+
+    sent = job.send()
+    consumer = broker.consume("deadq", prefetch=1, timeout=100)
+    try:
+        message = next(m for m in consumer if m is not None)
+        if lost:
+            redis_client.flushall()  # a restart without persistence: the ack and the body are gone
+        message.fail()
+        consumer.nack(message)
+        dead = [dramatiq.Message.decode(raw) for raw in redis_client.hvals("dramatiq:deadq.XQ.msgs")]
+        assert [m.message_id for m in dead] == [sent.message_id]
+        assert redis_client.zcard("dramatiq:deadq.XQ") == 1
+    finally:
+        consumer.close()
+        broker.close()
