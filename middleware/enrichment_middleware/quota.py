@@ -78,11 +78,15 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             decision = policy.admit()
         if not decision.allowed:
             raise self.denial(decision.retry_at, QUOTA_EXHAUSTED)
-        self._take(message, policy, decision)
+        self._hold(message, policy, decision)
         failpoint("quota.admitted")
 
     def _take(self, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision) -> None:
+        """An admission in one step: what the hook does before deciding, then the hold."""
         _forget_reports()
+        self._hold(message, policy, decision)
+
+    def _hold(self, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision) -> None:
         self.hold(message, (policy, decision.window_start))
         window_start = decision.window_start
         meter_into(lambda amounts: self._charge(policy, window_start, amounts))
