@@ -33,6 +33,7 @@ from enrichment_middleware.admission import STATE_UNAVAILABLE
 from enrichment_middleware.backends.base import BackendUnavailable
 from enrichment_middleware.deferral import Defer
 from enrichment_middleware.failpoints import failpoint
+from enrichment_middleware.fair import FAIR_KEY
 from enrichment_middleware.policy.backoff import jittered
 from enrichment_middleware.policy.pause import HELD, PAUSED, PausePolicy
 from enrichment_middleware.semaphore import release_permit_early
@@ -43,7 +44,7 @@ from .coverage.cover import TileCover
 from .coverage.cover import members as file_by_tile
 from .coverage.ledger import Answer, fetch_time, read_osm_base
 from .job_logs import JobLogContext, origin_options
-from .jobs import InvalidJob, Job, build_query, validate_enrich, validate_job
+from .jobs import DEFAULT_SOURCE, InvalidJob, Job, build_query, validate_enrich, validate_job
 from .message_limit import MessageSizeLimit
 from .metrics import CALL_OK, Outcome, note_outcome
 from .outages import OutagePolicy, OutageTooLong, waiting_out_outages
@@ -92,14 +93,25 @@ def retry_when(retries: int, exception: BaseException) -> bool:
     return retries < current().settings.retry_max and getattr(exception, "retryable", True)
 
 
-def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, **unexpected: Any) -> None:
+def enrich(
+    bbox: Any = None,
+    tags: Any = None,
+    *args: Any,
+    force: Any = False,
+    source: Any = DEFAULT_SOURCE,
+    **unexpected: Any,
+) -> None:
     """Fill the POIs of ``bbox`` (south, west, north, east) matching ``tags`` (default: the usual POI families).
 
     With the coverage ledger (``ENRICH_COVERAGE``), only the tiles of the box
     that are neither fresh nor being fetched by another job are fetched;
-    ``force=True`` fetches fresh tiles too.
+    ``force=True`` fetches fresh tiles too. ``source`` names who sent the job
+    (``maps``, ``refresh``, ``import``): while jobs of several sources wait for
+    one endpoint, each gets calls by its weight (``ENRICH_SOURCE_WEIGHTS``).
     """
-    job = validate_enrich((bbox, tags, *args), {"force": force, **unexpected}, limits=current().job_limits)
+    job = validate_enrich(
+        (bbox, tags, *args), {"force": force, "source": source, **unexpected}, limits=current().job_limits
+    )
     # An id derived from this message's: a redelivered enrich sends the same
     # fetch, which finds its staged answer instead of calling again.
     fetch_id = derived_message_id(f"enrich:{current_message_id()}", "fetch", 0)
@@ -112,7 +124,9 @@ def enrich(bbox: Any = None, tags: Any = None, *args: Any, force: Any = False, *
             return
         arguments.update(tiles=cover.ids, owner=fetch_id, force=force)
     fetch = _actor("fetch_pois").message(**arguments)
-    current().broker.enqueue(fetch.copy(message_id=fetch_id, options=origin_options(fetch.options)))
+    # The source travels in the fetch's options (its lane of the fair room), and on to its children.
+    options = {**origin_options(fetch.options), FAIR_KEY: source}
+    current().broker.enqueue(fetch.copy(message_id=fetch_id, options=options))
 
 
 def _tiles_to_fetch(job: Job, *, owner: str, force: bool) -> TileCover | None:
@@ -755,6 +769,7 @@ def declare(runtime: Runtime) -> Actors:
             # the message options, which override these (the first endpoint's).
             route=OVERPASS,
             pause=first,
+            fair=first,
             semaphore=first,
             breaker=first,
             rate=first,

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 if TYPE_CHECKING:
+    from enrichment_middleware.policy.fair import FairPolicy
+
     from .coverage.ledger import Ledger, TileCoverage
     from .overpass_endpoints import Endpoint
     from .runtime import Runtime
@@ -411,11 +413,12 @@ def _refresh(older_than_s: float, limit: int | None, every_s: float | None) -> i
         )
         return 2
     interval_s = _DAY_S if every_s is None else every_s
-    budget = _refresh_budget(settings.refresh_budget_share, settings.quota_requests, interval_s)
+    share = settings.source_shares["refresh"]
+    budget = _refresh_budget(share, settings.quota_requests, interval_s)
     if limit is not None and limit > budget:
         print(
             f"enrichment refresh: --limit {limit} is above the refresh budget of {budget} tiles per run "
-            f"(REFRESH_BUDGET_SHARE={settings.refresh_budget_share:g} of QUOTA_REQUESTS="
+            f"(REFRESH_BUDGET_SHARE={share:g} of QUOTA_REQUESTS="
             f"{settings.quota_requests} a day, over {interval_s:g} s); sending at most {budget}.",
             file=sys.stderr,
         )
@@ -429,7 +432,9 @@ def _refresh(older_than_s: float, limit: int | None, every_s: float | None) -> i
         stale = _stale_count(store.ledger, cutoff, units)
         rows = _stalest_on_grid(store.ledger, cutoff, limit, units)
         for row in rows:
-            enrich.send(bbox=Tile.parse(row.tile).bbox.as_dict(), tags=list(row.tags), force=True)
+            enrich.send(
+                bbox=Tile.parse(row.tile).bbox.as_dict(), tags=list(row.tags), force=True, source="refresh"
+            )
         print(f"refresh: sent {len(rows)} of {stale} stale tiles (limit {limit})", flush=True)
 
     if every_s is None:
@@ -475,6 +480,21 @@ def _stalest_on_grid(ledger: Ledger, cutoff: dt.datetime, limit: int, units: int
         asked *= 2
 
 
+def _sources_status(room: FairPolicy) -> list[str]:
+    """The fair room's lines of ``enrichment status``: seats, then each source's weight, waiting jobs,
+    calls this quota window and cap."""
+    counts = room.counts()
+    limits = room.limits
+    lines = [f"sources {room.name!r}  {counts.seated} of {limits.seats} seats taken"]
+    for source in sorted({*limits.weights, *limits.caps, *counts.waiting, *counts.calls}):
+        cap = limits.caps.get(source)
+        lines.append(
+            f"  source {source}  weight {limits.weight(source):g}, {counts.waiting.get(source, 0)} waiting, "
+            f"{counts.calls.get(source, 0)} calls this window" + ("" if cap is None else f" (cap {cap})")
+        )
+    return lines
+
+
 def _endpoint_status(runtime: Runtime, endpoint: Endpoint) -> list[str]:
     """What ``enrichment status`` says of one endpoint: its profile and limits, then its live state.
 
@@ -516,6 +536,8 @@ def _endpoint_status(runtime: Runtime, endpoint: Endpoint) -> list[str]:
     lines.append(
         f"semaphore {policy!r}  {semaphore.in_use()} of {semaphore.effective_permits()} permits in use"
     )
+    if runtime.fair is not None:
+        lines += _sources_status(runtime.fair.policies[policy])
     if pause.held:
         lines.append(
             f"pause {policy!r}  {endpoint.name} HELD ({pause.hold_reason or pause.reason}): no calls, jobs wait; "

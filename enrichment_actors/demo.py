@@ -145,7 +145,8 @@ def _verdict(final: collections.Counter[str], *, stored: int, calls: int) -> int
 
 
 def _wait_until_done(queue: str, timeout_s: float = 120.0, *, worker: dramatiq.Worker | None = None) -> None:
-    """Until nothing is queued, in ``worker``'s hands or parked: retried and deferred jobs wait in the parking lot.
+    """Until nothing is queued, in ``worker``'s hands, parked or in a fair room: retried and deferred jobs
+    wait in the parking lot, jobs behind others in the room.
 
     RabbitMQ's counts (AMQP tells ready messages only) leave out what the
     worker holds unacknowledged: ``worker.join()`` waits for that.
@@ -164,7 +165,11 @@ def _wait_until_done(queue: str, timeout_s: float = 120.0, *, worker: dramatiq.W
                 worker.join()
 
     def parked() -> int:
-        return 0 if parking is None else parking.count()
+        # Deferred jobs wait in the parking lot; jobs behind others, in the endpoints' fair rooms
+        # (a seat is held from the room's hand-on to the end of the job).
+        rooms = runtime.fair.policies.values() if runtime.fair is not None else ()
+        in_rooms = sum(sum(c.waiting.values()) + c.seated for c in (room.counts() for room in rooms))
+        return in_rooms + (0 if parking is None else parking.count())
 
     while time.monotonic() < deadline:
         join()

@@ -30,6 +30,8 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import CurrentMessage
 
+from enrichment_middleware.fair import FAIR_KEY
+
 #: Message option: the id of the ``enrich`` message a fetch or store comes from.
 ORIGIN = "origin"
 
@@ -104,11 +106,13 @@ def job_label(message_id: str, options: Mapping[str, Any], kwargs: Mapping[str, 
 
 
 def origin_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` plus the ``origin`` of the job running in this thread, for a message it sends on."""
+    """``options`` plus the ``origin`` and the source (``fair_key``) of the job running in this thread,
+    for a message it sends on: a split job's parts wait in their parent's lane."""
     message = CurrentMessage.get_current_message()
     if message is None:
         return dict(options)
-    return {**options, ORIGIN: message.options.get(ORIGIN) or message.message_id}
+    inherited = {FAIR_KEY: message.options[FAIR_KEY]} if FAIR_KEY in message.options else {}
+    return {**options, **inherited, ORIGIN: message.options.get(ORIGIN) or message.message_id}
 
 
 def _box(bbox: Any) -> str:

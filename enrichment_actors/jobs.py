@@ -34,6 +34,11 @@ _SHOWN = 60
 # would need escapes for beyond quote and backslash.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+#: The source of a job that names none (``enrich.send(..., source=)``).
+DEFAULT_SOURCE = "default"
+#: What a source of jobs may be called: it names a lane of the fair room and a metric label.
+SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
 
 class InvalidJob(ValueError):
     """The job cannot be run as asked. The message says what to change."""
@@ -212,12 +217,29 @@ def validate_enrich(
     bbox = positional.pop(0) if positional else named.pop("bbox", None)
     tags = positional.pop(0) if positional else named.pop("tags", None)
     force = named.pop("force", False)
+    validate_source(named.pop("source", DEFAULT_SOURCE))
     if positional or named:
         names = ", ".join([f"positional argument {a!r}" for a in positional] + sorted(named))
-        raise InvalidJob(f"enrich takes bbox=, tags= and force= only; unexpected: {names}.")
+        raise InvalidJob(f"enrich takes bbox=, tags=, force= and source= only; unexpected: {names}.")
     if not isinstance(force, bool):
         raise InvalidJob(f"force must be true or false, got {type(force).__name__}.")
     return validate_job(bbox, tags, limits=limits)
+
+
+def validate_source(source: Any) -> str:
+    """``source`` if it can name a source of jobs (a lane of the fair room, a metric label), else InvalidJob.
+
+    Examples:
+      >>> validate_source("maps")
+      'maps'
+      >>> validate_source("my maps")
+      Traceback (most recent call last):
+      ...
+      enrichment_actors.jobs.InvalidJob: source must be 1 to 64 letters, digits, '_', '.' or '-', got 'my maps'.
+    """
+    if not isinstance(source, str) or not SOURCE_PATTERN.match(source):
+        raise InvalidJob(f"source must be 1 to 64 letters, digits, '_', '.' or '-', got {source!r:.80}.")
+    return source
 
 
 def build_query(job: Job, *, timeout_s: int, maxsize_bytes: int) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enrichment_middleware.admission import STATE_UNAVAILABLE
 from enrichment_middleware.breaker import CIRCUIT_OPEN
 from enrichment_middleware.deferral import Defer
+from enrichment_middleware.fair import SOURCE_CAPPED, WAITING_TURN
 from enrichment_middleware.policy.breaker import BreakerStatus
 from enrichment_middleware.policy.pause import HELD, PAUSED
 from enrichment_middleware.quota import QUOTA_EXHAUSTED
@@ -57,6 +58,10 @@ class Outcome(enum.StrEnum):
     DUPLICATE_QUERY = "duplicate_query"
     #: No semaphore permit came free within the wait; deferred briefly.
     DEFERRED_PERMIT = "deferred_permit"
+    #: Jobs of other sources were waiting: the job waits in the fair room for its source's turn.
+    WAITING_TURN = "waiting_turn"
+    #: Its source made its cap of calls this quota window (ENRICH_SOURCE_MAX_SHARE): deferred to the next.
+    SOURCE_CAPPED = "source_capped"
     #: The shared state (Redis) was unreachable; deferred, no call made.
     STATE_UNAVAILABLE = "state_unavailable"
     #: PostgreSQL was unreachable (the ledger, a store); deferred, not a retry.
@@ -101,6 +106,9 @@ STATE = "state"
 RESOURCE = "resource"
 QUEUE = "queue"
 ENDPOINT = "endpoint"
+SOURCE = "source"
+#: The label of the sources ENRICH_SOURCE_WEIGHTS and the caps do not name, summed: the label set stays bounded.
+OTHER_SOURCE = "other"
 #: Label names of Dramatiq's stock metrics (kept, so existing dashboards still work).
 QUEUE_NAME = "queue_name"
 ACTOR_NAME = "actor_name"
@@ -338,6 +346,27 @@ PERMITS_LIMIT = MetricSpec(
     (POLICY,),
     fleet=True,
 )
+SOURCE_WAITING = MetricSpec(
+    "enrichment_source_waiting",
+    Kind.GAUGE,
+    "Jobs waiting in the endpoint's fair room, by source (sources not configured: other).",
+    (POLICY, SOURCE),
+    fleet=True,
+)
+SOURCE_CALLS = MetricSpec(
+    "enrichment_source_calls",
+    Kind.GAUGE,
+    "Overpass calls made in the current quota window, by source (sources not configured: other).",
+    (POLICY, SOURCE),
+    fleet=True,
+)
+SOURCE_CAP = MetricSpec(
+    "enrichment_source_cap",
+    Kind.GAUGE,
+    "Most calls a source may make per quota window (ENRICH_SOURCE_MAX_SHARE); absent: no cap of its own.",
+    (POLICY, SOURCE),
+    fleet=True,
+)
 QUOTA_USED = MetricSpec(
     "enrichment_quota_used",
     Kind.GAUGE,
@@ -456,6 +485,9 @@ FLEET_METRICS: tuple[MetricSpec, ...] = (
     BREAKER_FAILURES,
     PERMITS_IN_USE,
     PERMITS_LIMIT,
+    SOURCE_WAITING,
+    SOURCE_CALLS,
+    SOURCE_CAP,
     QUOTA_USED,
     QUOTA_LIMIT,
     QUOTA_LEFT,
@@ -505,6 +537,8 @@ _DEFERRAL_OUTCOMES = {
     QUOTA_EXHAUSTED: Outcome.QUOTA_DENIED,
     CIRCUIT_OPEN: Outcome.CIRCUIT_OPEN,
     NO_PERMIT: Outcome.DEFERRED_PERMIT,
+    WAITING_TURN: Outcome.WAITING_TURN,
+    SOURCE_CAPPED: Outcome.SOURCE_CAPPED,
     STATE_UNAVAILABLE: Outcome.STATE_UNAVAILABLE,
     DATABASE_UNAVAILABLE: Outcome.DATABASE_UNAVAILABLE,
     Outcome.RATE_LIMITED.value: Outcome.RATE_LIMITED,

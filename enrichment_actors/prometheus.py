@@ -36,6 +36,7 @@ from dramatiq.middleware.prometheus import DB_PATH, HTTP_HOST, HTTP_PORT, Promet
 
 from enrichment_middleware.backends.base import BackendUnavailable
 from enrichment_middleware.deferral import Defer
+from enrichment_middleware.policy.fair import FairPolicy
 from enrichment_middleware.policy.pacing import PacingPolicy
 from enrichment_middleware.policy.pause import PausePolicy
 from enrichment_middleware.policy.quota import QuotaUsage
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
     from enrichment_middleware.backends.base import Backend
     from enrichment_middleware.breaker import CircuitBreaker
+    from enrichment_middleware.fair import FairAdmission
     from enrichment_middleware.pacing import Pacing
     from enrichment_middleware.pause import Pause
     from enrichment_middleware.quota import Quota
@@ -432,6 +434,45 @@ class PermitReading:
 
 
 @dataclass(frozen=True)
+class SourceReading:
+    """One source of jobs at one endpoint's fair room: jobs waiting, calls this window, its cap.
+
+    Parameters:
+      policy: the endpoint's policy name.
+      source: the source's label (``other`` for the sources not configured, summed).
+      waiting, calls: jobs waiting, calls made in the current quota window.
+      cap: its cap of calls per window, or None.
+    """
+
+    policy: str
+    source: str
+    waiting: int
+    calls: int
+    cap: int | None = None
+
+
+def read_sources(rooms: Mapping[str, FairPolicy]) -> tuple[SourceReading, ...]:
+    """Each room's sources: the configured ones by name (with zeros), the others summed as ``other``."""
+    readings = []
+    for name, room in sorted(rooms.items()):
+        counts = room.counts()
+        known = {*room.limits.weights, *room.limits.caps}
+        waiting: dict[str, int] = dict.fromkeys(known, 0)
+        calls: dict[str, int] = dict.fromkeys(known, 0)
+        for seen, into in ((counts.waiting, waiting), (counts.calls, calls)):
+            for source, n in seen.items():
+                label = source if source in known else m.OTHER_SOURCE
+                into[label] = into.get(label, 0) + n
+        for source in sorted(waiting.keys() | calls.keys()):
+            readings.append(
+                SourceReading(
+                    name, source, waiting.get(source, 0), calls.get(source, 0), room.limits.caps.get(source)
+                )
+            )
+    return tuple(readings)
+
+
+@dataclass(frozen=True)
 class EndpointReading:
     """One endpoint's pause, hold and pacing, by its policy name.
 
@@ -462,6 +503,7 @@ class FleetReading:
       persistent: ``enrichment_state_backend_persistent`` (None: no Redis in use).
       endpoints: each endpoint's pause, hold and pacing.
       orphans: parked messages ever found due without a payload.
+      sources: each endpoint's sources (fair room).
     """
 
     quotas: tuple[QuotaUsage, ...]
@@ -472,6 +514,7 @@ class FleetReading:
     persistent: float | None = None
     endpoints: tuple[EndpointReading, ...] = ()
     orphans: int = 0
+    sources: tuple[SourceReading, ...] = ()
 
 
 def read_endpoints(
@@ -512,6 +555,8 @@ class FleetState(Protocol):
     def pause(self) -> Pause: ...
     @property
     def pacing(self) -> Pacing: ...
+    @property
+    def fair(self) -> FairAdmission | None: ...
 
 
 def read_fleet(runtime: FleetState) -> FleetReading:
@@ -540,6 +585,7 @@ def read_fleet(runtime: FleetState) -> FleetReading:
         persistent=persistence_gauge(redis_servers.values()) if redis_servers else None,
         endpoints=read_endpoints(runtime.pause.policies, runtime.pacing.policies),
         orphans=runtime.retries.parking.orphans() if runtime.retries.parking is not None else 0,
+        sources=read_sources(runtime.fair.policies) if runtime.fair is not None else (),
     )
 
 
@@ -666,6 +712,9 @@ def _families(reading: FleetReading | None, *, with_samples: bool) -> Iterator[M
     yield family(m.BREAKER_FAILURES, [((b.policy,), b.failures) for b in reading.breakers])
     yield family(m.PERMITS_IN_USE, [((p.policy,), p.in_use) for p in reading.permits])
     yield family(m.PERMITS_LIMIT, [((p.policy,), p.limit) for p in reading.permits])
+    yield family(m.SOURCE_WAITING, [((r.policy, r.source), r.waiting) for r in reading.sources])
+    yield family(m.SOURCE_CALLS, [((r.policy, r.source), r.calls) for r in reading.sources])
+    yield family(m.SOURCE_CAP, [((r.policy, r.source), r.cap) for r in reading.sources if r.cap is not None])
     used, limit, left = [], [], []
     for q in reading.quotas:
         for resource, spent, cap, remaining in (

@@ -13,6 +13,7 @@ threads.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +27,12 @@ from enrichment_middleware.backends.base import Backend
 from enrichment_middleware.backends.memory import MemoryBackend
 from enrichment_middleware.breaker import CircuitBreaker, Verdict
 from enrichment_middleware.deferral import Defer
+from enrichment_middleware.fair import FairAdmission
 from enrichment_middleware.installation import install
 from enrichment_middleware.pacing import Pacing
 from enrichment_middleware.pause import Pause
 from enrichment_middleware.policy.breaker import BreakerLimits
+from enrichment_middleware.policy.fair import FairLimits
 from enrichment_middleware.policy.pacing import PacingLimits
 from enrichment_middleware.policy.pause import PauseLimits
 from enrichment_middleware.policy.quota import QuotaLimits
@@ -117,6 +120,8 @@ class Runtime:
     pacing: Pacing
     router: EndpointRouter
     endpoints: tuple[Endpoint, ...]
+    #: The fair room of each endpoint, lanes by source (docs/architecture.md, "Fair shares").
+    fair: FairAdmission | None = None
     #: The first endpoint's client (tests replace it); the others' are in _clients.
     _client: OverpassClient | None = None
     _clients: dict[str, OverpassClient] = field(default_factory=dict)
@@ -308,6 +313,26 @@ def build_runtime(
         },
         **policy_kwargs,
     )
+    # One room per endpoint, as many seats as permits: only seated jobs wait for a permit or a slot.
+    # A source's cap is its share of the endpoint's requests per quota window (none when unlimited).
+    fair = FairAdmission(
+        backend,
+        {
+            e.policy: FairLimits(
+                seats=e.permits,
+                weights=dict(s.source_weights),
+                seat_s=s.semaphore_lease_s,
+                caps={
+                    source: math.floor(round(share * e.quota_requests, 6))
+                    for source, share in s.source_shares.items()
+                    if e.quota_requests >= 0
+                },
+                window_s=e.quota_window_s,
+            )
+            for e in endpoints
+        },
+        **policy_kwargs,
+    )
     pause = Pause(
         backend,
         {
@@ -336,7 +361,7 @@ def build_runtime(
     # their order and our Retries and Callbacks where Dramatiq's stood. Dramatiq's Retries keeps
     # retrying the actors that opt into no gate (an app's, with the app's settings): they act as
     # without the product (tests/unit/test_retries_parity.py); a deferral fires no on_failure.
-    install(broker, router, pause, semaphore, breaker, pacing, quota, retries=retries)
+    install(broker, router, pause, fair, semaphore, breaker, pacing, quota, retries=retries)
     # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the
     # demo in-process, where the hooks would record nothing anyway.
     app_metrics = any(isinstance(m, Prometheus) for m in broker.middleware)
@@ -350,7 +375,19 @@ def build_runtime(
         # whether the message was retried or dead-lettered.
         broker.add_middleware(metrics, before=Retries)
     return Runtime(
-        s, broker, backend, quota, semaphore, breaker, retries, metrics, pause, pacing, router, endpoints
+        s,
+        broker,
+        backend,
+        quota,
+        semaphore,
+        breaker,
+        retries,
+        metrics,
+        pause,
+        pacing,
+        router,
+        endpoints,
+        fair,
     )
 
 

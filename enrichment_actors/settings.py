@@ -33,6 +33,8 @@ from .settings_values import (
     non_negative,
     optional_int,
     positive,
+    source_shares,
+    source_weights,
     tags,
     urls,
     user_agent,
@@ -377,6 +379,16 @@ class Settings:
         "seconds >= 0",
         doc="Tiles last fetched longer ago than this (30 days) are fetched whole rather than as a diff",
     )
+    source_weights: tuple[tuple[str, float], ...] = setting(
+        "ENRICH_SOURCE_WEIGHTS",
+        "maps=4,default=1,refresh=1",
+        source_weights,
+        expect="name=weight,... (names of letters, digits, _ . -; weights > 0)",
+        doc=(
+            "Shares of the calls between the sources of jobs (`enrich.send(..., source=)`) while several "
+            'wait for one endpoint; a source not listed weighs 1 (docs/architecture.md, "Fair shares")'
+        ),
+    )
     refresh_budget_share: float = setting(
         "REFRESH_BUDGET_SHARE",
         "0.2",
@@ -384,8 +396,20 @@ class Settings:
         lambda v: 0 <= v <= 1,
         "a share from 0 to 1",
         doc=(
-            "Most of QUOTA_REQUESTS a day that `enrichment refresh` may spend (per run: the share of "
-            "one interval)"
+            "Most of QUOTA_REQUESTS a window that jobs of source `refresh` may make, enforced at "
+            "admission; `enrichment refresh` sends at most that (per run: the share of one interval). "
+            "An alias of `refresh=` in ENRICH_SOURCE_MAX_SHARE, which wins when it names refresh"
+        ),
+    )
+    source_max_share: tuple[tuple[str, float], ...] = setting(
+        "ENRICH_SOURCE_MAX_SHARE",
+        "",
+        source_shares,
+        expect="name=share,... (names of letters, digits, _ . -; shares from 0 to 1)",
+        doc=(
+            "Most of QUOTA_REQUESTS a window that each source named may make, enforced at admission "
+            "fleet-wide (its further jobs wait for the next window); a source not named has no cap of "
+            "its own"
         ),
     )
     quota_requests: int = setting(
@@ -623,6 +647,12 @@ class Settings:
     def overpass_url(self) -> str:
         """The first Overpass endpoint (a public instance is the only one)."""
         return self.overpass_urls[0]
+
+    @property
+    def source_shares(self) -> dict[str, float]:
+        """The most of each window's requests each source may make: ENRICH_SOURCE_MAX_SHARE, with
+        REFRESH_BUDGET_SHARE for ``refresh`` unless it names it."""
+        return {"refresh": self.refresh_budget_share, **dict(self.source_max_share)}
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, demo)."""

@@ -8,12 +8,13 @@ to say; a check answers whether a value is usable.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from enrichment_middleware.redaction import redact_url
 
+from .jobs import SOURCE_PATTERN
 from .overpass_client import is_sendable_header
 from .overpass_responses import cut
 from .settings_declaration import SettingsError
@@ -52,6 +53,30 @@ def addresses(value: str) -> tuple[str, ...]:
         if not host or not port.isdigit():
             raise ValueError(value)
     return entries
+
+
+def _by_source(value: str, usable: Callable[[float], bool]) -> tuple[tuple[str, float], ...]:
+    """``name=number,...``: source names, each once, with a number ``usable`` accepts."""
+    pairs: list[tuple[str, float]] = []
+    for entry in (entry.strip() for entry in value.split(",") if entry.strip()):
+        name, equals, text = (part.strip() for part in entry.partition("="))
+        if not equals or not SOURCE_PATTERN.match(name) or name in dict(pairs):
+            raise ValueError(value)
+        number = float(text)
+        if not usable(number):
+            raise ValueError(value)
+        pairs.append((name, number))
+    return tuple(pairs)
+
+
+def source_weights(value: str) -> tuple[tuple[str, float], ...]:
+    """``name=weight,...`` of ENRICH_SOURCE_WEIGHTS: each weight above 0."""
+    return _by_source(value, positive)
+
+
+def source_shares(value: str) -> tuple[tuple[str, float], ...]:
+    """``name=share,...`` of ENRICH_SOURCE_MAX_SHARE: each share from 0 to 1."""
+    return _by_source(value, lambda share: 0 <= share <= 1)
 
 
 def tags(value: str) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Reusable Dramatiq middleware: fleet-wide quota, semaphore, circuit breaker, pause and pacing.
+"""Reusable Dramatiq middleware: fleet-wide quota, semaphore, circuit breaker, pause, pacing and fair shares.
 
 What an app needs is exported here (``from enrichment_middleware import
 Quota, install``); see middleware/README.md. Names are imported on first
@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from enrichment_middleware.breaker import CircuitBreaker, Verdict
     from enrichment_middleware.callbacks import Callbacks
     from enrichment_middleware.deferral import Defer
+    from enrichment_middleware.fair import FairAdmission
     from enrichment_middleware.installation import install
     from enrichment_middleware.order import MiddlewareOrderError
     from enrichment_middleware.pacing import Pacing
     from enrichment_middleware.pause import HoldUpstream, Pause, PauseUpstream
     from enrichment_middleware.policy.breaker import BreakerLimits
+    from enrichment_middleware.policy.fair import FairLimits
     from enrichment_middleware.policy.pacing import PacingLimits
     from enrichment_middleware.policy.pause import PauseLimits
     from enrichment_middleware.policy.quota import QuotaLimits
@@ -43,6 +45,8 @@ _EXPORTS = {
     "PauseLimits": "policy.pause",
     "PauseUpstream": "pause",
     "HoldUpstream": "pause",
+    "FairAdmission": "fair",
+    "FairLimits": "policy.fair",
     "ConcurrencySemaphore": "semaphore",
     "SemaphoreLimits": "policy.semaphore",
     "release_permit_early": "semaphore",
@@ -70,6 +74,8 @@ __all__ = [
     "CircuitBreaker",
     "ConcurrencySemaphore",
     "Defer",
+    "FairAdmission",
+    "FairLimits",
     "HoldUpstream",
     "MemoryBackend",
     "MiddlewareOrderError",

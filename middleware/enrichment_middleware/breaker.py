@@ -73,7 +73,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
     """
 
     option = "breaker"
-    admission_rank = 3  # enrichment_middleware.order.RANKS says why
+    admission_rank = 4  # enrichment_middleware.order.RANKS says why
     policy_class = BreakerPolicy
 
     def __init__(

@@ -29,6 +29,9 @@ class Defer(MiddlewareError, Retry):
       reason: a short machine-readable word: why the job waits.
     """
 
+    #: The message waits elsewhere (a fair room keeps it): Retries puts nothing back.
+    kept_elsewhere = False
+
     def __init__(self, delay_s: float, reason: str) -> None:
         self.delay_s = max(0.0, float(delay_s))
         self.reason = reason
@@ -37,3 +40,13 @@ class Defer(MiddlewareError, Retry):
 
 class AdmissionDenied(Defer):
     """A limiting middleware refused the message before the actor ran: no call was made."""
+
+
+class Waiting(AdmissionDenied):
+    """A fair room keeps the message (or another copy of it) and sends it again when its turn
+    comes: this delivery ends, and :class:`~enrichment_middleware.retries.Retries` puts nothing back."""
+
+    kept_elsewhere = True
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(0.0, reason)

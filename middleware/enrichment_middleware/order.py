@@ -35,12 +35,16 @@ RANKS: dict[int, tuple[str, str]] = {
         "it refuses a paused or held upstream with one read, before anything is waited for or counted",
     ),
     2: (
-        "semaphore",
-        "it is the only gate that waits, and a decision taken before a wait is stale after it",
+        "fair",
+        "it decides which job goes on next, so only the jobs it seats wait for a permit or reserve a slot",
     ),
-    3: ("breaker", "a job it denies must not have spent a pacing slot or a request"),
-    4: ("rate", "a job sent to a later slot must not have spent a request"),
-    5: ("quota", "it counts a request only for a call that leaves right after it"),
+    3: (
+        "semaphore",
+        "it is the only gate that waits in a thread, and a decision taken before a wait is stale after it",
+    ),
+    4: ("breaker", "a job it denies must not have spent a pacing slot or a request"),
+    5: ("rate", "a job sent to a later slot must not have spent a request"),
+    6: ("quota", "it counts a request only for a call that leaves right after it"),
 }
 
 

@@ -61,7 +61,7 @@ class Pacing(AdmissionMiddleware[PacingPolicy, None]):
     """
 
     option = "rate"
-    admission_rank = 4  # enrichment_middleware.order.RANKS says why
+    admission_rank = 5  # enrichment_middleware.order.RANKS says why
     policy_class = PacingPolicy
 
     def __init__(

@@ -53,7 +53,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
     """
 
     option = "quota"
-    admission_rank = 5  # enrichment_middleware.order.RANKS says why
+    admission_rank = 6  # enrichment_middleware.order.RANKS says why
     policy_class = QuotaPolicy
 
     def part(self, broker: Broker, message: MessageProxy, policy: QuotaPolicy) -> Part | None:

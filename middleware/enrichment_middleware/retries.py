@@ -184,6 +184,8 @@ class Retries(StockRetries):
         if exception is None:
             return
         if isinstance(exception, Defer):
+            if exception.kept_elsewhere:
+                return  # a fair room keeps it and sends it again: acknowledged here, not lost
             # Only this package's gates and actors raise it: a deferral whatever the actor.
             message.options[DEFERRALS] = message.options.get(DEFERRALS, 0) + 1
             self.schedule(broker, message, exception.delay_s, refresh_age=True)

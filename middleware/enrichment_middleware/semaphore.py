@@ -12,11 +12,9 @@ to it (see :mod:`enrichment_middleware.policy.semaphore`): the failpoint
 
 from __future__ import annotations
 
-import threading
-
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware, Part
+from .admission import AdmissionMiddleware, Part, release_early
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .policy.semaphore import Permit, SemaphorePolicy
@@ -24,22 +22,9 @@ from .policy.semaphore import Permit, SemaphorePolicy
 #: Deferral reason when no permit came free within the wait.
 NO_PERMIT = "no_permit"
 
-_current = threading.local()
-
-
-def release_permit_early() -> None:
-    """Give back the permit of the message this thread runs now, not when its actor returns.
-
-    For an actor whose limited call is over but that has more to do (hand its
-    result on, say): the next call can start meanwhile. Report the call's
-    usage first (``enrichment_middleware.usage.charge_bytes``), so that the next call is
-    admitted against it. Does nothing when the message holds no permit, or
-    gave it back already.
-    """
-    release = getattr(_current, "release", None)
-    _current.release = None
-    if release is not None:
-        release()
+#: Give back the permit (and a fair room's seat) of the message this thread runs now, not when
+#: its actor returns: :func:`enrichment_middleware.admission.release_early`.
+release_permit_early = release_early
 
 
 class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphorePolicy, Permit]]):
@@ -59,7 +44,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
     """
 
     option = "semaphore"
-    admission_rank = 2  # enrichment_middleware.order.RANKS says why
+    admission_rank = 3  # enrichment_middleware.order.RANKS says why
     policy_class = SemaphorePolicy
 
     def cap(self, name: str, limit: int | None) -> None:
@@ -86,7 +71,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
 
     def _take(self, message: MessageProxy, policy: SemaphorePolicy, permit: Permit) -> None:
         self.hold(message, (policy, permit))
-        _current.release = lambda: self._release(message)
+        self.release_early_with(lambda: self._release(message))
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
@@ -111,7 +96,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        _current.release = None
+        self.forget_early_release()
         self._release(message)
 
     def _release(self, message: MessageProxy) -> None:

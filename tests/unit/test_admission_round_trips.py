@@ -17,5 +17,6 @@ def test_an_admission_that_waits_for_nothing_is_one_round_trip(redis_url: str, p
     trips = measure(redis_url, postgres_url, calls=5)
     assert trips.calls == 5
     assert trips.before == 1, f"{trips.before} Redis round trips before the call (the target is 1)"
-    # After the call: the bytes and the server time in one charge, the permit, the breaker's outcome.
-    assert trips.after <= 3
+    # After the call: the bytes and the server time in one charge, the permit, the breaker's outcome,
+    # the seat in the fair room (issue 22).
+    assert trips.after <= 4

@@ -35,7 +35,8 @@ from enrichment_actors.prometheus import EnrichmentPrometheus
 from enrichment_actors.store import PersistenceError
 from enrichment_middleware.admission import STATE_UNAVAILABLE
 from enrichment_middleware.breaker import CIRCUIT_OPEN
-from enrichment_middleware.deferral import AdmissionDenied, Defer
+from enrichment_middleware.deferral import AdmissionDenied, Defer, Waiting
+from enrichment_middleware.fair import SOURCE_CAPPED, WAITING_TURN
 from enrichment_middleware.policy.pause import HELD, PAUSED
 from enrichment_middleware.quota import QUOTA_EXHAUSTED
 from enrichment_middleware.semaphore import NO_PERMIT
@@ -70,6 +71,8 @@ CASES: list[Any] = [
     pytest.param(Case(FETCH, AdmissionDenied(8.6, "paced"), False, None, Outcome.PACED, False), id="paced"),
     pytest.param(Case(FETCH, ServerUnwell("enomem", status=200), False, None, Outcome.UPSTREAM_ERROR, False), id="server-unwell"),
     pytest.param(Case(FETCH, AdmissionDenied(0.5, NO_PERMIT), False, None, Outcome.DEFERRED_PERMIT, False), id="permit"),
+    pytest.param(Case(FETCH, Waiting(WAITING_TURN), False, None, Outcome.WAITING_TURN, False), id="waiting-turn"),
+    pytest.param(Case(FETCH, AdmissionDenied(60, SOURCE_CAPPED), False, None, Outcome.SOURCE_CAPPED, False), id="source-capped"),
     pytest.param(Case(FETCH, AdmissionDenied(5, STATE_UNAVAILABLE), False, None, Outcome.STATE_UNAVAILABLE, False), id="redis"),
     pytest.param(Case(STORE, Defer(5, STATE_UNAVAILABLE), False, None, Outcome.STATE_UNAVAILABLE, False), id="redis-at-store"),
     pytest.param(Case(STORE, Defer(5, DATABASE_UNAVAILABLE), False, None, Outcome.DATABASE_UNAVAILABLE, False), id="db-down"),
@@ -188,6 +191,8 @@ def test_every_deferral_reason_of_the_product_has_its_own_outcome() -> None:
         PAUSED,
         HELD,
         "paced",
+        WAITING_TURN,
+        SOURCE_CAPPED,
     ]
     outcomes = {outcome_of(FETCH, Defer(1, reason), failed=False) for reason in reasons}
     assert len(outcomes) == len(reasons) and Outcome.INTERNAL_ERROR not in outcomes

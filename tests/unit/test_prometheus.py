@@ -35,12 +35,14 @@ from enrichment_actors.prometheus import (
     make_exposition_server,
     read_endpoints,
     read_fleet,
+    read_sources,
 )
 from enrichment_actors.runtime import OVERPASS, build_runtime
 from enrichment_actors.settings import load_settings
 from enrichment_middleware.backends.redis import RedisBackend
 from enrichment_middleware.deferral import Defer
 from enrichment_middleware.policy.breaker import BreakerStatus
+from enrichment_middleware.policy.fair import FairLimits, FairPolicy
 from enrichment_middleware.policy.pacing import PacingLimits, PacingPolicy
 from enrichment_middleware.policy.pause import PauseLimits, PausePolicy
 from enrichment_middleware.policy.quota import QuotaUsage
@@ -416,6 +418,28 @@ def test_endpoint_gauges_and_orphans_are_exported() -> None:
     # No pacing policy on b: no interval sample rather than a made-up 0.
     assert scrape.series(m.PACING_INTERVAL.name) == {((m.POLICY, "overpass@a"),): 8.64}
     assert scrape.value(m.PARKED_ORPHANS.name) == 2
+
+
+def test_source_gauges_name_the_configured_sources_and_sum_the_others(
+    redis_client: Any, redis_url: str
+) -> None:
+    backend = RedisBackend.from_url(redis_url, namespace="enrichment")
+    room = FairPolicy("overpass@a", FairLimits(seats=1, weights={"maps": 4.0}, caps={"refresh": 5}), backend)
+    first = room.enter("maps", "m0", b"")
+    for lane, member in [("maps", "m1"), ("import-1", "i1"), ("import-2", "i2"), ("refresh", "r1")]:
+        room.enter(lane, member, b"")
+    room.leave(room.seat_of(first, "m0"), called="maps")
+
+    reading = FleetReading(
+        quotas=(), breakers=(), permits=(), parked=0, queued=(), sources=read_sources({"a": room})
+    )
+    scrape = _scrape(FleetCollector(lambda: reading))
+
+    waiting = {labels[1][1]: value for labels, value in scrape.series(m.SOURCE_WAITING.name).items()}
+    assert waiting == {"maps": 0.0, "other": 2.0, "refresh": 1.0}  # m1 was handed the seat
+    calls = {labels[1][1]: value for labels, value in scrape.series(m.SOURCE_CALLS.name).items()}
+    assert calls == {"maps": 1.0, "other": 0.0, "refresh": 0.0}
+    assert scrape.series(m.SOURCE_CAP.name) == {((m.POLICY, "a"), (m.SOURCE, "refresh")): 5.0}
 
 
 def test_endpoint_gauges_read_the_shared_state(redis_client: Any, redis_url: str) -> None:

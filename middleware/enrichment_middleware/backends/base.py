@@ -9,8 +9,8 @@ The port is a small core (:class:`Core`: the clock, a liveness check, the
 all-or-nothing batch) and one capability group per kind of state, each the
 primitives of one policy: :class:`Counters` (the quota), :class:`Leases`
 (the semaphore), :class:`States` (the breaker), :class:`Parking` (deferred
-work), :class:`Pauses` (the pause and hold) and :class:`Schedules` (the
-pacing). :class:`Backend` is all of them, as the memory and Redis backends
+work), :class:`Pauses` (the pause and hold), :class:`Schedules` (the
+pacing) and :class:`Rooms` (fair waiting). :class:`Backend` is all of them, as the memory and Redis backends
 are; a store that serves one policy only may implement its group alone.
 
 The backend also keeps the time.  Hosts' clocks disagree (a host 100 s ahead
@@ -390,7 +390,137 @@ class Schedules(Core):
         (0.0 when no schedule is kept), and the backend's now.  Changes nothing."""
 
 
-class Backend(Counters, Leases, States, Parking, Pauses, Schedules):
+@dataclass(frozen=True)
+class HandedSeat:
+    """A waiting member a room just gave a seat to: its caller must enqueue ``payload`` again.
+
+    Parameters:
+      member(str): The member (a message id).
+      lane(str): The lane it waited in.
+      token(str): Its seat's token: the copy that comes back with it takes the seat.
+      payload(bytes): What it waited with (an encoded message).
+    """
+
+    member: str
+    lane: str
+    token: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Seating:
+    """The answer of :meth:`Rooms.room_enter`.
+
+    Parameters:
+      status(str): ``seated`` (go on; hold the seat under ``token``), ``waiting`` (the
+        room keeps the member and its payload, and hands it a seat later) or
+        ``present`` (the room holds this member already, waiting or handed a seat
+        that another copy has: this copy is not needed).
+      token(str): The seat's token when seated, else "".
+      handed(list[HandedSeat]): Members handed the seats that came free meanwhile.
+    """
+
+    status: str
+    token: str
+    handed: list[HandedSeat]
+
+
+@dataclass(frozen=True)
+class RoomCounts:
+    """Who is in a room: seats held (not lapsed), members waiting and calls made, by lane.
+
+    Parameters:
+      seated(int): Seats held, handed ones included.
+      waiting(dict[str, int]): Members waiting, by lane (lanes with none left out).
+      calls(dict[str, int]): Calls made in the current window, by lane (see :meth:`Rooms.room_leave`).
+    """
+
+    seated: int
+    waiting: dict[str, int]
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+class Rooms(Core):
+    """A fleet-wide waiting room with a lane per key, served by weight: fair admission.
+
+    A room has ``seats``; a member holds one (a lease) from admission until it
+    leaves. A newcomer takes a free seat only when nobody waits; else it waits
+    in its lane with its payload. Each freed seat goes to the head of the lane
+    with the smallest *pass*, and that lane's pass grows by ``1 / weight``
+    (stride scheduling); a lane that had nobody waiting is due one stride
+    after the room's virtual time (the pass last served), so an idle lane
+    banks no credit. A seat handed to a waiting member lapses after ``handoff_s``
+    unless that member arrives (:meth:`room_enter` with the seat's token):
+    then it waits again, at the head of its lane. Every method first drops
+    the seats that lapsed, and hands out the seats free, in the same atomic step.
+    """
+
+    @abstractmethod
+    def room_enter(
+        self,
+        key: str,
+        lane: str,
+        member: str,
+        payload: bytes,
+        *,
+        token: str,
+        weight: float,
+        seats: int,
+        seat_s: float,
+        handoff_s: float,
+    ) -> Seating:
+        """Atomically admit ``member`` to a seat or to its lane.
+
+        - It holds a seat handed to ``token``, or a seat it arrived at before (a
+          redelivered copy): ``seated``, the seat renewed for ``seat_s``.
+        - The room holds it otherwise (waiting, or handed a seat under another
+          token and not arrived): ``present``, nothing changes.
+        - Else, nobody waiting and fewer than ``seats`` held: ``seated`` under a new
+          token, for ``seat_s``. Else it waits at the end of ``lane`` (weight
+          ``weight``) with ``payload``: ``waiting``.
+        """
+
+    @abstractmethod
+    def room_seat(self, key: str, member: str, token: str, *, seats: int, seat_s: float) -> str | None:
+        """Seat ``member`` if that needs none of the queue; its token, else None (ask
+        :meth:`room_enter`). Few and small keys: the room's step in :meth:`all_or_nothing`.
+
+        - It holds a live seat under ``token`` (not ""): renewed for ``seat_s``.
+        - It holds no seat, nobody waits, fewer than ``seats`` live seats: seated under a
+          new token. (A seat lapsed but not yet dropped is not counted, and its member not
+          yet queued again: a newcomer may go before it, once.)
+        - Otherwise None, and nothing changes.
+        """
+
+    @abstractmethod
+    def room_keep(self, key: str, member: str, token: str, seat_s: float) -> bool:
+        """Renew ``member``'s seat for ``seat_s`` if it holds it under ``token`` (a deferred job
+        keeps its place); True if it did."""
+
+    @abstractmethod
+    def room_leave(
+        self,
+        key: str,
+        member: str | None,
+        token: str,
+        *,
+        seats: int,
+        handoff_s: float,
+        called: str = "",
+        window_s: int = 86_400,
+    ) -> list[HandedSeat]:
+        """Give up ``member``'s seat (if held under ``token``; None: give up nothing) and hand
+        the free seats to waiting members, by lane weight; returns those handed. ``called``:
+        the lane of a member whose call was made, counted in the epoch-aligned window of
+        ``window_s`` seconds that holds the backend's now (see :meth:`room_counts`)."""
+
+    @abstractmethod
+    def room_counts(self, key: str, *, window_s: int = 86_400) -> RoomCounts:
+        """Seats held, members waiting by lane, and calls by lane in the current window of
+        ``window_s`` (reads only; lapsed seats not counted)."""
+
+
+class Backend(Counters, Leases, States, Parking, Pauses, Schedules, Rooms):
     """The atomic primitives every policy is built on.
 
     Keys are plain strings; a backend may prefix them with its namespace, and
@@ -402,6 +532,13 @@ class Backend(Counters, Leases, States, Parking, Pauses, Schedules):
     :class:`BackendUnavailable` when the store cannot be reached or refuses
     writes for a while (a replica after a failover, a full memory).
     """
+
+
+def check_lane(lane: str) -> str:
+    """Return ``lane`` if a room can keep it (not empty, no NUL: lanes are sorted by name), else raise."""
+    if not lane or "\0" in lane:
+        raise ValueError(f"a room's lane must be a non-empty string without NUL characters, got {lane!r}")
+    return lane
 
 
 def check_counter_arguments(

@@ -33,6 +33,11 @@ SCRIPTS = (
     "gcra_reserve",
     "gcra_claim",
     "gcra_get",
+    "room_seat",
+    "room_enter",
+    "room_keep",
+    "room_leave",
+    "room_counts",
 )
 
 #: The driver of :meth:`~enrichment_middleware.backends.base.Backend.all_or_nothing`: not run alone,

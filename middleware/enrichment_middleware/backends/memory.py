@@ -6,6 +6,7 @@ a fleet of workers needs :class:`~enrichment_middleware.backends.redis.RedisBack
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import threading
@@ -19,10 +20,14 @@ from enrichment_middleware.backends.base import (
     WAKE_TOKEN_TTL_S,
     WAKE_TOKENS_KEPT,
     Backend,
+    HandedSeat,
     ParkedClaim,
+    RoomCounts,
+    Seating,
     Step,
     WindowCounts,
     check_counter_arguments,
+    check_lane,
     counter_refuses,
     mean_cost,
     window_key,
@@ -74,6 +79,7 @@ class MemoryBackend(Backend):
         self._pauses: dict[str, tuple[float, float, str]] = {}  # key -> (until, since, reason)
         self._holds: dict[str, tuple[float, str, str]] = {}  # key -> (since, reason, fingerprint)
         self._schedules: dict[str, tuple[float, float]] = {}  # key -> (next reservation, next start)
+        self._rooms: dict[str, _Room] = {}
 
     def now(self) -> float:
         return self._clock.now()
@@ -320,10 +326,11 @@ class MemoryBackend(Backend):
         "window_admit": ("_counters",),
         "counter_add": ("_counters",),
         "gcra_reserve": ("_schedules",),
+        "room_seat": ("_rooms",),
     }
     _STATE = (
         "_counters", "_leases", "_caps", "_wakes", "_states", "_parked", "_orphans", "_pauses", "_holds",
-        "_schedules",
+        "_schedules", "_rooms",
     )  # fmt: skip
 
     def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
@@ -444,3 +451,177 @@ class MemoryBackend(Backend):
         with self._lock:
             tat, start = self._schedules.get(key, (0.0, 0.0))
             return max(tat, start), self._clock.now()
+
+    # -- rooms (the same steps as lua/room*.lua) ----------------------------
+
+    def _room(self, key: str) -> _Room:
+        room = self._rooms.get(key)
+        if room is None:
+            room = self._rooms[key] = _Room()
+        room.expire(self._clock.now())
+        return room
+
+    def room_enter(
+        self,
+        key: str,
+        lane: str,
+        member: str,
+        payload: bytes,
+        *,
+        token: str,
+        weight: float,
+        seats: int,
+        seat_s: float,
+        handoff_s: float,
+    ) -> Seating:
+        check_lane(lane)
+        with self._lock:
+            room = self._room(key)
+            now = self._clock.now()
+            held = room.tokens.get(member)
+            if held is not None and (held == token or member not in room.entries):
+                # Its seat: handed to this copy, or one it arrived at before (a redelivered copy).
+                room.seats[member] = now + seat_s
+                room.entries.pop(member, None)
+                room.payloads.pop(member, None)
+                status, mine = "seated", held
+            elif member in room.entries:
+                status, mine = "present", ""
+            else:
+                room.weights[lane] = float(weight)
+                if not room.queue and len(room.seats) < seats:
+                    mine = room.next_token()
+                    room.seats[member] = now + seat_s
+                    room.tokens[member] = mine
+                    status = "seated"
+                else:
+                    room.seq += 1
+                    room.entries[member] = (lane, room.seq)
+                    room.payloads[member] = bytes(payload)
+                    room.wait_in(lane, room.seq, member)
+                    status, mine = "waiting", ""
+            return Seating(status, mine, room.fill(seats, now + handoff_s))
+
+    def room_seat(self, key: str, member: str, token: str, *, seats: int, seat_s: float) -> str | None:
+        with self._lock:
+            room = self._rooms.setdefault(key, _Room())
+            now = self._clock.now()
+            held = room.tokens.get(member)
+            if held is not None and token and held == token and room.seats.get(member, now) > now:
+                room.seats[member] = now + seat_s
+                return held
+            if held is not None or any(room.queue.values()):
+                return None
+            if sum(1 for lapses in room.seats.values() if lapses > now) >= seats:
+                return None
+            mine = room.next_token()
+            room.seats[member] = now + seat_s
+            room.tokens[member] = mine
+            return mine
+
+    def room_keep(self, key: str, member: str, token: str, seat_s: float) -> bool:
+        with self._lock:
+            room = self._rooms.get(key)
+            if room is None or room.tokens.get(member) != token:
+                return False
+            room.seats[member] = self._clock.now() + seat_s
+            return True
+
+    def room_leave(
+        self,
+        key: str,
+        member: str | None,
+        token: str,
+        *,
+        seats: int,
+        handoff_s: float,
+        called: str = "",
+        window_s: int = 86_400,
+    ) -> list[HandedSeat]:
+        with self._lock:
+            room = self._room(key)
+            now = self._clock.now()
+            if member is not None and room.tokens.get(member) == token:
+                del room.seats[member]
+                del room.tokens[member]
+                # Kept until now if it arrived through room_seat (which does not touch them).
+                room.entries.pop(member, None)
+                room.payloads.pop(member, None)
+                if called:
+                    start = _window_start(now, window_s)
+                    for old in [w for w in room.calls if w < start]:
+                        del room.calls[old]
+                    calls = room.calls.setdefault(start, {})
+                    calls[called] = calls.get(called, 0) + 1
+            return room.fill(seats, now + handoff_s)
+
+    def room_counts(self, key: str, *, window_s: int = 86_400) -> RoomCounts:
+        with self._lock:
+            room = self._rooms.get(key)
+            if room is None:
+                return RoomCounts(0, {})
+            now = self._clock.now()
+            waiting = {lane: len(queued) for lane, queued in room.queue.items() if queued}
+            calls = dict(room.calls.get(_window_start(now, window_s), {}))
+            return RoomCounts(sum(1 for lapses in room.seats.values() if lapses > now), waiting, calls)
+
+
+def _window_start(now: float, window_s: int) -> int:
+    """The start of the epoch-aligned window of ``window_s`` that holds ``now`` (whole seconds, as Lua)."""
+    seconds = int(now)
+    return seconds - seconds % int(window_s)
+
+
+class _Room:
+    """One room's state (see :class:`~enrichment_middleware.backends.base.Rooms`); the backend's lock guards it."""
+
+    def __init__(self) -> None:
+        self.seats: dict[str, float] = {}  # member -> lapses at
+        self.tokens: dict[str, str] = {}  # member -> seat token
+        self.queue: dict[str, list[tuple[int, str]]] = {}  # lane -> (sequence, member), sorted
+        self.entries: dict[str, tuple[str, int]] = {}  # member -> (lane, sequence) while waiting or handed
+        self.payloads: dict[str, bytes] = {}
+        self.passes: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.vtime = 0.0
+        self.seq = 0
+        self.calls: dict[int, dict[str, int]] = {}  # window start -> lane -> calls (the current window's)
+
+    def stride(self, lane: str) -> float:
+        return 1 / self.weights.get(lane, 1.0)
+
+    def next_token(self) -> str:
+        self.seq += 1
+        return str(self.seq)
+
+    def wait_in(self, lane: str, seq: int, member: str) -> None:
+        queued = self.queue.setdefault(lane, [])
+        if not queued:
+            # A lane nobody waited in is due one stride after the pass last served: no banked credit.
+            self.passes[lane] = max(self.passes.get(lane, 0.0), self.vtime + self.stride(lane))
+        bisect.insort(queued, (seq, member))
+
+    def expire(self, now: float) -> None:
+        for member in [m for m, lapses in self.seats.items() if lapses <= now]:
+            del self.seats[member]
+            self.tokens.pop(member, None)
+            entry = self.entries.get(member)
+            if entry is not None:
+                # Handed a seat, never arrived: it waits again, at the head of its lane.
+                self.wait_in(entry[0], entry[1], member)
+
+    def fill(self, seats: int, lapses_at: float) -> list[HandedSeat]:
+        handed = []
+        while len(self.seats) < seats:
+            lanes = [(self.passes.get(lane, 0.0), lane) for lane, queued in self.queue.items() if queued]
+            if not lanes:
+                break
+            pass_, lane = min(lanes)
+            _, member = self.queue[lane].pop(0)
+            self.vtime = pass_
+            self.passes[lane] = pass_ + self.stride(lane)
+            token = self.next_token()
+            self.seats[member] = lapses_at
+            self.tokens[member] = token
+            handed.append(HandedSeat(member, lane, token, self.payloads.get(member, b"")))
+        return handed

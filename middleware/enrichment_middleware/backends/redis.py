@@ -45,10 +45,14 @@ from enrichment_middleware.backends.base import (
     WAKE_TOKENS_KEPT,
     Backend,
     BackendUnavailable,
+    HandedSeat,
     ParkedClaim,
+    RoomCounts,
+    Seating,
     Step,
     WindowCounts,
     check_counter_arguments,
+    check_lane,
 )
 from enrichment_middleware.backends.lua_scripts import all_or_nothing_source, source
 from enrichment_middleware.redaction import redact, redact_url
@@ -667,3 +671,85 @@ class RedisBackend(Backend):
 
     def gcra_get(self, key: str) -> tuple[float, float]:
         return self._run_pacing("gcra_get", key, [])
+
+    # -- rooms --------------------------------------------------------------
+    # Keys ``room-<part>:{<key>}``, one hash tag per room (lua/room.lua names each part).
+
+    _ROOM_PARTS = ("seats", "tokens", "queue", "entries", "payloads", "passes", "weights", "counts", "meta")
+
+    def _room_keys(self, key: str) -> list[str]:
+        return [self._key(f"room-{part}", key) for part in self._ROOM_PARTS]
+
+    @staticmethod
+    def _handed(raw: Sequence[Any]) -> list[HandedSeat]:
+        return [
+            HandedSeat(_text(member), _text(lane), _text(token), bytes(payload))
+            for member, lane, token, payload in raw
+        ]
+
+    def room_enter(
+        self,
+        key: str,
+        lane: str,
+        member: str,
+        payload: bytes,
+        *,
+        token: str,
+        weight: float,
+        seats: int,
+        seat_s: float,
+        handoff_s: float,
+    ) -> Seating:
+        check_lane(lane)
+        keys = self._room_keys(key)
+        args = [lane, member, payload, token, repr(float(weight)), int(seats), repr(float(seat_s))]
+        args.append(repr(float(handoff_s)))
+        if not self.park_replicas:
+            status, mine, handed = self._run("room_enter", keys, args)
+        else:
+            # As park: a member left waiting must be on the replicas before its message is acknowledged.
+            with self._reachable():
+                pipe = self.client.pipeline(transaction=False)
+                self._script("room_enter")(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", self.park_replicas, _ms(PARK_WAIT_S))
+                (status, mine, handed), confirmed = pipe.execute()
+            if int(confirmed) < self.park_replicas and _text(status) == "waiting":
+                raise BackendUnavailable(
+                    f"Redis at {self._where} holds {member!r} waiting in room {key!r} but {confirmed} of "
+                    f"{self.park_replicas} replicas confirmed it within {PARK_WAIT_S:g}s: a failover could "
+                    "lose it. Check that the replicas are up and in sync; the job comes back and the room "
+                    "knows it."
+                )
+        return Seating(_text(status), _text(mine), self._handed(handed))
+
+    def room_seat(self, key: str, member: str, token: str, *, seats: int, seat_s: float) -> str | None:
+        seats_key, tokens, _, _, _, _, _, _, meta = self._room_keys(key)
+        args = [member, token, int(seats), repr(float(seat_s))]
+        mine = self._run("room_seat", [seats_key, tokens, meta], args)
+        return None if mine is None else _text(mine)
+
+    def room_keep(self, key: str, member: str, token: str, seat_s: float) -> bool:
+        return bool(self._run("room_keep", self._room_keys(key), [member, token, repr(float(seat_s))]))
+
+    def room_leave(
+        self,
+        key: str,
+        member: str | None,
+        token: str,
+        *,
+        seats: int,
+        handoff_s: float,
+        called: str = "",
+        window_s: int = 86_400,
+    ) -> list[HandedSeat]:
+        args = [member or "", token, int(seats), repr(float(handoff_s)), called, int(window_s)]
+        return self._handed(self._run("room_leave", self._room_keys(key), args))
+
+    def room_counts(self, key: str, *, window_s: int = 86_400) -> RoomCounts:
+        seated, counts, calls = self._run("room_counts", self._room_keys(key), [int(window_s)])
+
+        def by_lane(flat: Sequence[Any]) -> dict[str, int]:
+            pairs = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+            return {lane: n for lane, n in pairs.items() if n > 0}
+
+        return RoomCounts(int(seated), by_lane(counts), by_lane(calls))

@@ -1,0 +1,285 @@
+"""Fair admission: jobs wait in a fleet-wide room, one lane per key, and go on by the lanes' weights.
+
+Dramatiq's queues are first in, first out, and workers prefetch: a thousand
+jobs of one source queued before another's twenty are served first. This
+gate owns the waiting instead (:mod:`enrichment_middleware.policy.fair`): a
+job finds a free seat and goes on, or its message is kept in the room, in
+the lane its message option ``fair_key`` names, and this delivery ends (the
+room holds it, so nothing is put back). When a seat comes free (a job leaves
+the room: its actor returned, or it gave its permit back early), the room
+hands it to the next lane by weight, and that job's message is sent again,
+holding the seat: it goes straight through the room.
+
+A job a later gate defers (its pacing slot is later, a pause) keeps its seat
+for the deferral: only the jobs seated reserve pacing slots or wait for
+permits, so no job reserves a slot hours ahead of the others. A job that
+fails and is retried gives its seat up and comes back as a newcomer.
+
+Protocol, and why nothing is lost: every decision is one atomic backend step.
+A waiting job's payload stays in the room until a copy holding its seat
+arrives (failpoint ``fair.handed`` is between the step and the broker). If
+that copy never comes (the process died before sending it), the seat lapses
+after ``handoff_s`` and the job waits again at the head of its lane; a late
+copy then finds the room holding the job (``present``) and ends, since the
+room will send it again. Seats of jobs that died lapse after ``seat_s``;
+each worker process sweeps the lapsed seats every ``sweep_s``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.errors import DecodeError
+
+from .admission import AdmissionMiddleware, Part
+from .backends.base import Backend, BackendUnavailable, HandedSeat
+from .deferral import Defer, Waiting
+from .failpoints import failpoint
+from .policy.clock import Clock
+from .policy.fair import DEFAULT_LANE, FairLimits, FairPolicy, Seat
+from .usage import no_call_reported
+
+#: Message option: the lane (a source, a tenant) the job waits in; absent: ``default``.
+FAIR_KEY = "fair_key"
+#: Message option: the seat a copy holds, ``{"name": ROOM, "token": TOKEN}``.
+FAIR_SEAT = "fair_seat"
+#: The reason of a delivery that ended with its job kept in the room (a :class:`~.deferral.Waiting`).
+WAITING_TURN = "waiting_turn"
+#: Deferral reason when the job's lane made its cap of calls this window.
+SOURCE_CAPPED = "source_capped"
+#: Message option: the job's call is counted against its lane's cap until then (host clock, epoch s).
+FAIR_COUNTED = "fair_counted"
+#: A count is taken again this long before its window ends by the host's clock, which may be off:
+#: twice counted near the end of a window (too few calls), never not counted (too many).
+_CLOCK_MARGIN_S = 300.0
+
+
+class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
+    """Serve the jobs of several keys fairly, fleet-wide, by weight.
+
+    Examples:
+      >>> broker.add_middleware(FairAdmission(backend, {"api": FairLimits(seats=2, weights={"maps": 4})}))
+      >>> @dramatiq.actor(fair="api")
+      ... def fetch(): ...
+      >>> fetch.send_with_options(options={"fair_key": "maps"})
+
+    Parameters:
+      backend: where the rooms live (Redis for a fleet).
+      limits: room limits by policy name; actors opt in with ``fair=NAME``.
+      clock: this host's clock, for the ``message_timestamp`` of the messages sent again.
+      rng: injectable randomness.
+      unavailable_retry_s: delay before a message comes back when the backend cannot be reached.
+    """
+
+    option = "fair"
+    admission_rank = 2  # enrichment_middleware.order.RANKS says why
+    policy_class = FairPolicy
+
+    def __init__(
+        self,
+        backend: Backend,
+        limits: Mapping[str, FairLimits],
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        unavailable_retry_s: float = 5.0,
+    ) -> None:
+        super().__init__(backend, limits, clock=clock, rng=rng, unavailable_retry_s=unavailable_retry_s)
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    @staticmethod
+    def lane_of(message: MessageProxy | dramatiq.Message[Any]) -> str:
+        """The lane ``message`` waits in: its ``fair_key`` option, else ``default``."""
+        lane = message.options.get(FAIR_KEY)
+        return lane if isinstance(lane, str) and lane and "\0" not in lane else DEFAULT_LANE
+
+    @staticmethod
+    def _token(message: MessageProxy, policy: FairPolicy) -> str:
+        """The token of the seat this copy holds in ``policy``'s room ("" for none)."""
+        kept = message.options.get(FAIR_SEAT)
+        token = kept.get("token", "") if isinstance(kept, dict) and kept.get("name") == policy.name else ""
+        return str(token)
+
+    def part(self, broker: Broker, message: MessageProxy, policy: FairPolicy) -> Part | None:
+        member, token = message.message_id, self._token(message, policy)
+
+        def try_seat(p: FairPolicy) -> Seat | None:
+            return p.try_seat(member, token=token)
+
+        return self.part_of(
+            policy,
+            try_seat,
+            condition="granted",
+            allowed=lambda seat: seat is not None,
+            take=lambda seat: self._take(broker, message, seat),
+            give_back=lambda seat: self._send(broker, policy, policy.leave(seat)),
+        )
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        policy = self.policy_for(broker, message)
+        if policy is None:
+            return
+        if self.admitted_together(broker, message):
+            failpoint("fair.seated")
+            self._within_cap(broker, message, policy)
+            return
+        plain: dramatiq.Message[Any] = message._message
+        # Kept without a seat: it gets one when its turn comes.
+        payload = plain._replace(options={k: v for k, v in plain.options.items() if k != FAIR_SEAT}).encode()
+        with self.failing_closed():
+            seating = policy.enter(
+                self.lane_of(message), message.message_id, payload, token=self._token(message, policy)
+            )
+        self._send(broker, policy, seating.handed)
+        if seating.status != "seated":
+            # "waiting": kept in its lane; "present": the room holds this job already, this copy ends.
+            failpoint("fair.waiting")
+            raise Waiting(WAITING_TURN)
+        self._take(broker, message, policy.seat_of(seating, message.message_id))
+        failpoint("fair.seated")
+        self._within_cap(broker, message, policy)
+
+    def _within_cap(self, broker: Broker, message: MessageProxy, policy: FairPolicy) -> None:
+        """Count the seated job's call against its lane's cap, once per window; over it, the seat
+        goes to the next job and this one waits for the next window."""
+        lane = self.lane_of(message)
+        if lane not in policy.limits.caps:
+            return
+        counted = message.options.get(FAIR_COUNTED)
+        if (
+            isinstance(counted, dict)
+            and counted.get("name") == policy.name
+            and self.clock.now() < float(counted.get("until", 0)) - _CLOCK_MARGIN_S
+        ):
+            return  # a deferred job back for the call it was counted for
+        try:
+            with self.failing_closed():
+                decision = policy.count_capped(lane)
+        except Defer:
+            self._leave(broker, message)
+            raise
+        if decision is None:
+            return
+        if not decision.allowed:
+            self._leave(broker, message)
+            raise self.denial(decision.retry_at, SOURCE_CAPPED)
+        # By the host's clock (what the check above reads): the window's end, as far ahead as the backend says.
+        until = self.clock.now() + (decision.retry_at - decision.now)
+        message.options[FAIR_COUNTED] = {"name": policy.name, "until": until}
+
+    def _take(self, broker: Broker, message: MessageProxy, seat: Seat) -> None:
+        message.options[FAIR_SEAT] = {"name": seat.name, "token": seat.token}
+        self.hold(message, seat)
+        self.release_early_with(lambda: self._leave(broker, message, called=True))
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        self.forget_early_release()
+        if isinstance(exception, Defer) and not exception.kept_elsewhere:
+            seat = self.release_held(message)
+            if seat is not None:
+                # Deferred, it keeps its place: the copy put back holds the seat (its options say which).
+                with self.logging_unavailable(f"keep a seat of room {seat.name!r} for a deferred job"):
+                    self.policies[seat.name].keep(seat, exception.delay_s)
+            return
+        # Returned or failed: its call was made (a failure after the call too), unless it said not.
+        self._leave(broker, message, called=True)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        self._leave(broker, message)
+
+    def _leave(self, broker: Broker, message: MessageProxy, *, called: bool = False) -> None:
+        """Give the seat up and send on the jobs handed the seats free; ``called``: its call was made
+        (unless the actor reported otherwise), counted for its lane."""
+        seat = self.release_held(message)
+        if seat is None:
+            return
+        # A retry comes back as a newcomer; a finished job's options no longer matter.
+        message.options.pop(FAIR_SEAT, None)
+        policy = self.policies[seat.name]
+        lane = self.lane_of(message) if called and not no_call_reported() else ""
+        with self.logging_unavailable(f"leave room {seat.name!r} (the seat lapses by itself)"):
+            self._send(broker, policy, policy.leave(seat, called=lane))
+
+    def _send(self, broker: Broker, policy: FairPolicy, handed: list[HandedSeat]) -> None:
+        """Send again the messages of the jobs just handed a seat, each holding its seat.
+
+        A message not sent (the broker failing) stays in the room: its seat lapses after
+        ``handoff_s`` and it is handed a seat again.
+        """
+        for seat in handed:
+            try:
+                failpoint("fair.handed")
+                plain = dramatiq.Message.decode(seat.payload)
+                broker.enqueue(
+                    plain.copy(
+                        options={FAIR_SEAT: {"name": policy.name, "token": seat.token}},
+                        message_timestamp=int(self.clock.now() * 1000),
+                    )
+                )
+            except DecodeError as exc:
+                self.logger.error(
+                    "Job %s waiting in room %r cannot be decoded (%s): it is handed a seat again every %gs. "
+                    "Inspect or remove it by hand.",
+                    seat.member,
+                    policy.name,
+                    exc,
+                    policy.limits.handoff_s,
+                )
+            except Exception as exc:
+                self.logger.warning(
+                    "Could not send job %s of room %r on (%s: %s); it is handed a seat again within %gs.",
+                    seat.member,
+                    policy.name,
+                    type(exc).__name__,
+                    exc,
+                    policy.limits.handoff_s,
+                )
+
+    def sweep(self, broker: Broker) -> int:
+        """Hand the seats that lapsed to waiting jobs, in every room; returns how many were handed."""
+        handed = 0
+        for policy in self.policies.values():
+            seats = policy.leave(None)
+            self._send(broker, policy, seats)
+            handed += len(seats)
+        return handed
+
+    def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        if not self.policies or self._sweeper is not None:
+            return
+        self._stop.clear()
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, args=(broker,), name="fair-sweeper", daemon=True
+        )
+        self._sweeper.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
+            self._sweeper = None
+
+    def _sweep_loop(self, broker: Broker) -> None:
+        every_s = min(p.limits.sweep_s for p in self.policies.values())
+        # Jittered, so that the sweeps of the fleet's processes spread out rather than line up.
+        while not self._stop.wait(every_s * self._rng.uniform(0.5, 1.0)):
+            try:
+                self.sweep(broker)
+            except BackendUnavailable as exc:
+                self.logger.debug("Sweeping the fair rooms waits for the backend: %s", exc)
+            except Exception:
+                self.logger.exception("Sweeping the fair rooms failed; trying again shortly.")
