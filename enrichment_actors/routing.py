@@ -55,7 +55,7 @@ from .overpass_pause import RATE_LIMITED
 ENDPOINT = "endpoint"
 
 #: The message options that carry the endpoint's policy name, one per limiting middleware.
-POLICY_OPTIONS = ("pause", "fair", "semaphore", "breaker", "rate", "quota")
+POLICY_OPTIONS = ("fair", "pause", "semaphore", "breaker", "rate", "quota")
 
 #: Actor option: the route (a group of endpoints) whose endpoint each attempt is routed to.
 ROUTE = "route"

@@ -313,13 +313,15 @@ def build_runtime(
         },
         **policy_kwargs,
     )
-    # One room per endpoint, as many seats as permits: only seated jobs wait for a permit or a slot.
-    # A source's cap is its share of the endpoint's requests per quota window (none when unlimited).
+    # One room per endpoint, one seat more than permits: only seated jobs wait for a permit or a
+    # slot, and the one that waits at the permit starts as soon as a call ends (the room's hand-on,
+    # a message through the broker, is hidden behind the call). A source's cap is its share of the
+    # endpoint's requests per quota window (none when unlimited).
     fair = FairAdmission(
         backend,
         {
             e.policy: FairLimits(
-                seats=e.permits,
+                seats=e.permits + 1,
                 weights=dict(s.source_weights),
                 seat_s=s.semaphore_lease_s,
                 caps={
@@ -361,7 +363,7 @@ def build_runtime(
     # their order and our Retries and Callbacks where Dramatiq's stood. Dramatiq's Retries keeps
     # retrying the actors that opt into no gate (an app's, with the app's settings): they act as
     # without the product (tests/unit/test_retries_parity.py); a deferral fires no on_failure.
-    install(broker, router, pause, fair, semaphore, breaker, pacing, quota, retries=retries)
+    install(broker, router, fair, pause, semaphore, breaker, pacing, quota, retries=retries)
     # Metrics only under the CLI (a Redis or RabbitMQ broker); the stub broker runs the
     # demo in-process, where the hooks would record nothing anyway.
     app_metrics = any(isinstance(m, Prometheus) for m in broker.middleware)

@@ -28,7 +28,6 @@ each worker process sweeps the lapsed seats every ``sweep_s``.
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +37,7 @@ from dramatiq.errors import DecodeError
 
 from .admission import AdmissionMiddleware, Part
 from .backends.base import Backend, BackendUnavailable, HandedSeat
+from .background import BackgroundLoop
 from .deferral import Defer, Waiting
 from .failpoints import failpoint
 from .policy.clock import Clock
@@ -77,7 +77,7 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
     """
 
     option = "fair"
-    admission_rank = 2  # enrichment_middleware.order.RANKS says why
+    admission_rank = 1  # enrichment_middleware.order.RANKS says why
     policy_class = FairPolicy
 
     def __init__(
@@ -90,9 +90,10 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         unavailable_retry_s: float = 5.0,
     ) -> None:
         super().__init__(backend, limits, clock=clock, rng=rng, unavailable_retry_s=unavailable_retry_s)
-        self._rng = rng or random.Random()
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
+        sweep_s = min((limit.sweep_s for limit in limits.values()), default=1.0)
+        self._sweeper: BackgroundLoop | None = None
+        self._sweep_s = sweep_s
+        self._rng = rng
 
     @staticmethod
     def lane_of(message: MessageProxy | dramatiq.Message[Any]) -> str:
@@ -108,6 +109,10 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         return str(token)
 
     def part(self, broker: Broker, message: MessageProxy, policy: FairPolicy) -> Part | None:
+        if self.lane_of(message) in policy.limits.caps and not self._counted(message, policy):
+            # Its cap is checked once it is seated and before the later gates take anything (a
+            # pacing slot cannot be given back): it decides alone.
+            return None
         member, token = message.message_id, self._token(message, policy)
 
         def try_seat(p: FairPolicy) -> Seat | None:
@@ -150,15 +155,8 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         """Count the seated job's call against its lane's cap, once per window; over it, the seat
         goes to the next job and this one waits for the next window."""
         lane = self.lane_of(message)
-        if lane not in policy.limits.caps:
-            return
-        counted = message.options.get(FAIR_COUNTED)
-        if (
-            isinstance(counted, dict)
-            and counted.get("name") == policy.name
-            and self.clock.now() < float(counted.get("until", 0)) - _CLOCK_MARGIN_S
-        ):
-            return  # a deferred job back for the call it was counted for
+        if lane not in policy.limits.caps or self._counted(message, policy):
+            return  # no cap, or a deferred job back for the call it was counted for
         try:
             with self.failing_closed():
                 decision = policy.count_capped(lane)
@@ -201,6 +199,15 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._leave(broker, message)
 
+    def _counted(self, message: MessageProxy, policy: FairPolicy) -> bool:
+        """Whether ``message``'s call is counted against its lane's cap already, this window."""
+        counted = message.options.get(FAIR_COUNTED)
+        return (
+            isinstance(counted, dict)
+            and counted.get("name") == policy.name
+            and self.clock.now() < float(counted.get("until", 0)) - _CLOCK_MARGIN_S
+        )
+
     def _leave(self, broker: Broker, message: MessageProxy, *, called: bool = False) -> None:
         """Give the seat up and send on the jobs handed the seats free; ``called``: its call was made
         (unless the actor reported otherwise), counted for its lane."""
@@ -211,6 +218,8 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         message.options.pop(FAIR_SEAT, None)
         policy = self.policies[seat.name]
         lane = self.lane_of(message) if called and not no_call_reported() else ""
+        if lane:
+            message.options.pop(FAIR_COUNTED, None)  # its call was made: a retry's call counts again
         with self.logging_unavailable(f"leave room {seat.name!r} (the seat lapses by itself)"):
             self._send(broker, policy, policy.leave(seat, called=lane))
 
@@ -259,27 +268,21 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         return handed
 
     def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        if not self.policies or self._sweeper is not None:
-            return
-        self._stop.clear()
-        self._sweeper = threading.Thread(
-            target=self._sweep_loop, args=(broker,), name="fair-sweeper", daemon=True
-        )
-        self._sweeper.start()
+        if self.policies and self._sweeper is None:
+            self._sweeper = BackgroundLoop(
+                "fair-sweeper", lambda: self._sweep_once(broker), every_s=self._sweep_s, rng=self._rng
+            )
+            self._sweeper.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        self._stop.set()
         if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
+            self._sweeper.stop()
             self._sweeper = None
 
-    def _sweep_loop(self, broker: Broker) -> None:
-        every_s = min(p.limits.sweep_s for p in self.policies.values())
-        # Jittered, so that the sweeps of the fleet's processes spread out rather than line up.
-        while not self._stop.wait(every_s * self._rng.uniform(0.5, 1.0)):
-            try:
-                self.sweep(broker)
-            except BackendUnavailable as exc:
-                self.logger.debug("Sweeping the fair rooms waits for the backend: %s", exc)
-            except Exception:
-                self.logger.exception("Sweeping the fair rooms failed; trying again shortly.")
+    def _sweep_once(self, broker: Broker) -> None:
+        try:
+            self.sweep(broker)
+        except BackendUnavailable as exc:
+            self.logger.debug("Sweeping the fair rooms waits for the backend: %s", exc)
+        except Exception:
+            self.logger.exception("Sweeping the fair rooms failed; trying again shortly.")

@@ -31,12 +31,13 @@ logger = logging.getLogger(__name__)
 RANKS: dict[int, tuple[str, str]] = {
     0: ("route", "it picks the policy names (message options) that every later gate reads"),
     1: (
-        "pause",
-        "it refuses a paused or held upstream with one read, before anything is waited for or counted",
+        "fair",
+        "it decides which job goes on next, so only the jobs it seats are paused, wait for a permit or "
+        "reserve a slot (a paused job keeps its seat; the others wait in the room, not in the queue)",
     ),
     2: (
-        "fair",
-        "it decides which job goes on next, so only the jobs it seats wait for a permit or reserve a slot",
+        "pause",
+        "it refuses a paused or held upstream with one read, before anything is waited for or counted",
     ),
     3: (
         "semaphore",

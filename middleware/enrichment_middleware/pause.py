@@ -100,7 +100,7 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
     """
 
     option = "pause"
-    admission_rank = 1  # enrichment_middleware.order.RANKS says why
+    admission_rank = 2  # enrichment_middleware.order.RANKS says why
     policy_class = PausePolicy
 
     def part(self, broker: Broker, message: MessageProxy, policy: PausePolicy) -> Part | None:

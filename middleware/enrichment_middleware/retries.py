@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 
 from .admission import AdmissionMiddleware
 from .backends.base import Backend, BackendUnavailable
+from .background import BackgroundLoop
 from .deferral import Defer
 from .failpoints import failpoint
 from .policy.backoff import exponential_backoff
@@ -149,8 +149,11 @@ class Retries(StockRetries):
         self.poll_interval_s = poll_interval_s
         self.transient_errors = transient_errors
         self.parking = ParkingLot(backend) if backend is not None else None
-        self._stop = threading.Event()
-        self._releaser: threading.Thread | None = None
+        self._outage = _OutageLog(self.logger, "Parked messages wait", every_s=UNREACHABLE_LOG_EVERY_S)
+        self._releaser = BackgroundLoop(
+            "parking-releaser", self._release_once, every_s=poll_interval_s, rng=self.rng
+        )
+        self._broker: Broker | None = None
         self.dramatiq_retries = dramatiq_retries or StockRetries(
             max_retries=max_retries,  # type: ignore[arg-type]
             min_backoff=min_backoff,
@@ -351,32 +354,26 @@ class Retries(StockRetries):
         return released
 
     def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        if self.parking is None or self._releaser is not None:
-            return
-        self._stop.clear()
-        self._releaser = threading.Thread(
-            target=self._release_loop, args=(broker,), name="parking-releaser", daemon=True
-        )
-        self._releaser.start()
+        if self.parking is not None:
+            self._broker = broker
+            self._releaser.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        self._stop.set()
-        if self._releaser is not None:
-            self._releaser.join(timeout=5)
-            self._releaser = None
+        self._releaser.stop()
 
-    def _release_loop(self, broker: Broker) -> None:
-        outage = _OutageLog(self.logger, "Parked messages wait", every_s=UNREACHABLE_LOG_EVERY_S)
-        while not self._stop.wait(self.poll_interval_s * self.rng.uniform(0.5, 1.0)):
-            try:
-                while self.release_due(broker) and not self._stop.is_set():
-                    pass
-                outage.over()
-            except BackendUnavailable as exc:
-                outage.failed(exc)
-            except Exception:
-                self.logger.exception("Releasing parked messages failed; trying again shortly.")
-                time.sleep(self.poll_interval_s)
+    def _release_once(self) -> None:
+        broker = self._broker
+        if broker is None:
+            return
+        try:
+            while self.release_due(broker) and not self._releaser.stopping:
+                pass
+            self._outage.over()
+        except BackendUnavailable as exc:
+            self._outage.failed(exc)
+        except Exception:
+            self.logger.exception("Releasing parked messages failed; trying again shortly.")
+            time.sleep(self.poll_interval_s)
 
 
 def replace_stock_retries(broker: Broker, retries: Retries) -> Retries:

@@ -30,7 +30,7 @@ from enrichment_actors.stub_overpass import StubOverpass
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
 from tests.support.workers import REPO
 
-from . import admission, job_round_trips, parsing, replay, server_time, staging, storage
+from . import admission, fairness, job_round_trips, parsing, replay, server_time, staging, storage
 from .servers import PostgresServer, RedisServer
 from .throughput import (
     POIS_PER_JOB,
@@ -608,6 +608,86 @@ def admission_round_trips(env: Environment) -> Measured:
     return Measured(rows, lines, limits)
 
 
+#: Fair shares: A's backlog and B's jobs, N permits (issue 22).
+FAIR_BACKLOG, FAIR_K, FAIR_PERMITS = 1000, 20, 2
+
+
+def fair_shares(env: Environment, *, quick: bool) -> Measured:
+    """Issue 22: T_B behind A's backlog against 1.1 x T_alone x (wA + wB) / wB, median of three runs."""
+    backlog = 300 if quick else FAIR_BACKLOG
+    repeats = 1 if quick else 3
+    fcfs_cap_s = 20.0 if quick else 40.0
+    check_boxes(backlog, origin=fairness.A_ORIGIN)
+    check_boxes(FAIR_K, origin=fairness.B_ORIGIN)
+    scenarios = [
+        # name, weights, A's source, B's source, backlog, w_a, w_b
+        ("alone", "a=1,b=1", "a", "b", 0, 1, 1),
+        ("equal weights", "a=1,b=1", "a", "b", backlog, 1, 1),
+        ("B weighs 4", "a=1,b=4", "a", "b", backlog, 1, 4),
+        ("first come, first served (one source)", "a=1", "a", "a", backlog, 1, 1),
+    ]
+    results: dict[str, list[fairness.FairRun]] = {name: [] for name, *_ in scenarios}
+    with StubOverpass(
+        latency_s=LATENCY_S, slots=FAIR_PERMITS, enforce_slots=True, hold_s=HOLD_S, pois_per_box=POIS_PER_JOB
+    ) as stub:
+        for _ in range(repeats):
+            for name, weights, source_a, source_b, jobs, _w_a, _w_b in scenarios:
+                fleet_env = {**_ours(env, stub, FAIR_PERMITS), "ENRICH_SOURCE_WEIGHTS": weights}
+                cap_s = fcfs_cap_s if source_a == source_b else 60.0
+                results[name].append(
+                    fairness.run(name, env, stub, fleet_env, backlog=jobs, k=FAIR_K, source_a=source_a,
+                                 source_b=source_b, permits=FAIR_PERMITS, cap_s=cap_s)
+                )  # fmt: skip
+
+    def median(name: str) -> fairness.FairRun:
+        runs = sorted(results[name], key=lambda r: r.t_b_s)
+        return runs[len(runs) // 2]
+
+    alone = median("alone")
+    rows: list[Row] = []
+    lines: list[str] = []
+    for name, _weights, source_a, source_b, _jobs, w_a, w_b in scenarios:
+        run = median(name)
+        times = ", ".join(f"{r.t_b_s:.2f}" for r in results[name])
+        lines.append(
+            f"{name}: T_B {run.t_b_s:.2f} s (runs {times}){' stopped' if run.capped else ''}; "
+            f"{run.b_calls} of B's calls among {run.calls} made meanwhile; slots busy {run.busy:.3f}"
+        )
+        if name == "alone":
+            continue
+        figure = f"Fair shares, N={FAIR_PERMITS}, L=200 ms, B's {FAIR_K} behind A's {backlog}: {name}"
+        measured = f"{run.t_b_s:.2f} s" + (" (stopped)" if run.capped else "")
+        if source_a == source_b:
+            rows.append(Row(figure, measured, "(comparison)", None, f"T_alone {alone.t_b_s:.2f} s"))
+            continue
+        target_s = 1.1 * alone.t_b_s * (w_a + w_b) / w_b
+        rows.append(
+            Row(
+                figure,
+                measured,
+                f"<= {target_s:.2f} s",
+                run.t_b_s <= target_s and not run.capped,
+                f"1.1 x T_alone {alone.t_b_s:.2f} s x ({w_a} + {w_b}) / {w_b}; {run.b_calls} of B's calls "
+                f"among the {run.calls} made meanwhile; median of {repeats}",
+            )
+        )
+    fair, fcfs = median("equal weights"), median("first come, first served (one source)")
+    rows.append(
+        Row(
+            f"Fair shares: slots busy while B's jobs ran, two sources vs one (N={FAIR_PERMITS})",
+            f"{fair.busy:.3f} vs {fcfs.busy:.3f}",
+            "within 0.01",
+            abs(fair.busy - fcfs.busy) <= 0.01,
+            "the share of the permit-seconds a call was in flight, from B's send to the last call's end",
+        )
+    )
+    limits = [
+        "Fair shares: the public profile with pacing (one call per interval) is not run here: a pacing "
+        "slot is taken only by a seated job, so the order is the same, one interval per call."
+    ]
+    return Measured(rows, lines, limits)
+
+
 def server_time_charged(env: Environment, *, quick: bool) -> Measured:
     """Issue 18: the server time the quota charged / the stand-in's own measure, calls of mixed cost."""
     run = server_time.measure(env, jobs=20 if quick else 50)
@@ -708,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: Measured(*staged_answers(env, 5_000_000 if args.quick else 50_000_000)),
             ),
             ("Server time", lambda: server_time_charged(env, quick=args.quick)),
+            ("Fair shares", lambda: fair_shares(env, quick=args.quick)),
         ]
         for title, bench in benches:
             if args.only and not any(word.lower() in title.lower() for word in args.only):

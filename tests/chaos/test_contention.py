@@ -44,6 +44,7 @@ import redis
 
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.chaos.conftest import POIS_PER_JOB, QUEUE, Chaos
+from tests.support.rooms import waiting_in_rooms
 from tests.support.workers import REPO, WorkerProcesses
 
 pytestmark = pytest.mark.chaos
@@ -164,7 +165,8 @@ class Scenario:
         from enrichment_middleware.policy.parking import ParkingLot
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
-        return ParkingLot(backend).count()
+        # A job in a fair room is waiting too: acknowledged in the broker, not parked.
+        return ParkingLot(backend).count() + waiting_in_rooms(backend)
 
     def queued(self) -> int:
         return int(self.redis.hlen(f"dramatiq:{QUEUE}.msgs")) + int(
@@ -747,6 +749,71 @@ def test_the_semaphore_peak_stays_within_its_permits(chaos: Chaos, jobs: int) ->
             f"{stats.rejected_over_slots} refused",
         )
         promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.called_once(run, accounts)
+        promises.verify(run)
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize("per_source", [quick(20), soak(80)])
+def test_fair_shares_keep_each_source_within_its_cap_and_lose_no_job(chaos: Chaos, per_source: int) -> None:
+    """Three sources at once (issue 22), the fair room's steps paused at random: ``refresh`` makes
+    exactly its cap of calls and the rest of its jobs wait for the next window; the other sources'
+    jobs are all stored, each called once; the quota counts every call; the peak stays within the
+    permits."""
+    from tests.bench.fleet import grid_boxes, send, sender
+
+    permits, quota_requests, share = 2, 1000, 0.008  # refresh: 8 calls a window
+    cap = math.floor(share * quota_requests)
+    stub = chaos.replace_stub(latency_s=0.05, slots=permits, enforce_slots=True)
+    run = Scenario(chaos, 0)
+    sources = ("maps", "refresh", "import")
+    boxes = grid_boxes(per_source * len(sources), size_deg=0.02, origin=(20.0, 20.0))
+    jobs = [
+        {"bbox": box, "tags": ["amenity"], "source": sources[i % len(sources)]} for i, box in enumerate(boxes)
+    ]
+    run.jobs = jobs
+    run.index = {_box_key(job["bbox"]): i for i, job in enumerate(jobs)}
+    broker = sender(chaos.redis_url)
+    send(broker, QUEUE, "enrich", jobs)
+    broker.close()
+    try:
+        run.start(
+            f"{PAUSES},fair.*=sleep:0-0.03",
+            semaphore_permits=permits,
+            semaphore_wait_s=0.5,
+            quota_requests=quota_requests,
+            enrich_source_max_share=f"refresh={share}",
+        )
+        accounts, took = run.settle(timeout_s=60 + len(jobs) / 2)
+        stats = stub.stats()
+        calls = run.calls_per_job()
+        by_source = Counter(jobs[i]["source"] for i, n in calls.items() for _ in range(n))
+        print(
+            f"\nfair shares ({permits} permits, refresh cap {cap}, 2x8 threads, hog, pauses): {len(jobs)} jobs, "
+            f"{accounts.line()}; calls by source {dict(by_source)}, peak {stats.peak_in_flight}, "
+            f"outcomes {run.outcomes()}; {took:.1f}s"
+        )
+        promises = Invariants("fair shares")
+        promises.quota_counts_every_call(run)
+        promises.check(
+            "refresh made exactly its cap", by_source["refresh"] == cap, f"{by_source['refresh']} of {cap}"
+        )
+        others = [i for i, job in enumerate(jobs) if job["source"] != "refresh"]
+        promises.check(
+            "every job of the other sources stored",
+            all(i in accounts.stored for i in others),
+            f"{sum(i in accounts.stored for i in others)} of {len(others)}",
+        )
+        promises.check(
+            "the rest of refresh waits for the next window",
+            accounts.parked == per_source - cap,
+            f"{accounts.parked} parked, {per_source - cap} expected",
+        )
+        promises.check(
+            "peak in flight <= permits", stats.peak_in_flight <= permits, f"peak {stats.peak_in_flight}"
+        )
+        promises.every_job_accounted(run, accounts, parked_allowed=True)
         promises.called_once(run, accounts)
         promises.verify(run)
     finally:

@@ -37,6 +37,7 @@ from tests.chaos.conftest import QUEUE, Chaos
 from tests.chaos.test_contention import LONG_WINDOW_S, _boxes_in, quick, soak
 from tests.support.answer_probe import decoded_sizes
 from tests.support.hostile import HostileServer
+from tests.support.rooms import in_rooms
 from tests.support.scrape import scrape
 from tests.support.workers import WorkerProcesses
 
@@ -143,7 +144,7 @@ class HostileRun:
 
         backend = RedisBackend.from_url(self.chaos.redis_url, namespace="enrichment")
         queued = sum(int(self.redis.hlen(f"dramatiq:{QUEUE}{q}.msgs")) for q in ("", ".DQ"))
-        return queued + ParkingLot(backend).count()
+        return queued + ParkingLot(backend).count() + in_rooms(backend)
 
     def settle(self, timeout_s: float) -> float:
         """Lift holds until nothing is pending or in flight (twice in a row); the seconds it took."""

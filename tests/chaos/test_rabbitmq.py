@@ -19,6 +19,7 @@ import pytest
 from tests.bench.fleet import send
 from tests.chaos.conftest import POIS_PER_JOB, QUEUE, TAGS, Chaos
 from tests.support import rabbitmq
+from tests.support.rooms import in_rooms
 from tests.support.workers import eventually
 
 pytestmark = pytest.mark.chaos
@@ -84,9 +85,10 @@ def test_workers_killed_and_the_broker_restarted_lose_no_job_and_make_no_extra_c
     took = eventually(
         lambda: chaos.stored() >= jobs * POIS_PER_JOB, timeout_s=240, message="every job stored"
     )
-    parking = ParkingLot(RedisBackend.from_url(chaos.redis_url, namespace="enrichment"))
+    backend = RedisBackend.from_url(chaos.redis_url, namespace="enrichment")
+    parking = ParkingLot(backend)
     eventually(
-        lambda: parking.count() == 0 and rabbitmq.settled(rabbit, (QUEUE,)),
+        lambda: parking.count() == 0 and in_rooms(backend) == 0 and rabbitmq.settled(rabbit, (QUEUE,)),
         timeout_s=60,
         interval_s=0.5,
         message="nothing parked, queued or held",

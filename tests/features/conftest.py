@@ -18,6 +18,7 @@ from pytest_bdd import given, parsers, then, when
 
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.support.proxy import FlakyProxy
+from tests.support.rooms import in_rooms
 from tests.support.scrape import Scrape, scrape
 from tests.support.workers import WorkerProcesses, eventually
 
@@ -278,21 +279,24 @@ def wait_until_done(app: Any, timeout_s: float = 30.0, *, world: World | None = 
     """Until no message is queued, in flight or parked (a retried or deferred job waits there)."""
     parking = app.runtime.retries.parking
     if world is not None and world.broker == "rabbitmq":
-        _wait_until_settled_on_rabbitmq(world, parking, timeout_s)
+        _wait_until_settled_on_rabbitmq(world, parking, app.runtime.backend, timeout_s)
         return
     deadline = time.monotonic() + timeout_s
     while True:
         app.broker.join(QUEUE, timeout=max(1, int((deadline - time.monotonic()) * 1000)))
-        # A message released from the parking lot is enqueued before it is
-        # unparked: the queue is looked at again after the count.
-        if parking.count() == 0 and app.broker.do_qsize(QUEUE) == 0:
+        # A message released from the parking lot, or sent on by a fair room, is enqueued
+        # before it leaves: the queue is looked at again after the counts.
+        if parking.count() == 0 and in_rooms(app.runtime.backend) == 0 and app.broker.do_qsize(QUEUE) == 0:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"jobs still waiting after {timeout_s}s: {parking.count()} parked")
+            raise AssertionError(
+                f"jobs still waiting after {timeout_s}s: {parking.count()} parked, "
+                f"{in_rooms(app.runtime.backend)} in the fair rooms"
+            )
         time.sleep(0.05)
 
 
-def _wait_until_settled_on_rabbitmq(world: World, parking: Any, timeout_s: float) -> None:
+def _wait_until_settled_on_rabbitmq(world: World, parking: Any, backend: Any, timeout_s: float) -> None:
     """Until nothing is parked, ready or unacknowledged, twice in a row (rabbitmqctl tells the unacknowledged).
 
     The parking lot is read first: a released message is enqueued (confirmed)
@@ -306,7 +310,8 @@ def _wait_until_settled_on_rabbitmq(world: World, parking: Any, timeout_s: float
 
     def settled() -> bool:
         nonlocal calm
-        calm = calm + 1 if parking.count() == 0 and rabbitmq.settled(world.rabbit, (QUEUE,)) else 0
+        idle = parking.count() == 0 and in_rooms(backend) == 0
+        calm = calm + 1 if idle and rabbitmq.settled(world.rabbit, (QUEUE,)) else 0
         return calm >= 2
 
     eventually(

@@ -119,9 +119,10 @@ Feature: Overpass enrichment under a fleet-wide quota, semaphore and circuit bre
     And the setting QUOTA_WINDOW_S is "3600"
     And 2 worker processes with 4 threads are running
     When I enqueue 12 enrich jobs
-    And the workers have counted 7 "quota_denied" outcomes
+    And 7 jobs wait for the next quota window
     Then the stand-in server received 5 calls
     And the quota shows 5 requests used
+    And the workers counted 3 "quota_denied" outcomes
 
   Scenario: A 429 pauses the job and caps the permits at the server's rate limit
     Given the stand-in server reports a rate limit of 1 slot

@@ -12,6 +12,7 @@ from enrichment_middleware.backends.base import window_key
 from enrichment_middleware.policy.breaker import BreakerStatus
 from enrichment_middleware.policy.quota import QuotaLimits, QuotaPolicy
 from tests.features.conftest import World, expected_pois_full
+from tests.support.rooms import waiting_in_rooms
 from tests.support.workers import WorkerProcesses, eventually
 
 # Every scenario on the Redis broker and on RabbitMQ (the state stays in Redis
@@ -216,6 +217,17 @@ def _reachable(world: World, outcome: str) -> float:
 def have_counted(world: World, count: int, outcome: str) -> None:
     eventually(lambda: _reachable(world, outcome) >= count, message=f"{count} {outcome} outcomes")
     assert counted(world, outcome) == count
+
+
+@when(parsers.parse("{count:d} jobs wait for the next quota window"))
+def wait_for_next_window(world: World, app: Any, count: int) -> None:
+    """The seated jobs the quota denied are parked for the next window, keeping their seats (one more
+    than the permits); the others wait behind them in the fair room."""
+    parking = app.runtime.retries.parking
+    eventually(
+        lambda: parking.count() + waiting_in_rooms(app.runtime.backend) == count,
+        message=f"{count} jobs parked or waiting in the fair room",
+    )
 
 
 @then(parsers.parse('the workers counted {count:d} "{outcome}" outcomes'))

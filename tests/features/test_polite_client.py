@@ -31,6 +31,7 @@ from enrichment_actors.overpass_endpoints import PUBLIC_DAILY_REQUESTS, PUBLIC_W
 from enrichment_actors.stub_overpass import RecordedRequest, StubOverpass
 from tests.bench.fleet import grid_boxes, send, sender
 from tests.features.conftest import QUEUE, World, dead_letters, expected_pois, scrape_workers
+from tests.support.rooms import waiting_in_rooms
 from tests.support.scrape import Scrape
 from tests.support.workers import FAST_SETTINGS, REPO, WorkerProcesses, eventually
 
@@ -88,7 +89,8 @@ def parked(redis_url: str) -> int:
     from enrichment_middleware.backends.redis import RedisBackend
     from enrichment_middleware.policy.parking import ParkingLot
 
-    return ParkingLot(RedisBackend.from_url(redis_url, namespace="enrichment")).count()
+    backend = RedisBackend.from_url(redis_url, namespace="enrichment")
+    return ParkingLot(backend).count() + waiting_in_rooms(backend)
 
 
 def queued(redis_url: str) -> int:

@@ -72,6 +72,15 @@ def _paced(runtime: Any) -> None:
     runtime.pacing.policies["overpass@overpass-api.de"].reserve()
 
 
+def _sources_waiting(runtime: Any) -> None:
+    room = runtime.fair.policies["overpass@overpass-api.de"]
+    first = room.enter("maps", "m0", b"")
+    room.enter("maps", "m1", b"")  # the public profile has 1 permit, so 2 seats
+    for i in range(3):
+        room.enter("import-2026", f"i{i}", b"")
+    room.leave(room.seat_of(first, "m0"), called="maps")
+
+
 def _second_open(runtime: Any) -> None:
     breaker = runtime.breaker.policies["overpass@b.example"]
     for _ in range(3):
@@ -106,6 +115,17 @@ TWO = {"OVERPASS_URL": "http://a.example/api/interpreter,http://b.example/api/in
             ["overpass-api.de HELD (user_agent_rejected)", "enrichment release-hold overpass-api.de"],
         ),
         (PUBLIC, _paused, 0, ["pause 'overpass@overpass-api.de'  paused until", "(45 s left, rate_limited)"]),
+        (
+            PUBLIC,
+            _sources_waiting,
+            0,
+            [
+                "sources 'overpass@overpass-api.de'  2 of 2 seats taken",
+                "source import-2026  weight 1, 2 waiting, 0 calls this window",
+                "source maps  weight 4, 0 waiting, 1 calls this window",
+                "source refresh  weight 1, 0 waiting, 0 calls this window (cap 2000)",
+            ],
+        ),
         (
             {**PUBLIC, "PACING_INTERVAL_S": "20"},
             _paced,

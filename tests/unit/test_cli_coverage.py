@@ -217,8 +217,8 @@ def test_refresh_sends_the_stalest_tiles_with_force(store: PoiStore, database: s
     assert done.stdout.strip() == "refresh: sent 2 of 3 stale tiles (limit 2)"
     assert done.stderr == ""
     assert sent == [
-        {"bbox": _tile_box(TILES[2]), "tags": ["amenity"], "force": True},
-        {"bbox": _tile_box(TILES[0]), "tags": ["amenity", "shop"], "force": True},
+        {"bbox": _tile_box(TILES[2]), "tags": ["amenity"], "force": True, "source": "refresh"},
+        {"bbox": _tile_box(TILES[0]), "tags": ["amenity", "shop"], "force": True, "source": "refresh"},
     ]
     # The box sent is exactly the tile: the job asks for that one tile again.
     assert [tile.id for tile in tiles_of(BBox(**sent[0]["bbox"]), tile_units(0.02))] == [TILES[2]]

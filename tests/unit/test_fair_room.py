@@ -1,21 +1,44 @@
-"""The fair room (Backend rooms, FairPolicy): seats by lane weight, the same on memory and every Redis topology."""
+"""The fair room (Backend rooms, FairPolicy): seats by lane weight, the same on memory and Redis.
+
+Every test runs on memory and one Redis; one runs the room's whole round on
+every topology (one Redis, a Cluster, Sentinel), where its keys' hash tag
+and the per-window calls key it names in Lua must hold.
+"""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
 
 import pytest
 
 from enrichment_middleware.backends import Backend, MemoryBackend
 from enrichment_middleware.backends.base import HandedSeat
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.clock import ManualClock
 from enrichment_middleware.policy.fair import FairLimits, FairPolicy, Seat
 from tests.support.contention import cpu_hog
-from tests.unit.test_backends import Timed, backend, timed  # noqa: F401 (the contract's fixtures)
+from tests.unit.test_backends import NOW, Timed
+from tests.unit.test_backends import timed as every_topology  # noqa: F401 (the contract's fixture)
 
 
-def room(backend: Backend, seats: int = 1, **limits: object) -> FairPolicy:  # noqa: F811
+@pytest.fixture(params=["memory", "redis"])
+def timed(request: pytest.FixtureRequest) -> Timed:
+    """Memory (a manual clock) and one Redis (real time)."""
+    if request.param == "memory":
+        clock = ManualClock(NOW)
+        return Timed(MemoryBackend(clock=clock), clock.advance)
+    return Timed(RedisBackend(request.getfixturevalue("redis_client")), time.sleep)
+
+
+@pytest.fixture
+def backend(timed: Timed) -> Backend:
+    return timed.backend
+
+
+def room(backend: Backend, seats: int = 1, **limits: object) -> FairPolicy:
     return FairPolicy("api", FairLimits(seats=seats, **limits), backend)  # type: ignore[arg-type]
 
 
@@ -48,7 +71,7 @@ def serve(policy: FairPolicy, first: Seat, rounds: int) -> list[str]:
     ],
 )
 def test_seats_go_to_the_lanes_by_weight(
-    backend: Backend,  # noqa: F811
+    backend: Backend,
     weights: dict[str, float],
     expected: list[str],
 ) -> None:
@@ -66,7 +89,7 @@ def test_seats_go_to_the_lanes_by_weight(
 
 @pytest.mark.parametrize(("w_a", "w_b", "k"), [(1, 1, 5), (1, 4, 8), (2, 1, 3)])
 def test_a_late_lane_gets_its_calls_among_the_first_by_weight(
-    backend: Backend,  # noqa: F811
+    backend: Backend,
     w_a: int,
     w_b: int,
     k: int,
@@ -87,7 +110,7 @@ def test_a_late_lane_gets_its_calls_among_the_first_by_weight(
     assert sum(member.startswith("b") for member in after[:bound]) == k, after[:bound]
 
 
-def test_an_idle_lane_banks_no_credit(backend: Backend) -> None:  # noqa: F811
+def test_an_idle_lane_banks_no_credit(backend: Backend) -> None:
     policy = room(backend)
     first = policy.enter("b", "b0", b"")
     for i in range(1, 30):
@@ -101,7 +124,7 @@ def test_an_idle_lane_banks_no_credit(backend: Backend) -> None:  # noqa: F811
     assert serve(policy, last, 6) == ["a21", "b1", "a22", "b2", "a23", "b3"]
 
 
-def test_a_newcomer_waits_behind_the_waiting_even_with_a_seat_free(backend: Backend) -> None:  # noqa: F811
+def test_a_newcomer_waits_behind_the_waiting_even_with_a_seat_free(backend: Backend) -> None:
     policy = room(backend, seats=2)
     assert policy.enter("a", "a0", b"").status == "seated"
     assert policy.enter("a", "a1", b"").status == "seated"
@@ -110,7 +133,7 @@ def test_a_newcomer_waits_behind_the_waiting_even_with_a_seat_free(backend: Back
     assert policy.enter("b", "b0", b"").status == "waiting"
 
 
-def test_the_small_step_seats_when_nobody_waits_and_renews_a_seat_it_holds(timed: Timed) -> None:  # noqa: F811
+def test_the_small_step_seats_when_nobody_waits_and_renews_a_seat_it_holds(timed: Timed) -> None:
     policy = room(timed.backend, seats=1, seat_s=1.0)
     seat = policy.try_seat("m1")
     assert seat is not None
@@ -121,7 +144,7 @@ def test_the_small_step_seats_when_nobody_waits_and_renews_a_seat_it_holds(timed
     assert policy.try_seat("m2") is not None
 
 
-def test_a_job_handed_a_seat_that_never_arrives_waits_again_at_the_head_of_its_lane(timed: Timed) -> None:  # noqa: F811
+def test_a_job_handed_a_seat_that_never_arrives_waits_again_at_the_head_of_its_lane(timed: Timed) -> None:
     policy = room(timed.backend, handoff_s=1.0)
     first = policy.enter("a", "a0", b"p0")
     policy.enter("a", "a1", b"p1")
@@ -137,7 +160,7 @@ def test_a_job_handed_a_seat_that_never_arrives_waits_again_at_the_head_of_its_l
     assert policy.counts().waiting == {"a": 1}
 
 
-def test_a_seat_of_a_job_that_died_lapses_and_goes_on(timed: Timed) -> None:  # noqa: F811
+def test_a_seat_of_a_job_that_died_lapses_and_goes_on(timed: Timed) -> None:
     policy = room(timed.backend, seat_s=1.0)
     assert policy.enter("a", "a0", b"").status == "seated"  # its worker is killed
     policy.enter("a", "a1", b"p1")
@@ -147,7 +170,7 @@ def test_a_seat_of_a_job_that_died_lapses_and_goes_on(timed: Timed) -> None:  # 
     assert policy.counts().seated == 1
 
 
-def test_a_redelivered_copy_of_a_seated_job_takes_its_seat_over(backend: Backend) -> None:  # noqa: F811
+def test_a_redelivered_copy_of_a_seated_job_takes_its_seat_over(backend: Backend) -> None:
     policy = room(backend)
     seated = policy.enter("a", "a0", b"")
     policy.enter("a", "a1", b"")
@@ -157,7 +180,7 @@ def test_a_redelivered_copy_of_a_seated_job_takes_its_seat_over(backend: Backend
     assert policy.counts().seated == 1
 
 
-def test_a_kept_seat_outlives_its_lease(timed: Timed) -> None:  # noqa: F811
+def test_a_kept_seat_outlives_its_lease(timed: Timed) -> None:
     policy = room(timed.backend, seat_s=1.0)
     first = policy.enter("a", "a0", b"")
     seat = policy.seat_of(first, "a0")
@@ -188,7 +211,7 @@ def test_unusable_limits_are_refused(limits: dict[str, object], message: str) ->
         FairLimits(**limits)  # type: ignore[arg-type]
 
 
-def test_many_threads_and_a_cpu_hog_never_seat_more_than_the_seats_nor_lose_a_job(backend: Backend) -> None:  # noqa: F811
+def test_many_threads_and_a_cpu_hog_never_seat_more_than_the_seats_nor_lose_a_job(backend: Backend) -> None:
     """12 threads enter, leave and hand on seats for 3 lanes at once, with a CPU hog: every job is
     seated exactly once, never more than the seats at a time, and nobody is left waiting."""
     if isinstance(backend, MemoryBackend):
@@ -242,3 +265,51 @@ def test_many_threads_and_a_cpu_hog_never_seat_more_than_the_seats_nor_lose_a_jo
     assert max(seated.values()) == 1
     assert peak[0] <= 2
     assert policy.counts() == type(policy.counts())(0, {})
+
+
+def test_calls_are_counted_by_lane_when_a_seat_is_left_after_a_call(backend: Backend) -> None:
+    policy = room(backend, seats=2, window_s=3600)
+    maps = policy.enter("maps", "m0", b"")
+    bulk = policy.enter("bulk", "b0", b"")
+    policy.leave(policy.seat_of(maps, "m0"), called="maps")
+    policy.leave(policy.seat_of(bulk, "b0"))  # its call was never made
+    assert policy.counts().calls == {"maps": 1}
+    again = policy.enter("maps", "m1", b"")
+    policy.leave(policy.seat_of(again, "m1"), called="maps")
+    assert policy.counts().calls == {"maps": 2}
+
+
+def test_a_cap_counts_exactly_under_many_threads_and_a_cpu_hog(backend: Backend) -> None:
+    policy = room(backend, caps={"refresh": 37}, window_s=3600)
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def count() -> None:
+        for _ in range(10):
+            decision = policy.count_capped("refresh")
+            assert decision is not None
+            with lock:
+                allowed.append(decision.allowed)
+
+    with cpu_hog():
+        threads = [threading.Thread(target=count) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert len(allowed) == 120 and sum(allowed) == 37
+    assert policy.count_capped("maps") is None  # no cap of its own
+
+
+def test_the_rooms_round_on_every_redis_topology(every_topology: Timed) -> None:  # noqa: F811
+    """Enter, wait, leave with a call counted, a lost hand-on handed again, the counts: one Redis, a
+    Cluster (every key of the room in one slot, the calls key named in Lua too) and Sentinel."""
+    policy = room(every_topology.backend, seats=1, handoff_s=0.5, window_s=3600)
+    first = policy.enter("maps", "m0", b"p0")
+    assert policy.enter("bulk", "b0", b"p1").status == "waiting"
+    [handed] = policy.leave(policy.seat_of(first, "m0"), called="maps")
+    assert (handed.member, handed.payload) == ("b0", b"p1")
+    every_topology.advance(0.6)  # its message never reached the broker
+    [again] = policy.leave(None)
+    assert again.member == "b0" and policy.try_seat("b0", token=again.token) is not None
+    assert policy.counts() == type(policy.counts())(1, {}, {"maps": 1})

@@ -36,6 +36,7 @@ from enrichment_middleware.breaker import Verdict
 from enrichment_middleware.deferral import Defer
 from enrichment_middleware.usage import take_charged_bytes, take_no_call
 from tests.support.product import product
+from tests.support.rooms import in_rooms
 from tests.support.workers import WorkerProcesses, eventually
 
 #: The product built in this process: the actors' functions read it.
@@ -349,6 +350,7 @@ def test_six_identical_jobs_on_a_healthy_server_all_land_and_the_circuit_stays_c
                 lambda: (
                     stub.stats().calls >= 6
                     and parking.count() == 0
+                    and in_rooms(runtime.backend) == 0
                     and runtime.broker.do_qsize("enrichment") == 0
                 ),
                 timeout_s=45,

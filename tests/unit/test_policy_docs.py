@@ -10,9 +10,11 @@ import pytest
 MODULES = [
     "enrichment_middleware.backends.memory",
     "enrichment_middleware.backends.redis",
+    "enrichment_middleware.background",
     "enrichment_middleware.policy.backoff",
     "enrichment_middleware.policy.breaker",
     "enrichment_middleware.policy.clock",
+    "enrichment_middleware.policy.fair",
     "enrichment_middleware.policy.pacing",
     "enrichment_middleware.policy.parking",
     "enrichment_middleware.policy.pause",

@@ -51,6 +51,7 @@ from enrichment_middleware.policy.pause import HELD, PAUSED, PauseLimits, PauseP
 from enrichment_middleware.usage import take_no_call
 from tests.support.contention import cpu_hog
 from tests.support.product import product
+from tests.support.rooms import waiting_in_rooms
 from tests.support.workers import WorkerProcesses, eventually
 
 #: The product built in this process: the actors' functions read it.
@@ -266,9 +267,13 @@ def test_a_406_holds_the_endpoint_without_a_dead_letter_and_keeps_the_backlog(
             product().enrich.send(bbox={**BBOX, "south": BBOX["south"] + index * 0.001}, tags=["amenity"])
         parking = runtime.retries.parking
         assert parking is not None
-        # Every fetch is deferred (parked), none is dead-lettered.
+        # Every fetch waits, none is dead-lettered: the seated ones deferred (parked, keeping their
+        # seats), the others in the fair room behind them.
         eventually(
-            lambda: parking.count() == jobs and runtime.broker.do_qsize("enrichment") == 0,
+            lambda: (
+                parking.count() + waiting_in_rooms(runtime.backend) == jobs
+                and runtime.broker.do_qsize("enrichment") == 0
+            ),
             timeout_s=40,
             message="every fetch parked",
         )

@@ -450,9 +450,14 @@ class Rooms(Core):
     (stride scheduling); a lane that had nobody waiting is due one stride
     after the room's virtual time (the pass last served), so an idle lane
     banks no credit. A seat handed to a waiting member lapses after ``handoff_s``
-    unless that member arrives (:meth:`room_enter` with the seat's token):
-    then it waits again, at the head of its lane. Every method first drops
-    the seats that lapsed, and hands out the seats free, in the same atomic step.
+    unless that member arrives (with the seat's token): then it waits again,
+    at the head of its lane, its lane's turn given back. A member that
+    arrived and whose seat lapses is forgotten (its worker died, and the
+    broker holds its message; or its leave was lost). A copy that holds a
+    token not its member's current one is stale: it ends (``present``)
+    while the room holds the member, or for ``left_s`` after the member
+    left. Every method first drops the seats that lapsed, and hands out the
+    seats free, in the same atomic step.
     """
 
     @abstractmethod
@@ -471,10 +476,12 @@ class Rooms(Core):
     ) -> Seating:
         """Atomically admit ``member`` to a seat or to its lane.
 
-        - It holds a seat handed to ``token``, or a seat it arrived at before (a
-          redelivered copy): ``seated``, the seat renewed for ``seat_s``.
-        - The room holds it otherwise (waiting, or handed a seat under another
-          token and not arrived): ``present``, nothing changes.
+        - It holds a seat under ``token`` (handed to it, or kept for it while it was
+          deferred), or ``token`` is "" and it arrived at its seat before (the broker's
+          own copy again): ``seated``, the seat renewed for ``seat_s``.
+        - The room holds it otherwise (waiting; handed a seat not arrived at; seated
+          under another token), or ``token`` is stale and it left less than ``left_s``
+          ago: ``present``, nothing changes.
         - Else, nobody waiting and fewer than ``seats`` held: ``seated`` under a new
           token, for ``seat_s``. Else it waits at the end of ``lane`` (weight
           ``weight``) with ``payload``: ``waiting``.
@@ -485,17 +492,23 @@ class Rooms(Core):
         """Seat ``member`` if that needs none of the queue; its token, else None (ask
         :meth:`room_enter`). Few and small keys: the room's step in :meth:`all_or_nothing`.
 
-        - It holds a live seat under ``token`` (not ""): renewed for ``seat_s``.
-        - It holds no seat, nobody waits, fewer than ``seats`` live seats: seated under a
-          new token. (A seat lapsed but not yet dropped is not counted, and its member not
+        - It holds a live seat under ``token`` (not ""): renewed for ``seat_s`` (a member
+          handed it arrives).
+        - ``token`` is "", it holds no seat, nobody waits, fewer than ``seats`` live
+          seats: seated under a new token. (A seat lapsed but not yet dropped is not counted, and its member not
           yet queued again: a newcomer may go before it, once.)
         - Otherwise None, and nothing changes.
         """
 
     @abstractmethod
     def room_keep(self, key: str, member: str, token: str, seat_s: float) -> bool:
-        """Renew ``member``'s seat for ``seat_s`` if it holds it under ``token`` (a deferred job
-        keeps its place); True if it did."""
+        """Renew ``member``'s seat for ``seat_s`` if it holds it, live, under ``token`` (a deferred
+        job keeps its place); True if it did."""
+
+    @abstractmethod
+    def room_withdraw(self, key: str, member: str) -> bool:
+        """Take ``member`` out of its lane if it still waits there; True if it did (False: it was
+        handed a seat meanwhile, or is not waiting)."""
 
     @abstractmethod
     def room_leave(
@@ -508,11 +521,13 @@ class Rooms(Core):
         handoff_s: float,
         called: str = "",
         window_s: int = 86_400,
+        left_s: float = 600.0,
     ) -> list[HandedSeat]:
         """Give up ``member``'s seat (if held under ``token``; None: give up nothing) and hand
         the free seats to waiting members, by lane weight; returns those handed. ``called``:
         the lane of a member whose call was made, counted in the epoch-aligned window of
-        ``window_s`` seconds that holds the backend's now (see :meth:`room_counts`)."""
+        ``window_s`` seconds that holds the backend's now (see :meth:`room_counts`). A stale
+        copy of the member that comes within ``left_s`` ends (see :meth:`room_enter`)."""
 
     @abstractmethod
     def room_counts(self, key: str, *, window_s: int = 86_400) -> RoomCounts:

@@ -38,6 +38,7 @@ SCRIPTS = (
     "room_keep",
     "room_leave",
     "room_counts",
+    "room_withdraw",
 )
 
 #: The driver of :meth:`~enrichment_middleware.backends.base.Backend.all_or_nothing`: not run alone,

@@ -479,17 +479,26 @@ class MemoryBackend(Backend):
             room = self._room(key)
             now = self._clock.now()
             held = room.tokens.get(member)
-            if held is not None and (held == token or member not in room.entries):
-                # Its seat: handed to this copy, or one it arrived at before (a redelivered copy).
-                room.seats[member] = now + seat_s
-                room.entries.pop(member, None)
-                room.payloads.pop(member, None)
-                status, mine = "seated", held
+            status, mine = "waiting", ""
+            if held is not None:
+                if token and token == held:
+                    # Its seat: handed to this copy (it arrives), or kept for it while it was deferred.
+                    room.seats[member] = now + seat_s
+                    room.forget(member)
+                    status, mine = "seated", held
+                elif not token and member not in room.handed:
+                    # The broker's own copy again (its worker lost the connection): it takes the seat over.
+                    room.seats[member] = now + seat_s
+                    status, mine = "seated", held
+                else:
+                    status = "present"  # a stale copy, or handed to another copy not arrived yet
             elif member in room.entries:
-                status, mine = "present", ""
+                status = "present"  # waiting in its lane
+            elif token and member in room.left:
+                status = "present"  # a stale copy of a job that ran and left
             else:
                 room.weights[lane] = float(weight)
-                if not room.queue and len(room.seats) < seats:
+                if not room.waiting() and len(room.seats) < seats:
                     mine = room.next_token()
                     room.seats[member] = now + seat_s
                     room.tokens[member] = mine
@@ -499,7 +508,6 @@ class MemoryBackend(Backend):
                     room.entries[member] = (lane, room.seq)
                     room.payloads[member] = bytes(payload)
                     room.wait_in(lane, room.seq, member)
-                    status, mine = "waiting", ""
             return Seating(status, mine, room.fill(seats, now + handoff_s))
 
     def room_seat(self, key: str, member: str, token: str, *, seats: int, seat_s: float) -> str | None:
@@ -507,10 +515,14 @@ class MemoryBackend(Backend):
             room = self._rooms.setdefault(key, _Room())
             now = self._clock.now()
             held = room.tokens.get(member)
-            if held is not None and token and held == token and room.seats.get(member, now) > now:
+            if token:
+                # Only its own live seat; a stale token is for room_enter to judge.
+                if held != token or room.seats.get(member, now) <= now:
+                    return None
                 room.seats[member] = now + seat_s
+                room.handed.pop(member, None)  # arrived: its entry and payload go when it leaves
                 return held
-            if held is not None or any(room.queue.values()):
+            if held is not None or room.waiting():
                 return None
             if sum(1 for lapses in room.seats.values() if lapses > now) >= seats:
                 return None
@@ -522,9 +534,20 @@ class MemoryBackend(Backend):
     def room_keep(self, key: str, member: str, token: str, seat_s: float) -> bool:
         with self._lock:
             room = self._rooms.get(key)
-            if room is None or room.tokens.get(member) != token:
+            now = self._clock.now()
+            if room is None or room.tokens.get(member) != token or room.seats.get(member, now) <= now:
                 return False
-            room.seats[member] = self._clock.now() + seat_s
+            room.seats[member] = now + seat_s
+            return True
+
+    def room_withdraw(self, key: str, member: str) -> bool:
+        with self._lock:
+            room = self._rooms.get(key)
+            if room is None or member not in room.entries or member in room.tokens:
+                return False
+            lane, seq = room.entries[member]
+            room.queue[lane].remove((seq, member))
+            room.forget(member)
             return True
 
     def room_leave(
@@ -537,6 +560,7 @@ class MemoryBackend(Backend):
         handoff_s: float,
         called: str = "",
         window_s: int = 86_400,
+        left_s: float = 600.0,
     ) -> list[HandedSeat]:
         with self._lock:
             room = self._room(key)
@@ -544,9 +568,8 @@ class MemoryBackend(Backend):
             if member is not None and room.tokens.get(member) == token:
                 del room.seats[member]
                 del room.tokens[member]
-                # Kept until now if it arrived through room_seat (which does not touch them).
-                room.entries.pop(member, None)
-                room.payloads.pop(member, None)
+                room.forget(member)
+                room.left[member] = now + left_s
                 if called:
                     start = _window_start(now, window_s)
                     for old in [w for w in room.calls if w < start]:
@@ -579,8 +602,12 @@ class _Room:
         self.seats: dict[str, float] = {}  # member -> lapses at
         self.tokens: dict[str, str] = {}  # member -> seat token
         self.queue: dict[str, list[tuple[int, str]]] = {}  # lane -> (sequence, member), sorted
-        self.entries: dict[str, tuple[str, int]] = {}  # member -> (lane, sequence) while waiting or handed
+        self.entries: dict[
+            str, tuple[str, int]
+        ] = {}  # member -> (lane, sequence), from its wait to its leave
         self.payloads: dict[str, bytes] = {}
+        self.handed: dict[str, str] = {}  # member -> token: handed a seat, not arrived yet
+        self.left: dict[str, float] = {}  # member -> until: left, so that a stale copy ends
         self.passes: dict[str, float] = {}
         self.weights: dict[str, float] = {}
         self.vtime = 0.0
@@ -594,6 +621,14 @@ class _Room:
         self.seq += 1
         return str(self.seq)
 
+    def waiting(self) -> int:
+        return sum(len(queued) for queued in self.queue.values())
+
+    def forget(self, member: str) -> None:
+        self.entries.pop(member, None)
+        self.payloads.pop(member, None)
+        self.handed.pop(member, None)
+
     def wait_in(self, lane: str, seq: int, member: str) -> None:
         queued = self.queue.setdefault(lane, [])
         if not queued:
@@ -602,13 +637,20 @@ class _Room:
         bisect.insort(queued, (seq, member))
 
     def expire(self, now: float) -> None:
+        for member in [m for m, until in self.left.items() if until <= now]:
+            del self.left[member]
         for member in [m for m, lapses in self.seats.items() if lapses <= now]:
             del self.seats[member]
             self.tokens.pop(member, None)
             entry = self.entries.get(member)
-            if entry is not None:
-                # Handed a seat, never arrived: it waits again, at the head of its lane.
-                self.wait_in(entry[0], entry[1], member)
+            if entry is not None and member in self.handed:
+                # Handed a seat, never arrived: it waits again at the head of its lane, its turn given back.
+                del self.handed[member]
+                lane, seq = entry
+                self.passes[lane] = self.passes.get(lane, 0.0) - self.stride(lane)
+                self.wait_in(lane, seq, member)
+            else:
+                self.forget(member)
 
     def fill(self, seats: int, lapses_at: float) -> list[HandedSeat]:
         handed = []
@@ -618,10 +660,17 @@ class _Room:
                 break
             pass_, lane = min(lanes)
             _, member = self.queue[lane].pop(0)
+            if not self.queue[lane]:
+                del self.queue[lane]
             self.vtime = pass_
             self.passes[lane] = pass_ + self.stride(lane)
             token = self.next_token()
             self.seats[member] = lapses_at
             self.tokens[member] = token
+            self.handed[member] = token
             handed.append(HandedSeat(member, lane, token, self.payloads.get(member, b"")))
+        # Lanes nobody waits in whose pass the room caught up with would start there anyway.
+        for lane in [lane for lane, p in self.passes.items() if p <= self.vtime and not self.queue.get(lane)]:
+            del self.passes[lane]
+            self.weights.pop(lane, None)
         return handed

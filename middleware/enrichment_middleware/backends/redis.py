@@ -675,7 +675,9 @@ class RedisBackend(Backend):
     # -- rooms --------------------------------------------------------------
     # Keys ``room-<part>:{<key>}``, one hash tag per room (lua/room.lua names each part).
 
-    _ROOM_PARTS = ("seats", "tokens", "queue", "entries", "payloads", "passes", "weights", "counts", "meta")
+    _ROOM_PARTS = (
+        "seats", "tokens", "queue", "entries", "payloads", "passes", "weights", "counts", "meta", "handed", "left",
+    )  # fmt: skip
 
     def _room_keys(self, key: str) -> list[str]:
         return [self._key(f"room-{part}", key) for part in self._ROOM_PARTS]
@@ -706,26 +708,33 @@ class RedisBackend(Backend):
         args.append(repr(float(handoff_s)))
         if not self.park_replicas:
             status, mine, handed = self._run("room_enter", keys, args)
-        else:
-            # As park: a member left waiting must be on the replicas before its message is acknowledged.
-            with self._reachable():
-                pipe = self.client.pipeline(transaction=False)
-                self._script("room_enter")(keys=keys, args=args, client=pipe)
-                pipe.execute_command("WAIT", self.park_replicas, _ms(PARK_WAIT_S))
-                (status, mine, handed), confirmed = pipe.execute()
-            if int(confirmed) < self.park_replicas and _text(status) == "waiting":
-                raise BackendUnavailable(
-                    f"Redis at {self._where} holds {member!r} waiting in room {key!r} but {confirmed} of "
-                    f"{self.park_replicas} replicas confirmed it within {PARK_WAIT_S:g}s: a failover could "
-                    "lose it. Check that the replicas are up and in sync; the job comes back and the room "
-                    "knows it."
-                )
-        return Seating(_text(status), _text(mine), self._handed(handed))
+            return Seating(_text(status), _text(mine), self._handed(handed))
+        # As park: a member left waiting must be on the replicas before its message is acknowledged.
+        with self._reachable():
+            pipe = self.client.pipeline(transaction=False)
+            self._script("room_enter")(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.park_replicas, _ms(PARK_WAIT_S))
+            (status, mine, handed), confirmed = pipe.execute()
+        seating = Seating(_text(status), _text(mine), self._handed(handed))
+        # Not on the replicas: its message is put back instead, so the room must not send it too.
+        # Handed a seat meanwhile, the room has it in hand: it waits as it would have.
+        unconfirmed = int(confirmed) < self.park_replicas and seating.status == "waiting"
+        if unconfirmed and self.room_withdraw(key, member):
+            raise BackendUnavailable(
+                f"Redis at {self._where} took {member!r} into room {key!r} but {confirmed} of "
+                f"{self.park_replicas} replicas confirmed it within {PARK_WAIT_S:g}s: a failover could lose "
+                "it, so it was taken out again and its message is put back. Check that the replicas are up "
+                "and in sync. (The seats this enter handed on lapse and are handed again.)"
+            )
+        return seating
+
+    def room_withdraw(self, key: str, member: str) -> bool:
+        return bool(self._run("room_withdraw", self._room_keys(key), [member]))
 
     def room_seat(self, key: str, member: str, token: str, *, seats: int, seat_s: float) -> str | None:
-        seats_key, tokens, _, _, _, _, _, _, meta = self._room_keys(key)
+        keys = dict(zip(self._ROOM_PARTS, self._room_keys(key), strict=True))
         args = [member, token, int(seats), repr(float(seat_s))]
-        mine = self._run("room_seat", [seats_key, tokens, meta], args)
+        mine = self._run("room_seat", [keys["seats"], keys["tokens"], keys["meta"], keys["handed"]], args)
         return None if mine is None else _text(mine)
 
     def room_keep(self, key: str, member: str, token: str, seat_s: float) -> bool:
@@ -741,8 +750,10 @@ class RedisBackend(Backend):
         handoff_s: float,
         called: str = "",
         window_s: int = 86_400,
+        left_s: float = 600.0,
     ) -> list[HandedSeat]:
         args = [member or "", token, int(seats), repr(float(handoff_s)), called, int(window_s)]
+        args.append(repr(float(left_s)))
         return self._handed(self._run("room_leave", self._room_keys(key), args))
 
     def room_counts(self, key: str, *, window_s: int = 86_400) -> RoomCounts:

@@ -32,6 +32,10 @@ from enrichment_middleware.policy.base import Policy
 #: The lane of a job that names none.
 DEFAULT_LANE = "default"
 
+#: How long, at least, the room remembers that a job left, so that a stale copy of it (one the
+#: broker gives late: a prefetch, a redelivery after its heartbeat timeout) ends rather than runs.
+_LEFT_MIN_S = 600.0
+
 
 @dataclass(frozen=True)
 class FairLimits:
@@ -195,6 +199,7 @@ class FairPolicy(Policy[FairLimits]):
             handoff_s=self._limits.handoff_s,
             called=called,
             window_s=self._limits.window_s,
+            left_s=max(_LEFT_MIN_S, 10 * self._limits.handoff_s),
         )
 
     def counts(self) -> RoomCounts:

@@ -1,14 +1,16 @@
 -- Included by the room scripts: the keys of one room and its shared steps.
 -- KEYS: seats (sorted set member -> lapses at), tokens (hash member -> seat token),
 -- queue (sorted set of "lane \0 sequence \0 member", all scores 0: by lane, then arrival),
--- entries (hash member -> its queue entry, while it waits or is handed a seat),
+-- entries (hash member -> its queue entry, from its wait until it leaves),
 -- payloads (hash member -> payload, likewise), passes (hash lane -> pass),
 -- weights (hash lane -> weight), counts (hash lane -> members waiting),
 -- meta (hash: vtime, the pass last served; seq, the last sequence number; waiting, the
--- members in the queue: what lua/room_seat.lua reads instead of the queue).
+-- members in the queue: what lua/room_seat.lua reads instead of the queue),
+-- handed (hash member -> token: handed a seat, not arrived yet), left (sorted set member ->
+-- until: jobs that left, so that a stale copy of one ends instead of running again).
 -- include: now.lua
 local SEATS, TOKENS, QUEUE, ENTRIES, PAYLOADS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local PASSES, WEIGHTS, COUNTS, META = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local PASSES, WEIGHTS, COUNTS, META, HANDED, LEFT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local SEP = '\0'
 
 local function number(value) return string.format('%.17g', value) end
@@ -28,35 +30,51 @@ local function next_seq() return redis.call('HINCRBY', META, 'seq', 1) end
 local function lane_of(entry) return string.sub(entry, 1, string.find(entry, SEP, 1, true) - 1) end
 -- An entry is lane, SEP, sixteen digits, SEP, member.
 local function member_of(entry) return string.sub(entry, string.find(entry, SEP, 1, true) + 18) end
-
 local function stride(lane) return 1 / tonumber(redis.call('HGET', WEIGHTS, lane) or '1') end
+local function pass_of(lane) return tonumber(redis.call('HGET', PASSES, lane) or '0') end
+
+-- What the room keeps of a member besides its seat.
+local function forget(member)
+  redis.call('HDEL', ENTRIES, member)
+  redis.call('HDEL', PAYLOADS, member)
+  redis.call('HDEL', HANDED, member)
+end
 
 -- Queue ``entry`` in its lane. A lane's pass is when its next job is due in virtual time; a lane
 -- nobody waited in is due one stride after the pass last served, no sooner (no banked credit).
 local function wait_in(lane, entry)
   if tonumber(redis.call('HGET', COUNTS, lane) or '0') <= 0 then
     local due = tonumber(redis.call('HGET', META, 'vtime') or '0') + stride(lane)
-    if tonumber(redis.call('HGET', PASSES, lane) or '0') < due then
-      redis.call('HSET', PASSES, lane, number(due))
-    end
+    if pass_of(lane) < due then redis.call('HSET', PASSES, lane, number(due)) end
   end
   redis.call('ZADD', QUEUE, 0, entry)
   redis.call('HINCRBY', COUNTS, lane, 1)
   redis.call('HINCRBY', META, 'waiting', 1)
 end
 
--- Drop lapsed seats; a member handed one that never arrived waits again, at the head of its lane
--- (its entry keeps its sequence number).
+-- Drop lapsed seats and old tombstones. A member handed a seat that never arrived waits again at
+-- the head of its lane (its entry keeps its sequence number), its lane's turn given back; one that
+-- arrived is forgotten: the broker holds its message (its worker died), or it is done (its leave
+-- was lost).
 local function expire()
+  redis.call('ZREMRANGEBYSCORE', LEFT, '-inf', at(now))
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', SEATS, '-inf', at(now))) do
     redis.call('ZREM', SEATS, member)
     redis.call('HDEL', TOKENS, member)
     local entry = redis.call('HGET', ENTRIES, member)
-    if entry then wait_in(lane_of(entry), entry) end
+    if entry and redis.call('HEXISTS', HANDED, member) == 1 then
+      redis.call('HDEL', HANDED, member)
+      local lane = lane_of(entry)
+      redis.call('HSET', PASSES, lane, number(pass_of(lane) - stride(lane)))
+      wait_in(lane, entry)
+    else
+      forget(member)
+    end
   end
 end
 
--- Hand the free seats to the heads of the lanes with the smallest pass (stride scheduling).
+-- Hand the free seats to the heads of the lanes with the smallest pass (stride scheduling); then
+-- drop the lanes nobody waits in whose pass the room has caught up with (they would start there).
 local function fill(limit, handoff_s)
   local handed = {}
   while redis.call('ZCARD', SEATS) < limit do
@@ -64,7 +82,7 @@ local function fill(limit, handoff_s)
     local lane, pass = nil, nil
     for i = 1, #counts, 2 do
       if tonumber(counts[i + 1]) > 0 then
-        local p = tonumber(redis.call('HGET', PASSES, counts[i]) or '0')
+        local p = pass_of(counts[i])
         if lane == nil or p < pass or (p == pass and counts[i] < lane) then lane, pass = counts[i], p end
       end
     end
@@ -82,7 +100,16 @@ local function fill(limit, handoff_s)
       local token = tostring(next_seq())
       redis.call('ZADD', SEATS, at(now + handoff_s), member)
       redis.call('HSET', TOKENS, member, token)
+      redis.call('HSET', HANDED, member, token)
       table.insert(handed, {member, lane, token, redis.call('HGET', PAYLOADS, member) or ''})
+    end
+  end
+  local vtime = tonumber(redis.call('HGET', META, 'vtime') or '0')
+  local passes = redis.call('HGETALL', PASSES)
+  for i = 1, #passes, 2 do
+    if tonumber(passes[i + 1]) <= vtime and redis.call('HEXISTS', COUNTS, passes[i]) == 0 then
+      redis.call('HDEL', PASSES, passes[i])
+      redis.call('HDEL', WEIGHTS, passes[i])
     end
   end
   return handed

@@ -7,15 +7,23 @@ local limit, seat_s, handoff_s = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(
 expire()
 local status, mine = 'waiting', ''
 local held = redis.call('HGET', TOKENS, member)
-local entry = redis.call('HGET', ENTRIES, member)
-if held and (held == token or not entry) then
-  -- Its seat: handed to this copy, or one it arrived at before (a redelivered copy).
-  redis.call('ZADD', SEATS, at(now + seat_s), member)
-  redis.call('HDEL', ENTRIES, member)
-  redis.call('HDEL', PAYLOADS, member)
-  status, mine = 'seated', held
-elseif entry then
-  status = 'present'
+if held then
+  if token ~= '' and token == held then
+    -- Its seat: handed to this copy (it arrives), or kept for it while it was deferred.
+    redis.call('ZADD', SEATS, at(now + seat_s), member)
+    forget(member)
+    status, mine = 'seated', held
+  elseif token == '' and redis.call('HEXISTS', HANDED, member) == 0 then
+    -- The broker's own copy again (its worker lost the connection): it takes the seat over.
+    redis.call('ZADD', SEATS, at(now + seat_s), member)
+    status, mine = 'seated', held
+  else
+    status = 'present'  -- a stale copy, or handed to another copy that has not arrived yet
+  end
+elseif redis.call('HEXISTS', ENTRIES, member) == 1 then
+  status = 'present'  -- waiting in its lane
+elseif token ~= '' and redis.call('ZSCORE', LEFT, member) then
+  status = 'present'  -- a stale copy of a job that ran and left
 else
   redis.call('HSET', WEIGHTS, lane, ARGV[5])
   if redis.call('ZCARD', QUEUE) == 0 and redis.call('ZCARD', SEATS) < limit then

@@ -1,15 +1,16 @@
 -- Give up a member's seat (if held under its token) and hand the free seats on; count the call
--- its lane made, if it made one, in the window of window_s that holds now.
--- KEYS: as room.lua.  ARGV: member ('' for none), token, seats, handoff_s, lane ('': no call), window_s.
+-- its lane made, if it made one, in the window of window_s that holds now; remember for left_s
+-- that it left, so that a stale copy of it ends.
+-- KEYS: as room.lua.
+-- ARGV: member ('' for none), token, seats, handoff_s, lane ('': no call), window_s, left_s.
 -- Reply: {{member, lane, token, payload}, ...} handed.
 -- include: room.lua
 expire()
 if ARGV[1] ~= '' and redis.call('HGET', TOKENS, ARGV[1]) == ARGV[2] then
   redis.call('ZREM', SEATS, ARGV[1])
   redis.call('HDEL', TOKENS, ARGV[1])
-  -- Kept until now if it arrived through room_seat (which does not touch them).
-  redis.call('HDEL', ENTRIES, ARGV[1])
-  redis.call('HDEL', PAYLOADS, ARGV[1])
+  forget(ARGV[1])
+  redis.call('ZADD', LEFT, at(now + tonumber(ARGV[7])), ARGV[1])
   if ARGV[5] ~= '' then count_call(ARGV[5], tonumber(ARGV[6])) end
 end
 return fill(tonumber(ARGV[3]), tonumber(ARGV[4]))

@@ -1,0 +1,190 @@
+"""What a review of the fair room (issue 22) found wrong, on a real Dramatiq worker (StubBroker).
+
+Each test failed before its fix: retries of failed calls went over a lane's
+cap, a hand-on slower than ``handoff_s`` ran its job twice, a finished job
+whose leave failed ran again, a capped job admitted in one step spent a
+pacing slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from enrichment_middleware import install
+from enrichment_middleware.backends.base import Backend, BackendUnavailable
+from enrichment_middleware.backends.memory import MemoryBackend
+from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.failpoints import hooked
+from enrichment_middleware.fair import FAIR_KEY, FairAdmission
+from enrichment_middleware.pacing import Pacing
+from enrichment_middleware.policy.fair import FairLimits
+from enrichment_middleware.policy.pacing import PacingLimits
+from enrichment_middleware.policy.semaphore import SemaphoreLimits
+from enrichment_middleware.retries import Retries
+from enrichment_middleware.semaphore import ConcurrencySemaphore, release_permit_early
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Redis: the room's rules are the same on memory (tests/unit/test_fair_regressions.py runs both)."""
+    client: redis.Redis[bytes] = request.getfixturevalue("redis_client")
+    return RedisBackend(client)
+
+
+class Rig:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        fail_first: bool = False,
+        call_s: float = 0.01,
+        max_retries: int = 0,
+        **limits: Any,
+    ) -> None:
+        self.broker = StubBroker()
+        self.broker.emit_after("process_boot")
+        self.backend = backend
+        seats = limits.get("seats", 1)
+        self.fair = FairAdmission(backend, {"api": FairLimits(sweep_s=0.1, **limits)})
+        semaphore = ConcurrencySemaphore(backend, {"api": SemaphoreLimits(permits=seats, wait_s=1.0)})
+        self.retries = Retries(
+            backend=backend, max_retries=max_retries, min_backoff=10, max_backoff=20, poll_interval_s=0.05
+        )
+        install(self.broker, self.fair, semaphore, retries=self.retries)
+        self.calls: list[str] = []
+        attempts: Counter[str] = Counter()
+        lock = threading.Lock()
+
+        @dramatiq.actor(broker=self.broker, actor_name="call", fair="api", semaphore="api")
+        def call(name: str) -> None:
+            with lock:
+                self.calls.append(name)
+                attempts[name] += 1
+                first = attempts[name] == 1
+            time.sleep(call_s)
+            if fail_first and first:
+                raise ConnectionError("the upstream timed out (the call was made)")
+            release_permit_early()
+
+        self.actor = call
+
+    def send(self, lane: str, name: str) -> dramatiq.Message[Any]:
+        return self.actor.send_with_options(args=(name,), **{FAIR_KEY: lane})
+
+    def run(self, seconds: float, threads: int = 4) -> None:
+        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=20)
+        worker.start()
+        try:
+            time.sleep(seconds)
+        finally:
+            worker.stop()
+
+
+def test_a_lane_cap_is_not_overshot_by_retries_of_failed_calls(backend: Backend) -> None:
+    """caps={'r': 2}: at most 2 calls of lane r per window. Each call fails once (a timeout: the call
+    was made, the room counts it) and is retried; the retry keeps FAIR_COUNTED and is not counted."""
+    rig = Rig(backend, fail_first=True, max_retries=1, caps={"r": 2}, window_s=86_400)
+    for i in range(4):
+        rig.send("r", f"r{i}")
+    rig.run(3.0)
+    room_calls = rig.fair.policies["api"].counts().calls
+    print("calls made:", rig.calls, "room's count:", room_calls)
+    assert len(rig.calls) <= 2, (
+        f"{len(rig.calls)} calls of lane r with a cap of 2: {rig.calls}; room says {room_calls}"
+    )
+
+
+def test_a_hand_on_slower_than_handoff_s_runs_the_job_once(backend: Backend) -> None:
+    """The first hand-on's enqueue is slow (broker flow control, a GC pause, a prefetch buffer of a
+    busy or dying worker): longer than handoff_s. The room hands the job again; then the slow copy
+    arrives too. Each job must still run once."""
+    rig = Rig(backend, handoff_s=0.3, seats=1, call_s=0.05)
+    slowed = threading.Event()
+
+    def slow_once() -> None:
+        if not slowed.is_set():
+            slowed.set()
+            time.sleep(0.8)
+
+    for i in range(4):
+        rig.send("a", f"a{i}")
+    with hooked("fair.handed", slow_once):
+        rig.run(4.0)
+    print("calls:", rig.calls)
+    assert slowed.is_set()
+    assert Counter(rig.calls) == Counter(f"a{i}" for i in range(4)), Counter(rig.calls)
+
+
+class LeaveFailsOnce:
+    """A backend whose room_leave for one member fails once (a Redis blip after the call)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+        self.target: str | None = None
+        self.failed = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def room_leave(self, key: str, member: str | None, token: str, **kw: Any) -> Any:
+        if member is not None and member == self.target and not self.failed.is_set():
+            self.failed.set()
+            raise BackendUnavailable("Redis blinked")
+        return self._inner.room_leave(key, member, token, **kw)
+
+
+def test_a_finished_job_whose_leave_failed_is_not_run_again() -> None:
+    """A waiting job is handed a seat, arrives through the one-step admission (room_seat), runs and
+    succeeds; its room_leave fails ("the seat lapses by itself", fair.py:214). The seat lapses and
+    the room, which still holds its entry and payload, sends it again: it runs twice."""
+    wrapped = LeaveFailsOnce(MemoryBackend())
+    # all_or_nothing needs the real object: batch through the wrapped backend's inner one.
+    rig = Rig(wrapped, seats=1, seat_s=0.5, handoff_s=30.0, call_s=0.2)  # type: ignore[arg-type]
+    rig.send("a", "a0")
+    j = rig.send("a", "j")
+    wrapped.target = j.message_id
+    rig.run(3.0)
+    print("calls:", rig.calls)
+    assert wrapped.failed.is_set()
+    assert Counter(rig.calls) == Counter(["a0", "j"]), Counter(rig.calls)
+
+
+def test_a_capped_job_admitted_in_one_step_spends_no_pacing_slot() -> None:
+    """Cap 0 for lane r: no call of r. In the one-step path the fair gate checks the cap after the
+    batch took the pacing slot (the quota's request is refunded, the slot is not)."""
+    from enrichment_middleware.policy.clock import SystemClock
+
+    backend = MemoryBackend()
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    fair = FairAdmission(backend, {"api": FairLimits(seats=1, sweep_s=0.1, caps={"r": 0})})
+    pacing = Pacing(backend, {"api": PacingLimits(interval_s=30.0)})
+    retries = Retries(backend=backend, max_retries=0, poll_interval_s=0.05)
+    install(broker, fair, pacing, retries=retries)
+    calls: list[str] = []
+
+    @dramatiq.actor(broker=broker, actor_name="call", fair="api", rate="api")
+    def call(name: str) -> None:
+        calls.append(name)
+
+    before = pacing.policies["api"].status()
+    call.send_with_options(args=("r0",), **{FAIR_KEY: "r"})
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)
+    worker.start()
+    time.sleep(0.5)
+    worker.stop()
+    after = pacing.policies["api"].status()
+    print("calls:", calls, "pacing before:", before, "after:", after, "now:", SystemClock().now())
+    assert calls == []
+    assert before.reserved_s == 0
+    assert after.reserved_s == 0, (
+        f"the capped job (no call) spent a pacing slot: next one in {after.reserved_s:.1f}s"
+    )
