@@ -323,7 +323,8 @@ def build_runtime(
             e.policy: FairLimits(
                 seats=e.permits + 1,
                 weights=dict(s.source_weights),
-                seat_s=s.semaphore_lease_s,
+                # Held through the permit's wait too: it must outlast the wait and the call.
+                seat_s=s.semaphore_lease_s + s.semaphore_wait_s,
                 caps={
                     source: math.floor(round(share * e.quota_requests, 6))
                     for source, share in s.source_shares.items()

@@ -108,11 +108,19 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         token = kept.get("token", "") if isinstance(kept, dict) and kept.get("name") == policy.name else ""
         return str(token)
 
+    def _elsewhere(self, message: MessageProxy, policy: FairPolicy) -> FairPolicy | None:
+        """The other room this copy holds a seat of (a router sent it to another policy since)."""
+        kept = message.options.get(FAIR_SEAT)
+        name = kept.get("name") if isinstance(kept, dict) else None
+        return self.policies.get(name) if isinstance(name, str) and name != policy.name else None
+
     def part(self, broker: Broker, message: MessageProxy, policy: FairPolicy) -> Part | None:
         if self.lane_of(message) in policy.limits.caps and not self._counted(message, policy):
             # Its cap is checked once it is seated and before the later gates take anything (a
             # pacing slot cannot be given back): it decides alone.
             return None
+        if self._elsewhere(message, policy) is not None:
+            return None  # it leaves the other room first: it decides alone
         member, token = message.message_id, self._token(message, policy)
 
         def try_seat(p: FairPolicy) -> Seat | None:
@@ -124,8 +132,14 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
             condition="granted",
             allowed=lambda seat: seat is not None,
             take=lambda seat: self._take(broker, message, seat),
-            give_back=lambda seat: self._send(broker, policy, policy.leave(seat)),
+            give_back=lambda seat: self._give_back(broker, message, policy, seat),
         )
+
+    def _give_back(self, broker: Broker, message: MessageProxy, policy: FairPolicy, seat: Seat) -> None:
+        """A one-step admission abandoned before this gate took its seat: the seat goes, and the
+        copy put back comes as a newcomer (with the old token it would find itself stale)."""
+        message.options.pop(FAIR_SEAT, None)
+        self._send(broker, policy, policy.leave(seat))
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
@@ -135,6 +149,15 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
             failpoint("fair.seated")
             self._within_cap(broker, message, policy)
             return
+        other = self._elsewhere(message, policy)
+        if other is not None:
+            # Routed to another endpoint since it was seated or handed a seat: it leaves that room
+            # (which would otherwise hand it on again, or hold the seat until it lapses).
+            seat = Seat(other.name, message.message_id, str(message.options[FAIR_SEAT].get("token", "")))
+            with self.failing_closed():
+                handed = other.leave(seat)
+            message.options.pop(FAIR_SEAT, None)  # once left: a copy put back before would leave again
+            self._send(broker, other, handed)
         plain: dramatiq.Message[Any] = message._message
         # Kept without a seat: it gets one when its turn comes.
         payload = plain._replace(options={k: v for k, v in plain.options.items() if k != FAIR_SEAT}).encode()
@@ -240,14 +263,16 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
                     )
                 )
             except DecodeError as exc:
+                # It can never run: it gives its seat up rather than come back for it every handoff_s.
                 self.logger.error(
-                    "Job %s waiting in room %r cannot be decoded (%s): it is handed a seat again every %gs. "
-                    "Inspect or remove it by hand.",
+                    "Job %s waiting in room %r cannot be decoded (%s): removed from the room, its %d bytes "
+                    "logged here (the store lost or garbled part of its data: check its persistence).",
                     seat.member,
                     policy.name,
                     exc,
-                    policy.limits.handoff_s,
+                    len(seat.payload),
                 )
+                self._send(broker, policy, policy.leave(Seat(policy.name, seat.member, seat.token)))
             except Exception as exc:
                 self.logger.warning(
                     "Could not send job %s of room %r on (%s: %s); it is handed a seat again within %gs.",

@@ -117,13 +117,14 @@ def run(
                 time.sleep(0.01)
         finished = min(time.time(), deadline)
         broker.close()
-    window = [
-        r for r in stub.requests if r.path == "/api/interpreter" and sent_at <= r.started_at <= finished
-    ]
+    calls = [r for r in stub.requests if r.path == "/api/interpreter"]
+    window = [r for r in calls if sent_at <= r.started_at <= finished]
     b_calls = sum(1 for r in window if _is_b(r.query))
-    # Up to the last call's end: the store after it is no slot left empty.
+    # Up to the last call's end (the store after it is no slot left empty); the calls in flight at
+    # B's send count for the part of them inside the window.
     until = max((min(r.ended_at, finished) for r in window), default=finished)
-    busy = sum(min(r.ended_at, until) - r.started_at for r in window) / (permits * (until - sent_at))
+    overlap = sum(max(0.0, min(r.ended_at, until) - max(r.started_at, sent_at)) for r in calls)
+    busy = overlap / (permits * (until - sent_at))
     return FairRun(name, finished - sent_at, done < expected, len(window), b_calls, busy)
 
 

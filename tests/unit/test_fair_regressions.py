@@ -167,3 +167,21 @@ def test_keep_does_not_revive_a_lapsed_seat_given_away(timed: Timed) -> None:
     assert k is not None
     kept = policy.keep(policy.seat_of(j, "j"), 10.0)  # j is deferred after its call: keeps its seat
     assert not kept and policy.counts().seated <= 1, f"keep={kept}, {policy.counts().seated} of 1 seats held"
+
+
+# --- A second review: a later attempt's copy is not taken for a stale one -----------------------
+
+
+def test_a_later_attempts_copy_is_not_taken_for_stale_when_its_kept_seat_lapsed(timed: Timed) -> None:
+    """Attempt 1 leaves (a failure: a tombstone with its token); its retry is seated anew, deferred,
+    and its kept seat lapses before its copy comes back: that copy must run, not end as stale."""
+    policy = room(timed.backend, seats=1, seat_s=0.3)
+    first = policy.enter("a", "j", b"j")
+    policy.leave(policy.seat_of(first, "j"), called="a")  # attempt 1 failed after its call
+    retry = policy.enter("a", "j", b"j")  # the retry, without a token: seated anew
+    assert retry.status == "seated" and int(retry.token) > int(first.token)
+    timed.advance(0.4)  # its keep failed (a Redis blip): the seat lapsed while it was parked
+    back = policy.enter("a", "j", b"j", token=retry.token)
+    assert back.status == "seated", f"the retry's own copy got {back.status!r}: the job would be lost"
+    stale = policy.enter("a", "k", b"k", token=first.token)  # another member's old token: not stale
+    assert stale.status in ("seated", "waiting")

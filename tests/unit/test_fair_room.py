@@ -64,8 +64,8 @@ def serve(policy: FairPolicy, first: Seat, rounds: int) -> list[str]:
     [
         # Equal weights: the lanes alternate, whatever the order the jobs came in.
         ({}, ["a1", "b0", "a2", "b1", "a3", "b2", "a4", "b3", "a5", "a6"]),
-        # b weighs 4: four of b's for each of a's while both wait (a tie goes by lane name).
-        ({"b": 4.0}, ["b0", "b1", "b2", "a1", "b3", "a2", "a3", "a4", "a5", "a6"]),
+        # b weighs 4: four of b's for each of a's while both wait (a tie goes to the heavier lane).
+        ({"b": 4.0}, ["b0", "b1", "b2", "b3", "a1", "a2", "a3", "a4", "a5", "a6"]),
         # a weighs 3 (a bulk import weighted up): b still gets one in four.
         ({"a": 3.0}, ["a1", "a2", "a3", "b0", "a4", "a5", "a6", "b1", "b2", "b3"]),
     ],

@@ -188,3 +188,60 @@ def test_a_capped_job_admitted_in_one_step_spends_no_pacing_slot() -> None:
     assert after.reserved_s == 0, (
         f"the capped job (no call) spent a pacing slot: next one in {after.reserved_s:.1f}s"
     )
+
+
+def test_a_copy_routed_to_another_room_leaves_the_first_ones_seat(backend: Backend) -> None:
+    """A router sent a seated copy to another endpoint's room: the first room's seat is left at once
+    (not held until it lapses, nor handed on again), and the job runs in the second room, once.
+    (The actor names e2; the copies that hold a seat of e1 stand for what the router moved.)"""
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    fair = FairAdmission(
+        backend, {"e1": FairLimits(seats=1, sweep_s=0.1), "e2": FairLimits(seats=1, sweep_s=0.1)}
+    )
+    install(broker, fair, retries=Retries(backend=backend, max_retries=0, poll_interval_s=0.05))
+    calls: list[str] = []
+
+    @dramatiq.actor(broker=broker, actor_name="call", fair="e2")
+    def call(name: str) -> None:
+        calls.append(name)
+
+    e1 = fair.policies["e1"]
+    seated = e1.enter("default", "moved", b"")
+    waiting = call.message_with_options(args=("next",)).copy(message_id="next")
+    assert e1.enter("default", "next", waiting.encode()).status == "waiting"
+    message = call.message_with_options(args=("moved",), fair_seat={"name": "e1", "token": seated.token})
+    broker.enqueue(message.copy(message_id="moved"))
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=20)
+    worker.start()
+    try:
+        broker.join("default", fail_fast=False, timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+    # e1's seat went on at once to the job waiting there (not held until it lapsed), which the router
+    # had sent to e2 as well: both ran, once, and e1 holds nobody.
+    assert sorted(calls) == ["moved", "next"]
+    assert e1.counts() == type(e1.counts())(0, {})
+
+
+def test_an_abandoned_one_step_admission_loses_no_handed_copy(backend: Backend) -> None:
+    """The batch admitted a handed copy (its token), then failed before the gate took its seat
+    (failpoint admission.together): the seat is given back and the copy put back runs, once."""
+    rig = Rig(backend, seats=1, call_s=0.2)
+    for gate in rig.broker.middleware:
+        if hasattr(gate, "unavailable_retry_s"):
+            gate.unavailable_retry_s = 0.1
+    batches = [0]
+
+    def fail_the_second() -> None:
+        batches[0] += 1
+        if batches[0] == 2:  # a1's: handed a seat when a0 left, it arrives holding the token
+            raise RuntimeError("interrupted between the batch and the gates' takes")
+
+    rig.send("a", "a0")
+    rig.send("a", "a1")
+    with hooked("admission.together", fail_the_second):
+        rig.run(3.0)
+    assert batches[0] >= 2
+    assert sorted(rig.calls) == ["a0", "a1"], rig.calls

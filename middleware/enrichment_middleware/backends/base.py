@@ -446,7 +446,8 @@ class Rooms(Core):
     A room has ``seats``; a member holds one (a lease) from admission until it
     leaves. A newcomer takes a free seat only when nobody waits; else it waits
     in its lane with its payload. Each freed seat goes to the head of the lane
-    with the smallest *pass*, and that lane's pass grows by ``1 / weight``
+    with the smallest *pass* (a tie: the heavier lane, then by name, byte by
+    byte), and that lane's pass grows by ``1 / weight``
     (stride scheduling); a lane that had nobody waiting is due one stride
     after the room's virtual time (the pass last served), so an idle lane
     banks no credit. A seat handed to a waiting member lapses after ``handoff_s``
@@ -456,8 +457,10 @@ class Rooms(Core):
     broker holds its message; or its leave was lost). A copy that holds a
     token not its member's current one is stale: it ends (``present``)
     while the room holds the member, or for ``left_s`` after the member
-    left. Every method first drops the seats that lapsed, and hands out the
-    seats free, in the same atomic step.
+    left if its token is at most the one the member left with (tokens only
+    grow). :meth:`room_enter` and :meth:`room_leave` first drop the seats
+    that lapsed, and end by handing out the seats free, in the same atomic
+    step.
     """
 
     @abstractmethod
@@ -480,8 +483,8 @@ class Rooms(Core):
           deferred), or ``token`` is "" and it arrived at its seat before (the broker's
           own copy again): ``seated``, the seat renewed for ``seat_s``.
         - The room holds it otherwise (waiting; handed a seat not arrived at; seated
-          under another token), or ``token`` is stale and it left less than ``left_s``
-          ago: ``present``, nothing changes.
+          under another token), or it left less than ``left_s`` ago with ``token`` or a
+          later one: ``present``, nothing changes.
         - Else, nobody waiting and fewer than ``seats`` held: ``seated`` under a new
           token, for ``seat_s``. Else it waits at the end of ``lane`` (weight
           ``weight``) with ``payload``: ``waiting``.

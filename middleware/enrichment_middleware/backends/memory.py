@@ -494,8 +494,10 @@ class MemoryBackend(Backend):
                     status = "present"  # a stale copy, or handed to another copy not arrived yet
             elif member in room.entries:
                 status = "present"  # waiting in its lane
-            elif token and member in room.left:
-                status = "present"  # a stale copy of a job that ran and left
+            elif token.isdigit() and member in room.left and int(token) <= room.left[member][1]:
+                status = (
+                    "present"  # a stale copy of a job that ran and left (a later seat's token is greater)
+                )
             else:
                 room.weights[lane] = float(weight)
                 if not room.waiting() and len(room.seats) < seats:
@@ -569,7 +571,7 @@ class MemoryBackend(Backend):
                 del room.seats[member]
                 del room.tokens[member]
                 room.forget(member)
-                room.left[member] = now + left_s
+                room.left[member] = (now + left_s, int(token) if token.isdigit() else -1)
                 if called:
                     start = _window_start(now, window_s)
                     for old in [w for w in room.calls if w < start]:
@@ -607,7 +609,7 @@ class _Room:
         ] = {}  # member -> (lane, sequence), from its wait to its leave
         self.payloads: dict[str, bytes] = {}
         self.handed: dict[str, str] = {}  # member -> token: handed a seat, not arrived yet
-        self.left: dict[str, float] = {}  # member -> until: left, so that a stale copy ends
+        self.left: dict[str, tuple[float, int]] = {}  # member -> (until, the token it left with)
         self.passes: dict[str, float] = {}
         self.weights: dict[str, float] = {}
         self.vtime = 0.0
@@ -637,7 +639,7 @@ class _Room:
         bisect.insort(queued, (seq, member))
 
     def expire(self, now: float) -> None:
-        for member in [m for m, until in self.left.items() if until <= now]:
+        for member in [m for m, (until, _) in self.left.items() if until <= now]:
             del self.left[member]
         for member in [m for m, lapses in self.seats.items() if lapses <= now]:
             del self.seats[member]
@@ -655,10 +657,15 @@ class _Room:
     def fill(self, seats: int, lapses_at: float) -> list[HandedSeat]:
         handed = []
         while len(self.seats) < seats:
-            lanes = [(self.passes.get(lane, 0.0), lane) for lane, queued in self.queue.items() if queued]
+            # The smallest pass; a tie goes to the heavier lane (the smaller stride), then by name.
+            lanes = [
+                (self.passes.get(lane, 0.0), self.stride(lane), lane)
+                for lane, queued in self.queue.items()
+                if queued
+            ]
             if not lanes:
                 break
-            pass_, lane = min(lanes)
+            pass_, _, lane = min(lanes)
             _, member = self.queue[lane].pop(0)
             if not self.queue[lane]:
                 del self.queue[lane]
@@ -669,8 +676,11 @@ class _Room:
             self.tokens[member] = token
             self.handed[member] = token
             handed.append(HandedSeat(member, lane, token, self.payloads.get(member, b"")))
-        # Lanes nobody waits in whose pass the room caught up with would start there anyway.
-        for lane in [lane for lane, p in self.passes.items() if p <= self.vtime and not self.queue.get(lane)]:
+        # Lanes nobody waits in whose pass the room caught up with would start there anyway; the
+        # lanes of members handed a seat stay (a lapse puts them back, with their weight).
+        busy = {self.entries[m][0] for m in self.handed if m in self.entries}
+        idle = [lane for lane, p in self.passes.items() if p <= self.vtime and not self.queue.get(lane)]
+        for lane in [lane for lane in idle if lane not in busy]:
             del self.passes[lane]
             self.weights.pop(lane, None)
         return handed

@@ -677,6 +677,7 @@ class RedisBackend(Backend):
 
     _ROOM_PARTS = (
         "seats", "tokens", "queue", "entries", "payloads", "passes", "weights", "counts", "meta", "handed", "left",
+        "left-tokens",
     )  # fmt: skip
 
     def _room_keys(self, key: str) -> list[str]:

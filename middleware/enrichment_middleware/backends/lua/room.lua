@@ -7,11 +7,23 @@
 -- meta (hash: vtime, the pass last served; seq, the last sequence number; waiting, the
 -- members in the queue: what lua/room_seat.lua reads instead of the queue),
 -- handed (hash member -> token: handed a seat, not arrived yet), left (sorted set member ->
--- until: jobs that left, so that a stale copy of one ends instead of running again).
+-- until: jobs that left, so that a stale copy of one ends instead of running again), left-tokens
+-- (hash member -> the token it left with: only a copy holding that token or an older one is stale).
 -- include: now.lua
 local SEATS, TOKENS, QUEUE, ENTRIES, PAYLOADS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local PASSES, WEIGHTS, COUNTS, META, HANDED, LEFT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local LEFT_TOKENS = KEYS[12]
 local SEP = '\0'
+
+-- Whether lane name a sorts before b, byte by byte (as Python compares them: Lua's < follows the
+-- collation of the server's locale).
+local function before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 
 local function number(value) return string.format('%.17g', value) end
 
@@ -57,6 +69,9 @@ end
 -- arrived is forgotten: the broker holds its message (its worker died), or it is done (its leave
 -- was lost).
 local function expire()
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', LEFT, '-inf', at(now))) do
+    redis.call('HDEL', LEFT_TOKENS, member)
+  end
   redis.call('ZREMRANGEBYSCORE', LEFT, '-inf', at(now))
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', SEATS, '-inf', at(now))) do
     redis.call('ZREM', SEATS, member)
@@ -73,17 +88,20 @@ local function expire()
   end
 end
 
--- Hand the free seats to the heads of the lanes with the smallest pass (stride scheduling); then
--- drop the lanes nobody waits in whose pass the room has caught up with (they would start there).
+-- Hand the free seats to the heads of the lanes with the smallest pass (stride scheduling; a tie
+-- goes to the heavier lane, then by name); then drop the lanes nobody waits in whose pass the room
+-- has caught up with (they would start there).
 local function fill(limit, handoff_s)
   local handed = {}
   while redis.call('ZCARD', SEATS) < limit do
     local counts = redis.call('HGETALL', COUNTS)
-    local lane, pass = nil, nil
+    local lane, pass, step = nil, nil, nil
     for i = 1, #counts, 2 do
       if tonumber(counts[i + 1]) > 0 then
-        local p = pass_of(counts[i])
-        if lane == nil or p < pass or (p == pass and counts[i] < lane) then lane, pass = counts[i], p end
+        local p, s = pass_of(counts[i]), stride(counts[i])
+        if lane == nil or p < pass or (p == pass and (s < step or (s == step and before(counts[i], lane)))) then
+          lane, pass, step = counts[i], p, s
+        end
       end
     end
     if lane == nil then break end
@@ -105,9 +123,14 @@ local function fill(limit, handoff_s)
     end
   end
   local vtime = tonumber(redis.call('HGET', META, 'vtime') or '0')
+  local busy = {}  -- the lanes of members handed a seat: a lapse puts them back, with their weight
+  for _, member in ipairs(redis.call('HKEYS', HANDED)) do
+    local entry = redis.call('HGET', ENTRIES, member)
+    if entry then busy[lane_of(entry)] = true end
+  end
   local passes = redis.call('HGETALL', PASSES)
   for i = 1, #passes, 2 do
-    if tonumber(passes[i + 1]) <= vtime and redis.call('HEXISTS', COUNTS, passes[i]) == 0 then
+    if tonumber(passes[i + 1]) <= vtime and not busy[passes[i]] and redis.call('HEXISTS', COUNTS, passes[i]) == 0 then
       redis.call('HDEL', PASSES, passes[i])
       redis.call('HDEL', WEIGHTS, passes[i])
     end

@@ -22,8 +22,8 @@ if held then
   end
 elseif redis.call('HEXISTS', ENTRIES, member) == 1 then
   status = 'present'  -- waiting in its lane
-elseif token ~= '' and redis.call('ZSCORE', LEFT, member) then
-  status = 'present'  -- a stale copy of a job that ran and left
+elseif tonumber(token) and tonumber(token) <= tonumber(redis.call('HGET', LEFT_TOKENS, member) or '-1') then
+  status = 'present'  -- a stale copy of a job that ran and left (a later seat's token is greater)
 else
   redis.call('HSET', WEIGHTS, lane, ARGV[5])
   if redis.call('ZCARD', QUEUE) == 0 and redis.call('ZCARD', SEATS) < limit then

@@ -11,6 +11,7 @@ if ARGV[1] ~= '' and redis.call('HGET', TOKENS, ARGV[1]) == ARGV[2] then
   redis.call('HDEL', TOKENS, ARGV[1])
   forget(ARGV[1])
   redis.call('ZADD', LEFT, at(now + tonumber(ARGV[7])), ARGV[1])
+  redis.call('HSET', LEFT_TOKENS, ARGV[1], ARGV[2])
   if ARGV[5] ~= '' then count_call(ARGV[5], tonumber(ARGV[6])) end
 end
 return fill(tonumber(ARGV[3]), tonumber(ARGV[4]))
