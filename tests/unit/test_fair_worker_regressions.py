@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -79,13 +80,21 @@ class Rig:
     def send(self, lane: str, name: str) -> dramatiq.Message[Any]:
         return self.actor.send_with_options(args=(name,), **{FAIR_KEY: lane})
 
-    def run(self, seconds: float, threads: int = 4) -> None:
-        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=20)
+    def run(self, until: Callable[[], bool], *, linger_s: float, timeout_s: float = 15.0) -> None:
+        """Run a worker until ``until()`` holds, then ``linger_s`` more (for what must not happen
+        after: a second run, a call over the cap), at most ``timeout_s``."""
+        worker = dramatiq.Worker(self.broker, worker_threads=4, worker_timeout=20)
         worker.start()
         try:
-            time.sleep(seconds)
+            deadline = time.monotonic() + timeout_s
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(linger_s)
         finally:
             worker.stop()
+
+    def parked(self) -> int:
+        return self.retries.parking.count() if self.retries.parking is not None else 0
 
 
 def test_a_lane_cap_is_not_overshot_by_retries_of_failed_calls(backend: Backend) -> None:
@@ -94,7 +103,8 @@ def test_a_lane_cap_is_not_overshot_by_retries_of_failed_calls(backend: Backend)
     rig = Rig(backend, fail_first=True, max_retries=1, caps={"r": 2}, window_s=86_400)
     for i in range(4):
         rig.send("r", f"r{i}")
-    rig.run(3.0)
+    # Two calls, then every other attempt waits for the next window: the two retries and r2, r3.
+    rig.run(lambda: rig.parked() >= 4, linger_s=0.5)
     room_calls = rig.fair.policies["api"].counts().calls
     print("calls made:", rig.calls, "room's count:", room_calls)
     assert len(rig.calls) <= 2, (
@@ -117,7 +127,8 @@ def test_a_hand_on_slower_than_handoff_s_runs_the_job_once(backend: Backend) -> 
     for i in range(4):
         rig.send("a", f"a{i}")
     with hooked("fair.handed", slow_once):
-        rig.run(4.0)
+        # Every job ran; then long enough for the slow copy (0.8 s) to arrive and show a second run.
+        rig.run(lambda: slowed.is_set() and len(set(rig.calls)) == 4, linger_s=1.2)
     print("calls:", rig.calls)
     assert slowed.is_set()
     assert Counter(rig.calls) == Counter(f"a{i}" for i in range(4)), Counter(rig.calls)
@@ -151,7 +162,8 @@ def test_a_finished_job_whose_leave_failed_is_not_run_again() -> None:
     rig.send("a", "a0")
     j = rig.send("a", "j")
     wrapped.target = j.message_id
-    rig.run(3.0)
+    # Both ran; then long enough for j's seat to lapse (0.5 s) and a sweep to send it again.
+    rig.run(lambda: wrapped.failed.is_set() and len(rig.calls) >= 2, linger_s=1.2)
     print("calls:", rig.calls)
     assert wrapped.failed.is_set()
     assert Counter(rig.calls) == Counter(["a0", "j"]), Counter(rig.calls)
@@ -242,6 +254,6 @@ def test_an_abandoned_one_step_admission_loses_no_handed_copy(backend: Backend) 
     rig.send("a", "a0")
     rig.send("a", "a1")
     with hooked("admission.together", fail_the_second):
-        rig.run(3.0)
+        rig.run(lambda: len(set(rig.calls)) == 2, linger_s=0.3)
     assert batches[0] >= 2
     assert sorted(rig.calls) == ["a0", "a1"], rig.calls
