@@ -536,8 +536,7 @@ def _endpoint_status(runtime: Runtime, endpoint: Endpoint) -> list[str]:
     lines.append(
         f"semaphore {policy!r}  {semaphore.in_use()} of {semaphore.effective_permits()} permits in use"
     )
-    if runtime.fair is not None:
-        lines += _sources_status(runtime.fair.policies[policy])
+    lines += _sources_status(runtime.fair.policies[policy])
     if pause.held:
         lines.append(
             f"pause {policy!r}  {endpoint.name} HELD ({pause.hold_reason or pause.reason}): no calls, jobs wait; "

@@ -167,8 +167,7 @@ def _wait_until_done(queue: str, timeout_s: float = 120.0, *, worker: dramatiq.W
     def parked() -> int:
         # Deferred jobs wait in the parking lot; jobs behind others, in the endpoints' fair rooms
         # (a seat is held from the room's hand-on to the end of the job).
-        rooms = runtime.fair.policies.values() if runtime.fair is not None else ()
-        in_rooms = sum(sum(c.waiting.values()) + c.seated for c in (room.counts() for room in rooms))
+        in_rooms = sum(room.counts().held for room in runtime.fair.policies.values())
         return in_rooms + (0 if parking is None else parking.count())
 
     while time.monotonic() < deadline:

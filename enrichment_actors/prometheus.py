@@ -556,7 +556,7 @@ class FleetState(Protocol):
     @property
     def pacing(self) -> Pacing: ...
     @property
-    def fair(self) -> FairAdmission | None: ...
+    def fair(self) -> FairAdmission: ...
 
 
 def read_fleet(runtime: FleetState) -> FleetReading:
@@ -585,7 +585,7 @@ def read_fleet(runtime: FleetState) -> FleetReading:
         persistent=persistence_gauge(redis_servers.values()) if redis_servers else None,
         endpoints=read_endpoints(runtime.pause.policies, runtime.pacing.policies),
         orphans=runtime.retries.parking.orphans() if runtime.retries.parking is not None else 0,
-        sources=read_sources(runtime.fair.policies) if runtime.fair is not None else (),
+        sources=read_sources(runtime.fair.policies),
     )
 
 

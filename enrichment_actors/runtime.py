@@ -121,7 +121,7 @@ class Runtime:
     router: EndpointRouter
     endpoints: tuple[Endpoint, ...]
     #: The fair room of each endpoint, lanes by source (docs/architecture.md, "Fair shares").
-    fair: FairAdmission | None = None
+    fair: FairAdmission
     #: The first endpoint's client (tests replace it); the others' are in _clients.
     _client: OverpassClient | None = None
     _clients: dict[str, OverpassClient] = field(default_factory=dict)

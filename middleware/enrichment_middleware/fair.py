@@ -90,9 +90,8 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         unavailable_retry_s: float = 5.0,
     ) -> None:
         super().__init__(backend, limits, clock=clock, rng=rng, unavailable_retry_s=unavailable_retry_s)
-        sweep_s = min((limit.sweep_s for limit in limits.values()), default=1.0)
+        self._sweep_s = min((limit.sweep_s for limit in limits.values()), default=1.0)
         self._sweeper: BackgroundLoop | None = None
-        self._sweep_s = sweep_s
         self._rng = rng
 
     @staticmethod
@@ -265,14 +264,16 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
             except DecodeError as exc:
                 # It can never run: it gives its seat up rather than come back for it every handoff_s.
                 self.logger.error(
-                    "Job %s waiting in room %r cannot be decoded (%s): removed from the room, its %d bytes "
-                    "logged here (the store lost or garbled part of its data: check its persistence).",
+                    "Job %s waiting in room %r cannot be decoded (%s): removed from the room, %d bytes lost "
+                    "(the store lost or garbled part of its data: check its persistence).",
                     seat.member,
                     policy.name,
                     exc,
                     len(seat.payload),
                 )
-                self._send(broker, policy, policy.leave(Seat(policy.name, seat.member, seat.token)))
+                # Never raises: this runs in before_process_message too, where an error would let the actor run.
+                with self.logging_unavailable(f"remove job {seat.member} from room {policy.name!r}"):
+                    self._send(broker, policy, policy.leave(Seat(policy.name, seat.member, seat.token)))
             except Exception as exc:
                 self.logger.warning(
                     "Could not send job %s of room %r on (%s: %s); it is handed a seat again within %gs.",

@@ -11,6 +11,7 @@ behind A's backlog, as every job did before the room.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import psycopg
 from enrichment_actors.stub_overpass import StubOverpass
 from tests.support.workers import WorkerProcesses, eventually
 
-from .fleet import grid_boxes, sender
+from .fleet import grid_boxes, send, sender
 from .throughput import POIS_PER_JOB, TAGS, Environment, reset
 
 #: Where A's and B's boxes start: far apart, so B's POIs are those north of B_SOUTH.
@@ -49,18 +50,7 @@ def _b_pois(conn: psycopg.Connection[Any]) -> int:
 
 
 def _send(broker: Any, queue: str, boxes: list[dict[str, float]], source: str) -> None:
-    import dramatiq
-
-    for box in boxes:
-        broker.enqueue(
-            dramatiq.Message(
-                queue_name=queue,
-                actor_name="enrich",
-                args=(),
-                kwargs={"bbox": box, "tags": TAGS, "source": source},
-                options={},
-            )
-        )
+    send(broker, queue, "enrich", ({"bbox": box, "tags": TAGS, "source": source} for box in boxes))
 
 
 def run(
@@ -130,7 +120,5 @@ def run(
 
 def _is_b(query: str) -> bool:
     """Whether a query asks for one of B's boxes (south at or above B_SOUTH)."""
-    import re
-
     match = re.search(r"\]\((-?\d+(?:\.\d+)?),", query)
     return match is not None and float(match.group(1)) > B_SOUTH

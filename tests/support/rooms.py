@@ -27,11 +27,7 @@ def room_names(backend: Backend) -> list[str]:
 
 def in_rooms(backend: Backend) -> int:
     """Jobs waiting in, or seated by, every room of ``backend``."""
-    total = 0
-    for name in room_names(backend):
-        counts = FairPolicy(name, FairLimits(), backend).counts()
-        total += counts.seated + sum(counts.waiting.values())
-    return total
+    return sum(FairPolicy(name, FairLimits(), backend).counts().held for name in room_names(backend))
 
 
 def waiting_in_rooms(backend: Backend) -> int:

@@ -439,6 +439,11 @@ class RoomCounts:
     waiting: dict[str, int]
     calls: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def held(self) -> int:
+        """The jobs the room holds: seated (handed ones included) or waiting."""
+        return self.seated + sum(self.waiting.values())
+
 
 class Rooms(Core):
     """A fleet-wide waiting room with a lane per key, served by weight: fair admission.

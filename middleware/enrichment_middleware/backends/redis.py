@@ -555,20 +555,27 @@ class RedisBackend(Backend):
     def _park_keys(self, key: str) -> list[str]:
         return [self._key("park-due", key), self._key("park-payload", key), self._key("park-token", key)]
 
-    def park(self, key: str, member: str, payload: bytes, delay_s: float, token: str) -> None:
-        args = [member, payload, repr(float(delay_s)), token]
+    def _run_replicated(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, int]:
+        """Run ``script``, then wait for ``park_replicas`` replicas to hold what it wrote; its reply
+        and how many did (all of them, by definition, when none is asked for).
+
+        WAIT counts the writes of its own connection: the script and the WAIT go
+        down one pipeline. Until replicas hold a job kept here, a failover could
+        lose it after the worker acknowledged its message.
+        """
         if not self.park_replicas:
-            self._run("park", self._park_keys(key), args)
-            return
-        # WAIT counts the writes of its own connection: the park and the WAIT go
-        # down one pipeline.  Until replicas hold it, a failover could lose the
-        # parked job after the worker acknowledged its message: too few is an
-        # error, and the caller parks again (the same member, harmlessly).
+            return self._run(script, keys, args), 0
         with self._reachable():
             pipe = self.client.pipeline(transaction=False)
-            self._script("park")(keys=self._park_keys(key), args=args, client=pipe)
+            self._script(script)(keys=list(keys), args=list(args), client=pipe)
             pipe.execute_command("WAIT", self.park_replicas, _ms(PARK_WAIT_S))
-            confirmed = int(pipe.execute()[-1])
+            reply, confirmed = pipe.execute()
+        return reply, int(confirmed)
+
+    def park(self, key: str, member: str, payload: bytes, delay_s: float, token: str) -> None:
+        args = [member, payload, repr(float(delay_s)), token]
+        # Too few replicas is an error, and the caller parks again (the same member, harmlessly).
+        _, confirmed = self._run_replicated("park", self._park_keys(key), args)
         if confirmed < self.park_replicas:
             raise BackendUnavailable(
                 f"Redis at {self._where} holds the parked {member!r} but {confirmed} of "
@@ -704,22 +711,14 @@ class RedisBackend(Backend):
         handoff_s: float,
     ) -> Seating:
         check_lane(lane)
-        keys = self._room_keys(key)
         args = [lane, member, payload, token, repr(float(weight)), int(seats), repr(float(seat_s))]
         args.append(repr(float(handoff_s)))
-        if not self.park_replicas:
-            status, mine, handed = self._run("room_enter", keys, args)
-            return Seating(_text(status), _text(mine), self._handed(handed))
         # As park: a member left waiting must be on the replicas before its message is acknowledged.
-        with self._reachable():
-            pipe = self.client.pipeline(transaction=False)
-            self._script("room_enter")(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", self.park_replicas, _ms(PARK_WAIT_S))
-            (status, mine, handed), confirmed = pipe.execute()
+        (status, mine, handed), confirmed = self._run_replicated("room_enter", self._room_keys(key), args)
         seating = Seating(_text(status), _text(mine), self._handed(handed))
         # Not on the replicas: its message is put back instead, so the room must not send it too.
         # Handed a seat meanwhile, the room has it in hand: it waits as it would have.
-        unconfirmed = int(confirmed) < self.park_replicas and seating.status == "waiting"
+        unconfirmed = confirmed < self.park_replicas and seating.status == "waiting"
         if unconfirmed and self.room_withdraw(key, member):
             raise BackendUnavailable(
                 f"Redis at {self._where} took {member!r} into room {key!r} but {confirmed} of "
@@ -733,9 +732,9 @@ class RedisBackend(Backend):
         return bool(self._run("room_withdraw", self._room_keys(key), [member]))
 
     def room_seat(self, key: str, member: str, token: str, *, seats: int, seat_s: float) -> str | None:
-        keys = dict(zip(self._ROOM_PARTS, self._room_keys(key), strict=True))
-        args = [member, token, int(seats), repr(float(seat_s))]
-        mine = self._run("room_seat", [keys["seats"], keys["tokens"], keys["meta"], keys["handed"]], args)
+        # Its four small keys only: the room's step in an all-or-nothing batch, which saves each key.
+        keys = [self._key(f"room-{part}", key) for part in ("seats", "tokens", "meta", "handed")]
+        mine = self._run("room_seat", keys, [member, token, int(seats), repr(float(seat_s))])
         return None if mine is None else _text(mine)
 
     def room_keep(self, key: str, member: str, token: str, seat_s: float) -> bool:

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from enrichment_middleware.backends.base import HandedSeat, RoomCounts, Seating, check_lane
+from enrichment_middleware.backends.base import HandedSeat, RoomCounts, Seating
 from enrichment_middleware.policy.base import Policy
 
 #: The lane of a job that names none.
@@ -155,8 +155,8 @@ class FairPolicy(Policy[FairLimits]):
 
     def enter(self, lane: str, member: str, payload: bytes, *, token: str = "") -> Seating:
         """Seat ``member`` (a seat handed to ``token`` is taken), or keep it and ``payload``
-        waiting in ``lane``; see :meth:`~enrichment_middleware.backends.base.Rooms.room_enter`."""
-        check_lane(lane)
+        waiting in ``lane``; see :meth:`~enrichment_middleware.backends.base.Rooms.room_enter`
+        (which refuses a lane that is no name)."""
         limits = self._limits
         return self._backend.room_enter(
             self._key,
