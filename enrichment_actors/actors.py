@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.admission import STATE_UNAVAILABLE, admitted_in_one_step
 from enrichment_middleware.backends.base import BackendUnavailable
 from enrichment_middleware.deferral import Defer
 from enrichment_middleware.failpoints import failpoint
@@ -243,10 +243,10 @@ def fetch_pois(
         if refuses_us(exc) is None:
             raise
         raise _after_refusal(client, exc) from exc
-    # The call is over and its bytes are charged (in _call_overpass, so a call
-    # admitted after sees them): the next call may start while this job hands
-    # its POIs on.
-    release_permit_early()
+    # The call is over and succeeded: its bytes and server time (reported in
+    # _call_overpass), its permit, its seat and its success end together, in
+    # one round trip, and the next call may start while this job hands its POIs on.
+    release_permit_early(succeeded=True)
     current().metrics.count_elements_dropped(result.parsed.dropped)
     failpoint("fetch.answered")
     _hand_on(job, stage, _stage_answer(stage, result, cover, since), cover, force)
@@ -607,8 +607,12 @@ def _defer_if_paused() -> None:
 
     Admission checks the pause first, then may wait for a permit: a job that
     waited while another met a 429 (or a 406) would call right after it. One
-    read, right before the call, closes that gap.
+    read, right before the call, closes that gap. A job its gates admitted in
+    one step waited for nothing after their read of the pause: no second read.
     """
+    message = CurrentMessage.get_current_message()
+    if message is not None and admitted_in_one_step(message):
+        return
     try:
         decision = _pause_policy().admit()
     except BackendUnavailable as exc:

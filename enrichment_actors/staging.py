@@ -285,16 +285,20 @@ class Stage:
         answer: Mapping[str, Any] | None = None,
         gone: Sequence[Sequence[Any]] = (),
     ) -> Staged:
-        """Stage an answer, one round trip per chunk; the count is written last (the answer is complete).
+        """Stage an answer, one round trip per chunk; the count is written last, in one transaction
+        with the last chunk (the answer is complete: one round trip for an answer of one chunk).
 
         ``answer`` (what the coverage ledger needs of it: tiles, tag set,
         timestamp) is written with the count.
         """
         count = 0
+        pending: dict[str, bytes] = {}
         for index, chunk in enumerate(encode_chunks(pois, chunk_bytes)):
-            self.stash.put(self.key, {f"chunk:{index}": chunk}, self.ttl_s)
+            if pending:
+                self.stash.put(self.key, pending, self.ttl_s)
+            pending = {f"chunk:{index}": chunk}
             count = index + 1
-        last = {"chunks": str(count).encode()}
+        last = {**pending, "chunks": str(count).encode()}
         if answer is not None:
             last["answer"] = _ENCODER.encode(dict(answer)).encode()
         if gone:

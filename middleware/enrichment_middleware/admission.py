@@ -14,6 +14,18 @@ goes wrong (a decision that fails, an interrupt) defers the job and gives
 back what no gate took. The batch is the same steps on
 the same keys, back to back with nothing in between: one order the gates
 could have run in anyway.
+
+The end of a call: what the gates hold for it ends in one step too. Each
+gate that took something registers for the call of its thread; when the
+actor gives its holds back early (:func:`release_early`) or returns (the
+first gate's after-hook), each gate gives its :class:`Ending` (the usage
+charged, the request given back, the outcome recorded, the permit given
+back, the seat left), last gate first as Dramatiq runs after-hooks, and
+they run as one batch: one round trip. A gate that cannot take part (a
+permit handed to a thread of this process, an outcome that changes the
+circuit, a pause to record) makes every gate end alone, in that same order,
+as each always could: so the one step is only ever an order they could
+have run in.
 """
 
 from __future__ import annotations
@@ -49,26 +61,111 @@ STATE_UNAVAILABLE = "state_unavailable"
 
 #: The attribute of a delivery (its ``MessageProxy``) holding the gates that admitted it together.
 _TOGETHER = "_admitted_together"
+#: The attribute of a delivery that every gate admitted in one step (True).
+_ONE_STEP = "_admitted_in_one_step"
 
-#: By gate, what the message this thread runs holds for its call and may give back early.
-_early = threading.local()
+
+def admitted_in_one_step(message: MessageProxy | dramatiq.Message[Any]) -> bool:
+    """Whether every gate of this delivery admitted it in one atomic step, so that nothing waited
+    (no permit, no pacing sleep) between their checks and now: what they read (a pause) is as
+    fresh as the admission, and reading it again before the call would tell nothing new."""
+    return bool(getattr(message, _ONE_STEP, False))
 
 
-def release_early() -> None:
-    """Give back now what the message this thread runs holds for its call (its permit, its seat in a
-    fair room), not when its actor returns.
+#: The gates holding something for the call of the message this thread runs: by gate, the gate,
+#: its broker and the delivery.
+_holding = threading.local()
 
-    For an actor whose limited call is over but that has more to do (hand its
-    result on, say): the next call can start meanwhile. Report the call's
-    usage first (:func:`enrichment_middleware.usage.charge`), so that the next
-    call is admitted against it. Does nothing for what was given back already.
-    The last gate's hold goes first, as Dramatiq runs after-hooks: the permit,
-    then the seat.
+
+@dataclass(frozen=True)
+class CallEnd:
+    """How a call ended, as far as is known when the gates' holds end.
+
+    Parameters:
+      finished: the actor returned or raised (the after-hooks run); False: it gave its holds back
+        early (:func:`release_early`) and still runs.
+      exception: what the actor raised (or a before-hook: a deferral), None when it returned.
+      succeeded: what the actor said of its call when it gave its holds back early; None: nothing.
+      skipped: a middleware skipped the message (its actor never ran).
     """
-    releases: dict[int, Callable[[], None]] = getattr(_early, "releases", {})
-    _early.releases = {}
-    for release in reversed(list(releases.values())):
-        release()
+
+    finished: bool
+    exception: BaseException | None = None
+    succeeded: bool | None = None
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Ending:
+    """One gate's share of the end of a call, taken in one step with the others'.
+
+    Parameters:
+      steps: the backend steps it takes (effects, or a check: see :meth:`Backend.all_or_nothing`);
+        none: it cannot take part, and every gate ends alone.
+      done: what follows from the steps' replies once the batch ran (say, sending on the jobs a
+        seat was handed to).
+      alone: the same, step by step, by this gate alone (the batch could not run).
+    """
+
+    steps: tuple[Step, ...]
+    alone: Callable[[], None]
+    done: Callable[[list[Any]], None] = lambda replies: None
+
+
+def release_early(*, succeeded: bool | None = None) -> None:
+    """The limited call of the message this thread runs is over: give back now what it holds for it
+    (its permit, its seat in a fair room), not when its actor returns.
+
+    For an actor whose call is over but that has more to do (hand its result
+    on, say): the next call can start meanwhile. The call's usage reported so
+    far (:func:`enrichment_middleware.usage.charge`) is charged with it, so
+    report it first. ``succeeded`` says how the call went, for the circuit
+    breaker (recorded now, and the actor's later exception says nothing);
+    None: the breaker waits for the actor's end. All of it in one round trip
+    when the gates share a backend (see the module's docstring). Does nothing
+    for what was given back already.
+    """
+    _end(CallEnd(finished=False, succeeded=succeeded), message=None)
+
+
+def _end(end: CallEnd, message: MessageProxy | None) -> None:
+    """End what the gates hold for the call of this thread's message (``message``: its delivery,
+    when the after-hooks run): one batch, else each gate alone, last gate first."""
+    holding: dict[int, tuple[AdmissionMiddleware[Any, Any], Broker, MessageProxy]] = getattr(
+        _holding, "gates", {}
+    )
+    if end.finished:
+        _holding.gates = {}
+    gates = sorted(holding.values(), key=lambda entry: -entry[0].admission_rank)
+    endings: list[tuple[AdmissionMiddleware[Any, Any], Ending]] = []
+    for gate, broker, delivery in gates:
+        if message is not None and delivery is not message:
+            continue  # left by an earlier delivery of this thread whose hooks did not run
+        ending = gate.ending(broker, delivery, end)
+        if ending is not None:
+            endings.append((gate, ending))
+    if not endings:
+        return
+    first = endings[0][0]
+    replies: list[Any] | None = None
+    if all(ending.steps and gate.backend is first.backend for gate, ending in endings):
+        try:
+            replies = first.backend.all_or_nothing([step for _, ending in endings for step in ending.steps])
+        except BackendUnavailable as exc:
+            first.logger.warning("Could not end a call in one step (%s); each gate ends alone.", exc)
+    if replies is None:
+        for _, ending in endings:
+            ending.alone()
+        return
+    failpoint("admission.ended")
+    start = 0
+    for gate, ending in endings:
+        try:
+            ending.done(replies[start : start + len(ending.steps)])
+        except Exception:
+            # Never raises: in the actor (release_early) an error would mean a retry, and a second call.
+            gate.logger.exception("What follows the end of a call failed; it is left to its lease.")
+        start += len(ending.steps)
 
 
 @dataclass(frozen=True)
@@ -77,7 +174,7 @@ class Part:
 
     Parameters:
       step: the backend step its policy takes, with the condition that admits; None when it
-        decides without the backend (then it decides at its own hook, as alone).
+        decides without the backend and without waiting (then it decides at its own hook, as alone).
       decide: the policy's decision from that step's reply (pure: it takes nothing).
       allowed: whether a decision admits.
       take: holds what an admitting decision granted, for this delivery.
@@ -203,6 +300,7 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
             setattr(message, _TOGETHER, set())
             return False
         setattr(message, _TOGETHER, {id(gate) for gate, _ in stepping[1:]})
+        setattr(message, _ONE_STEP, True)
         decisions: list[Any] = [None] * len(ready)
         taken = 0
         try:
@@ -288,21 +386,42 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
             name = actor_name
         return None if name is None else self.policies[name]
 
-    def release_early_with(self, release: Callable[[], None]) -> None:
-        """Let :func:`release_early` run ``release`` for this gate, until :meth:`forget_early_release`."""
-        releases = getattr(_early, "releases", None)
-        if releases is None:
-            releases = _early.releases = {}
-        releases[id(self)] = release
+    def holds_for(self, broker: Broker, message: MessageProxy) -> None:
+        """This gate holds something for the call of ``message``, which this thread runs: its
+        :meth:`ending` is asked when the call ends (:func:`release_early`, or the actor's end)."""
+        holding = getattr(_holding, "gates", None)
+        if holding is None:
+            holding = _holding.gates = {}
+        holding[id(self)] = (self, broker, message)
 
-    def forget_early_release(self) -> None:
-        """This gate's hold of the message this thread ran is over: :func:`release_early` forgets it."""
-        getattr(_early, "releases", {}).pop(id(self), None)
+    def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
+        """This gate's share of the end of ``message``'s call (None: nothing to do now)."""
+        return None
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        # The first gate's hook (the last by rank) ends every gate's hold; the others find none.
+        _end(CallEnd(finished=True, exception=exception), message)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        _end(CallEnd(finished=True, exception=AdmissionDenied(0, "skipped"), skipped=True), message)
 
     def hold(self, message: MessageProxy, held: HeldT) -> None:
         """Remember what this delivery of ``message`` acquired, until :meth:`release_held`."""
         with self._lock:
             self._held[id(message)] = (message, held)
+
+    def held_by(self, message: MessageProxy) -> HeldT | None:
+        """What this delivery of ``message`` acquired, kept (None: nothing)."""
+        with self._lock:
+            entry = self._held.get(id(message))
+        return None if entry is None else entry[1]
 
     def release_held(self, message: MessageProxy) -> HeldT | None:
         """What this delivery of ``message`` acquired (once), or None."""

@@ -16,10 +16,11 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware, Part
+from .admission import AdmissionMiddleware, CallEnd, Ending, Part
 from .backends.base import Backend
 from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
@@ -100,13 +101,16 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
             admit,
             condition="closed",
             allowed=lambda admission: admission.allowed,
-            take=lambda admission: self._take(message, policy, admission, holder),
+            take=lambda admission: self._take(broker, message, policy, admission, holder),
             give_back=lambda admission: policy.abandon(admission, holder),
         )
 
-    def _take(self, message: MessageProxy, policy: BreakerPolicy, admission: Admission, holder: str) -> None:
+    def _take(
+        self, broker: Broker, message: MessageProxy, policy: BreakerPolicy, admission: Admission, holder: str
+    ) -> None:
         take_no_call()  # a report left by an earlier message of this thread
         self.hold(message, (policy, admission, holder))
+        self.holds_for(broker, message)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
@@ -115,37 +119,54 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         if self.admitted_together(broker, message):
             failpoint("breaker.admitted")
             return
-        take_no_call()  # a report left by an earlier message of this thread
         holder = self.new_holder()
         with self.failing_closed():
             admission = policy.admit(holder)
         if not admission.allowed:
             raise self.denial(admission.retry_at, CIRCUIT_OPEN)
-        self.hold(message, (policy, admission, holder))
+        self._take(broker, message, policy, admission, holder)
         failpoint("breaker.admitted")
 
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: object = None,
-        exception: BaseException | None = None,
-    ) -> None:
+    def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
+        if not end.finished and end.succeeded is None:
+            return None  # the outcome is the actor's end's to say
         held = self.release_held(message)
         if held is None:
-            return
+            return None
         policy, admission, holder = held
         # A call that never happened (denied later, or the actor says it never
         # left) says nothing about the upstream, even when it was the probe.
-        no_call = isinstance(exception, AdmissionDenied) or no_call_reported()
-        verdict = Verdict.IGNORE if no_call else self.verdict(exception)
-        with self.logging_unavailable(f"record a {verdict.value} on breaker {policy.name!r}"):
-            if verdict is Verdict.IGNORE:
-                policy.abandon(admission, holder)
-            else:
-                policy.record(admission, success=verdict is Verdict.SUCCESS)
-        failpoint("breaker.recorded")
+        if isinstance(end.exception, AdmissionDenied) or no_call_reported():
+            verdict = Verdict.IGNORE
+        elif end.finished:
+            verdict = self.verdict(end.exception)
+        else:
+            verdict = Verdict.SUCCESS if end.succeeded else Verdict.FAILURE
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self.after_process_message(broker, message, exception=AdmissionDenied(0, "skipped"))
+        def alone() -> None:
+            with self.logging_unavailable(f"record a {verdict.value} on breaker {policy.name!r}"):
+                if verdict is Verdict.IGNORE:
+                    policy.abandon(admission, holder)
+                else:
+                    policy.record(admission, success=verdict is Verdict.SUCCESS)
+            failpoint("breaker.recorded")
+
+        if verdict is Verdict.IGNORE and not admission.probe:
+            return None  # no probe claim to give back: nothing changes
+        if verdict is not Verdict.SUCCESS or admission.probe:
+            return Ending((), alone)  # it moves the circuit: a read and a compare-and-set, alone
+
+        def record_success(p: BreakerPolicy) -> None:
+            p.record(admission, success=True)
+
+        # A success that finds the circuit closed with no failure counted writes nothing: its read
+        # is the batch's condition, and the batch runs only if it holds.
+        step = policy.step_of(record_success, condition="unchanged_by_success")
+        if step is None:
+            return None  # a denied admission records nothing
+
+        def done(replies: list[Any]) -> None:
+            policy.decided(record_success, step, replies[0])
+            failpoint("breaker.recorded")
+
+        return Ending((step,), alone, done)

@@ -35,7 +35,7 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import DecodeError
 
-from .admission import AdmissionMiddleware, Part
+from .admission import AdmissionMiddleware, CallEnd, Ending, Part
 from .backends.base import Backend, BackendUnavailable, HandedSeat
 from .background import BackgroundLoop
 from .deferral import Defer, Waiting
@@ -197,29 +197,50 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
     def _take(self, broker: Broker, message: MessageProxy, seat: Seat) -> None:
         message.options[FAIR_SEAT] = {"name": seat.name, "token": seat.token}
         self.hold(message, seat)
-        self.release_early_with(lambda: self._leave(broker, message, called=True))
+        self.holds_for(broker, message)
 
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: object = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        self.forget_early_release()
-        if isinstance(exception, Defer) and not exception.kept_elsewhere:
-            seat = self.release_held(message)
-            if seat is not None:
-                # Deferred, it keeps its place: the copy put back holds the seat (its options say which).
+    def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
+        seat = self.release_held(message)
+        if seat is None:
+            return None
+        policy = self.policies[seat.name]
+        exception = end.exception
+        if end.finished and isinstance(exception, Defer) and not exception.kept_elsewhere and not end.skipped:
+            # Deferred, it keeps its place: the copy put back holds the seat (its options say which).
+            delay_s = exception.delay_s
+
+            def keep_alone() -> None:
                 with self.logging_unavailable(f"keep a seat of room {seat.name!r} for a deferred job"):
-                    self.policies[seat.name].keep(seat, exception.delay_s)
-            return
-        # Returned or failed: its call was made (a failure after the call too), unless it said not.
-        self._leave(broker, message, called=True)
+                    policy.keep(seat, delay_s)
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self._leave(broker, message)
+            return Ending((policy.effect_of(lambda p: p.keep(seat, delay_s)),), keep_alone)
+        # Returned, failed or given back early: its call was made (a failure after the call too),
+        # unless it said not (or was skipped).
+        lane = self._left(message, called=not end.skipped)
+
+        def leave(p: FairPolicy) -> list[HandedSeat]:
+            return p.leave(seat, called=lane)
+
+        def leave_alone() -> None:
+            with self.logging_unavailable(f"leave room {seat.name!r} (the seat lapses by itself)"):
+                self._send(broker, policy, leave(policy))
+
+        step = policy.effect_of(leave)
+        return Ending(
+            (step,),
+            leave_alone,
+            lambda replies: self._send(broker, policy, policy.decided(leave, step, replies[0])),
+        )
+
+    def _left(self, message: MessageProxy, *, called: bool) -> str:
+        """``message``'s job leaves its seat: the lane its call is counted for ("" when it made
+        none: not ``called``, or the actor reported so)."""
+        # A retry comes back as a newcomer; a finished job's options no longer matter.
+        message.options.pop(FAIR_SEAT, None)
+        lane = self.lane_of(message) if called and not no_call_reported() else ""
+        if lane:
+            message.options.pop(FAIR_COUNTED, None)  # its call was made: a retry's call counts again
+        return lane
 
     def _counted(self, message: MessageProxy, policy: FairPolicy) -> bool:
         """Whether ``message``'s call is counted against its lane's cap already, this window."""
@@ -230,18 +251,13 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
             and self.clock.now() < float(counted.get("until", 0)) - _CLOCK_MARGIN_S
         )
 
-    def _leave(self, broker: Broker, message: MessageProxy, *, called: bool = False) -> None:
-        """Give the seat up and send on the jobs handed the seats free; ``called``: its call was made
-        (unless the actor reported otherwise), counted for its lane."""
+    def _leave(self, broker: Broker, message: MessageProxy) -> None:
+        """Give the seat up (no call made) and send on the jobs handed the seats free."""
         seat = self.release_held(message)
         if seat is None:
             return
-        # A retry comes back as a newcomer; a finished job's options no longer matter.
-        message.options.pop(FAIR_SEAT, None)
         policy = self.policies[seat.name]
-        lane = self.lane_of(message) if called and not no_call_reported() else ""
-        if lane:
-            message.options.pop(FAIR_COUNTED, None)  # its call was made: a retry's call counts again
+        lane = self._left(message, called=False)
         with self.logging_unavailable(f"leave room {seat.name!r} (the seat lapses by itself)"):
             self._send(broker, policy, policy.leave(seat, called=lane))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware, Part
+from .admission import AdmissionMiddleware, CallEnd, Ending, Part
 from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
@@ -105,7 +105,11 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
 
     def part(self, broker: Broker, message: MessageProxy, policy: PausePolicy) -> Part | None:
         return self.part_of(
-            policy, PausePolicy.admit, condition="not_paused", allowed=lambda decision: decision.allowed
+            policy,
+            PausePolicy.admit,
+            condition="not_paused",
+            allowed=lambda decision: decision.allowed,
+            take=lambda decision: self.holds_for(broker, message),
         )
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
@@ -119,7 +123,16 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
             decision = policy.admit()
         if not decision.allowed:
             raise AdmissionDenied(decision.delay_s, decision.reason or PAUSED)
+        self.holds_for(broker, message)
         failpoint("pause.admitted")
+
+    def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
+        exception = end.exception
+        if not end.finished or not isinstance(exception, PauseUpstream | HoldUpstream):
+            return None
+        # Recorded before any later gate's hold ends (a permit, a seat), so that no call they let
+        # start finds the upstream not paused yet: every gate ends alone, in order.
+        return Ending((), lambda: self._stop_calls(broker, message, exception))
 
     def after_process_message(
         self,
@@ -129,10 +142,8 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        if not isinstance(exception, PauseUpstream | HoldUpstream):
-            return
-        policy = self.policy_for(broker, message)
-        if policy is None:
+        super().after_process_message(broker, message, result=result, exception=exception)
+        if isinstance(exception, PauseUpstream | HoldUpstream) and self.policy_for(broker, message) is None:
             self.logger.warning(
                 "Actor %r raised %s but has no pause policy: only this message waits %.1fs. "
                 "Give the actor the option pause=NAME to stop every worker.",
@@ -140,6 +151,13 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
                 type(exception).__name__,
                 exception.delay_s,
             )
+
+    def _stop_calls(
+        self, broker: Broker, message: MessageProxy, exception: PauseUpstream | HoldUpstream
+    ) -> None:
+        """Pause or hold the upstream for every worker, as the actor's ``exception`` asks."""
+        policy = self.policy_for(broker, message)
+        if policy is None:
             return
         try:
             if isinstance(exception, PauseUpstream):

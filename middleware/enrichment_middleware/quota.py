@@ -17,12 +17,12 @@ from collections.abc import Mapping
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware, Part
+from .admission import AdmissionMiddleware, CallEnd, Ending, Part
 from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .policy.quota import QuotaDecision, QuotaPolicy
-from .usage import UNITS, meter_into, no_call_reported, take_charged, take_no_call
+from .usage import UNITS, charge, no_call_reported, take_charged, take_no_call
 
 #: Deferral reason when the window's budget is spent.
 QUOTA_EXHAUSTED = "quota_exhausted"
@@ -30,10 +30,14 @@ QUOTA_EXHAUSTED = "quota_exhausted"
 
 def _forget_reports() -> None:
     """Drop reports left over by a message of this thread that no quota admitted."""
-    meter_into(None)
     for unit in UNITS:
         take_charged(unit)
     take_no_call()
+
+
+def _uncharged() -> dict[str, int]:
+    """The reports of this thread's message not charged yet (taken: they are charged now)."""
+    return {unit: amount for unit in UNITS if (amount := take_charged(unit))}
 
 
 class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
@@ -62,7 +66,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             QuotaPolicy.admit,
             condition="admitted",
             allowed=lambda decision: decision.allowed,
-            take=lambda decision: self._take(message, policy, decision),
+            take=lambda decision: self._take(broker, message, policy, decision),
             give_back=lambda decision: policy.refund(decision.window_start),
         )
 
@@ -78,42 +82,48 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             decision = policy.admit()
         if not decision.allowed:
             raise self.denial(decision.retry_at, QUOTA_EXHAUSTED)
-        self._hold(message, policy, decision)
+        self._hold(broker, message, policy, decision)
         failpoint("quota.admitted")
 
-    def _take(self, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision) -> None:
+    def _take(
+        self, broker: Broker, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision
+    ) -> None:
         """An admission in one step: what the hook does before deciding, then the hold."""
         _forget_reports()
-        self._hold(message, policy, decision)
+        self._hold(broker, message, policy, decision)
 
-    def _hold(self, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision) -> None:
-        self.hold(message, (policy, decision.window_start))
-        window_start = decision.window_start
-        meter_into(lambda amounts: self._charge(policy, window_start, amounts))
-
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: object = None,
-        exception: BaseException | None = None,
+    def _hold(
+        self, broker: Broker, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision
     ) -> None:
-        held = self.release_held(message)
+        self.hold(message, (policy, decision.window_start))
+        self.holds_for(broker, message)
+
+    def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
+        # Every byte downloaded and every unit of cost is charged, whatever the outcome: a failed
+        # call used the upstream too. Given back early, the hold stays: what is reported later is
+        # charged at the actor's end, and so is a refund.
+        held = self.release_held(message) if end.finished else self.held_by(message)
         if held is None:
-            return
-        meter_into(None)
+            return None
         policy, window_start = held
-        # Every byte downloaded and every unit of cost is charged, whatever the
-        # outcome: a failed call used the upstream too. These are the reports not charged yet.
-        uncharged = {unit: amount for unit in UNITS if (amount := take_charged(unit))}
-        if uncharged:
-            self._charge(policy, window_start, uncharged)
+        uncharged = _uncharged()
         # A middleware after this one deferred the job, or the actor says its
         # call never left the process: the request is given back.
-        if no_call_reported() or isinstance(exception, AdmissionDenied):
-            with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
-                policy.refund(window_start)
+        refund = end.finished and (no_call_reported() or isinstance(end.exception, AdmissionDenied))
+        if not uncharged and not refund:
+            return None
+        steps = policy.charge_steps(uncharged, window_start)
+        if refund:
+            steps.append(policy.refund_step(window_start))
+
+        def alone() -> None:
+            if uncharged and not self._charge(policy, window_start, uncharged) and not end.finished:
+                charge(**uncharged)  # kept: charged again when the actor returns
+            if refund:
+                with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
+                    policy.refund(window_start)
+
+        return Ending(tuple(steps), alone)
 
     def _charge(self, policy: QuotaPolicy, window_start: float, amounts: Mapping[str, int]) -> bool:
         """Charge ``amounts`` (by unit) to the window the call was admitted in; False if the backend failed."""
@@ -123,6 +133,3 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             self.logger.error("Could not charge %s to quota %r: %s", dict(amounts), policy.name, exc)
             return False
         return True
-
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self.after_process_message(broker, message, exception=AdmissionDenied(0, "skipped"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dramatiq.broker import Broker, MessageProxy
 
-from .admission import AdmissionMiddleware, Part, release_early
+from .admission import AdmissionMiddleware, CallEnd, Ending, Part, release_early
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .policy.semaphore import Permit, SemaphorePolicy
@@ -65,13 +65,13 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
             try_acquire,
             condition="granted",
             allowed=lambda permit: permit is not None,
-            take=lambda permit: self._take(message, policy, permit),
+            take=lambda permit: self._take(broker, message, policy, permit),
             give_back=policy.release,
         )
 
-    def _take(self, message: MessageProxy, policy: SemaphorePolicy, permit: Permit) -> None:
+    def _take(self, broker: Broker, message: MessageProxy, policy: SemaphorePolicy, permit: Permit) -> None:
         self.hold(message, (policy, permit))
-        self.release_early_with(lambda: self._release(message))
+        self.holds_for(broker, message)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
@@ -85,28 +85,22 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
             permit = policy.acquire(holder)
             if permit is None:
                 raise AdmissionDenied(policy.retry_delay(), NO_PERMIT)
-        self._take(message, policy, permit)
+        self._take(broker, message, policy, permit)
         failpoint("semaphore.acquired")
 
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: object = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        self.forget_early_release()
-        self._release(message)
-
-    def _release(self, message: MessageProxy) -> None:
+    def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
         held = self.release_held(message)
-        if held is not None:
-            policy, permit = held
+        if held is None:
+            return None
+        policy, permit = held
+
+        def alone() -> None:
             # If this fails the lease simply expires; the call is over either way.
             with self.logging_unavailable(f"release a permit of {policy.name!r}"):
                 policy.release(permit)
             failpoint("semaphore.released")
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self.after_process_message(broker, message)
+        if policy.hands_on_here(permit):
+            return Ending((), alone)  # to a thread of this process: no backend step of the fleet's
+        step = policy.effect_of(lambda p: p.release_to_fleet(permit))
+        return Ending((step,), alone, lambda replies: failpoint("semaphore.released"))

@@ -2,16 +2,17 @@
 
 The quota admits a call before it is made, when the size of the answer is
 unknown; the actor reports the bytes once it has them (or as much of the
-answer as arrived before a failure: every byte downloaded counts). While
-the quota middleware admits a message it meters this thread, so a report is
-charged to the shared budget at once, in the window the call was admitted
-in: a call admitted after the report sees it. Report the bytes before
-giving a permit back early (``release_permit_early``), so that no call
-starts with them uncharged. A report the backend could not take is kept
-and charged again when the actor returns. The cost (the quota's third
-budget, in whatever unit the actor measures: server milliseconds, credits)
-is reported the same way, with :func:`charge_cost`; both at once with
-:func:`charge`, in one charge (one round trip to the backend).
+answer as arrived before a failure: every byte downloaded counts). A report
+is charged to the shared budget, in the window the call was admitted in,
+when the call ends: with its permit, when the actor gives it back early
+(:func:`enrichment_middleware.admission.release_early`), else when the actor
+returns, in the same round trip (:mod:`enrichment_middleware.admission`,
+"the end of a call"). So no call starts after the permit came back without
+seeing them: report the bytes before giving the permit back early. A report
+the backend could not take is kept and charged again when the actor
+returns. The cost (the quota's third budget, in whatever unit the actor
+measures: server milliseconds, credits) is reported the same way, with
+:func:`charge_cost`; both at once with :func:`charge`.
 
 An actor whose call never left the process (it failed before sending) says
 so with :func:`report_no_call`, and the quota gives the request back. The
@@ -22,15 +23,11 @@ its hooks.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
 
 _local = threading.local()
 
 #: The units a message reports: the quota's counters other than requests.
 UNITS = ("bytes", "cost")
-
-#: Charges amounts of units to the budget now, together; False if it could not (they are kept for later).
-Sink = Callable[[Mapping[str, int]], bool]
 
 
 def charge_bytes(amount: int) -> None:
@@ -44,16 +41,11 @@ def charge_cost(amount: int) -> None:
 
 
 def charge(*, bytes: int = 0, cost: int = 0) -> None:
-    """Add what one call used, its ``bytes`` and its ``cost``, to what the current message used: one
-    charge, so one round trip to the backend for both."""
-    amounts = {unit: amount for unit, amount in (("bytes", int(bytes)), ("cost", int(cost))) if amount > 0}
-    if not amounts:
-        return
-    sink: Sink | None = getattr(_local, "sink", None)
-    if sink is not None and sink(amounts):
-        return
-    for unit, amount in amounts.items():
-        setattr(_local, unit, getattr(_local, unit, 0) + amount)
+    """Add what one call used, its ``bytes`` and its ``cost``, to what the current message used;
+    charged together when the call ends (see the module's docstring)."""
+    for unit, amount in (("bytes", int(bytes)), ("cost", int(cost))):
+        if amount > 0:
+            setattr(_local, unit, getattr(_local, unit, 0) + amount)
 
 
 def take_charged(unit: str) -> int:
@@ -89,10 +81,3 @@ def take_no_call() -> bool:
     no_call: bool = getattr(_local, "no_call", False)
     _local.no_call = False
     return no_call
-
-
-def meter_into(sink: Sink | None) -> None:
-    """Charge this thread's byte and cost reports to ``sink`` as they come (``None``: keep them
-    for :func:`take_charged`). The quota middleware meters a message from its admission
-    to its end."""
-    _local.sink = sink

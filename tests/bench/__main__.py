@@ -580,7 +580,8 @@ def admission_round_trips(env: Environment) -> Measured:
             f"{trips.after:g}",
             "<= 1",
             trips.after <= 1,
-            "the bytes and the server time charged, the permit and the fair room's seat given back early, the after-hooks",
+            "the bytes and the server time, the permit, the breaker's success and the fair room's seat in one "
+            "batch, given back early; the after-hooks then find nothing left",
             beside="Admission: Redis round trips before the call (one that waits for nothing)",
         ),
         Row(
@@ -599,9 +600,9 @@ def admission_round_trips(env: Environment) -> Measured:
     ]
     limits = [
         f"Admission round trips: {trips.before:g} before the call (every gate in one script), {trips.after:g} "
-        "after it (the bytes and the server time in one charge, the permit given back, the fair room's seat left, the breaker's outcome "
-        f"read). Per job, {per_job.total:.1f}: Dramatiq's three messages (enqueue, fetch and ack, about 8), "
-        "the staged answer (about 6), the actor's own pause read right before its call (1), then the "
+        "after it (the bytes and the server time, the permit, the breaker's success and the fair room's seat, in one "
+        f"batch). Per job, {per_job.total:.1f}: Dramatiq's three messages (enqueue, fetch and ack, about 8), "
+        "the staged answer (about 6), then the "
         "admission and what follows the call. Halving it means fewer messages per job and fewer staging "
         "transactions, not only fewer gate round trips."
     ]

@@ -5,7 +5,7 @@ so every command that reaches Redis is the gates'. Each of ``calls``
 ``fetch_pois`` deliveries passes the broker's before-hooks (an admission
 that waits for nothing: a free permit, no pause, the circuit closed, no
 pacing, budget left), then does what the actor does once its answer is in
-(charge the bytes and the server time in one report, give the permit back early) and
+(report the bytes and the server time, give the permit back early as a success) and
 passes the after-hooks. A round trip is one send to Redis (redis-py's
 ``send_packed_command``): a script or a pipeline counts once.
 """
@@ -56,7 +56,7 @@ for index in range(int(sys.argv[1]) + 1):
     broker.emit_before("process_message", message)
     admitted = sends[0]
     charge(bytes=20_000, cost=150)  # as fetch_pois charges its call
-    release_permit_early()
+    release_permit_early(succeeded=True)
     broker.emit_after("process_message", message, result=None)
     trips.append((admitted - first, sends[0] - admitted))
 print(json.dumps(trips[1:]))  # the first pays for loading the scripts

@@ -523,3 +523,67 @@ def test_a_job_paused_after_the_one_step_admission_holds_the_permit_and_the_requ
     assert seen == [(1, 1)]
     assert len(rig.calls) == 2 and rig.peak == 1
     assert rig.quota.policies["up"].usage().requests_used == 2
+
+
+# -- the end of a call, in one step (admission.py) --------------------------------------------
+
+
+def test_a_success_given_back_early_is_recorded_and_a_later_error_says_nothing(backend: Backend) -> None:
+    rig = make_rig(backend, threshold=1, permits=1)
+
+    @dramatiq.actor(broker=rig.broker, quota="up", semaphore="up", breaker="up", max_retries=0)
+    def fetch() -> None:
+        rig.call("fetch")
+        charge_bytes(600)
+        release_permit_early(succeeded=True)
+        # Handing the answer on fails: an error of the actor's, after the call's success was said.
+        raise UpstreamDown("the hand-on failed")
+
+    fetch.send()
+    rig.run(threads=1)
+    usage = rig.quota.policies["up"].usage()
+    state = rig.breaker.policies["up"].state()
+    assert (usage.requests_used, usage.bytes_used) == (1, 600)
+    assert (state.status, state.failures) == (BreakerStatus.CLOSED, 0)
+    assert rig.semaphore.policies["up"].in_use() == 0
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["given-back-early", "at-the-actor-end"])
+def test_a_success_resets_the_failures_another_worker_counted(backend: Backend, early: bool) -> None:
+    """The batch's condition (a success writes nothing) fails: every gate ends alone, and the success counts."""
+    rig = make_rig(backend, threshold=3, permits=1)
+    breaker = rig.breaker.policies["up"]
+    breaker.record(breaker.admit("another-worker"), success=False)
+    assert breaker.state().failures == 1
+
+    @dramatiq.actor(broker=rig.broker, quota="up", semaphore="up", breaker="up", max_retries=0)
+    def fetch() -> None:
+        rig.call("fetch")
+        charge_bytes(300)
+        if early:
+            release_permit_early(succeeded=True)
+
+    fetch.send()
+    rig.run(threads=1)
+    assert breaker.state().failures == 0
+    assert rig.quota.policies["up"].usage().bytes_used == 300
+    assert rig.semaphore.policies["up"].in_use() == 0
+
+
+def test_usage_reported_after_the_permit_went_back_early_is_charged_at_the_actor_end(
+    backend: Backend,
+) -> None:
+    rig = make_rig(backend, permits=1)
+
+    @dramatiq.actor(broker=rig.broker, quota="up", semaphore="up", breaker="up", max_retries=0)
+    def fetch() -> None:
+        rig.call("fetch")
+        charge_bytes(100)
+        release_permit_early(succeeded=True)
+        assert rig.quota.policies["up"].usage().bytes_used == 100  # charged with the permit
+        charge_bytes(20)  # reported late: charged when the actor returns, never dropped
+
+    fetch.send()
+    rig.run(threads=1)
+    assert len(rig.calls) == 1 and not rig.broker.dead_letters
+    assert rig.quota.policies["up"].usage().bytes_used == 120

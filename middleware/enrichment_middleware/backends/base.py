@@ -123,6 +123,12 @@ def _closed(reply: Any, step: Step) -> bool:
     return reply[1] is None or reply[1].get("status", "closed") == "closed"
 
 
+def _unchanged_by_success(reply: Any, step: Step) -> bool:
+    return reply[1] is None or (
+        reply[1].get("status", "closed") == "closed" and int(reply[1].get("failures", 0)) == 0
+    )
+
+
 #: What a step's reply must be for an all-or-nothing batch to go on, by name. The Redis backend
 #: checks the same in Lua (backends/lua/all_or_nothing.lua), on the same numbers.
 CONDITIONS: dict[str, Callable[[Any, Step], bool]] = {
@@ -136,11 +142,19 @@ CONDITIONS: dict[str, Callable[[Any, Step], bool]] = {
     "not_paused": _not_paused,
     # state_get_now: the state is absent or its "status" is "closed".
     "closed": _closed,
+    # state_get_now: absent, or closed with no failure counted: a success would write nothing.
+    "unchanged_by_success": _unchanged_by_success,
     # gcra_reserve: the slot is at most wait_s away.
     "within_wait": lambda reply, step: reply[0] - reply[1] <= float(step.kwargs.get("wait_s", 0.0)),
     # gcra_reserve: the slot is now (or past): no wait for it.
     "due_now": lambda reply, step: reply[0] - reply[1] <= 0,
 }
+
+
+def steps_to_save(steps: Sequence[Step]) -> int:
+    """How many of ``steps``, from the first, an all-or-nothing batch saves before running: up to
+    the last one a condition can abandon (:meth:`Core.all_or_nothing`)."""
+    return max((index + 1 for index, step in enumerate(steps) if step.condition != "any"), default=0)
 
 
 class Core(ABC):
@@ -159,9 +173,16 @@ class Core(ABC):
         """Run ``steps`` as one atomic step: every primitive, in order, if each reply meets its
         condition; else none of them (the store as if nothing ran) and None.
 
-        What lets several gates admit a call in one round trip. The replies are
-        each primitive's own. A backend that cannot do it answers None, always:
-        callers then run the primitives one by one, as without it.
+        What lets several gates admit a call in one round trip, and end it in
+        another. The replies are each primitive's own. A backend that cannot do
+        it answers None, always: callers then run the primitives one by one, as
+        without it.
+
+        The steps after the last one whose condition is not ``any`` are effects
+        that always go (a permit given back, a seat left): nothing can abandon
+        the batch after them, so what they write is not saved first (a room's
+        lanes may hold thousands of payloads). An error in one of them leaves
+        the steps before it done, as an error half way through one script does.
         """
         return None
 

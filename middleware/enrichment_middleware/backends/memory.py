@@ -30,6 +30,7 @@ from enrichment_middleware.backends.base import (
     check_lane,
     counter_refuses,
     mean_cost,
+    steps_to_save,
     window_key,
 )
 from enrichment_middleware.policy.clock import Clock, SystemClock
@@ -325,8 +326,11 @@ class MemoryBackend(Backend):
         "lease_acquire": ("_leases",),
         "window_admit": ("_counters",),
         "counter_add": ("_counters",),
+        "lease_release": ("_leases", "_wakes"),
         "gcra_reserve": ("_schedules",),
         "room_seat": ("_rooms",),
+        "room_keep": ("_rooms",),
+        "room_leave": ("_rooms",),
     }
     _STATE = (
         "_counters", "_leases", "_caps", "_wakes", "_states", "_parked", "_orphans", "_pauses", "_holds",
@@ -337,7 +341,8 @@ class MemoryBackend(Backend):
         with self._lock:
             # Only the kinds of state the steps write: a copy of every parked payload per
             # admission would cost more than the admission.
-            written = {name for step in steps for name in self._WRITES.get(step.primitive, self._STATE)}
+            saving = steps[: steps_to_save(steps)]
+            written = {name for step in saving for name in self._WRITES.get(step.primitive, self._STATE)}
             saved = {name: copy.deepcopy(getattr(self, name)) for name in written}
             replies = []
             try:

@@ -53,6 +53,7 @@ from enrichment_middleware.backends.base import (
     WindowCounts,
     check_counter_arguments,
     check_lane,
+    steps_to_save,
 )
 from enrichment_middleware.backends.lua_scripts import all_or_nothing_source, source
 from enrichment_middleware.redaction import redact, redact_url
@@ -398,7 +399,7 @@ class RedisBackend(Backend):
         keys = [key for _, step_keys, _ in calls for key in step_keys]
         if self._cluster and len({key_slot(key.encode()) for key in keys}) > 1:
             return None
-        args: list[Any] = [len(steps)]
+        args: list[Any] = [len(steps), steps_to_save(steps)]
         for step, (script, step_keys, step_args) in zip(steps, calls, strict=True):
             args += [script, step.condition, len(step_keys), len(step_args), *step_args]
         primitives = tuple(sorted({script for script, _, _ in calls}))

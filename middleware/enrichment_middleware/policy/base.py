@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from enrichment_middleware.backends.base import Backend, Step
 
@@ -101,6 +101,14 @@ class Policy(Generic[LimitsT]):
         except _Captured as captured:
             return Step(captured.step.primitive, captured.step.args, captured.step.kwargs, condition)
         return None
+
+    def effect_of(self, call: Callable[[Self], Any]) -> Step:
+        """The one backend step ``call(policy)`` takes, as an effect that always goes (condition
+        ``any``): a release, a charge, for a caller that batches it with others'."""
+        step = self.step_of(call, condition="any")
+        if step is None:
+            raise NotOneStep(f"{call!r} takes no backend step")
+        return step
 
     def decided(self, decision: Callable[[PolicyT], Any], step: Step, reply: Any) -> Any:
         """What ``decision(policy)`` decides when its step, taken elsewhere, replied ``reply``.

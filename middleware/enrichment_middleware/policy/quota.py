@@ -239,12 +239,21 @@ class QuotaPolicy(Policy[QuotaLimits]):
     def record(self, amounts: Mapping[str, int], window_start: float) -> None:
         """Charge what one call used, by counter (``bytes``, ``cost``), to the window it was admitted
         in, even if that window has ended since: all in one backend step when the backend can."""
+        steps = self.charge_steps(amounts, window_start)
+        if len(steps) > 1 and self._backend.all_or_nothing(steps) is not None:
+            return
+        for step in steps:
+            self._backend.counter_add(*step.args, **step.kwargs)
+
+    def charge_steps(self, amounts: Mapping[str, int], window_start: float) -> list[Step]:
+        """The backend steps of :meth:`record` (one ``counter_add`` per amount), for a caller that
+        takes them in one batch with others' (the end of a call)."""
         for counter, amount in amounts.items():
             if counter not in _COUNTERS[1:]:
                 raise ValueError(f"record charges {_COUNTERS[1:]}, not {counter!r}")
             if amount < 0:
                 raise ValueError(f"record_{counter} needs the amount the call used (0 or more), got {amount}")
-        steps = [
+        return [
             Step(
                 "counter_add",
                 (window_key(self._key, window_start, counter), amount),
@@ -254,16 +263,22 @@ class QuotaPolicy(Policy[QuotaLimits]):
             for counter, amount in amounts.items()
             if amount
         ]
-        if len(steps) > 1 and self._backend.all_or_nothing(steps) is not None:
-            return
-        for step in steps:
-            self._backend.counter_add(*step.args, **step.kwargs)
 
     def refund(self, window_start: float) -> None:
         """Give back one request admitted in ``window_start`` whose call was never made
         (a later check deferred the job). Only ever lowers the count, never below 0, and
         never recreates a counter that vanished (say, the store restarted): no overshoot."""
-        self._backend.counter_add(window_key(self._key, window_start, "requests"), -1, ttl_s=self._ttl_s())
+        step = self.refund_step(window_start)
+        self._backend.counter_add(*step.args, **step.kwargs)
+
+    def refund_step(self, window_start: float) -> Step:
+        """The backend step of :meth:`refund`, for a caller that takes it in one batch with others'."""
+        return Step(
+            "counter_add",
+            (window_key(self._key, window_start, "requests"), -1),
+            {"ttl_s": self._ttl_s()},
+            "any",
+        )
 
     def usage(self) -> QuotaUsage:
         """What the current window (by the backend's clock) has used so far."""

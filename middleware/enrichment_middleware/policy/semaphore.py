@@ -240,6 +240,18 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
                     return waiter
         return None
 
+    def hands_on_here(self, permit: Permit) -> bool:
+        """Whether :meth:`release` would hand ``permit`` to a thread of this process now (else it
+        gives it to the fleet: :meth:`release_to_fleet`, one backend step)."""
+        if permit.handoffs >= self._limits.handoff_max:
+            return False
+        with self._local:
+            return any(not waiter.leader for waiter in self._waiters)
+
+    def release_to_fleet(self, permit: Permit) -> None:
+        """Give a permit back to the fleet, waking one waiter (of any process); harmless twice."""
+        self._backend.lease_release(self._key, permit.holder)
+
     def release(self, permit: Permit) -> None:
         """Give a permit back: to a thread of this process waiting for one (the lease moves to
         it), else to the fleet, waking one waiter.  Releasing twice is harmless."""
@@ -250,7 +262,7 @@ class SemaphorePolicy(Policy[SemaphoreLimits]):
             )
         waiter = self._reserve_follower(permit)
         if waiter is None:
-            self._backend.lease_release(self._key, permit.holder)
+            self.release_to_fleet(permit)
             return
         try:
             granted = self._backend.lease_transfer(
