@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from enrichment_middleware.admission import STATE_UNAVAILABLE, admitted_in_one_step
+from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.attempt import deferral_of
 from enrichment_middleware.backends.base import BackendUnavailable
 from enrichment_middleware.deferral import Defer
 from enrichment_middleware.failpoints import failpoint
@@ -607,12 +608,11 @@ def _defer_if_paused() -> None:
 
     Admission checks the pause first, then may wait for a permit: a job that
     waited while another met a 429 (or a 406) would call right after it. One
-    read, right before the call, closes that gap. A job its gates admitted in
-    one step waited for nothing after their read of the pause: no second read.
+    read, right before the call, closes that gap. Also after an admission in
+    one step: the actor's own work before its call (its stage, its claims,
+    the ledger) can linger on a busy worker while another call meets a 429
+    (``polite_client.feature``).
     """
-    message = CurrentMessage.get_current_message()
-    if message is not None and admitted_in_one_step(message):
-        return
     try:
         decision = _pause_policy().admit()
     except BackendUnavailable as exc:
@@ -690,7 +690,7 @@ class ClaimRelease(dramatiq.Middleware):
         if message.failed:
             self._release(message)
         elif isinstance(exception, Defer):
-            self._renew(message, exception.delay_s)
+            self._renew(message, deferral_of(message, exception))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._release(message)

@@ -40,6 +40,7 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 
 from enrichment_middleware.admission import UnknownPolicy
+from enrichment_middleware.attempt import attempt_of, deferral_of
 from enrichment_middleware.backends.base import BackendUnavailable
 from enrichment_middleware.breaker import CIRCUIT_OPEN
 from enrichment_middleware.deferral import Defer
@@ -226,7 +227,7 @@ class EndpointRouter(dramatiq.Middleware):
             return
         route = broker.get_actor(message.actor_name).options.get(ROUTE)
         endpoints = self.routes.get(route, ()) if route is not None else ()
-        if len(endpoints) < 2 or exception.delay_s <= REROUTE_MAX_S:
+        if len(endpoints) < 2 or deferral_of(message, exception) <= REROUTE_MAX_S:
             return
         current = message.options.get(ENDPOINT)
         try:
@@ -243,13 +244,12 @@ class EndpointRouter(dramatiq.Middleware):
                 message.message_id,
                 current,
                 exception.reason,
-                exception.delay_s,
+                deferral_of(message, exception),
                 ", ".join(e.name for e in elsewhere),
                 delay_s,
             )
-            # Retries reads the delay after this hook (after hooks run in reverse order).
-            exception.delay_s = delay_s
-            exception.delay = int(delay_s * 1000)
+            # Retries reads it from the attempt after this hook (after hooks run in reverse order).
+            attempt_of(message, broker).deferral_s = delay_s
 
     def pick(self, endpoints: Sequence[Endpoint], previous: str | None) -> Endpoint:
         """The endpoint for this attempt (three reads per endpoint); the previous or first one if unreadable."""

@@ -45,6 +45,7 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import MiddlewareError
 
+from .attempt import Attempt, attempt_of, current_attempt, end_attempt, started_attempt
 from .backends.base import Backend, BackendUnavailable, Step
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
@@ -58,23 +59,6 @@ HeldT = TypeVar("HeldT")
 #: Reason given when the shared state is unreachable: calls stop rather than
 #: run unaccounted, and the job comes back after ``unavailable_retry_s``.
 STATE_UNAVAILABLE = "state_unavailable"
-
-#: The attribute of a delivery (its ``MessageProxy``) holding the gates that admitted it together.
-_TOGETHER = "_admitted_together"
-#: The attribute of a delivery that every gate admitted in one step (True).
-_ONE_STEP = "_admitted_in_one_step"
-
-
-def admitted_in_one_step(message: MessageProxy | dramatiq.Message[Any]) -> bool:
-    """Whether every gate of this delivery admitted it in one atomic step, so that nothing waited
-    (no permit, no pacing sleep) between their checks and now: what they read (a pause) is as
-    fresh as the admission, and reading it again before the call would tell nothing new."""
-    return bool(getattr(message, _ONE_STEP, False))
-
-
-#: The gates holding something for the call of the message this thread runs: by gate, the gate,
-#: its broker and the delivery.
-_holding = threading.local()
 
 
 @dataclass(frozen=True)
@@ -125,23 +109,20 @@ def release_early(*, succeeded: bool | None = None) -> None:
     when the gates share a backend (see the module's docstring). Does nothing
     for what was given back already.
     """
-    _end(CallEnd(finished=False, succeeded=succeeded), message=None)
+    _end(current_attempt(), CallEnd(finished=False, succeeded=succeeded))
 
 
-def _end(end: CallEnd, message: MessageProxy | None) -> None:
-    """End what the gates hold for the call of this thread's message (``message``: its delivery,
-    when the after-hooks run): one batch, else each gate alone, last gate first."""
-    holding: dict[int, tuple[AdmissionMiddleware[Any, Any], Broker, MessageProxy]] = getattr(
-        _holding, "gates", {}
-    )
+def _end(attempt: Attempt, end: CallEnd) -> None:
+    """End what the gates hold for ``attempt``'s call: one batch, else each gate alone, last gate first."""
     if end.finished:
-        _holding.gates = {}
-    gates = sorted(holding.values(), key=lambda entry: -entry[0].admission_rank)
+        end_attempt(attempt)
+    broker, message = attempt.broker, attempt.message
+    if broker is None or message is None:
+        return  # reported outside a delivery: no gate holds anything
+    gates = sorted((gate for gate, _ in attempt.held.values()), key=lambda gate: -gate.admission_rank)
     endings: list[tuple[AdmissionMiddleware[Any, Any], Ending]] = []
-    for gate, broker, delivery in gates:
-        if message is not None and delivery is not message:
-            continue  # left by an earlier delivery of this thread whose hooks did not run
-        ending = gate.ending(broker, delivery, end)
+    for gate in gates:
+        ending = gate.ending(broker, message, end)
         if ending is not None:
             endings.append((gate, ending))
     if not endings:
@@ -174,7 +155,7 @@ class Part:
 
     Parameters:
       step: the backend step its policy takes, with the condition that admits; None when it
-        decides without the backend and without waiting (then it decides at its own hook, as alone).
+        decides without the backend (then it decides at its own hook, as alone).
       decide: the policy's decision from that step's reply (pure: it takes nothing).
       allowed: whether a decision admits.
       take: holds what an admitting decision granted, for this delivery.
@@ -229,11 +210,6 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
             name: self.policy_class(name, limit, backend, rng=rng) for name, limit in limits.items()
         }
         self.unavailable_retry_s = unavailable_retry_s
-        # Keyed by delivery, not by message id: two copies of one message (a
-        # redelivery while the first still runs) each hold their own. The
-        # proxy is kept in the value, so its id() cannot be reused meanwhile.
-        self._held: dict[int, tuple[MessageProxy, HeldT]] = {}
-        self._lock = threading.Lock()
         self._host = f"{socket.gethostname()}:{os.getpid()}"
 
     def part(self, broker: Broker, message: MessageProxy, policy: PolicyT) -> Part | None:
@@ -270,7 +246,8 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
         The first gate of the delivery tries the step (see the module's
         docstring); the later ones find their part done. False: decide alone.
         """
-        together: set[int] | None = getattr(message, _TOGETHER, None)
+        attempt = attempt_of(message, broker)
+        together = attempt.together
         if together is not None:
             if id(self) in together:
                 together.discard(id(self))
@@ -289,7 +266,7 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
         with self.failing_closed():
             parts = [(gate, gate.part(broker, message, policy)) for gate, policy in gates]
             if any(p is None for _, p in parts):
-                setattr(message, _TOGETHER, set())  # one of them must wait: each decides alone
+                attempt.together = set()  # one of them must wait: each decides alone
                 return False
             stepping = [(gate, p) for gate, p in parts if p is not None and p.step is not None]
             if not stepping or stepping[0][0] is not self:
@@ -297,10 +274,9 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
             ready = [p for _, p in stepping]
             replies = self.backend.all_or_nothing([p.step for p in ready if p.step is not None])
         if replies is None:
-            setattr(message, _TOGETHER, set())
+            attempt.together = set()
             return False
-        setattr(message, _TOGETHER, {id(gate) for gate, _ in stepping[1:]})
-        setattr(message, _ONE_STEP, True)
+        attempt.together = {id(gate) for gate, _ in stepping[1:]}
         decisions: list[Any] = [None] * len(ready)
         taken = 0
         try:
@@ -386,14 +362,6 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
             name = actor_name
         return None if name is None else self.policies[name]
 
-    def holds_for(self, broker: Broker, message: MessageProxy) -> None:
-        """This gate holds something for the call of ``message``, which this thread runs: its
-        :meth:`ending` is asked when the call ends (:func:`release_early`, or the actor's end)."""
-        holding = getattr(_holding, "gates", None)
-        if holding is None:
-            holding = _holding.gates = {}
-        holding[id(self)] = (self, broker, message)
-
     def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
         """This gate's share of the end of ``message``'s call (None: nothing to do now)."""
         return None
@@ -407,26 +375,34 @@ class AdmissionMiddleware(dramatiq.Middleware, Generic[PolicyT, HeldT]):
         exception: BaseException | None = None,
     ) -> None:
         # The first gate's hook (the last by rank) ends every gate's hold; the others find none.
-        _end(CallEnd(finished=True, exception=exception), message)
+        attempt = started_attempt(message)
+        if attempt is not None:
+            _end(attempt, CallEnd(finished=True, exception=exception))
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        _end(CallEnd(finished=True, exception=AdmissionDenied(0, "skipped"), skipped=True), message)
+        attempt = started_attempt(message)
+        if attempt is not None:
+            _end(attempt, CallEnd(finished=True, exception=AdmissionDenied(0, "skipped"), skipped=True))
 
-    def hold(self, message: MessageProxy, held: HeldT) -> None:
-        """Remember what this delivery of ``message`` acquired, until :meth:`release_held`."""
-        with self._lock:
-            self._held[id(message)] = (message, held)
+    def hold(self, broker: Broker, message: MessageProxy, held: HeldT) -> None:
+        """This delivery of ``message`` holds ``held`` for its call, until :meth:`release_held`;
+        its :meth:`ending` is asked when the call ends (:func:`release_early`, or the actor's end).
+
+        Kept in the delivery's attempt, not by message id: two copies of one
+        message (a redelivery while the first still runs) each hold their own.
+        """
+        attempt_of(message, broker).held[id(self)] = (self, held)
 
     def held_by(self, message: MessageProxy) -> HeldT | None:
-        """What this delivery of ``message`` acquired, kept (None: nothing)."""
-        with self._lock:
-            entry = self._held.get(id(message))
+        """What this delivery of ``message`` holds, kept (None: nothing)."""
+        attempt = started_attempt(message)
+        entry = None if attempt is None else attempt.held.get(id(self))
         return None if entry is None else entry[1]
 
     def release_held(self, message: MessageProxy) -> HeldT | None:
-        """What this delivery of ``message`` acquired (once), or None."""
-        with self._lock:
-            entry = self._held.pop(id(message), None)
+        """What this delivery of ``message`` holds (once), or None."""
+        attempt = started_attempt(message)
+        entry = None if attempt is None else attempt.held.pop(id(self), None)
         return None if entry is None else entry[1]
 
     @contextmanager

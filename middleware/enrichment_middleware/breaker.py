@@ -21,12 +21,12 @@ from typing import Any
 from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware, CallEnd, Ending, Part
+from .attempt import attempt_of
 from .backends.base import Backend
 from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
 from .policy.breaker import Admission, BreakerLimits, BreakerPolicy
 from .policy.clock import Clock
-from .usage import no_call_reported, take_no_call
 
 #: Deferral reason while the circuit is open (or another worker probes).
 CIRCUIT_OPEN = "circuit_open"
@@ -108,9 +108,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
     def _take(
         self, broker: Broker, message: MessageProxy, policy: BreakerPolicy, admission: Admission, holder: str
     ) -> None:
-        take_no_call()  # a report left by an earlier message of this thread
-        self.hold(message, (policy, admission, holder))
-        self.holds_for(broker, message)
+        self.hold(broker, message, (policy, admission, holder))
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)
@@ -136,7 +134,7 @@ class CircuitBreaker(AdmissionMiddleware[BreakerPolicy, tuple[BreakerPolicy, Adm
         policy, admission, holder = held
         # A call that never happened (denied later, or the actor says it never
         # left) says nothing about the upstream, even when it was the probe.
-        if isinstance(end.exception, AdmissionDenied) or no_call_reported():
+        if isinstance(end.exception, AdmissionDenied) or attempt_of(message, broker).no_call:
             verdict = Verdict.IGNORE
         elif end.finished:
             verdict = self.verdict(end.exception)

@@ -36,13 +36,13 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import DecodeError
 
 from .admission import AdmissionMiddleware, CallEnd, Ending, Part
+from .attempt import deferral_of, started_attempt
 from .backends.base import Backend, BackendUnavailable, HandedSeat
 from .background import BackgroundLoop
 from .deferral import Defer, Waiting
 from .failpoints import failpoint
 from .policy.clock import Clock
 from .policy.fair import DEFAULT_LANE, FairLimits, FairPolicy, Seat
-from .usage import no_call_reported
 
 #: Message option: the lane (a source, a tenant) the job waits in; absent: ``default``.
 FAIR_KEY = "fair_key"
@@ -196,8 +196,7 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
 
     def _take(self, broker: Broker, message: MessageProxy, seat: Seat) -> None:
         message.options[FAIR_SEAT] = {"name": seat.name, "token": seat.token}
-        self.hold(message, seat)
-        self.holds_for(broker, message)
+        self.hold(broker, message, seat)
 
     def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
         seat = self.release_held(message)
@@ -207,13 +206,15 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         exception = end.exception
         if end.finished and isinstance(exception, Defer) and not exception.kept_elsewhere and not end.skipped:
             # Deferred, it keeps its place: the copy put back holds the seat (its options say which).
-            delay_s = exception.delay_s
+            # Alone, the gates after it have ended first: a pause recorded there says how long.
+            deferred = exception
 
             def keep_alone() -> None:
                 with self.logging_unavailable(f"keep a seat of room {seat.name!r} for a deferred job"):
-                    policy.keep(seat, delay_s)
+                    policy.keep(seat, deferral_of(message, deferred))
 
-            return Ending((policy.effect_of(lambda p: p.keep(seat, delay_s)),), keep_alone)
+            step = policy.effect_of(lambda p: p.keep(seat, deferral_of(message, deferred)))
+            return Ending((step,), keep_alone)
         # Returned, failed or given back early: its call was made (a failure after the call too),
         # unless it said not (or was skipped).
         lane = self._left(message, called=not end.skipped)
@@ -237,7 +238,8 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         none: not ``called``, or the actor reported so)."""
         # A retry comes back as a newcomer; a finished job's options no longer matter.
         message.options.pop(FAIR_SEAT, None)
-        lane = self.lane_of(message) if called and not no_call_reported() else ""
+        attempt = started_attempt(message)
+        lane = self.lane_of(message) if called and not (attempt is not None and attempt.no_call) else ""
         if lane:
             message.options.pop(FAIR_COUNTED, None)  # its call was made: a retry's call counts again
         return lane

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware, CallEnd, Ending, Part
+from .attempt import attempt_of
 from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied, Defer
 from .failpoints import failpoint
@@ -76,7 +77,7 @@ class HoldUpstream(Defer):
         self.fingerprint = fingerprint
 
 
-class Pause(AdmissionMiddleware[PausePolicy, None]):
+class Pause(AdmissionMiddleware[PausePolicy, PausePolicy]):
     """Admit messages only while their policy is neither paused nor held.
 
     Examples:
@@ -109,7 +110,7 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
             PausePolicy.admit,
             condition="not_paused",
             allowed=lambda decision: decision.allowed,
-            take=lambda decision: self.holds_for(broker, message),
+            take=lambda decision: self.hold(broker, message, policy),
         )
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
@@ -123,12 +124,14 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
             decision = policy.admit()
         if not decision.allowed:
             raise AdmissionDenied(decision.delay_s, decision.reason or PAUSED)
-        self.holds_for(broker, message)
+        self.hold(broker, message, policy)
         failpoint("pause.admitted")
 
     def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
         exception = end.exception
-        if not end.finished or not isinstance(exception, PauseUpstream | HoldUpstream):
+        if not end.finished or self.release_held(message) is None:
+            return None
+        if not isinstance(exception, PauseUpstream | HoldUpstream):
             return None
         # Recorded before any later gate's hold ends (a permit, a seat), so that no call they let
         # start finds the upstream not paused yet: every gate ends alone, in order.
@@ -186,7 +189,6 @@ class Pause(AdmissionMiddleware[PausePolicy, None]):
                 exception.reason,
             )
         if not decision.allowed:
-            # Retries reads the delay after this hook (after hooks run in reverse order).
-            exception.delay_s = decision.delay_s
-            exception.delay = int(decision.delay_s * 1000)
+            # The job comes back when the pause ends (Retries reads it from the attempt).
+            attempt_of(message, broker).deferral_s = decision.delay_s
         failpoint("pause.recorded")

@@ -18,26 +18,14 @@ from collections.abc import Mapping
 from dramatiq.broker import Broker, MessageProxy
 
 from .admission import AdmissionMiddleware, CallEnd, Ending, Part
+from .attempt import attempt_of
 from .backends.base import BackendUnavailable
 from .deferral import AdmissionDenied
 from .failpoints import failpoint
 from .policy.quota import QuotaDecision, QuotaPolicy
-from .usage import UNITS, charge, no_call_reported, take_charged, take_no_call
 
 #: Deferral reason when the window's budget is spent.
 QUOTA_EXHAUSTED = "quota_exhausted"
-
-
-def _forget_reports() -> None:
-    """Drop reports left over by a message of this thread that no quota admitted."""
-    for unit in UNITS:
-        take_charged(unit)
-    take_no_call()
-
-
-def _uncharged() -> dict[str, int]:
-    """The reports of this thread's message not charged yet (taken: they are charged now)."""
-    return {unit: amount for unit in UNITS if (amount := take_charged(unit))}
 
 
 class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
@@ -77,7 +65,6 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         if self.admitted_together(broker, message):
             failpoint("quota.admitted")
             return
-        _forget_reports()
         with self.failing_closed():
             decision = policy.admit()
         if not decision.allowed:
@@ -88,15 +75,13 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
     def _take(
         self, broker: Broker, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision
     ) -> None:
-        """An admission in one step: what the hook does before deciding, then the hold."""
-        _forget_reports()
+        """An admission in one step: the hold."""
         self._hold(broker, message, policy, decision)
 
     def _hold(
         self, broker: Broker, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision
     ) -> None:
-        self.hold(message, (policy, decision.window_start))
-        self.holds_for(broker, message)
+        self.hold(broker, message, (policy, decision.window_start))
 
     def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
         # Every byte downloaded and every unit of cost is charged, whatever the outcome: a failed
@@ -106,10 +91,11 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         if held is None:
             return None
         policy, window_start = held
-        uncharged = _uncharged()
+        attempt = attempt_of(message, broker)
+        uncharged = attempt.take_usage()
         # A middleware after this one deferred the job, or the actor says its
         # call never left the process: the request is given back.
-        refund = end.finished and (no_call_reported() or isinstance(end.exception, AdmissionDenied))
+        refund = end.finished and (attempt.no_call or isinstance(end.exception, AdmissionDenied))
         if not uncharged and not refund:
             return None
         steps = policy.charge_steps(uncharged, window_start)
@@ -118,7 +104,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
 
         def alone() -> None:
             if uncharged and not self._charge(policy, window_start, uncharged) and not end.finished:
-                charge(**uncharged)  # kept: charged again when the actor returns
+                attempt.report(**uncharged)  # kept: charged again when the actor returns
             if refund:
                 with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
                     policy.refund(window_start)

@@ -32,6 +32,7 @@ from dramatiq.middleware import Retries as StockRetries
 from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 
 from .admission import AdmissionMiddleware
+from .attempt import deferral_of
 from .backends.base import Backend, BackendUnavailable
 from .background import BackgroundLoop
 from .deferral import Defer
@@ -191,7 +192,7 @@ class Retries(StockRetries):
                 return  # a fair room keeps it and sends it again: acknowledged here, not lost
             # Only this package's gates and actors raise it: a deferral whatever the actor.
             message.options[DEFERRALS] = message.options.get(DEFERRALS, 0) + 1
-            self.schedule(broker, message, exception.delay_s, refresh_age=True)
+            self.schedule(broker, message, deferral_of(message, exception), refresh_age=True)
             return
         if not self.parks(broker, message):
             self.dramatiq_retries.after_process_message(broker, message, result=result, exception=exception)  # type: ignore[no-untyped-call]

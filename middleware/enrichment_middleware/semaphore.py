@@ -70,8 +70,7 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
         )
 
     def _take(self, broker: Broker, message: MessageProxy, policy: SemaphorePolicy, permit: Permit) -> None:
-        self.hold(message, (policy, permit))
-        self.holds_for(broker, message)
+        self.hold(broker, message, (policy, permit))
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         policy = self.policy_for(broker, message)

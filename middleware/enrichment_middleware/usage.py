@@ -16,15 +16,13 @@ measures: server milliseconds, credits) is reported the same way, with
 
 An actor whose call never left the process (it failed before sending) says
 so with :func:`report_no_call`, and the quota gives the request back. The
-reports are per worker thread, which is where Dramatiq runs a message and
-its hooks.
+reports go to the attempt of the message the thread runs
+(:mod:`enrichment_middleware.attempt`), where the gates read them.
 """
 
 from __future__ import annotations
 
-import threading
-
-_local = threading.local()
+from .attempt import current_attempt
 
 #: The units a message reports: the quota's counters other than requests.
 UNITS = ("bytes", "cost")
@@ -43,15 +41,14 @@ def charge_cost(amount: int) -> None:
 def charge(*, bytes: int = 0, cost: int = 0) -> None:
     """Add what one call used, its ``bytes`` and its ``cost``, to what the current message used;
     charged together when the call ends (see the module's docstring)."""
-    for unit, amount in (("bytes", int(bytes)), ("cost", int(cost))):
-        if amount > 0:
-            setattr(_local, unit, getattr(_local, unit, 0) + amount)
+    current_attempt().report(bytes=bytes, cost=cost)
 
 
 def take_charged(unit: str) -> int:
     """The amount of ``unit`` the current message reported that is not charged yet; resets it."""
-    amount: int = getattr(_local, unit, 0)
-    setattr(_local, unit, 0)
+    attempt = current_attempt()
+    amount: int = getattr(attempt, unit)
+    setattr(attempt, unit, 0)
     return amount
 
 
@@ -67,17 +64,16 @@ def take_charged_cost() -> int:
 
 def report_no_call() -> None:
     """The current message's call never left the process: the quota gives its request back."""
-    _local.no_call = True
+    current_attempt().no_call = True
 
 
 def no_call_reported() -> bool:
-    """Whether the current message reported :func:`report_no_call` (the report stays until
-    :func:`take_no_call`, so every middleware's after hook sees it, in any order)."""
-    return bool(getattr(_local, "no_call", False))
+    """Whether the current message reported :func:`report_no_call`."""
+    return current_attempt().no_call
 
 
 def take_no_call() -> bool:
     """Whether the current message reported :func:`report_no_call`, and reset it."""
-    no_call: bool = getattr(_local, "no_call", False)
-    _local.no_call = False
+    attempt = current_attempt()
+    no_call, attempt.no_call = attempt.no_call, False
     return no_call

@@ -4,7 +4,8 @@
 (:func:`enrichment_actors.worker.build`); taking the endpoint router and the pause, semaphore, breaker, pacing
 and quota middlewares off the broker afterwards leaves the same actors, the
 same retries and the same broker, and only the admission work gone.
-``dramatiq tests.bench.bare_actors:build`` runs it.
+``dramatiq tests.bench.bare_actors:build`` runs it. The fair room is admission
+too (issue 22): it goes with the rest.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import dramatiq
 import enrichment_actors.worker
 from enrichment_actors.routing import EndpointRouter
 from enrichment_middleware.breaker import CircuitBreaker
+from enrichment_middleware.fair import FairAdmission
 from enrichment_middleware.pacing import Pacing
 from enrichment_middleware.pause import Pause
 from enrichment_middleware.quota import Quota
 from enrichment_middleware.semaphore import ConcurrencySemaphore
 
 #: What ``fetch_pois`` goes through before its call, in the product's order.
-ADMISSION = (EndpointRouter, Pause, ConcurrencySemaphore, CircuitBreaker, Pacing, Quota)
+ADMISSION = (EndpointRouter, FairAdmission, Pause, ConcurrencySemaphore, CircuitBreaker, Pacing, Quota)
 
 
 def build() -> dramatiq.Broker:

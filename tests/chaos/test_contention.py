@@ -535,6 +535,63 @@ def test_releasers_killed_between_their_steps_lose_no_parked_job(chaos: Chaos) -
         run.close()
 
 
+@pytest.mark.soak
+def test_workers_killed_at_the_end_of_a_call_lose_no_job_and_undercount_nothing(chaos: Chaos) -> None:
+    """Worker processes killed (SIGKILL) right after the one batch that ends a call (the usage charged,
+    the permit given back, the seat left), before what follows it (the seats handed on are sent, the
+    answer is staged). The job comes back and calls again, which the quota counts; a seat handed to a
+    job whose message was never sent lapses after ``handoff_s`` (30 s) and is handed again. A supervisor
+    (this test) starts a fresh one-process fleet for each one killed, then a calm fleet."""
+    jobs, wanted_kills = 40, 3
+    chaos.stub.set_latency(0.05)
+    run = Scenario(chaos, jobs)
+    settings: dict[str, Any] = {
+        "cpu_hog_threads": 1,
+        "semaphore_permits": 2,
+        "semaphore_wait_s": 0.5,
+        "quota_window_s": LONG_WINDOW_S,  # one window: what the quota counted can be read back
+    }
+    killing = f"{PAUSES},admission.ended=kill:0.1"
+    missing = [name for name in targeted(killing) if name not in placed_failpoints()]
+    assert not missing, f"no failpoint named {missing} in the product code"
+    try:
+        fleets = [chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings) for _ in range(2)]
+        kills, deadline = 0, time.monotonic() + 90
+        while kills < wanted_kills and time.monotonic() < deadline:
+            for i, fleet in enumerate(fleets):
+                if fleet.proc is None or fleet.proc.poll() is not None:
+                    kills += 1
+                    fleets[i] = chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings)
+            time.sleep(0.2)
+        for fleet in fleets:
+            fleet.stop()
+        run.fleet = chaos.workers(2, 8, modules=HOG, failpoints=PAUSES, **settings)
+        # A seat handed to a job whose message was never sent lapses after 30 s, then it is handed again.
+        accounts, took = run.settle(timeout_s=150, quiet_s=40)
+        stats = chaos.stub.stats()
+        print(
+            f"\nworkers killed at the end of a call (2 permits, 1-process fleets x 8 threads, hog, pauses): "
+            f"{jobs} jobs, {kills} processes killed, then a calm fleet: {accounts.line()}; {stats.calls} calls, "
+            f"peak {stats.peak_in_flight}; {took:.1f}s after the kills"
+        )
+        promises = Invariants("workers killed at the end of a call")
+        promises.check("processes were killed at the end of a call", kills >= 1, f"{kills} killed")
+        time.sleep(0.5)  # the last calls' ends land
+        counted, _, _ = run.quota_usage()
+        # Never fewer: a call's request is counted at its admission, and its end committed before the kill.
+        # More by at most what the other threads of each process killed had admitted and not called yet.
+        promises.check(
+            "requests counted >= calls made, over by at most the threads killed",
+            stats.calls <= counted <= stats.calls + kills * 8,
+            f"{counted} counted, {stats.calls} calls, {kills} processes of 8 threads killed",
+        )
+        promises.check("peak in flight <= permits", stats.peak_in_flight <= 2, f"peak {stats.peak_in_flight}")
+        promises.every_job_accounted(run, accounts, parked_allowed=False)
+        promises.verify(run)
+    finally:
+        run.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Quota: requests counted = calls made, bytes counted >= bytes downloaded, server time charged >= spent
 # --------------------------------------------------------------------------------------------------
@@ -779,7 +836,8 @@ def test_fair_shares_keep_each_source_within_its_cap_and_lose_no_job(chaos: Chao
     broker.close()
     try:
         run.start(
-            f"{PAUSES},fair.*=sleep:0-0.03",
+            # The fair room's steps, and the end of each call between its one batch and the sends it hands on.
+            f"{PAUSES},fair.*=sleep:0-0.03,admission.ended=sleep:0-0.03",
             semaphore_permits=permits,
             semaphore_wait_s=0.5,
             quota_requests=quota_requests,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -46,11 +47,37 @@ _READY = "Worker process is ready for action"
 _PID = re.compile(r"\[PID (\d+)\]")
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux; its default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port free now, outside the range the kernel gives outgoing connections.
+
+    A port the kernel picked (``bind(0)``) is in that range, and between this
+    check and the server's own bind any connection the session opens may take
+    it as its local port: a server then fails to start (``eaddrinuse``, seen on
+    RabbitMQ under a busy session). Below the range, nothing but another
+    server can take it, and this test checks each candidate.
+    """
+    low, _ = _ephemeral_ports()
+    ceiling = low - 1 if low > 20_000 else 65_535
+    for port in random.sample(range(10_000, ceiling), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # every candidate taken: the kernel's choice, as before
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 class WorkerProcesses:

@@ -91,6 +91,20 @@ def test_a_late_copy_arriving_after_the_new_one_left_is_not_run_again(timed: Tim
     )
 
 
+def test_the_redelivered_copy_of_a_job_that_left_early_runs(timed: Timed) -> None:
+    """j was handed a seat (token T), ran its call and left the room early (release_early), then its
+    worker died before it handed its answer on: the broker redelivers the same copy, holding T. It is
+    not stale (only an older token is): it runs again and finds its stage. Ending it lost the job."""
+    policy = room(timed.backend, seats=1, handoff_s=0.3, seat_s=30.0)
+    a0 = policy.enter("a", "a0", b"a0")
+    policy.enter("a", "j", b"payload of j")
+    (handed,) = policy.leave(policy.seat_of(a0, "a0"))
+    arrived = policy.enter("a", "j", b"", token=handed.token)
+    policy.leave(policy.seat_of(arrived, "j"), called="a")  # its call is over: it leaves early
+    again = policy.enter("a", "j", b"payload of j", token=handed.token)  # the broker's redelivery
+    assert again.status != "present", "the redelivered copy ended as stale: the job is lost"
+
+
 # --- F-seat: a hand-on that arrives through room_seat stays 'handed, not arrived' ----------------
 
 

@@ -499,7 +499,7 @@ class MemoryBackend(Backend):
                     status = "present"  # a stale copy, or handed to another copy not arrived yet
             elif member in room.entries:
                 status = "present"  # waiting in its lane
-            elif token.isdigit() and member in room.left and int(token) <= room.left[member][1]:
+            elif token.isdigit() and member in room.left and int(token) < room.left[member][1]:
                 status = (
                     "present"  # a stale copy of a job that ran and left (a later seat's token is greater)
                 )

@@ -8,7 +8,8 @@
 -- members in the queue: what lua/room_seat.lua reads instead of the queue),
 -- handed (hash member -> token: handed a seat, not arrived yet), left (sorted set member ->
 -- until: jobs that left, so that a stale copy of one ends instead of running again), left-tokens
--- (hash member -> the token it left with: only a copy holding that token or an older one is stale).
+-- (hash member -> the token it left with: a copy holding an older one is stale; one holding that
+-- token is the same delivery again, redelivered after its worker died, and runs).
 -- include: now.lua
 local SEATS, TOKENS, QUEUE, ENTRIES, PAYLOADS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local PASSES, WEIGHTS, COUNTS, META, HANDED, LEFT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]

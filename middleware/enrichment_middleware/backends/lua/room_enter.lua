@@ -22,8 +22,10 @@ if held then
   end
 elseif redis.call('HEXISTS', ENTRIES, member) == 1 then
   status = 'present'  -- waiting in its lane
-elseif tonumber(token) and tonumber(token) <= tonumber(redis.call('HGET', LEFT_TOKENS, member) or '-1') then
-  status = 'present'  -- a stale copy of a job that ran and left (a later seat's token is greater)
+elseif tonumber(token) and tonumber(token) < tonumber(redis.call('HGET', LEFT_TOKENS, member) or '-1') then
+  -- A stale copy of a job that ran and left holding a later seat. The copy holding the token it left
+  -- with is that delivery again (its worker died after leaving, maybe before it finished): it runs.
+  status = 'present'
 else
   redis.call('HSET', WEIGHTS, lane, ARGV[5])
   if redis.call('ZCARD', QUEUE) == 0 and redis.call('ZCARD', SEATS) < limit then

@@ -1,0 +1,123 @@
+"""Where the admission's time goes, per call: each middleware's hooks, and the Redis round trips among them.
+
+The product is built in a fresh interpreter on the in-process stub broker,
+as :mod:`tests.bench.admission` builds it, so every command that reaches
+Redis is the gates'. Each of ``calls`` ``fetch_pois`` deliveries passes the
+broker's before-hooks, reports its answer and gives its holds back early as
+the actor does, then passes the after-hooks; each middleware's hooks are
+timed (wall clock, one thread on an otherwise idle machine), and so is each
+send to Redis and its reply. The middleware overhead bench compares whole
+fleets; this says what of a call's cost is the gates' own, against which the
+target (full / bare >= 0.95) allows ``0.05 / 0.95`` of a bare job's time.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+
+from .admission import run_child
+
+_CHILD = """
+import collections, json, sys, time
+import redis.connection
+
+spent = collections.Counter()
+trips = [0]
+send = redis.connection.AbstractConnection.send_packed_command
+read = redis.connection.AbstractConnection.read_response
+
+
+def timed_send(self, command, check_health=True):
+    trips[0] += 1
+    started = time.perf_counter()
+    try:
+        return send(self, command, check_health)
+    finally:
+        spent["redis"] += time.perf_counter() - started
+
+
+def timed_read(self, *args, **kwargs):
+    started = time.perf_counter()
+    try:
+        return read(self, *args, **kwargs)
+    finally:
+        spent["redis"] += time.perf_counter() - started
+
+
+redis.connection.AbstractConnection.send_packed_command = timed_send
+redis.connection.AbstractConnection.read_response = timed_read
+
+from dramatiq.broker import MessageProxy
+
+from enrichment_actors.settings import check_startable, load_settings
+from enrichment_actors.worker import start
+from enrichment_middleware import release_permit_early
+from enrichment_middleware.usage import charge
+
+runtime = start(check_startable(load_settings()))
+broker = runtime.broker
+for middleware in broker.middleware:
+    for hook in ("before_process_message", "after_process_message"):
+        original = getattr(middleware, hook)
+
+        def wrapped(*args, _original=original, _name=type(middleware).__name__, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent["hook " + _name] += time.perf_counter() - started
+
+        setattr(middleware, hook, wrapped)
+
+fetch_pois = broker.get_actor("fetch_pois")
+calls = int(sys.argv[1])
+for index in range(calls + 20):
+    if index == 20:  # the first ones load the scripts and warm the connections
+        spent.clear()
+        trips[0] = 0
+        began = time.perf_counter()
+    box = {"south": 10.0 + index * 0.01, "west": 10.0, "north": 10.005 + index * 0.01, "east": 10.005}
+    message = MessageProxy(fetch_pois.message(bbox=box, tags=["amenity"]))
+    broker.emit_before("process_message", message)
+    charge(bytes=20_000, cost=150)
+    release_permit_early(succeeded=True)
+    broker.emit_after("process_message", message, result=None)
+total = time.perf_counter() - began
+print(json.dumps({"calls": calls, "total_s": total, "trips": trips[0], "spent": dict(spent)}))
+"""
+
+
+@dataclass(frozen=True)
+class AdmissionProfile:
+    """Per call: the hooks' wall time in all, by middleware, and the part of it spent on Redis."""
+
+    calls: int
+    per_call_ms: float
+    redis_ms: float
+    trips: float
+    by_middleware_ms: dict[str, float]
+
+
+def measure(redis_url: str, database_url: str, calls: int = 300, repeats: int = 3) -> AdmissionProfile:
+    env = {
+        **os.environ,
+        "BROKER": "stub",
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        # Never called: a loopback endpoint has no pacing, so no admission waits.
+        "OVERPASS_URL": "http://127.0.0.1:9/api/interpreter",
+        "ENRICH_COVERAGE": "false",
+    }
+    runs = [run_child(_CHILD, str(calls), env=env, timeout_s=300) for _ in range(repeats)]
+    run = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]  # the median run
+    per_call = {name: seconds * 1000 / calls for name, seconds in run["spent"].items()}
+    hooks = {name[5:]: ms for name, ms in per_call.items() if name.startswith("hook ")}
+    return AdmissionProfile(
+        calls=calls,
+        per_call_ms=statistics.fsum(hooks.values()),
+        redis_ms=per_call.get("redis", 0.0),
+        trips=run["trips"] / calls,
+        by_middleware_ms=dict(sorted(hooks.items(), key=lambda kv: -kv[1])),
+    )
