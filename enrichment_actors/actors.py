@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from enrichment_middleware.admission import STATE_UNAVAILABLE
+from enrichment_middleware.admission import STATE_UNAVAILABLE, charge_now
 from enrichment_middleware.attempt import deferral_of
 from enrichment_middleware.backends.base import BackendUnavailable
 from enrichment_middleware.deferral import Defer
@@ -439,8 +439,10 @@ def _call_overpass(
     started = time.monotonic()
     endpoint = _endpoint_name(client)
     cost = CallCost()
+    answered = False
     try:
         result = client.fetch(query, read=read, cost=cost)
+        answered = True
     except OverpassError as exc:
         if not exc.request_sent:
             report_no_call()
@@ -453,8 +455,11 @@ def _call_overpass(
         raise
     finally:
         # Whatever ended the call (a MemoryError while reading too): what crossed the wire is charged,
-        # and the server's time.
+        # and the server's time. Answered, with the permit given back next (release_permit_early);
+        # failed, now: the job has more to do before it returns (a split, a status read, a kill).
         charge(bytes=cost.wire_bytes, cost=server_milliseconds(cost, current().settings.query_timeout_s))
+        if not answered:
+            charge_now()
     current().metrics.observe_overpass_call(
         CALL_OK, result.duration_s, endpoint=endpoint, response_bytes=result.response_bytes
     )

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from enrichment_middleware.admission import charge_now
     from enrichment_middleware.backends.base import Backend, BackendUnavailable
     from enrichment_middleware.backends.memory import MemoryBackend
     from enrichment_middleware.backends.redis import RedisBackend
@@ -59,6 +60,7 @@ _EXPORTS = {
     "QuotaLimits": "policy.quota",
     "charge": "usage",
     "charge_bytes": "usage",
+    "charge_now": "admission",
     "report_no_call": "usage",
     "Backend": "backends.base",
     "BackendUnavailable": "backends.base",
@@ -92,6 +94,7 @@ __all__ = [
     "Verdict",
     "charge",
     "charge_bytes",
+    "charge_now",
     "install",
     "release_permit_early",
     "report_no_call",

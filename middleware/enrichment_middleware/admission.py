@@ -71,12 +71,14 @@ class CallEnd:
       exception: what the actor raised (or a before-hook: a deferral), None when it returned.
       succeeded: what the actor said of its call when it gave its holds back early; None: nothing.
       skipped: a middleware skipped the message (its actor never ran).
+      keeping: only the usage reported so far is charged; every hold stays (:func:`charge_now`).
     """
 
     finished: bool
     exception: BaseException | None = None
     succeeded: bool | None = None
     skipped: bool = False
+    keeping: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,17 @@ class Ending:
       done: what follows from the steps' replies once the batch ran (say, sending on the jobs a
         seat was handed to).
       alone: the same, step by step, by this gate alone (the batch could not run).
+      unsure: what it does alone when the batch may have run or not (its reply was lost): only
+        what is safe twice, or errs on the side of counting more (None: ``alone``).
+      first: it ends before the others, alone or not (a pause to record before any permit or
+        seat lets another call start).
     """
 
     steps: tuple[Step, ...]
     alone: Callable[[], None]
     done: Callable[[list[Any]], None] = lambda replies: None
+    unsure: Callable[[], None] | None = None
+    first: bool = False
 
 
 def release_early(*, succeeded: bool | None = None) -> None:
@@ -112,8 +120,17 @@ def release_early(*, succeeded: bool | None = None) -> None:
     _end(current_attempt(), CallEnd(finished=False, succeeded=succeeded))
 
 
+def charge_now() -> None:
+    """Charge the usage the message this thread runs reported so far (one round trip), keeping
+    every hold: for an actor whose call failed and that has more to do before it returns (a
+    split, a status read), so that what it used is counted before that, not when it returns."""
+    _end(current_attempt(), CallEnd(finished=False, keeping=True))
+
+
 def _end(attempt: Attempt, end: CallEnd) -> None:
-    """End what the gates hold for ``attempt``'s call: one batch, else each gate alone, last gate first."""
+    """End what the gates hold for ``attempt``'s call: one batch, else each gate alone, last gate
+    first (a pause to record before all). Never raises: in the actor (:func:`release_early`), an
+    error would mean a retry, and a second call; what could not end is left to its lease."""
     if end.finished:
         end_attempt(attempt)
     broker, message = attempt.broker, attempt.message
@@ -122,21 +139,32 @@ def _end(attempt: Attempt, end: CallEnd) -> None:
     gates = sorted((gate for gate, _ in attempt.held.values()), key=lambda gate: -gate.admission_rank)
     endings: list[tuple[AdmissionMiddleware[Any, Any], Ending]] = []
     for gate in gates:
-        ending = gate.ending(broker, message, end)
+        try:
+            ending = gate.ending(broker, message, end)
+        except Exception:
+            gate.logger.exception(
+                "Could not end what %s held for a call; it is left to its lease.", type(gate).__name__
+            )
+            continue
         if ending is not None:
             endings.append((gate, ending))
+    endings.sort(key=lambda entry: not entry[1].first)  # stable: the rest stay last gate first
     if not endings:
         return
-    first = endings[0][0]
-    replies: list[Any] | None = None
-    if all(ending.steps and gate.backend is first.backend for gate, ending in endings):
-        try:
-            replies = first.backend.all_or_nothing([step for _, ending in endings for step in ending.steps])
-        except BackendUnavailable as exc:
-            first.logger.warning("Could not end a call in one step (%s); each gate ends alone.", exc)
+    leader = endings[0][0]
+    if not all(ending.steps and gate.backend is leader.backend for gate, ending in endings):
+        _each_alone(endings, lambda ending: ending.alone)
+        return
+    try:
+        replies = leader.backend.all_or_nothing([step for _, ending in endings for step in ending.steps])
+    except Exception as exc:
+        # Sent, maybe run, its reply lost (a timeout, a dropped connection): each gate does alone only
+        # what is safe twice, or counts more rather than less.
+        leader.logger.warning("Could not end a call in one step (%s); each gate ends alone.", exc)
+        _each_alone(endings, lambda ending: ending.unsure or ending.alone)
+        return
     if replies is None:
-        for _, ending in endings:
-            ending.alone()
+        _each_alone(endings, lambda ending: ending.alone)
         return
     failpoint("admission.ended")
     start = 0
@@ -144,9 +172,20 @@ def _end(attempt: Attempt, end: CallEnd) -> None:
         try:
             ending.done(replies[start : start + len(ending.steps)])
         except Exception:
-            # Never raises: in the actor (release_early) an error would mean a retry, and a second call.
             gate.logger.exception("What follows the end of a call failed; it is left to its lease.")
         start += len(ending.steps)
+
+
+def _each_alone(
+    endings: list[tuple[AdmissionMiddleware[Any, Any], Ending]], which: Callable[[Ending], Callable[[], None]]
+) -> None:
+    for gate, ending in endings:
+        try:
+            which(ending)()
+        except Exception:
+            gate.logger.exception(
+                "Could not end what %s held for a call; it is left to its lease.", type(gate).__name__
+            )
 
 
 @dataclass(frozen=True)

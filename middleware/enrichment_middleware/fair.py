@@ -199,6 +199,8 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         self.hold(broker, message, seat)
 
     def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
+        if end.keeping:
+            return None
         seat = self.release_held(message)
         if seat is None:
             return None
@@ -218,9 +220,10 @@ class FairAdmission(AdmissionMiddleware[FairPolicy, Seat]):
         # Returned, failed or given back early: its call was made (a failure after the call too),
         # unless it said not (or was skipped).
         lane = self._left(message, called=not end.skipped)
+        early = not end.finished
 
         def leave(p: FairPolicy) -> list[HandedSeat]:
-            return p.leave(seat, called=lane)
+            return p.leave(seat, called=lane, early=early)
 
         def leave_alone() -> None:
             with self.logging_unavailable(f"leave room {seat.name!r} (the seat lapses by itself)"):

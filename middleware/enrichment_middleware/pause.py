@@ -133,9 +133,9 @@ class Pause(AdmissionMiddleware[PausePolicy, PausePolicy]):
             return None
         if not isinstance(exception, PauseUpstream | HoldUpstream):
             return None
-        # Recorded before any later gate's hold ends (a permit, a seat), so that no call they let
-        # start finds the upstream not paused yet: every gate ends alone, in order.
-        return Ending((), lambda: self._stop_calls(broker, message, exception))
+        # Recorded first, before any hold ends (a permit, a seat), so that no call they let start
+        # finds the upstream not paused yet; then every gate ends alone, in order.
+        return Ending((), lambda: self._stop_calls(broker, message, exception), first=True)
 
     def after_process_message(
         self,

@@ -102,14 +102,18 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
         if refund:
             steps.append(policy.refund_step(window_start))
 
-        def alone() -> None:
+        def charge_alone() -> None:
             if uncharged and not self._charge(policy, window_start, uncharged) and not end.finished:
                 attempt.report(**uncharged)  # kept: charged again when the actor returns
+
+        def alone() -> None:
+            charge_alone()
             if refund:
                 with self.logging_unavailable(f"refund a request to quota {policy.name!r}"):
                     policy.refund(window_start)
 
-        return Ending(tuple(steps), alone)
+        # The batch's reply lost: a charge made twice counts too much, a refund made twice too little.
+        return Ending(tuple(steps), alone, unsure=charge_alone)
 
     def _charge(self, policy: QuotaPolicy, window_start: float, amounts: Mapping[str, int]) -> bool:
         """Charge ``amounts`` (by unit) to the window the call was admitted in; False if the backend failed."""

@@ -88,6 +88,8 @@ class ConcurrencySemaphore(AdmissionMiddleware[SemaphorePolicy, tuple[SemaphoreP
         failpoint("semaphore.acquired")
 
     def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
+        if end.keeping:
+            return None
         held = self.release_held(message)
         if held is None:
             return None

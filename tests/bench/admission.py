@@ -88,8 +88,10 @@ def run_child(code: str, *args: str, env: dict[str, str], cwd: Path = REPO, time
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(redis_url: str, database_url: str, calls: int = 20) -> AdmissionTrips:
-    env = {
+def stub_broker_env(redis_url: str, database_url: str) -> dict[str, str]:
+    """The product on the in-process stub broker, its state on ``redis_url``: every command that
+    reaches Redis is the gates'."""
+    return {
         **os.environ,
         "BROKER": "stub",
         "REDIS_URL": redis_url,
@@ -98,7 +100,10 @@ def measure(redis_url: str, database_url: str, calls: int = 20) -> AdmissionTrip
         "OVERPASS_URL": "http://127.0.0.1:9/api/interpreter",
         "ENRICH_COVERAGE": "false",
     }
-    trips = run_child(_CHILD, str(calls), env=env, timeout_s=120)
+
+
+def measure(redis_url: str, database_url: str, calls: int = 20) -> AdmissionTrips:
+    trips = run_child(_CHILD, str(calls), env=stub_broker_env(redis_url, database_url), timeout_s=120)
     return AdmissionTrips(
         before=statistics.median(b for b, _ in trips),
         after=statistics.median(a for _, a in trips),

@@ -13,11 +13,10 @@ target (full / bare >= 0.95) allows ``0.05 / 0.95`` of a bare job's time.
 
 from __future__ import annotations
 
-import os
 import statistics
 from dataclasses import dataclass
 
-from .admission import run_child
+from .admission import run_child, stub_broker_env
 
 _CHILD = """
 import collections, json, sys, time
@@ -101,15 +100,7 @@ class AdmissionProfile:
 
 
 def measure(redis_url: str, database_url: str, calls: int = 300, repeats: int = 3) -> AdmissionProfile:
-    env = {
-        **os.environ,
-        "BROKER": "stub",
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        # Never called: a loopback endpoint has no pacing, so no admission waits.
-        "OVERPASS_URL": "http://127.0.0.1:9/api/interpreter",
-        "ENRICH_COVERAGE": "false",
-    }
+    env = stub_broker_env(redis_url, database_url)
     runs = [run_child(_CHILD, str(calls), env=env, timeout_s=300) for _ in range(repeats)]
     run = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]  # the median run
     per_call = {name: seconds * 1000 / calls for name, seconds in run["spent"].items()}

@@ -487,6 +487,27 @@ def test_deferral_heavy_tight_quota_window_loses_no_parked_job(chaos: Chaos, job
         run.close()
 
 
+def supervise(
+    chaos: Chaos, killing: str, wanted_kills: int, *, deadline_s: float = 90.0, **settings: Any
+) -> int:
+    """Two one-process fleets (8 threads, a CPU hog) whose failpoints kill them; a supervisor (this)
+    starts a fresh one for each one killed, until ``wanted_kills`` died or ``deadline_s`` passed, then
+    stops them. Returns how many were killed."""
+    missing = [name for name in targeted(killing) if name not in placed_failpoints()]
+    assert not missing, f"no failpoint named {missing} in the product code"
+    fleets = [chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings) for _ in range(2)]
+    kills, deadline = 0, time.monotonic() + deadline_s
+    while kills < wanted_kills and time.monotonic() < deadline:
+        for i, fleet in enumerate(fleets):
+            if fleet.proc is None or fleet.proc.poll() is not None:
+                kills += 1
+                fleets[i] = chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings)
+        time.sleep(0.2)
+    for fleet in fleets:
+        fleet.stop()
+    return kills
+
+
 @pytest.mark.soak
 def test_releasers_killed_between_their_steps_lose_no_parked_job(chaos: Chaos) -> None:
     """Worker processes killed (SIGKILL) by the releaser between claiming a parked message and
@@ -504,19 +525,8 @@ def test_releasers_killed_between_their_steps_lose_no_parked_job(chaos: Chaos) -
         "semaphore_retry_max_s": 0.3,
     }
     killing = f"{PAUSES},parking.claimed=kill:0.02,parking.enqueued=kill:0.02"
-    missing = [name for name in targeted(killing) if name not in placed_failpoints()]
-    assert not missing, f"no failpoint named {missing} in the product code"
     try:
-        fleets = [chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings) for _ in range(2)]
-        kills, deadline = 0, time.monotonic() + 90
-        while kills < wanted_kills and time.monotonic() < deadline:
-            for i, fleet in enumerate(fleets):
-                if fleet.proc is None or fleet.proc.poll() is not None:
-                    kills += 1
-                    fleets[i] = chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings)
-            time.sleep(0.2)
-        for fleet in fleets:
-            fleet.stop()
+        kills = supervise(chaos, killing, wanted_kills, **settings)
         run.fleet = chaos.workers(2, 8, modules=HOG, failpoints=PAUSES, **settings)
         # Claims of the killed releasers lapse after 60 s; then their messages come due again.
         accounts, took = run.settle(timeout_s=150, quiet_s=70)
@@ -552,19 +562,8 @@ def test_workers_killed_at_the_end_of_a_call_lose_no_job_and_undercount_nothing(
         "quota_window_s": LONG_WINDOW_S,  # one window: what the quota counted can be read back
     }
     killing = f"{PAUSES},admission.ended=kill:0.1"
-    missing = [name for name in targeted(killing) if name not in placed_failpoints()]
-    assert not missing, f"no failpoint named {missing} in the product code"
     try:
-        fleets = [chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings) for _ in range(2)]
-        kills, deadline = 0, time.monotonic() + 90
-        while kills < wanted_kills and time.monotonic() < deadline:
-            for i, fleet in enumerate(fleets):
-                if fleet.proc is None or fleet.proc.poll() is not None:
-                    kills += 1
-                    fleets[i] = chaos.workers(1, 8, modules=HOG, failpoints=killing, **settings)
-            time.sleep(0.2)
-        for fleet in fleets:
-            fleet.stop()
+        kills = supervise(chaos, killing, wanted_kills, **settings)
         run.fleet = chaos.workers(2, 8, modules=HOG, failpoints=PAUSES, **settings)
         # A seat handed to a job whose message was never sent lapses after 30 s, then it is handed again.
         accounts, took = run.settle(timeout_s=150, quiet_s=40)

@@ -91,18 +91,23 @@ def test_a_late_copy_arriving_after_the_new_one_left_is_not_run_again(timed: Tim
     )
 
 
-def test_the_redelivered_copy_of_a_job_that_left_early_runs(timed: Timed) -> None:
+@pytest.mark.parametrize("early", [True, False], ids=["left-early", "left-finished"])
+def test_the_redelivered_copy_of_a_job_that_left_early_runs(timed: Timed, early: bool) -> None:
     """j was handed a seat (token T), ran its call and left the room early (release_early), then its
     worker died before it handed its answer on: the broker redelivers the same copy, holding T. It is
-    not stale (only an older token is): it runs again and finds its stage. Ending it lost the job."""
+    not stale: it runs again and finds its stage. Ending it lost the job. A job that left when it
+    finished is done: a copy holding T then ends, as a stale one does."""
     policy = room(timed.backend, seats=1, handoff_s=0.3, seat_s=30.0)
     a0 = policy.enter("a", "a0", b"a0")
     policy.enter("a", "j", b"payload of j")
     (handed,) = policy.leave(policy.seat_of(a0, "a0"))
     arrived = policy.enter("a", "j", b"", token=handed.token)
-    policy.leave(policy.seat_of(arrived, "j"), called="a")  # its call is over: it leaves early
+    policy.leave(policy.seat_of(arrived, "j"), called="a", early=early)
     again = policy.enter("a", "j", b"payload of j", token=handed.token)  # the broker's redelivery
-    assert again.status != "present", "the redelivered copy ended as stale: the job is lost"
+    if early:
+        assert again.status != "present", "the redelivered copy ended as stale: the job is lost"
+    else:
+        assert again.status == "present" and not again.handed, f"a finished job's copy -> {again.status}"
 
 
 # --- F-seat: a hand-on that arrives through room_seat stays 'handed, not arrived' ----------------

@@ -9,29 +9,34 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit
 from dramatiq.middleware import Retries as StockRetries
 
-from enrichment_middleware.backends.base import Backend
+from enrichment_middleware.backends.base import Backend, BackendUnavailable
 from enrichment_middleware.backends.memory import MemoryBackend
 from enrichment_middleware.breaker import CircuitBreaker, Verdict
 from enrichment_middleware.deferral import Defer
 from enrichment_middleware.failpoints import hooked
+from enrichment_middleware.installation import install
 from enrichment_middleware.order import MiddlewareOrderError
+from enrichment_middleware.pause import Pause, PauseUpstream
 from enrichment_middleware.policy.breaker import BreakerLimits, BreakerStatus
+from enrichment_middleware.policy.pause import PauseLimits
 from enrichment_middleware.policy.quota import QuotaLimits
 from enrichment_middleware.policy.semaphore import SemaphoreLimits
 from enrichment_middleware.quota import Quota
 from enrichment_middleware.retries import DEFERRALS, Retries
 from enrichment_middleware.semaphore import ConcurrencySemaphore, release_permit_early
-from enrichment_middleware.usage import charge_bytes, charge_cost
+from enrichment_middleware.usage import charge_bytes, charge_cost, report_no_call
 
 
 class UpstreamDown(Exception):
@@ -587,3 +592,108 @@ def test_usage_reported_after_the_permit_went_back_early_is_charged_at_the_actor
     rig.run(threads=1)
     assert len(rig.calls) == 1 and not rig.broker.dead_letters
     assert rig.quota.policies["up"].usage().bytes_used == 120
+
+
+class _LostEndReplyOnce(MemoryBackend):
+    """Runs the first end-of-call batch that gives a request back, then loses its reply (a timeout)."""
+
+    lost = False
+
+    def all_or_nothing(self, steps: Any) -> Any:
+        replies = super().all_or_nothing(steps)
+        if not self.lost and any(s.primitive == "counter_add" and s.args[1] == -1 for s in steps):
+            self.lost = True
+            raise BackendUnavailable("socket timeout reading the reply (the script ran)")
+        return replies
+
+
+def test_a_lost_reply_at_the_end_of_a_call_never_gives_a_request_back_twice() -> None:
+    """Each gate then ends alone with only what is safe twice: a second refund would let the quota
+    admit a call more than its limit."""
+    backend = _LostEndReplyOnce()
+    rig = make_rig(backend, requests=2, permits=5)
+    seen: Counter[str] = Counter()
+
+    @dramatiq.actor(broker=rig.broker, quota="up", semaphore="up", breaker="up", max_retries=0)
+    def fetch(name: str) -> None:
+        seen[name] += 1
+        if name == "b" and seen[name] == 1:
+            report_no_call()  # its call never left: the request is given back
+            raise Defer(0.01, reason="paused")
+        rig.call(name)
+
+    for name in ("a", "b", "c"):
+        fetch.send(name)
+        rig.run(threads=1)
+    assert backend.lost
+    assert len(rig.calls) <= 2, f"{len(rig.calls)} calls in a window of 2 requests: {rig.calls}"
+
+
+class _ErrorEndReplyOnce(MemoryBackend):
+    failed = False
+
+    def all_or_nothing(self, steps: Any) -> Any:
+        if not self.failed and any(s.primitive == "lease_release" for s in steps):
+            self.failed = True
+            raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+        return super().all_or_nothing(steps)
+
+
+def test_an_error_at_the_end_of_a_call_never_reaches_the_actor() -> None:
+    """An error reply of the batch (not a connection error) in release_early: raised into the actor, it
+    would mean a retry, and a second call of an answered job. Each gate ends alone instead."""
+    backend = _ErrorEndReplyOnce()
+    rig = make_rig(backend, permits=1)
+
+    @dramatiq.actor(broker=rig.broker, quota="up", semaphore="up", breaker="up", max_retries=1)
+    def fetch() -> None:
+        rig.call("fetch")
+        charge_bytes(600)
+        release_permit_early(succeeded=True)
+
+    fetch.send()
+    rig.run(threads=1)
+    assert backend.failed
+    assert len(rig.calls) == 1, f"{len(rig.calls)} upstream calls for one job that succeeded"
+    assert rig.quota.policies["up"].usage().bytes_used == 600
+    assert rig.semaphore.policies["up"].in_use() == 0
+
+
+def test_an_actors_429_is_recorded_before_its_permit_goes_to_a_waiting_thread() -> None:
+    """The pause's ending goes first: a thread of this process waiting for the permit gets it only
+    once the upstream is paused, so it finds the pause before its call."""
+    backend = MemoryBackend()
+    broker = StubBroker()
+    pause = Pause(backend, {"up": PauseLimits(min_pause_s=5.0, jitter_s=0.0)})
+    semaphore = ConcurrencySemaphore(
+        backend,
+        {"up": SemaphoreLimits(permits=1, lease_s=30, wait_s=3.0, retry_min_s=0.01, retry_max_s=0.05)},
+    )
+    install(
+        broker,
+        pause,
+        semaphore,
+        retries=Retries(backend=backend, max_retries=0, min_backoff=10, max_backoff=50, poll_interval_s=0.05),
+    )
+    b_ran = threading.Event()
+    seen: list[tuple[str, bool]] = []
+
+    @dramatiq.actor(broker=broker, pause="up", semaphore="up", max_retries=0)
+    def fetch(name: str) -> None:
+        if name == "a":
+            time.sleep(0.3)  # b waits for the permit meanwhile
+            raise PauseUpstream(5.0, "rate_limited")  # the call met a 429
+        seen.append(
+            (name, pause.policies["up"].admit().allowed)
+        )  # the product reads it right before its call
+        b_ran.set()
+
+    fetch.send("a")
+    fetch.send("b")
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    # A slow backend between the permit's release and what follows it.
+    with hooked("semaphore.released", lambda: b_ran.wait(2.0)):
+        worker.start()
+        time.sleep(2.5)
+    worker.stop()
+    assert ("b", True) not in seen, f"b got a's permit and found no pause: {seen}"

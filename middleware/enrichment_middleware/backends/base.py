@@ -551,12 +551,15 @@ class Rooms(Core):
         called: str = "",
         window_s: int = 86_400,
         left_s: float = 600.0,
+        early: bool = False,
     ) -> list[HandedSeat]:
         """Give up ``member``'s seat (if held under ``token``; None: give up nothing) and hand
         the free seats to waiting members, by lane weight; returns those handed. ``called``:
         the lane of a member whose call was made, counted in the epoch-aligned window of
         ``window_s`` seconds that holds the backend's now (see :meth:`room_counts`). A stale
-        copy of the member that comes within ``left_s`` ends (see :meth:`room_enter`)."""
+        copy of the member that comes within ``left_s`` ends (see :meth:`room_enter`): one
+        holding an older token, or ``token`` itself unless ``early`` (the member left before its
+        job finished: a copy holding its token is that delivery again, and runs)."""
 
     @abstractmethod
     def room_counts(self, key: str, *, window_s: int = 86_400) -> RoomCounts:

@@ -499,7 +499,7 @@ class MemoryBackend(Backend):
                     status = "present"  # a stale copy, or handed to another copy not arrived yet
             elif member in room.entries:
                 status = "present"  # waiting in its lane
-            elif token.isdigit() and member in room.left and int(token) < room.left[member][1]:
+            elif token.isdigit() and member in room.left and room.stale(member, int(token)):
                 status = (
                     "present"  # a stale copy of a job that ran and left (a later seat's token is greater)
                 )
@@ -568,6 +568,7 @@ class MemoryBackend(Backend):
         called: str = "",
         window_s: int = 86_400,
         left_s: float = 600.0,
+        early: bool = False,
     ) -> list[HandedSeat]:
         with self._lock:
             room = self._room(key)
@@ -576,7 +577,7 @@ class MemoryBackend(Backend):
                 del room.seats[member]
                 del room.tokens[member]
                 room.forget(member)
-                room.left[member] = (now + left_s, int(token) if token.isdigit() else -1)
+                room.left[member] = (now + left_s, int(token) if token.isdigit() else -1, early)
                 if called:
                     start = _window_start(now, window_s)
                     for old in [w for w in room.calls if w < start]:
@@ -614,7 +615,8 @@ class _Room:
         ] = {}  # member -> (lane, sequence), from its wait to its leave
         self.payloads: dict[str, bytes] = {}
         self.handed: dict[str, str] = {}  # member -> token: handed a seat, not arrived yet
-        self.left: dict[str, tuple[float, int]] = {}  # member -> (until, the token it left with)
+        # member -> (until, the token it left with, whether it left early: before its job finished)
+        self.left: dict[str, tuple[float, int, bool]] = {}
         self.passes: dict[str, float] = {}
         self.weights: dict[str, float] = {}
         self.vtime = 0.0
@@ -631,6 +633,12 @@ class _Room:
     def waiting(self) -> int:
         return sum(len(queued) for queued in self.queue.values())
 
+    def stale(self, member: str, token: int) -> bool:
+        """Whether a copy of ``member`` holding ``token`` is stale, the member having left: an older
+        token, or the one it left with unless it left early (then it is that delivery again)."""
+        _, left_token, early = self.left[member]
+        return token < left_token or (token == left_token and not early)
+
     def forget(self, member: str) -> None:
         self.entries.pop(member, None)
         self.payloads.pop(member, None)
@@ -644,7 +652,7 @@ class _Room:
         bisect.insort(queued, (seq, member))
 
     def expire(self, now: float) -> None:
-        for member in [m for m, (until, _) in self.left.items() if until <= now]:
+        for member in [m for m, (until, _, _) in self.left.items() if until <= now]:
             del self.left[member]
         for member in [m for m, lapses in self.seats.items() if lapses <= now]:
             del self.seats[member]

@@ -752,9 +752,10 @@ class RedisBackend(Backend):
         called: str = "",
         window_s: int = 86_400,
         left_s: float = 600.0,
+        early: bool = False,
     ) -> list[HandedSeat]:
         args = [member or "", token, int(seats), repr(float(handoff_s)), called, int(window_s)]
-        args.append(repr(float(left_s)))
+        args += [repr(float(left_s)), "1" if early else "0"]
         return self._handed(self._run("room_leave", self._room_keys(key), args))
 
     def room_counts(self, key: str, *, window_s: int = 86_400) -> RoomCounts:

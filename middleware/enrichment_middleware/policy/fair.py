@@ -186,9 +186,10 @@ class FairPolicy(Policy[FairLimits]):
             self._key, seat.member, seat.token, max(0.0, for_s) + self._limits.seat_s
         )
 
-    def leave(self, seat: Seat | None, *, called: str = "") -> list[HandedSeat]:
+    def leave(self, seat: Seat | None, *, called: str = "", early: bool = False) -> list[HandedSeat]:
         """Give ``seat`` up (None: nothing) and hand the free seats on: enqueue what is returned.
-        ``called``: the lane of the seat's job, if its call was made (counted by lane)."""
+        ``called``: the lane of the seat's job, if its call was made (counted by lane); ``early``:
+        its job goes on after (its call is over, not its job), so a copy of it is not stale."""
         if seat is not None:
             self._check(seat)
         return self._backend.room_leave(
@@ -200,6 +201,7 @@ class FairPolicy(Policy[FairLimits]):
             called=called,
             window_s=self._limits.window_s,
             left_s=max(_LEFT_MIN_S, 10 * self._limits.handoff_s),
+            early=early,
         )
 
     def counts(self) -> RoomCounts:

@@ -8,8 +8,9 @@
 -- members in the queue: what lua/room_seat.lua reads instead of the queue),
 -- handed (hash member -> token: handed a seat, not arrived yet), left (sorted set member ->
 -- until: jobs that left, so that a stale copy of one ends instead of running again), left-tokens
--- (hash member -> the token it left with: a copy holding an older one is stale; one holding that
--- token is the same delivery again, redelivered after its worker died, and runs).
+-- (hash member -> the token it left with, 'e' before it when it left early: a copy holding an older
+-- one is stale, and so is one holding that token unless it left early: then it is the same delivery
+-- again, redelivered after its worker died before the job finished, and runs).
 -- include: now.lua
 local SEATS, TOKENS, QUEUE, ENTRIES, PAYLOADS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local PASSES, WEIGHTS, COUNTS, META, HANDED, LEFT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]

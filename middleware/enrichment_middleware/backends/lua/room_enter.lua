@@ -7,6 +7,10 @@ local limit, seat_s, handoff_s = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(
 expire()
 local status, mine = 'waiting', ''
 local held = redis.call('HGET', TOKENS, member)
+-- The token its job last left with ('e' before it: it left early, before the job finished).
+local left = redis.call('HGET', LEFT_TOKENS, member) or '-1'
+local left_early = string.sub(left, 1, 1) == 'e'
+local left_token = tonumber(left_early and string.sub(left, 2) or left) or -1
 if held then
   if token ~= '' and token == held then
     -- Its seat: handed to this copy (it arrives), or kept for it while it was deferred.
@@ -22,9 +26,10 @@ if held then
   end
 elseif redis.call('HEXISTS', ENTRIES, member) == 1 then
   status = 'present'  -- waiting in its lane
-elseif tonumber(token) and tonumber(token) < tonumber(redis.call('HGET', LEFT_TOKENS, member) or '-1') then
-  -- A stale copy of a job that ran and left holding a later seat. The copy holding the token it left
-  -- with is that delivery again (its worker died after leaving, maybe before it finished): it runs.
+elseif tonumber(token) and (tonumber(token) < left_token or (tonumber(token) == left_token and not left_early)) then
+  -- A stale copy of a job that ran and left (a later seat's token is greater), or a copy of the
+  -- finished one. A copy holding the token of a job that left early is that delivery again (its worker
+  -- died after leaving, before the job finished): it runs.
   status = 'present'
 else
   redis.call('HSET', WEIGHTS, lane, ARGV[5])
