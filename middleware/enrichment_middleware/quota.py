@@ -54,7 +54,7 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             QuotaPolicy.admit,
             condition="admitted",
             allowed=lambda decision: decision.allowed,
-            take=lambda decision: self._take(broker, message, policy, decision),
+            take=lambda decision: self._hold(broker, message, policy, decision),
             give_back=lambda decision: policy.refund(decision.window_start),
         )
 
@@ -71,12 +71,6 @@ class Quota(AdmissionMiddleware[QuotaPolicy, tuple[QuotaPolicy, float]]):
             raise self.denial(decision.retry_at, QUOTA_EXHAUSTED)
         self._hold(broker, message, policy, decision)
         failpoint("quota.admitted")
-
-    def _take(
-        self, broker: Broker, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision
-    ) -> None:
-        """An admission in one step: the hold."""
-        self._hold(broker, message, policy, decision)
 
     def _hold(
         self, broker: Broker, message: MessageProxy, policy: QuotaPolicy, decision: QuotaDecision
