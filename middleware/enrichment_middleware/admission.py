@@ -15,12 +15,13 @@ back what no gate took. The batch is the same steps on
 the same keys, back to back with nothing in between: one order the gates
 could have run in anyway.
 
-The end of a call: what the gates hold for it ends in one step too. Each
-gate that took something registers for the call of its thread; when the
-actor gives its holds back early (:func:`release_early`) or returns (the
-first gate's after-hook), each gate gives its :class:`Ending` (the usage
-charged, the request given back, the outcome recorded, the permit given
-back, the seat left), last gate first as Dramatiq runs after-hooks, and
+The end of a call: what the gates hold for it ends in one step too. What
+each gate takes it keeps in the delivery's attempt
+(:mod:`enrichment_middleware.attempt`); when the actor gives its holds back
+early (:func:`release_early`) or returns (the first gate's after-hook),
+each gate gives its :class:`Ending` (the usage charged, the request given
+back, the outcome recorded, the permit given back, the seat left), last
+gate first as Dramatiq runs after-hooks (an actor's pause before all), and
 they run as one batch: one round trip. A gate that cannot take part (a
 permit handed to a thread of this process, an outcome that changes the
 circuit, a pause to record) makes every gate end alone, in that same order,

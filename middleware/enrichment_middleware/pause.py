@@ -129,13 +129,12 @@ class Pause(AdmissionMiddleware[PausePolicy, PausePolicy]):
 
     def ending(self, broker: Broker, message: MessageProxy, end: CallEnd) -> Ending | None:
         exception = end.exception
-        if not end.finished or self.release_held(message) is None:
-            return None
-        if not isinstance(exception, PauseUpstream | HoldUpstream):
+        policy = self.release_held(message) if end.finished else None
+        if policy is None or not isinstance(exception, PauseUpstream | HoldUpstream):
             return None
         # Recorded first, before any hold ends (a permit, a seat), so that no call they let start
         # finds the upstream not paused yet; then every gate ends alone, in order.
-        return Ending((), lambda: self._stop_calls(broker, message, exception), first=True)
+        return Ending((), lambda: self._stop_calls(broker, message, policy, exception), first=True)
 
     def after_process_message(
         self,
@@ -156,12 +155,13 @@ class Pause(AdmissionMiddleware[PausePolicy, PausePolicy]):
             )
 
     def _stop_calls(
-        self, broker: Broker, message: MessageProxy, exception: PauseUpstream | HoldUpstream
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        policy: PausePolicy,
+        exception: PauseUpstream | HoldUpstream,
     ) -> None:
         """Pause or hold the upstream for every worker, as the actor's ``exception`` asks."""
-        policy = self.policy_for(broker, message)
-        if policy is None:
-            return
         try:
             if isinstance(exception, PauseUpstream):
                 opened = policy.pause(exception.seconds, exception.reason)

@@ -9,32 +9,17 @@ revived a lapsed seat, an unconfirmed enter left two copies.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import pytest
 import redis
 
-from enrichment_middleware.backends import Backend, BackendUnavailable, MemoryBackend
+from enrichment_middleware.backends import Backend, BackendUnavailable
 from enrichment_middleware.backends.redis import RedisBackend
-from enrichment_middleware.policy.clock import ManualClock
 from enrichment_middleware.policy.fair import FairLimits, FairPolicy
+from tests.unit import test_fair_room
+from tests.unit.test_fair_room import Timed
 
-
-@dataclass
-class Timed:
-    backend: Backend
-    advance: Callable[[float], None]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def timed(request: pytest.FixtureRequest) -> Timed:
-    if request.param == "memory":
-        clock = ManualClock()
-        return Timed(MemoryBackend(clock=clock), clock.advance)
-    client: redis.Redis[bytes] = request.getfixturevalue("redis_client")
-    return Timed(RedisBackend(client), time.sleep)
+#: The room's own fixture: memory (a manual clock) and one Redis (real time).
+timed = test_fair_room.timed
 
 
 def room(backend: Backend, **limits: object) -> FairPolicy:
