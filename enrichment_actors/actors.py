@@ -23,7 +23,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import dramatiq
@@ -250,7 +250,8 @@ def fetch_pois(
     release_permit_early(succeeded=True)
     current().metrics.count_elements_dropped(result.parsed.dropped)
     failpoint("fetch.answered")
-    _hand_on(job, stage, _stage_answer(stage, result, cover, since), cover, force)
+    staged, answer = _stage_answer(stage, result, cover, since)
+    _hand_on(job, stage, staged, cover, force, rows=result.parsed.pois, answer=answer)
 
 
 def _query(
@@ -268,8 +269,13 @@ def _query(
     return adiff_query(cover.query(**limits), since), functools.partial(read_adiff, tags=cover.tags)
 
 
-def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, since: str | None) -> Staged:
-    """Stage a successful answer: its POIs in chunks, and for the ledger its tiles and what is gone."""
+def _stage_answer(
+    stage: Stage, result: FetchResult, cover: TileCover | None, since: str | None
+) -> tuple[Staged, Answer | None]:
+    """Stage a successful answer: its POIs in chunks, and for the ledger its tiles and what is gone.
+
+    Returns what was staged, and the ledger's answer (``None`` without a ledger).
+    """
     parsed = result.parsed
     answer = None
     if cover is not None:
@@ -292,7 +298,7 @@ def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, si
             len(parsed.gone),
         )
     chunk_bytes = current().settings.stage_chunk_bytes
-    return retry_until_reachable(  # type: ignore[no-any-return]
+    staged = retry_until_reachable(
         "stage the fetched POIs",
         lambda: stage.put_pois(
             parsed.pois,
@@ -301,6 +307,7 @@ def _stage_answer(stage: Stage, result: FetchResult, cover: TileCover | None, si
             gone=parsed.gone,
         ),
     )
+    return staged, answer
 
 
 def _fall_back_to_whole(job: Job, stage: Stage, cover: TileCover, force: bool, why: str) -> None:
@@ -385,25 +392,44 @@ def store_pois(
         if staged is None:
             current().metrics.count_pois_upserted(current().store().upsert(pois or []))
             return
+        _store_chunk(staged, chunk, ledger=ledger)
+
+
+def _store_chunk(
+    staged: Stage,
+    chunk: int,
+    *,
+    ledger: bool,
+    rows: Sequence[Sequence[Any]] | None = None,
+    answer: Answer | None = None,
+) -> None:
+    """Upsert chunk ``chunk`` of ``staged``, mark it stored, and with ``ledger`` finish the answer once
+    every chunk is stored: the store step, of store_pois or of a fetch that stores its answer itself.
+
+    ``rows`` and ``answer``: the chunk's POIs and the ledger's answer, when the caller has them in
+    hand (they are read from the stage otherwise).
+    """
+    if rows is None:
         rows = staged.load_chunk(chunk)
-        answer = _staged_answer(staged) if ledger else None
-        if rows is None:
-            # A copy of a message handed on twice (its sender died before noting it
-            # sent), or a retry of the step that stored the last chunk and died
-            # before finishing the answer.
-            if answer is not None and staged.unfinished():
-                _finish(staged, answer)
-            logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, stage)
-            return
-        members = None if answer is None else file_by_tile(answer.tiles, rows)
-        stored = current().store().upsert(rows, answer=answer, members=members)
-        failpoint("store.upserted")
-        complete = staged.mark_stored(chunk)
-        current().metrics.count_pois_upserted(stored)
-        logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, stage)
-        if answer is not None and complete:
-            failpoint("store.before_finish")
+    if ledger and answer is None:
+        answer = _staged_answer(staged)
+    if rows is None:
+        # A copy of a message handed on twice (its sender died before noting it
+        # sent), or a retry of the step that stored the last chunk and died
+        # before finishing the answer.
+        if answer is not None and staged.unfinished():
             _finish(staged, answer)
+        logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, staged.key)
+        return
+    members = None if answer is None else file_by_tile(answer.tiles, rows)
+    stored = current().store().upsert(rows, answer=answer, members=members)
+    failpoint("store.upserted")
+    complete = staged.mark_stored(chunk)
+    current().metrics.count_pois_upserted(stored)
+    logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, staged.key)
+    if answer is not None and complete:
+        failpoint("store.before_finish")
+        _finish(staged, answer)
 
 
 def _staged_answer(staged: Stage) -> Answer:
@@ -479,12 +505,32 @@ def _stage(key: str | None = None) -> Stage:
     return Stage(stash, key or stage_key(), ttl_s=s.stage_ttl_s)
 
 
-def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, force: bool) -> None:
+def _hand_on(
+    job: Job,
+    stage: Stage,
+    staged: Staged,
+    cover: TileCover | None,
+    force: bool,
+    *,
+    rows: Sequence[Sequence[Any]] | None = None,
+    answer: Answer | None = None,
+) -> None:
     """Send what the stage holds and was not sent yet, noting each send: a retry sends only the rest.
 
     Each message has an id derived from the stage, so a copy sent twice (the
     sender died between sending and noting) is the same job, not a new one.
+    An answer of one chunk not sent yet is stored here instead (``rows`` and
+    ``answer``: what the fetch has in hand, else read from the stage); only
+    if that fails is it handed to store_pois, which waits out an outage and
+    retries.
     """
+    if not (staged.chunks == 1 and staged.pending == [0] and _stored_here(stage, cover, rows, answer)):
+        _send_pending(job, stage, staged, cover, force)
+    failpoint("fetch.handed_off")
+
+
+def _send_pending(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, force: bool) -> None:
+    """Send the messages of ``staged`` not sent yet: its store_pois steps, or its children."""
     if staged.children:
         messages = _children(job, cover, force, fallback=staged.fallback)
         role = "child"
@@ -507,7 +553,30 @@ def _hand_on(job: Job, stage: Stage, staged: Staged, cover: TileCover | None, fo
         failpoint("fetch.sent")
     if staged.children and not staged.fallback:
         note_outcome(Outcome.SPLIT)
-    failpoint("fetch.handed_off")
+
+
+def _stored_here(
+    stage: Stage, cover: TileCover | None, rows: Sequence[Sequence[Any]] | None, answer: Answer | None
+) -> bool:
+    """Store a one-chunk answer in the fetch that staged it; False (logged) when that failed.
+
+    Two messages and four round trips fewer per job than a store_pois. The
+    answer is staged first, so a worker killed in between finds it again (no
+    second call); any failure falls back to the store_pois message, whose
+    outage waits, retries and dead letters are the store's rules.
+    """
+    try:
+        _store_chunk(stage, 0, ledger=cover is not None, rows=rows, answer=answer)
+    except Exception as exc:
+        logger.warning(
+            "Could not store the answer of %s in its fetch (%s: %s); handing it to store_pois.",
+            stage.key,
+            type(exc).__name__,
+            exc,
+        )
+        return False
+    note_outcome(Outcome.SUCCESS)
+    return True
 
 
 def _children(

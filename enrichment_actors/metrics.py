@@ -33,6 +33,8 @@ from .store import PersistenceError
 
 #: The actor whose success ends a job.
 STORE_ACTOR = "store_pois"
+#: The actors that store POIs: store_pois, and a fetch that stores its one-chunk answer itself.
+STORING_ACTORS = ("fetch_pois", STORE_ACTOR)
 
 
 class Outcome(enum.StrEnum):

@@ -141,7 +141,8 @@ class EnrichmentPrometheus(Prometheus):
         """Declare every worker metric on ``registry`` and start recording (tests call it directly)."""
         self._recorders = _Recorders(registry, stock=self.stock)
         # A success series that exists from the start lets increase() see the first success.
-        self._recorders.jobs.labels(m.STORE_ACTOR, Outcome.SUCCESS.value, m.FINAL_TRUE)
+        for actor in m.STORING_ACTORS:
+            self._recorders.jobs.labels(actor, Outcome.SUCCESS.value, m.FINAL_TRUE)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not self._files_written:

@@ -23,7 +23,7 @@ Feature: Prometheus metrics of the workers
       | fetch_pois | rate_limited    | false | 1     |
       | fetch_pois | split           | true  | 1     |
       | fetch_pois | rejected        | true  | 1     |
-      | store_pois | success         | true  | 6     |
+      | fetch_pois | success         | true  | 6     |
     And the metrics endpoint shows exactly these Overpass calls
       | status        | count |
       | ok            | 6     |
@@ -35,7 +35,6 @@ Feature: Prometheus metrics of the workers
       | actor      | messages | errors | retries | rejects |
       | enrich     | 5        | 1      | 0       | 1       |
       | fetch_pois | 10       | 2      | 1       | 1       |
-      | store_pois | 6        | 0      | 0       | 0       |
     And no message is in progress or held delayed
     And the POIs upserted and response bytes are what the stand-in server sent
     And the fleet gauges show the breaker closed and the quota charged 10 requests and every byte received

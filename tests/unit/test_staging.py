@@ -200,6 +200,50 @@ def test_a_failed_hand_off_is_resumed_without_a_second_call(
     assert len({message.message_id for message in sent}) == len(sent)
 
 
+@pytest.mark.parametrize("database", ["up", "refusing"])
+def test_a_fetch_stores_an_answer_of_one_chunk_itself_and_hands_it_on_only_when_that_fails(
+    product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch, postgres_url: str, database: str
+) -> None:
+    """One chunk: no store_pois message, its POIs in the database, the chunk marked stored; a database
+    that fails it gets a store_pois message instead (which waits and retries). A redelivery of either
+    fetch calls nothing and sends nothing more."""
+    from enrichment_actors import actors
+    from enrichment_actors.store import PoiStore
+
+    fetch_pois = built().fetch_pois
+    runtime, stub = product
+    store = PoiStore(postgres_url)
+    store.ensure_schema()
+    store.model.delete().execute()
+    monkeypatch.setattr(runtime, "_store", store)
+    if database == "refusing":
+
+        def refuse(*args: Any, **kwargs: Any) -> int:
+            raise RuntimeError("the database refused the rows")
+
+        monkeypatch.setattr(store, "upsert", refuse)
+    monkeypatch.setattr(actors, "stage_key", lambda: f"fetch:one-chunk-{database}")
+    sent: list[dramatiq.Message[Any]] = []
+    monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: sent.append(message))
+    box = {"south": 48.0, "west": 2.0, "north": 48.01, "east": 2.01}
+    try:
+        for _delivery in range(2):
+            fetch_pois.fn(box, ["amenity"])
+        stage = actors._stage()
+        names = stage.stash.look(stage.key, [])[0]
+        assert stub.stats().calls == 1
+        if database == "up":
+            assert sent == []
+            assert store.model.select().count() > 0
+            assert "stored:0" in names and "chunk:0" not in names
+        else:
+            assert [(m.actor_name, m.kwargs["chunk"]) for m in sent] == [("store_pois", 0)]
+            assert store.model.select().count() == 0
+            assert "sent:0" in names and "chunk:0" in names
+    finally:
+        store.close()
+
+
 def test_a_failing_store_logs_short_lines_and_no_message_is_over_the_bound(
     product: tuple[Any, StubOverpass], caplog: pytest.LogCaptureFixture
 ) -> None:
