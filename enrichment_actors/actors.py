@@ -36,7 +36,7 @@ from enrichment_middleware.deferral import Defer
 from enrichment_middleware.failpoints import failpoint
 from enrichment_middleware.fair import FAIR_KEY
 from enrichment_middleware.policy.backoff import jittered
-from enrichment_middleware.policy.pause import HELD, PAUSED, PausePolicy
+from enrichment_middleware.policy.pause import HELD, PAUSED, PauseDecision, PausePolicy
 from enrichment_middleware.semaphore import release_permit_early
 from enrichment_middleware.usage import charge, report_no_call
 
@@ -81,7 +81,6 @@ from .staging import (
     derived_message_id,
     retry_until_reachable,
     stage_key,
-    stash_for,
 )
 from .startup import StartupReport
 from .store import PersistenceError
@@ -191,7 +190,7 @@ def fetch_pois(
     job = validate_job(bbox, tags, depth=depth, limits=current().job_limits)
     cover = None if tiles is None else TileCover.from_message(tiles, job.tags, owner)
     stage = _stage()
-    staged = stage.load()
+    staged, pause = _look(stage)
     if staged is not None:
         # A retry or redelivery of a fetch that had its answer: no second
         # call, only the hand-off of what was not handed on yet.
@@ -204,7 +203,8 @@ def fetch_pois(
     since = _diff_since(cover, force) if cover is not None and diff else None
     query, read = _query(job, cover, since)
     client = current().client(current().current_endpoint())
-    _defer_if_paused()
+    # The ledger's reads (PostgreSQL, the claims) lie between the look and the call: read the pause again.
+    _defer_if_paused(pause if cover is None else None)
     try:
         result = _call_overpass(client, query, read)
     except ClientTimeout:
@@ -493,16 +493,21 @@ def _call_overpass(
 
 
 def _stage(key: str | None = None) -> Stage:
-    """The stage of the fetch message running now (or the one named ``key``)."""
-    s = current().settings
-    stash = stash_for(
-        s.state_backend,
-        s.state_redis_url,
-        cluster=s.redis_cluster,
-        sentinels=s.redis_sentinels,
-        sentinel_master=s.redis_sentinel_master,
-    )
-    return Stage(stash, key or stage_key(), ttl_s=s.stage_ttl_s)
+    """The stage of the fetch message running now (or the one named ``key``), in the state backend."""
+    return Stage(current().backend, key or stage_key(), ttl_s=current().settings.stage_ttl_s)
+
+
+def _look(stage: Stage) -> tuple[Staged | None, PauseDecision | None]:
+    """The fetch's stage and, in the same round trip, the pause of its endpoint (``None``: not
+    read, the backend cannot batch the two; it is read alone right before the call)."""
+    policy = _pause_policy()
+    pause_step = policy.step_of(PausePolicy.admit, condition="any")
+    replies = None
+    if pause_step is not None and policy.backend is stage.backend:
+        replies = stage.backend.all_or_nothing([stage.look_step(), pause_step])
+    if pause_step is None or replies is None:
+        return stage.load(), None
+    return Stage.staged_from(replies[0]), policy.decided(PausePolicy.admit, pause_step, replies[1])
 
 
 def _hand_on(
@@ -677,7 +682,7 @@ def _after_refusal(client: OverpassClient, error: OverpassError) -> Defer:
     return Defer(delay_s, reason=HELD)
 
 
-def _defer_if_paused() -> None:
+def _defer_if_paused(decision: PauseDecision | None = None) -> None:
     """Defer, without a call, a job the Pause middleware admitted before a pause or hold began.
 
     Admission checks the pause first, then may wait for a permit: a job that
@@ -685,14 +690,17 @@ def _defer_if_paused() -> None:
     read, right before the call, closes that gap. Also after an admission in
     one step: the actor's own work before its call (its stage, its claims,
     the ledger) can linger on a busy worker while another call meets a 429
-    (``polite_client.feature``).
+    (``polite_client.feature``). ``decision``: the pause as read with the
+    stage (:func:`_look`), when nothing but building the query lay between;
+    else it is read now.
     """
-    try:
-        decision = _pause_policy().admit()
-    except BackendUnavailable as exc:
-        # As the middlewares do: no call unchecked.
-        report_no_call()
-        raise Defer(current().settings.semaphore_retry_max_s, reason=STATE_UNAVAILABLE) from exc
+    if decision is None:
+        try:
+            decision = _pause_policy().admit()
+        except BackendUnavailable as exc:
+            # As the middlewares do: no call unchecked.
+            report_no_call()
+            raise Defer(current().settings.semaphore_retry_max_s, reason=STATE_UNAVAILABLE) from exc
     if not decision.allowed:
         report_no_call()  # the quota gives the request back; the breaker hears nothing
         raise Defer(decision.delay_s, reason=decision.reason or PAUSED)

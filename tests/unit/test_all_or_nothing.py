@@ -57,6 +57,21 @@ def test_every_step_runs_and_answers_as_alone(backend: Backend) -> None:  # noqa
     assert store(backend)["leases"] == 1 and store(backend)["requests"] == [1]
 
 
+def test_a_stage_is_read_with_the_pause_in_one_batch(backend: Backend) -> None:  # noqa: F811
+    """What a fetch reads before its call: its stage and its endpoint's pause, each as alone."""
+    backend.stage_put(KEY, {"chunks": b"2", "sent:0": b"1"}, 60.0)
+    backend.pause_extend(KEY, 60.0, "rate_limited")
+    look = Step("stage_look", (KEY, ("chunks", "children")), {}, "any")
+    replies = backend.all_or_nothing([look, Step("pause_get", (KEY,), {}, "any")])
+    assert replies is not None
+    assert (
+        replies[0]
+        == backend.stage_look(KEY, ("chunks", "children"))
+        == ({"chunks", "sent:0"}, {"chunks": b"2"})
+    )
+    assert replies[1]["paused_until"] > replies[1]["now"]
+
+
 def _refuse(backend: Backend, which: str) -> None:  # noqa: F811
     """Make step ``which`` of :func:`steps` refuse."""
     if which == "paused":

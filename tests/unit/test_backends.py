@@ -509,6 +509,32 @@ def test_concurrent_claimers_never_get_the_same_member(backend: Backend) -> None
     assert all(claim.payload == claim.member.encode() for batch in found for claim in batch)
 
 
+# -- stages -----------------------------------------------------------------
+
+
+def test_a_stage_keeps_its_fields_together_and_drops_the_ones_asked(backend: Backend) -> None:
+    assert backend.stage_look("s1") == (set(), {})
+    assert backend.stage_put("s1", {"chunk:0": b"\x00zlib", "chunks": b"1"}, 60.0) == {"chunk:0", "chunks"}
+    assert backend.stage_get("s1", "chunk:0") == b"\x00zlib" and backend.stage_get("s1", "nope") is None
+    after = backend.stage_put("s1", {"stored:0": b"1"}, 60.0, remove=["chunk:0", "absent"])
+    assert after == {"chunks", "stored:0"}
+    assert backend.stage_look("s1", ["chunks", "chunk:0"]) == ({"chunks", "stored:0"}, {"chunks": b"1"})
+    # Nothing to write still sets the TTL again, and tells the fields.
+    assert backend.stage_put("s1", {}, 60.0) == {"chunks", "stored:0"}
+    assert backend.stage_get("s2", "chunks") is None and backend.stage_put("s2", {}, 60.0) == set()
+
+
+def test_a_stage_expires_whole_ttl_after_its_last_write(timed: Timed) -> None:
+    backend = timed.backend
+    backend.stage_put("s1", {"a": b"1"}, 1.0)
+    timed.advance(0.6)
+    backend.stage_put("s1", {"b": b"2"}, 1.0)
+    timed.advance(0.6)
+    assert backend.stage_look("s1", ["a"]) == ({"a", "b"}, {"a": b"1"})
+    timed.advance(0.6)
+    assert backend.stage_look("s1", ["a"]) == (set(), {})
+
+
 # -- keys, namespaces, reachability -----------------------------------------
 
 

@@ -13,7 +13,6 @@ from enrichment_actors.redis_checks import EXIT_UNSAFE_REDIS, UnsafeRedis
 from enrichment_actors.redis_topology import TopologyCheck
 from enrichment_actors.runtime import make_backend
 from enrichment_actors.settings import SettingsError, load_settings
-from enrichment_actors.staging import stash_for
 from enrichment_middleware.backends.redis import RedisBackend
 from enrichment_middleware.policy.parking import ParkingLot
 from tests.support.product import product
@@ -48,8 +47,7 @@ def test_the_state_lives_on_the_cluster_the_settings_name(redis_cluster: Any) ->
     lot = ParkingLot(backend)
     lot.park("m", b"payload", delay_s=0)
     assert [claim.payload for claim in lot.claim_due(10)] == [b"payload"]
-    stash = stash_for("redis", redis_cluster.url, cluster=True)
-    assert stash.put("fetch:m", {"chunk-0": b"x"}, ttl_s=60) == {"chunk-0"}
+    assert backend.stage_put("fetch:m", {"chunk-0": b"x"}, ttl_s=60) == {"chunk-0"}
 
 
 def test_a_cluster_node_set_as_a_plain_redis_fails_at_start(redis_cluster: Any) -> None:

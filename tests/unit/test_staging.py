@@ -15,16 +15,16 @@ from dramatiq.errors import BrokerConnectionError
 from enrichment_actors.message_limit import MessageSizeLimit, MessageTooLarge
 from enrichment_actors.overpass_responses import read_response
 from enrichment_actors.staging import (
-    MemoryStash,
-    RedisStash,
     Stage,
     StagedAnswerMissing,
-    Stash,
     decode_chunk,
     encode_chunks,
 )
 from enrichment_actors.stub_overpass import StubOverpass
+from enrichment_middleware.backends.base import Stages
+from enrichment_middleware.backends.memory import MemoryBackend
 from enrichment_middleware.backends.redis import RedisBackend
+from enrichment_middleware.policy.clock import ManualClock
 from tests.support.product import product as built
 from tests.support.workers import eventually, free_port
 
@@ -60,17 +60,17 @@ def test_a_poi_bigger_than_a_chunk_goes_alone() -> None:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def stash(request: pytest.FixtureRequest) -> Iterator[Stash]:
+def stash(request: pytest.FixtureRequest) -> Iterator[Stages]:
     if request.param == "memory":
-        yield MemoryStash()
+        yield MemoryBackend()
         return
     request.getfixturevalue("redis_client")
-    redis_stash = RedisStash(RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="test"))
-    yield redis_stash
-    redis_stash.client.close()
+    backend = RedisBackend.from_url(request.getfixturevalue("redis_url"), namespace="test")
+    yield backend
+    backend.client.close()
 
 
-def test_a_stage_holds_an_answer_until_every_chunk_is_stored(stash: Stash) -> None:
+def test_a_stage_holds_an_answer_until_every_chunk_is_stored(stash: Stages) -> None:
     stage = Stage(stash, "fetch:m1", ttl_s=60)
     assert stage.load() is None
     staged = stage.put_pois(pois(100), chunk_bytes=2048)
@@ -84,7 +84,7 @@ def test_a_stage_holds_an_answer_until_every_chunk_is_stored(stash: Stash) -> No
     assert done == [False] * (staged.chunks - 1) + [True]
     # Stored chunks are deleted; a copy of a store message finds them stored, not lost.
     assert stage.load_chunk(0) is None
-    assert not any(name.startswith("chunk:") for name in stash.look("fetch:m1", [])[0])
+    assert not any(name.startswith("chunk:") for name in stash.stage_look("fetch:m1")[0])
 
 
 #: An answer whose tags hold a lone surrogate and a NUL (issue 16, finding 7).
@@ -94,7 +94,7 @@ _BAD_TEXT_ANSWER = (
 )
 
 
-def test_a_lone_surrogate_repaired_by_the_parser_survives_staging(stash: Stash) -> None:
+def test_a_lone_surrogate_repaired_by_the_parser_survives_staging(stash: Stages) -> None:
     stage = Stage(stash, "fetch:m-surrogate", ttl_s=60)
     # Unrepaired, it cannot be staged at all: the same answer was fetched again and again.
     with pytest.raises(UnicodeEncodeError):
@@ -107,16 +107,16 @@ def test_a_lone_surrogate_repaired_by_the_parser_survives_staging(stash: Stash) 
 
 
 def test_a_chunk_that_expired_is_reported_not_taken_for_stored() -> None:
-    now = [0.0]
-    stage = Stage(MemoryStash(clock=lambda: now[0]), "fetch:m2", ttl_s=60)
+    clock = ManualClock()
+    stage = Stage(MemoryBackend(clock=clock), "fetch:m2", ttl_s=60)
     stage.put_pois([POI], chunk_bytes=1024)
-    now[0] = 61.0
+    clock.advance(61.0)
     with pytest.raises(StagedAnswerMissing, match="STAGE_TTL_S"):
         stage.load_chunk(0)
 
 
 def test_redis_stages_expire_with_the_ttl(redis_client: Any, redis_url: str) -> None:
-    stage = Stage(RedisStash(RedisBackend.from_url(redis_url, namespace="test")), "fetch:m3", ttl_s=120)
+    stage = Stage(RedisBackend.from_url(redis_url, namespace="test"), "fetch:m3", ttl_s=120)
     stage.put_pois([POI], chunk_bytes=1024)
     assert 115_000 < redis_client.pttl("test:stage:{fetch:m3}") <= 120_000
 
@@ -230,7 +230,7 @@ def test_a_fetch_stores_an_answer_of_one_chunk_itself_and_hands_it_on_only_when_
         for _delivery in range(2):
             fetch_pois.fn(box, ["amenity"])
         stage = actors._stage()
-        names = stage.stash.look(stage.key, [])[0]
+        names = stage.backend.stage_look(stage.key)[0]
         assert stub.stats().calls == 1
         if database == "up":
             assert sent == []
@@ -324,8 +324,8 @@ def test_staging_waits_for_an_unreachable_redis_rather_than_call_again(
     monkeypatch.setattr(actors, "stage_key", lambda: "fetch:blip")
     sent: list[dramatiq.Message[Any]] = []
     monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: sent.append(message))
-    stash = actors._stage().stash
-    put = stash.put
+    backend = actors._stage().backend
+    put = backend.stage_put
     failures = iter([True, True, False])
 
     def put_during_a_blip(*args: Any, **kwargs: Any) -> set[str]:
@@ -333,7 +333,7 @@ def test_staging_waits_for_an_unreachable_redis_rather_than_call_again(
             raise BackendUnavailable("Redis at redis://127.0.0.1 cannot be reached (a blip).")
         return put(*args, **kwargs)
 
-    monkeypatch.setattr(stash, "put", put_during_a_blip)
+    monkeypatch.setattr(backend, "stage_put", put_during_a_blip)
     caplog.set_level(logging.WARNING)
     fetch_pois.fn({"south": 48.0, "west": 2.0, "north": 48.02, "east": 2.02}, ["amenity"])
     assert stub.stats().calls == 1

@@ -10,7 +10,8 @@ all-or-nothing batch) and one capability group per kind of state, each the
 primitives of one policy: :class:`Counters` (the quota), :class:`Leases`
 (the semaphore), :class:`States` (the breaker), :class:`Parking` (deferred
 work), :class:`Pauses` (the pause and hold), :class:`Schedules` (the
-pacing) and :class:`Rooms` (fair waiting). :class:`Backend` is all of them, as the memory and Redis backends
+pacing), :class:`Rooms` (fair waiting) and :class:`Stages` (what one step
+of a job hands the next). :class:`Backend` is all of them, as the memory and Redis backends
 are; a store that serves one policy only may implement its group alone.
 
 The backend also keeps the time.  Hosts' clocks disagree (a host 100 s ahead
@@ -567,7 +568,28 @@ class Rooms(Core):
         ``window_s`` (reads only; lapsed seats not counted)."""
 
 
-class Backend(Counters, Leases, States, Parking, Pauses, Schedules, Rooms):
+class Stages(Core):
+    """Named byte strings under a key that expire together: what one step of a job keeps for the
+    next (an answer staged between its fetch and its store), readable in a batch with the gates'."""
+
+    @abstractmethod
+    def stage_put(
+        self, key: str, fields: Mapping[str, bytes], ttl_s: float, remove: Sequence[str] = ()
+    ) -> set[str]:
+        """Atomically drop the fields ``remove``, set ``fields``, and expire the whole key ``ttl_s``
+        seconds from now; the field names after."""
+
+    @abstractmethod
+    def stage_get(self, key: str, field: str) -> bytes | None:
+        """One field's value; None when it (or the key) is absent."""
+
+    @abstractmethod
+    def stage_look(self, key: str, wanted: Sequence[str] = ()) -> tuple[set[str], dict[str, bytes]]:
+        """Every field name of ``key`` (none when absent), and the values of those of ``wanted``
+        present, read at one instant."""
+
+
+class Backend(Counters, Leases, States, Parking, Pauses, Schedules, Rooms, Stages):
     """The atomic primitives every policy is built on.
 
     Keys are plain strings; a backend may prefix them with its namespace, and

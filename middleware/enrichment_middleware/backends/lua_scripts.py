@@ -39,6 +39,9 @@ SCRIPTS = (
     "room_leave",
     "room_counts",
     "room_withdraw",
+    "stage_put",
+    "stage_get",
+    "stage_look",
 )
 
 #: The driver of :meth:`~enrichment_middleware.backends.base.Backend.all_or_nothing`: not run alone,

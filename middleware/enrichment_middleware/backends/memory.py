@@ -11,7 +11,7 @@ import copy
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from enrichment_middleware.backends.base import (
@@ -77,6 +77,7 @@ class MemoryBackend(Backend):
         # key -> member -> (due, token, payload); a payload of None is an orphan (tests make them).
         self._parked: dict[str, dict[str, tuple[float, str, bytes | None]]] = {}
         self._orphans: dict[str, int] = {}
+        self._stages: dict[str, tuple[dict[str, bytes], float]] = {}  # key -> (fields, expires at)
         self._pauses: dict[str, tuple[float, float, str]] = {}  # key -> (until, since, reason)
         self._holds: dict[str, tuple[float, str, str]] = {}  # key -> (since, reason, fingerprint)
         self._schedules: dict[str, tuple[float, float]] = {}  # key -> (next reservation, next start)
@@ -331,10 +332,13 @@ class MemoryBackend(Backend):
         "room_seat": ("_rooms",),
         "room_keep": ("_rooms",),
         "room_leave": ("_rooms",),
+        "stage_look": (),
+        "stage_get": (),
+        "stage_put": ("_stages",),
     }
     _STATE = (
         "_counters", "_leases", "_caps", "_wakes", "_states", "_parked", "_orphans", "_pauses", "_holds",
-        "_schedules", "_rooms",
+        "_schedules", "_rooms", "_stages",
     )  # fmt: skip
 
     def all_or_nothing(self, steps: Sequence[Step]) -> list[Any] | None:
@@ -362,6 +366,35 @@ class MemoryBackend(Backend):
     def _put_back(self, saved: dict[str, Any]) -> None:
         for name, value in saved.items():
             setattr(self, name, value)
+
+    # -- stages -------------------------------------------------------------
+
+    def _stage(self, key: str) -> dict[str, bytes]:
+        entry = self._stages.get(key)
+        if entry is None:
+            return {}
+        if entry[1] <= self._clock.now():
+            del self._stages[key]
+            return {}
+        return entry[0]
+
+    def stage_put(
+        self, key: str, fields: Mapping[str, bytes], ttl_s: float, remove: Sequence[str] = ()
+    ) -> set[str]:
+        with self._lock:
+            values = {name: value for name, value in self._stage(key).items() if name not in remove}
+            values.update(fields)
+            self._stages[key] = (values, self._clock.now() + ttl_s)
+            return set(values)
+
+    def stage_get(self, key: str, field: str) -> bytes | None:
+        with self._lock:
+            return self._stage(key).get(field)
+
+    def stage_look(self, key: str, wanted: Sequence[str] = ()) -> tuple[set[str], dict[str, bytes]]:
+        with self._lock:
+            values = self._stage(key)
+            return set(values), {name: values[name] for name in wanted if name in values}
 
     # -- pause --------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import copy
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -440,6 +440,27 @@ class RedisBackend(Backend):
         with self._reachable():
             seconds, microseconds = self.client.time()
         return int(seconds) + int(microseconds) / 1_000_000
+
+    # -- stages -------------------------------------------------------------
+
+    def stage_put(
+        self, key: str, fields: Mapping[str, bytes], ttl_s: float, remove: Sequence[str] = ()
+    ) -> set[str]:
+        args: list[Any] = [max(1, int(ttl_s * 1000)), len(remove), *remove]
+        for name, value in fields.items():
+            args += [name, value]
+        return {_text(name) for name in self._run("stage_put", [self._key("stage", key)], args)}
+
+    def stage_get(self, key: str, field: str) -> bytes | None:
+        value = self._run("stage_get", [self._key("stage", key)], [field])
+        return None if value is None else bytes(value)
+
+    def stage_look(self, key: str, wanted: Sequence[str] = ()) -> tuple[set[str], dict[str, bytes]]:
+        names, values = self._run("stage_look", [self._key("stage", key)], list(wanted))
+        present = {
+            field: bytes(value) for field, value in zip(wanted, values, strict=False) if value is not None
+        }
+        return {_text(name) for name in names}, present
 
     # -- counters -----------------------------------------------------------
 
