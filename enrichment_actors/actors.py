@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import dramatiq
@@ -180,7 +181,7 @@ def fetch_pois(
     force: bool = False,
     diff: bool = True,
 ) -> None:
-    """One Overpass call for an already validated job; stages the POIs and hands them to store_pois.
+    """One Overpass call for an already validated job; stages the POIs, then stores them or hands them on.
 
     With ``tiles`` (set by enrich), the call asks for those tiles, which
     ``owner`` claimed, and the answer is filed by tile in the coverage ledger.
@@ -251,7 +252,9 @@ def fetch_pois(
     current().metrics.count_elements_dropped(result.parsed.dropped)
     failpoint("fetch.answered")
     staged, answer = _stage_answer(stage, result, cover, since)
-    _hand_on(job, stage, staged, cover, force, rows=result.parsed.pois, answer=answer)
+    _hand_on(
+        job, stage, staged, cover, force, fetched=Fetched(result.parsed.pois, answer, result.parsed.gone)
+    )
 
 
 def _query(
@@ -395,32 +398,33 @@ def store_pois(
         _store_chunk(staged, chunk, ledger=ledger)
 
 
-def _store_chunk(
-    staged: Stage,
-    chunk: int,
-    *,
-    ledger: bool,
-    rows: Sequence[Sequence[Any]] | None = None,
-    answer: Answer | None = None,
-) -> None:
-    """Upsert chunk ``chunk`` of ``staged``, mark it stored, and with ``ledger`` finish the answer once
-    every chunk is stored: the store step, of store_pois or of a fetch that stores its answer itself.
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch has in hand of the answer it just staged (its one chunk's POIs, the ledger's answer,
+    the elements gone): stored from memory, and safe from a stage lost meanwhile."""
 
-    ``rows`` and ``answer``: the chunk's POIs and the ledger's answer, when the caller has them in
-    hand (they are read from the stage otherwise).
+    rows: Sequence[Sequence[Any]]
+    answer: Answer | None
+    gone: Sequence[tuple[str, int]]
+
+
+def _store_chunk(staged: Stage, chunk: int, *, ledger: bool, fetched: Fetched | None = None) -> bool:
+    """Upsert chunk ``chunk`` of ``staged``, mark it stored, and with ``ledger`` finish the answer once
+    every chunk is stored: the store step, of store_pois or of a fetch that stores its answer itself
+    (``fetched``: what it has in hand, else read from the stage). False: it found it all done.
     """
-    if rows is None:
-        rows = staged.load_chunk(chunk)
-    if ledger and answer is None:
-        answer = _staged_answer(staged)
+    rows = staged.load_chunk(chunk) if fetched is None else fetched.rows
+    answer = fetched.answer if fetched is not None else _staged_answer(staged) if ledger else None
+    gone = None if fetched is None else fetched.gone
     if rows is None:
         # A copy of a message handed on twice (its sender died before noting it
         # sent), or a retry of the step that stored the last chunk and died
         # before finishing the answer.
         if answer is not None and staged.unfinished():
-            _finish(staged, answer)
+            _finish(staged, answer, gone)
+            return True
         logger.info("Chunk %d of %s was stored already; nothing to do.", chunk, staged.key)
-        return
+        return False
     members = None if answer is None else file_by_tile(answer.tiles, rows)
     stored = current().store().upsert(rows, answer=answer, members=members)
     failpoint("store.upserted")
@@ -429,7 +433,8 @@ def _store_chunk(
     logger.info("Stored %d POIs: chunk %d of %s.", stored, chunk, staged.key)
     if answer is not None and complete:
         failpoint("store.before_finish")
-        _finish(staged, answer)
+        _finish(staged, answer, gone)
+    return True
 
 
 def _staged_answer(staged: Stage) -> Answer:
@@ -439,9 +444,11 @@ def _staged_answer(staged: Stage) -> Answer:
     return Answer.from_json(data)
 
 
-def _finish(staged: Stage, answer: Answer) -> None:
-    """The whole answer has landed: the ledger drops what it no longer holds; the claims go back."""
-    gone = retry_until_reachable("read the elements gone", staged.load_gone) if answer.diff else []
+def _finish(staged: Stage, answer: Answer, gone: Sequence[tuple[str, int]] | None = None) -> None:
+    """The whole answer has landed: the ledger drops what it no longer holds (``gone``, else read from
+    the stage); the claims go back."""
+    if gone is None:
+        gone = retry_until_reachable("read the elements gone", staged.load_gone) if answer.diff else []
     deleted = current().store().finish_answer(answer, gone=gone)
     current().metrics.count_pois_deleted(deleted)
     retry_until_reachable("note an answer finished", staged.mark_finished)
@@ -517,19 +524,17 @@ def _hand_on(
     cover: TileCover | None,
     force: bool,
     *,
-    rows: Sequence[Sequence[Any]] | None = None,
-    answer: Answer | None = None,
+    fetched: Fetched | None = None,
 ) -> None:
     """Send what the stage holds and was not sent yet, noting each send: a retry sends only the rest.
 
     Each message has an id derived from the stage, so a copy sent twice (the
     sender died between sending and noting) is the same job, not a new one.
-    An answer of one chunk not sent yet is stored here instead (``rows`` and
-    ``answer``: what the fetch has in hand, else read from the stage); only
-    if that fails is it handed to store_pois, which waits out an outage and
-    retries.
+    An answer of one chunk not sent yet is stored here instead (``fetched``:
+    what the fetch has in hand, else read from the stage); only if that
+    fails is it handed to store_pois, which waits out an outage and retries.
     """
-    if not (staged.chunks == 1 and staged.pending == [0] and _stored_here(stage, cover, rows, answer)):
+    if not (staged.chunks == 1 and staged.pending == [0] and _stored_here(stage, cover, fetched)):
         _send_pending(job, stage, staged, cover, force)
     failpoint("fetch.handed_off")
 
@@ -560,18 +565,18 @@ def _send_pending(job: Job, stage: Stage, staged: Staged, cover: TileCover | Non
         note_outcome(Outcome.SPLIT)
 
 
-def _stored_here(
-    stage: Stage, cover: TileCover | None, rows: Sequence[Sequence[Any]] | None, answer: Answer | None
-) -> bool:
+def _stored_here(stage: Stage, cover: TileCover | None, fetched: Fetched | None) -> bool:
     """Store a one-chunk answer in the fetch that staged it; False (logged) when that failed.
 
-    Two messages and four round trips fewer per job than a store_pois. The
+    A message fewer per job than a store_pois, and the store's reads of the
+    stage (``docs/architecture.md``, "Why most jobs store in the fetch"). The
     answer is staged first, so a worker killed in between finds it again (no
     second call); any failure falls back to the store_pois message, whose
-    outage waits, retries and dead letters are the store's rules.
+    outage waits, retries and dead letters are the store's rules. A copy
+    that finds it all done counts no second success.
     """
     try:
-        _store_chunk(stage, 0, ledger=cover is not None, rows=rows, answer=answer)
+        stored = _store_chunk(stage, 0, ledger=cover is not None, fetched=fetched)
     except Exception as exc:
         logger.warning(
             "Could not store the answer of %s in its fetch (%s: %s); handing it to store_pois.",
@@ -580,7 +585,8 @@ def _stored_here(
             exc,
         )
         return False
-    note_outcome(Outcome.SUCCESS)
+    if stored:
+        note_outcome(Outcome.SUCCESS)
     return True
 
 
@@ -798,14 +804,19 @@ class ClaimRelease(dramatiq.Middleware):
         if cover is None:
             return
         try:
-            if _stage(stage_key(message.message_id)).load() is not None:
-                # Its answer is staged: it landed, or lands without another call. A redelivery
-                # deferred now has nothing to fetch, and a claim taken for it would only turn
-                # the next job for these tiles (a forced one too) into a silent "coalesced".
+            stage = _stage(stage_key(message.message_id))
+            staged = stage.load()
+            if staged is not None and staged.landed:
+                # Its answer landed, or lands without this fetch (its store messages are sent). A
+                # redelivery deferred now has nothing to fetch, and a claim taken for it would only
+                # turn the next job for these tiles (a forced one too) into a silent "coalesced".
                 return
             _claims().renew(
                 cover.tagset, cover.ids, owner=cover.owner, ttl_s=delay_s + current().settings.claim_ttl_s
             )
+            if staged is not None:
+                # Only this fetch will store it (it died storing it itself): kept until it comes back.
+                stage.keep(delay_s + current().settings.stage_ttl_s)
         except BackendUnavailable as exc:
             logger.warning("Could not keep the tile claims of a deferred fetch (%s).", exc)
 

@@ -93,17 +93,30 @@ def decode_chunk(data: bytes) -> list[list[Any]]:
 
 @dataclass(frozen=True)
 class Staged:
-    """What a stage holds: an answer in ``chunks`` chunks, or a split into ``children`` boxes; what was sent."""
+    """What a stage holds: an answer in ``chunks`` chunks, or a split into ``children`` boxes; what was
+    sent, what was stored, whether the answer was finished and is one the ledger files (``ledger``)."""
 
     chunks: int
     children: int
     sent: frozenset[int]
     fallback: bool = False
+    stored: frozenset[int] = frozenset()
+    finished: bool = False
+    ledger: bool = False
 
     @property
     def pending(self) -> list[int]:
         """Indexes of the messages not handed on yet."""
         return [i for i in range(self.chunks or self.children) if i not in self.sent]
+
+    @property
+    def landed(self) -> bool:
+        """Whether it lands without its fetch: every message handed on, or every chunk stored and the
+        answer finished (or one the ledger does not file)."""
+        if not self.pending:
+            return True
+        every_chunk = set(range(self.chunks))
+        return self.chunks > 0 and every_chunk <= self.stored and (self.finished or not self.ledger)
 
 
 #: The fields :meth:`Stage.load` reads the values of.
@@ -149,8 +162,11 @@ class Stage:
         if not counts:
             return None
         sent = frozenset(int(n[5:]) for n in names if n.startswith("sent:"))
+        stored = frozenset(int(n[7:]) for n in names if n.startswith("stored:"))
         chunks, children = int(counts.get("chunks", b"0")), int(counts.get("children", b"0"))
-        return Staged(chunks, children, sent, "fallback" in names)
+        return Staged(
+            chunks, children, sent, "fallback" in names, stored, "finished" in names, "answer" in names
+        )
 
     def put_pois(
         self,
@@ -210,9 +226,10 @@ class Stage:
         self.backend.stage_put(self.key, fields, self.ttl_s)
         return Staged(0, children, frozenset(), fallback)
 
-    def keep(self) -> None:
-        """Keep the stage another ``ttl_s``: its store step is waiting out an outage of the database."""
-        self.backend.stage_put(self.key, {}, self.ttl_s)
+    def keep(self, ttl_s: float | None = None) -> None:
+        """Keep the stage another ``ttl_s`` (default the stage's): its store step is waiting out an
+        outage of the database, or its fetch a deferral."""
+        self.backend.stage_put(self.key, {}, self.ttl_s if ttl_s is None else ttl_s)
 
     def mark_sent(self, index: int) -> None:
         """Message ``index`` was handed on: a retry does not send it again."""

@@ -6,9 +6,12 @@ Redis is the gates'. Each of ``calls`` ``fetch_pois`` deliveries passes the
 broker's before-hooks, reports its answer and gives its holds back early as
 the actor does, then passes the after-hooks; each middleware's hooks are
 timed (wall clock, one thread on an otherwise idle machine), and so is each
-send to Redis and its reply. The middleware overhead bench compares whole
-fleets; this says what of a call's cost is the gates' own, against which the
-target (full / bare >= 0.95) allows ``0.05 / 0.95`` of a bare job's time.
+send to Redis and its reply. The CPU they take is counted too: this
+process's (``time.process_time``) in the hooks and in those sends and
+replies, and the Redis server's (``INFO cpu``) over the calls. The
+middleware overhead bench compares whole fleets, whose CPUs are all busy;
+this says what of a call's cost is the gates' own, against which the target
+(full / bare >= 0.95) allows ``0.05 / 0.95`` of a bare job's CPU.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from dataclasses import dataclass
 from .admission import run_child, stub_broker_env
 
 _CHILD = """
-import collections, json, sys, time
+import collections, json, os, sys, time
+import redis
 import redis.connection
 
 spent = collections.Counter()
+cpu = collections.Counter()
 trips = [0]
 send = redis.connection.AbstractConnection.send_packed_command
 read = redis.connection.AbstractConnection.read_response
@@ -30,19 +35,26 @@ read = redis.connection.AbstractConnection.read_response
 
 def timed_send(self, command, check_health=True):
     trips[0] += 1
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     try:
         return send(self, command, check_health)
     finally:
         spent["redis"] += time.perf_counter() - started
+        cpu["redis"] += time.process_time() - started_cpu
 
 
 def timed_read(self, *args, **kwargs):
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     try:
         return read(self, *args, **kwargs)
     finally:
         spent["redis"] += time.perf_counter() - started
+        cpu["redis"] += time.process_time() - started_cpu
+
+
+def server_cpu_s():
+    info = redis.Redis.from_url(os.environ["REDIS_URL"]).info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 redis.connection.AbstractConnection.send_packed_command = timed_send
@@ -62,11 +74,12 @@ for middleware in broker.middleware:
         original = getattr(middleware, hook)
 
         def wrapped(*args, _original=original, _name=type(middleware).__name__, **kwargs):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             try:
                 return _original(*args, **kwargs)
             finally:
                 spent["hook " + _name] += time.perf_counter() - started
+                cpu["hooks"] += time.process_time() - started_cpu
 
         setattr(middleware, hook, wrapped)
 
@@ -75,30 +88,39 @@ calls = int(sys.argv[1])
 for index in range(calls + 20):
     if index == 20:  # the first ones load the scripts and warm the connections
         spent.clear()
+        cpu.clear()
         trips[0] = 0
+        server_began = server_cpu_s()
         began = time.perf_counter()
     box = {"south": 10.0 + index * 0.01, "west": 10.0, "north": 10.005 + index * 0.01, "east": 10.005}
     message = MessageProxy(fetch_pois.message(bbox=box, tags=["amenity"]))
     broker.emit_before("process_message", message)
     charge(bytes=20_000, cost=150)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     release_permit_early(succeeded=True)  # the end of the call, from the actor: in no hook
     spent["hook release_early"] += time.perf_counter() - started
+    cpu["hooks"] += time.process_time() - started_cpu
     broker.emit_after("process_message", message, result=None)
 total = time.perf_counter() - began
-print(json.dumps({"calls": calls, "total_s": total, "trips": trips[0], "spent": dict(spent)}))
+cpu["server"] = server_cpu_s() - server_began
+print(json.dumps({"calls": calls, "total_s": total, "trips": trips[0], "spent": dict(spent), "cpu": dict(cpu)}))
 """
 
 
 @dataclass(frozen=True)
 class AdmissionProfile:
-    """Per call: the hooks' wall time in all, by middleware, and the part of it spent on Redis."""
+    """Per call: the hooks' wall time in all, by middleware, and the part of it spent on Redis; the CPU
+    of the hooks (this process's), of their sends to Redis and replies (part of it), and of the
+    Redis server running their scripts."""
 
     calls: int
     per_call_ms: float
     redis_ms: float
     trips: float
     by_middleware_ms: dict[str, float]
+    cpu_ms: float
+    redis_cpu_ms: float
+    server_cpu_ms: float
 
 
 def measure(redis_url: str, database_url: str, calls: int = 300, repeats: int = 3) -> AdmissionProfile:
@@ -113,4 +135,7 @@ def measure(redis_url: str, database_url: str, calls: int = 300, repeats: int = 
         redis_ms=per_call.get("redis", 0.0),
         trips=run["trips"] / calls,
         by_middleware_ms=dict(sorted(hooks.items(), key=lambda kv: -kv[1])),
+        cpu_ms=run["cpu"].get("hooks", 0.0) * 1000 / calls,
+        redis_cpu_ms=run["cpu"].get("redis", 0.0) * 1000 / calls,
+        server_cpu_ms=run["cpu"].get("server", 0.0) * 1000 / calls,
     )

@@ -13,6 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import BrokerConnectionError
 
 from enrichment_actors.message_limit import MessageSizeLimit, MessageTooLarge
+from enrichment_actors.metrics import Outcome, take_noted_outcome
 from enrichment_actors.overpass_responses import read_response
 from enrichment_actors.staging import (
     Stage,
@@ -227,8 +228,12 @@ def test_a_fetch_stores_an_answer_of_one_chunk_itself_and_hands_it_on_only_when_
     monkeypatch.setattr(runtime.broker, "enqueue", lambda message, delay=None: sent.append(message))
     box = {"south": 48.0, "west": 2.0, "north": 48.01, "east": 2.01}
     try:
+        noted = []
         for _delivery in range(2):
             fetch_pois.fn(box, ["amenity"])
+            noted.append(take_noted_outcome())
+        # The job's success is counted once: the redelivered copy finds it all done.
+        assert noted == ([Outcome.SUCCESS, None] if database == "up" else [None, None])
         stage = actors._stage()
         names = stage.backend.stage_look(stage.key)[0]
         assert stub.stats().calls == 1
@@ -341,11 +346,13 @@ def test_staging_waits_for_an_unreachable_redis_rather_than_call_again(
     assert sum("Could not stage the fetched POIs" in r.getMessage() for r in caplog.records) == 2
 
 
+@pytest.mark.parametrize("landed", ["stored by its fetch", "handed to store_pois", "only staged"])
 def test_a_deferred_redelivery_of_a_fetch_whose_answer_landed_takes_no_claim(
-    product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch
+    product: tuple[Any, StubOverpass], monkeypatch: pytest.MonkeyPatch, landed: str
 ) -> None:
     """Issue 16, finding 6: the second delivery of a finished fetch, deferred at admission, re-took its tiles'
-    claims for an hour, and a forced job for those tiles then ended "coalesced" with no call."""
+    claims for an hour, and a forced job for those tiles then ended "coalesced" with no call. One whose
+    fetch died storing it itself is the only one that can land it: it keeps its claims and its stage."""
     from enrichment_actors import actors
 
     fetch_pois = built().fetch_pois
@@ -358,11 +365,62 @@ def test_a_deferred_redelivery_of_a_fetch_whose_answer_landed_takes_no_claim(
     bbox = {"south": 48.0, "west": 2.0, "north": 48.02, "east": 2.04}
     message = fetch_pois.message(bbox=bbox, tags=["amenity"], tiles=tiles, owner=owner)
     # The first delivery fetched and staged its answer; the answer landed and the claims went back.
-    actors._stage(f"fetch:{message.message_id}").put_pois([], chunk_bytes=1000, answer=None, gone=[])
+    stage = actors._stage(f"fetch:{message.message_id}")
+    stage.put_pois([], chunk_bytes=1000, answer=None, gone=[])
+    if landed == "stored by its fetch":
+        stage.mark_stored(0)
+    elif landed == "handed to store_pois":
+        stage.mark_sent(0)
     claims = TileClaims(runtime.backend, ttl_s=60)
     tagset = actors.TileCover.from_message(tiles, actors.validate_job(bbox, ["amenity"]).tags, owner).tagset
     # The second delivery is deferred before it runs (no permit, a pause...).
     actors.ClaimRelease().after_process_message(
         runtime.broker, dramatiq.broker.MessageProxy(message), exception=Defer(3600, reason="no_permit")
     )
-    assert claims.claim(tagset, tiles, owner="fetch-forced") == tiles
+    if landed == "only staged":
+        assert claims.claim(tagset, tiles, owner="fetch-forced") == []
+        ttl_s = runtime.backend.client.pttl(runtime.backend.key("stage", stage.key)) / 1000
+        assert ttl_s > 3600 + runtime.settings.stage_ttl_s - 60
+    else:
+        assert claims.claim(tagset, tiles, owner="fetch-forced") == tiles
+
+
+def test_a_diff_answer_stored_by_its_fetch_deletes_what_is_gone_even_if_its_stage_was_lost(
+    redis_client: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the store in the fetch: a Redis restarted without persistence (or failed over) between
+    the staging and the store lost the stage; the fetch stores from what it has in hand, the elements
+    gone upstream too, instead of finishing the answer as if nothing were gone."""
+    from enrichment_actors import actors
+    from enrichment_actors.coverage.cover import TileCover
+    from enrichment_actors.coverage.ledger import fetch_time
+    from enrichment_actors.jobs import validate_job
+    from enrichment_actors.store import PoiStore
+
+    runtime = built().runtime
+    store = PoiStore(postgres_url)
+    store.ensure_schema()
+    monkeypatch.setattr(runtime, "_store", store)
+    finished: list[list[tuple[str, int]]] = []
+
+    def finish_answer(answer: Any, *, gone: Any = ()) -> int:
+        finished.append(list(gone))
+        return 0
+
+    monkeypatch.setattr(store, "finish_answer", finish_answer)
+    box = {"south": 48.0, "west": 2.0, "north": 48.01, "east": 2.01}
+    cover = TileCover.of_job(
+        validate_job(box, ["amenity"], limits=runtime.job_limits),
+        tile_deg=runtime.settings.tile_deg,
+        owner="o",
+    )
+    stage = actors._stage("fetch:diff-lost")
+    answer = cover.answer(stage.key, "2026-01-01T00:00:00Z", fetched_at=fetch_time(), diff=True)
+    rows = [("node", 1, 48.005, 2.005, {"amenity": "cafe"})]
+    stage.put_pois(rows, chunk_bytes=1 << 20, answer=answer.as_json(), gone=[("node", 99)])
+    redis_client.flushdb()  # the stage is lost
+    try:
+        assert actors._stored_here(stage, cover, actors.Fetched(rows, answer, [("node", 99)])) is True
+        assert finished == [[("node", 99)]]
+    finally:
+        store.close()
