@@ -23,10 +23,11 @@ each gate gives its :class:`Ending` (the usage charged, the request given
 back, the outcome recorded, the permit given back, the seat left), last
 gate first as Dramatiq runs after-hooks (an actor's pause before all), and
 they run as one batch: one round trip. A gate that cannot take part (a
-permit handed to a thread of this process, an outcome that changes the
-circuit, a pause to record) makes every gate end alone, in that same order,
-as each always could: so the one step is only ever an order they could
-have run in.
+permit handed to a thread of this process, a pause to record) ends alone,
+in that same order, between one batch of the gates before it and one of
+the gates after it; a batch whose condition fails (an outcome that changes
+the circuit) ends its gates alone. Either way the order is one they could
+have run in, each alone.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Ending:
 
     Parameters:
       steps: the backend steps it takes (effects, or a check: see :meth:`Backend.all_or_nothing`);
-        none: it cannot take part, and every gate ends alone.
+        none: it cannot take part, and ends alone between the batches of the others.
       done: what follows from the steps' replies once the batch ran (say, sending on the jobs a
         seat was handed to).
       alone: the same, step by step, by this gate alone (the batch could not run).
@@ -129,8 +130,8 @@ def charge_now() -> None:
 
 
 def _end(attempt: Attempt, end: CallEnd) -> None:
-    """End what the gates hold for ``attempt``'s call: one batch, else each gate alone, last gate
-    first (a pause to record before all). Never raises: in the actor (:func:`release_early`), an
+    """End what the gates hold for ``attempt``'s call, last gate first (a pause to record before all):
+    in one batch, or in one batch on each side of a gate that must end alone. Never raises: in the actor (:func:`release_early`), an
     error would mean a retry, and a second call; what could not end is left to its lease."""
     if end.finished:
         end_attempt(attempt)
@@ -150,12 +151,25 @@ def _end(attempt: Attempt, end: CallEnd) -> None:
         if ending is not None:
             endings.append((gate, ending))
     endings.sort(key=lambda entry: not entry[1].first)  # stable: the rest stay last gate first
+    # In that order: each run of endings that can go together (steps, one backend) in one batch, an
+    # ending that cannot (a permit handed to a thread of this process) alone between them.
+    run: list[tuple[AdmissionMiddleware[Any, Any], Ending]] = []
+    for gate, ending in endings:
+        if ending.steps and (not run or gate.backend is run[0][0].backend):
+            run.append((gate, ending))
+            continue
+        _end_together(run)
+        run = [(gate, ending)] if ending.steps else []
+        if not ending.steps:
+            _each_alone([(gate, ending)], lambda ending: ending.alone)
+    _end_together(run)
+
+
+def _end_together(endings: list[tuple[AdmissionMiddleware[Any, Any], Ending]]) -> None:
+    """Take ``endings`` (each with steps, on one backend) in one batch; else each alone."""
     if not endings:
         return
     leader = endings[0][0]
-    if not all(ending.steps and gate.backend is leader.backend for gate, ending in endings):
-        _each_alone(endings, lambda ending: ending.alone)
-        return
     try:
         replies = leader.backend.all_or_nothing([step for _, ending in endings for step in ending.steps])
     except Exception as exc:

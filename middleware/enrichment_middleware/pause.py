@@ -133,7 +133,7 @@ class Pause(AdmissionMiddleware[PausePolicy, PausePolicy]):
         if policy is None or not isinstance(exception, PauseUpstream | HoldUpstream):
             return None
         # Recorded first, before any hold ends (a permit, a seat), so that no call they let start
-        # finds the upstream not paused yet; then every gate ends alone, in order.
+        # finds the upstream not paused yet; then the others, in order.
         return Ending((), lambda: self._stop_calls(broker, message, policy, exception), first=True)
 
     def after_process_message(

@@ -594,6 +594,47 @@ def test_usage_reported_after_the_permit_went_back_early_is_charged_at_the_actor
     assert rig.quota.policies["up"].usage().bytes_used == 120
 
 
+class _RecordingEnds(MemoryBackend):
+    """Records each batch's primitives, and each permit moved to a waiting thread of this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.transfers = 0
+
+    def all_or_nothing(self, steps: Any) -> Any:
+        self.batches.append([step.primitive for step in steps])
+        return super().all_or_nothing(steps)
+
+    def lease_transfer(self, *args: Any, **kwargs: Any) -> Any:
+        self.transfers += 1
+        return super().lease_transfer(*args, **kwargs)
+
+
+def test_a_permit_handed_to_a_waiting_thread_ends_alone_and_the_gates_before_it_in_one_step() -> None:
+    """The charge and the breaker's read still go in one batch before the permit moves to the thread
+    that waits for it (one round trip sooner than each alone), and the order holds: charged, then
+    released."""
+    backend = _RecordingEnds()
+    rig = make_rig(backend, permits=1, wait_s=5.0)
+
+    @dramatiq.actor(broker=rig.broker, quota="up", semaphore="up", breaker="up", max_retries=0)
+    def fetch(name: str) -> None:
+        rig.call(name, 0.3)  # the other job waits for the permit meanwhile, in this process
+        charge_bytes(100)
+        release_permit_early(succeeded=True)
+
+    for name in "abcd":
+        fetch.send(name)
+    rig.run(threads=4)  # one calls, one waits on the backend for the permit, the others in this process
+    assert len(rig.calls) == 4 and rig.peak == 1 and not rig.broker.dead_letters
+    assert backend.transfers >= 1
+    ends_before_a_transfer = [b for b in backend.batches if b == ["counter_add", "state_get_now"]]
+    assert len(ends_before_a_transfer) == backend.transfers, backend.batches
+    assert rig.quota.policies["up"].usage().bytes_used == 400
+    assert rig.semaphore.policies["up"].in_use() == 0
+
+
 class _LostEndReplyOnce(MemoryBackend):
     """Runs the first end-of-call batch that gives a request back, then loses its reply (a timeout)."""
 
