@@ -485,7 +485,7 @@ def overhead(env: Environment, jobs: int) -> Measured:
         "costs CPU that the bare fleet spends on jobs.",
         f"Profile (tests/bench/overhead_profile.py): the gates' hooks take {profile.per_call_ms:.3f} ms per call "
         f"in one thread, {profile.redis_ms:.3f} ms of it on {profile.trips:.1f} Redis round trips (the admission, "
-        "the end of the call, the actor's pause read) and the rest in Python; a ratio of 0.95 leaves them "
+        "the end of the call) and the rest in Python; a ratio of 0.95 leaves them "
         f"{allowed_ms:.3f} ms of a bare job's {bare_cpu_ms:.2f} CPU-ms, {profile.per_call_ms / allowed_ms:.1f} "
         "times less than they take even with every gate in one round trip each way.",
         f"Floor: the two round trips alone take {floor_ms:.3f} CPU-ms per call on this machine (the Redis server "
