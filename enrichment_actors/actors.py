@@ -1,12 +1,13 @@
 """The actors: enrich (validate), fetch_pois (one Overpass call), store_pois (upsert).
 
-A job is a chain of three messages so that each step holds only what it
-needs: the fetch is the only step under the quota, the semaphore and the
-breaker, and holds its permit only while the call is in flight. The fetch
-stages its answer (:mod:`.staging`) before handing it on, and the store
-messages carry only a reference to a bounded chunk of it: a database
-failure is retried without a second Overpass call, and so is a fetch whose
-hand-off failed.
+A job is a chain of messages so that each step holds only what it needs:
+the fetch is the only step under the quota, the semaphore and the breaker,
+and holds its permit only while the call is in flight. The fetch stages its
+answer (:mod:`.staging`) before it stores it or hands it on: an answer of
+one chunk it stores itself, a larger one (or one it could not store) goes
+to store messages that carry only a reference to a bounded chunk of it. A
+database failure is retried without a second Overpass call, and so is a
+fetch whose hand-off failed.
 
 Importing this module declares nothing. :func:`declare` adds the actors'
 middleware to a runtime's broker and declares the three actors there; the

@@ -96,7 +96,7 @@ print(json.dumps({"send": counting["send"], "run": counting["run"], "stored": do
 
 @dataclass(frozen=True)
 class JobTrips:
-    """Redis round trips per job: sending it, and running its three messages."""
+    """Redis round trips per job: sending it, and running its messages."""
 
     send: float
     run: float
