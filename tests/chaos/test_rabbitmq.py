@@ -167,6 +167,9 @@ def test_a_job_deferred_past_consumer_timeout_waits_parked_not_held(chaos: Chaos
     ("killed_at", "calls"),
     [
         ("fetch.handed_off", 1),  # the answer staged and handed on: the redelivered fetch makes no call
+        # Storing its one-chunk answer itself, upserted, not marked stored: the redelivered fetch stores
+        # it again from the stage (the same rows), no call.
+        ("store.upserted", 1),
         ("fetch.answered", 2),  # the answer in hand, not yet staged: the redelivered fetch calls again
     ],
 )
