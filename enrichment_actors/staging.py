@@ -38,9 +38,6 @@ from enrichment_middleware.backends.base import BackendUnavailable, Stages, Step
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of stage keys in the Redis namespace (``enrichment:stage:{fetch:<message id>}``).
-KIND = "stage"
-
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
