@@ -192,7 +192,10 @@ def fetch_pois(
     job = validate_job(bbox, tags, depth=depth, limits=current().job_limits)
     cover = None if tiles is None else TileCover.from_message(tiles, job.tags, owner)
     stage = _stage()
-    staged, pause = _look(stage)
+    # Without the ledger nothing but building the query lies between this look and the call: the
+    # pause read with the stage is the one checked before the call. With it, the ledger's reads
+    # (PostgreSQL, the claims) lie between, and the pause is read again after them.
+    staged, pause = _look(stage) if cover is None else (stage.load(), None)
     if staged is not None:
         # A retry or redelivery of a fetch that had its answer: no second
         # call, only the hand-off of what was not handed on yet.
@@ -205,8 +208,7 @@ def fetch_pois(
     since = _diff_since(cover, force) if cover is not None and diff else None
     query, read = _query(job, cover, since)
     client = current().client(current().current_endpoint())
-    # The ledger's reads (PostgreSQL, the claims) lie between the look and the call: read the pause again.
-    _defer_if_paused(pause if cover is None else None)
+    _defer_if_paused(pause)
     try:
         result = _call_overpass(client, query, read)
     except ClientTimeout:

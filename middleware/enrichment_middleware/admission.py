@@ -131,8 +131,9 @@ def charge_now() -> None:
 
 def _end(attempt: Attempt, end: CallEnd) -> None:
     """End what the gates hold for ``attempt``'s call, last gate first (a pause to record before all):
-    in one batch, or in one batch on each side of a gate that must end alone. Never raises: in the actor (:func:`release_early`), an
-    error would mean a retry, and a second call; what could not end is left to its lease."""
+    in one batch, or in one batch on each side of a gate that must end alone. Never raises: in the
+    actor (:func:`release_early`), an error would mean a retry, and a second call; what could not
+    end is left to its lease."""
     if end.finished:
         end_attempt(attempt)
     broker, message = attempt.broker, attempt.message
@@ -155,12 +156,12 @@ def _end(attempt: Attempt, end: CallEnd) -> None:
     # ending that cannot (a permit handed to a thread of this process) alone between them.
     run: list[tuple[AdmissionMiddleware[Any, Any], Ending]] = []
     for gate, ending in endings:
-        if ending.steps and (not run or gate.backend is run[0][0].backend):
+        if run and not (ending.steps and gate.backend is run[0][0].backend):
+            _end_together(run)
+            run = []
+        if ending.steps:
             run.append((gate, ending))
-            continue
-        _end_together(run)
-        run = [(gate, ending)] if ending.steps else []
-        if not ending.steps:
+        else:
             _each_alone([(gate, ending)], lambda ending: ending.alone)
     _end_together(run)
 

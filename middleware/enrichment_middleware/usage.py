@@ -24,9 +24,6 @@ from __future__ import annotations
 
 from .attempt import current_attempt
 
-#: The units a message reports: the quota's counters other than requests.
-UNITS = ("bytes", "cost")
-
 
 def charge_bytes(amount: int) -> None:
     """Add ``amount`` bytes to what the current message used (no-op outside a quota)."""
@@ -65,11 +62,6 @@ def take_charged_cost() -> int:
 def report_no_call() -> None:
     """The current message's call never left the process: the quota gives its request back."""
     current_attempt().no_call = True
-
-
-def no_call_reported() -> bool:
-    """Whether the current message reported :func:`report_no_call`."""
-    return current_attempt().no_call
 
 
 def take_no_call() -> bool:
